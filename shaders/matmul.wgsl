@@ -1,0 +1,92 @@
+// Tiled matrix–matrix product for prefill and batched work: y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
+// Each 16×16 workgroup computes a 64×64 output tile, 4×4 outputs per invocation, staging
+// 16-deep slices of x and of the (dequantized) weights in workgroup memory. Accumulation is f32.
+// Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD; BIAS.
+
+struct Params {
+    M: u32,        // activation rows
+    N: u32,        // rows of this weight chunk
+    K: u32,        // inner dimension (K % 4 == 0)
+    x_off: u32,    // element offset of x[0, 0] (multiple of 4)
+    y_off: u32,    // element offset of y[0, 0]
+    y_stride: u32, // elements per row of y
+    row0: u32,     // first output column written by this chunk
+    soff: u32,     // word offset of the group scales inside w
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;            // weight chunk [N, K], packed
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // activations [M, K]
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;      // output [M, y_stride]
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;         // [row0 + N]
+#endif
+
+//#include quant.wgsl
+
+const BK: u32 = 16u;
+var<workgroup> As: array<f32, 1024>; // [BK][64] slice of x, k-major
+var<workgroup> Bs: array<f32, 1024>; // [BK][64] slice of W, k-major
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+    let m0 = wid.y * 64u;
+    let n0 = wid.x * 64u;
+    // Loader coordinates: 64 rows × 4 quads of k.
+    let lr = tid / 4u;
+    let kq = (tid % 4u) * 4u;
+    var acc: array<vec4<f32>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var k0 = 0u; k0 < p.K; k0 += BK) {
+        let k = k0 + kq;
+        var a = vec4<f32>(0.0);
+        if (m0 + lr < p.M && k < p.K) {
+            a = x[(p.x_off + (m0 + lr) * p.K + k) / 4u];
+        }
+        var b = vec4<f32>(0.0);
+        if (n0 + lr < p.N && k < p.K) {
+            b = load_w4(n0 + lr, k, p.K, p.soff);
+        }
+        for (var j = 0u; j < 4u; j++) {
+            As[(kq + j) * 64u + lr] = a[j];
+            Bs[(kq + j) * 64u + lr] = b[j];
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let ai = kk * 64u + ty * 4u;
+            let bi = kk * 64u + tx * 4u;
+            let bv = vec4<f32>(Bs[bi], Bs[bi + 1u], Bs[bi + 2u], Bs[bi + 3u]);
+            acc[0] += As[ai] * bv;
+            acc[1] += As[ai + 1u] * bv;
+            acc[2] += As[ai + 2u] * bv;
+            acc[3] += As[ai + 3u] * bv;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + ty * 4u + i;
+        if (m >= p.M) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + tx * 4u + j;
+            if (n < p.N) {
+                var v = acc[i][j];
+#if BIAS
+                v += bias[p.row0 + n];
+#endif
+                let o = p.y_off + m * p.y_stride + p.row0 + n;
+#if ADD
+                y[o] += v;
+#else
+                y[o] = v;
+#endif
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+// Matrix–vector product for decoding (few activation rows): y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
+// Memory-bound: each weight word is read exactly once per activation row. A workgroup owns 8
+// output rows; 32 lanes stride along K so that neighbouring lanes read neighbouring words.
+// Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD (accumulate into y); BIAS.
+
+struct Params {
+    M: u32,        // activation rows
+    N: u32,        // rows of this weight chunk
+    K: u32,        // inner dimension (K % 4 == 0)
+    x_off: u32,    // element offset of x[0, 0] (multiple of 4)
+    y_off: u32,    // element offset of y[0, 0]
+    y_stride: u32, // elements per row of y (the full output width)
+    row0: u32,     // first output column written by this chunk
+    soff: u32,     // word offset of the group scales inside w (quantized formats)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;            // weight chunk [N, K], packed
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // activations [M, K] (f32, as vec4)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;      // output [M, y_stride]
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;         // [row0 + N] full bias vector
+#endif
+
+//#include quant.wgsl
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let lane = li % 32u;
+    let n = wid.x * 8u + li / 32u;
+    let m = wid.y;
+    var acc = 0.0;
+    if (n < p.N) {
+        let xb = (p.x_off + m * p.K) / 4u;
+        for (var k = lane * 4u; k < p.K; k += 128u) {
+            acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
+        }
+    }
+    partial[li] = acc;
+    workgroupBarrier();
+    for (var s = 16u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            partial[li] += partial[li + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && n < p.N) {
+        var v = partial[li];
+#if BIAS
+        v += bias[p.row0 + n];
+#endif
+        let o = p.y_off + m * p.y_stride + p.row0 + n;
+#if ADD
+        y[o] += v;
+#else
+        y[o] = v;
+#endif
+    }
+}

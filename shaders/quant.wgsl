@@ -1,0 +1,46 @@
+// Weight decoding shared by every kernel that reads a (possibly quantized) weight matrix.
+// Included by matvec.wgsl, matmul.wgsl and embedding.wgsl; the including kernel declares
+// `w: array<u32>` and selects exactly one format define.
+//
+// Layout of one weight chunk of R rows × K columns (row-major, element e = row·K + k):
+//   F32: word e holds the f32 bits.
+//   F16: word e/2 holds elements (e, e+1) as two f16 (low half first).
+//   Q8 : word e/4 holds 4 signed bytes (low byte first); scales at word `soff`, see below.
+//   Q4 : word e/8 holds 8 nibbles (low nibble first), value = nibble − 8; scales as below.
+//   Quantized formats use groups of 32 consecutive elements of a row with one f16 scale each:
+//   group g = e/32 has its scale in half (g & 1) of word soff + g/2.  weight = q · scale.
+
+#if Q8
+fn group_scale(e: u32, soff: u32) -> f32 {
+    let g = e / 32u;
+    return unpack2x16float(w[soff + g / 2u])[g & 1u];
+}
+#endif
+#if Q4
+fn group_scale(e: u32, soff: u32) -> f32 {
+    let g = e / 32u;
+    return unpack2x16float(w[soff + g / 2u])[g & 1u];
+}
+#endif
+
+// Weights [row, k .. k+4) as f32 (k % 4 == 0, K % 4 == 0).
+fn load_w4(row: u32, k: u32, K: u32, soff: u32) -> vec4<f32> {
+    let e = row * K + k;
+#if F32
+    return vec4<f32>(bitcast<f32>(w[e]), bitcast<f32>(w[e + 1u]), bitcast<f32>(w[e + 2u]), bitcast<f32>(w[e + 3u]));
+#endif
+#if F16
+    return vec4<f32>(unpack2x16float(w[e / 2u]), unpack2x16float(w[e / 2u + 1u]));
+#endif
+#if Q8
+    let q = bitcast<i32>(w[e / 4u]);
+    let v = vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)),
+                      f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u)));
+    return v * group_scale(e, soff);
+#endif
+#if Q4
+    let q = w[e / 8u] >> ((e % 8u) * 4u);
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u)) - 8.0;
+    return v * group_scale(e, soff);
+#endif
+}

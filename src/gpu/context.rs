@@ -1,0 +1,244 @@
+//! Device creation (native and web from the same code), limits, optional features and the
+//! pipeline cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Context as _, Result};
+
+/// The portable per-binding budget: every storage binding the engine creates stays at or below
+/// this size, whatever the adapter allows, so the same weight layout works on every WebGPU device.
+pub const PORTABLE_MAX_BINDING: u64 = 128 << 20;
+/// The portable per-buffer budget (WebGPU's default `maxBufferSize`).
+pub const PORTABLE_MAX_BUFFER: u64 = 256 << 20;
+
+/// Optional speed-ups detected at run time; never required.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct GpuFeatures {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub features: GpuFeatures,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+/// One WebGPU device with its queue and a cache of compiled compute pipelines.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub summary: AdapterSummary,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    arenas: Mutex<Vec<wgpu::Buffer>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    /// Picks the best adapter (high performance) and opens a device with the adapter's own
+    /// maximum buffer and binding sizes, plus `shader-f16` / `subgroups` when offered.
+    pub async fn new() -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "no WebGPU/Vulkan/Metal/DX12 adapter found ({e}); on Linux without a GPU install \
+                     Mesa's lavapipe (apt-get install mesa-vulkan-drivers)"
+                )
+            })?;
+        Self::from_adapter(adapter).await
+    }
+
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let alimits = adapter.limits();
+        let afeatures = adapter.features();
+        let mut features = wgpu::Features::empty();
+        let mut gf = GpuFeatures::default();
+        if afeatures.contains(wgpu::Features::SHADER_F16) {
+            features |= wgpu::Features::SHADER_F16;
+            gf.shader_f16 = true;
+        }
+        if afeatures.contains(wgpu::Features::SUBGROUP) {
+            features |= wgpu::Features::SUBGROUP;
+            gf.subgroups = true;
+        }
+        let mut limits = wgpu::Limits::downlevel_defaults();
+        // Ask for what the adapter has: big vocab tensors and KV caches want large buffers,
+        // although the engine itself never binds more than PORTABLE_MAX_BINDING at once.
+        limits.max_buffer_size = alimits.max_buffer_size;
+        limits.max_storage_buffer_binding_size = alimits.max_storage_buffer_binding_size;
+        limits.max_storage_buffers_per_shader_stage = alimits.max_storage_buffers_per_shader_stage.min(10);
+        limits.max_compute_workgroup_storage_size = alimits.max_compute_workgroup_storage_size;
+        limits.max_compute_invocations_per_workgroup = alimits.max_compute_invocations_per_workgroup;
+        limits.max_compute_workgroup_size_x = alimits.max_compute_workgroup_size_x;
+        limits.max_compute_workgroup_size_y = alimits.max_compute_workgroup_size_y;
+        limits.max_compute_workgroups_per_dimension = alimits.max_compute_workgroups_per_dimension;
+        limits.max_bind_groups = alimits.max_bind_groups.min(4);
+        if limits.max_compute_workgroup_storage_size < 16384 || limits.max_compute_invocations_per_workgroup < 256 {
+            return Err(anyhow!(
+                "the GPU adapter '{}' is too limited: needs 16 KiB workgroup storage and 256 invocations \
+                 per workgroup (has {} B, {})",
+                info.name,
+                limits.max_compute_workgroup_storage_size,
+                limits.max_compute_invocations_per_workgroup
+            ));
+        }
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("janusflow"),
+                required_features: features,
+                required_limits: limits.clone(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                ..Default::default()
+            })
+            .await
+            .context("could not open the GPU device")?;
+        let lost = Arc::new(Mutex::new(None));
+        let lost2 = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *lost2.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
+        });
+        let summary = AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            features: gf,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+        };
+        Ok(Self { device, queue, summary, limits, pipelines: Mutex::new(HashMap::new()), arenas: Mutex::new(Vec::new()), lost })
+    }
+
+    /// The largest storage binding the engine will create.
+    pub fn max_binding(&self) -> u64 {
+        PORTABLE_MAX_BINDING.min(self.summary.max_storage_buffer_binding_size)
+    }
+
+    /// `Some(reason)` once the device has been lost; every later call fails with it.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().unwrap().clone()
+    }
+
+    pub fn check_alive(&self) -> Result<()> {
+        match self.lost_reason() {
+            Some(r) => Err(anyhow!("the GPU device was lost ({r}); reload the engine")),
+            None => Ok(()),
+        }
+    }
+
+    /// Compiles (once) the pipeline for `key`; `source` is only called on a cache miss.
+    pub fn pipeline(&self, key: &str, source: impl FnOnce() -> String) -> Arc<wgpu::ComputePipeline> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(key) {
+            return p.clone();
+        }
+        let src = source();
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(key),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let p = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(key.to_string(), p.clone());
+        p
+    }
+
+    pub(crate) fn take_arena(&self) -> Option<wgpu::Buffer> {
+        self.arenas.lock().unwrap().pop()
+    }
+
+    pub(crate) fn return_arena(&self, b: wgpu::Buffer) {
+        self.arenas.lock().unwrap().push(b);
+    }
+
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.lock().unwrap().len()
+    }
+
+    pub fn storage_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub fn storage_buffer_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let buf = self.storage_buffer(label, data.len() as u64);
+        if !data.is_empty() {
+            if data.len() % 4 == 0 {
+                self.queue.write_buffer(&buf, 0, data);
+            } else {
+                let mut padded = data.to_vec();
+                padded.resize(data.len().next_multiple_of(4), 0);
+                self.queue.write_buffer(&buf, 0, &padded);
+            }
+        }
+        buf
+    }
+
+    /// Reads a buffer range back to the CPU (tests, debugging, small results).
+    pub async fn read_bytes(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        map_read(self, &staging).await
+    }
+
+    pub async fn read_f32(&self, buf: &wgpu::Buffer, offset_elems: usize, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(buf, offset_elems as u64 * 4, len as u64 * 4).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// Maps a MAP_READ buffer and copies its contents out.
+pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    #[cfg(not(target_arch = "wasm32"))]
+    gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+    rx.await
+        .map_err(|_| anyhow!("GPU readback was cancelled"))?
+        .map_err(|e| anyhow!("GPU readback failed: {e}"))?;
+    gpu.check_alive()?;
+    let data = staging.slice(..).get_mapped_range().map_err(|e| anyhow!("GPU readback failed: {e:?}"))?.to_vec();
+    staging.unmap();
+    Ok(data)
+}

@@ -1,0 +1,11 @@
+//! The thin GPU runtime: device, buffers, pipeline cache and one launcher per WGSL kernel family.
+
+pub mod context;
+pub mod kernels;
+pub mod recorder;
+pub mod shader;
+pub mod tensor;
+
+pub use context::{Gpu, GpuFeatures};
+pub use recorder::Recorder;
+pub use tensor::{Tensor, Weight};

@@ -1,0 +1,149 @@
+//! Records a whole forward pass (many dispatches) into one command encoder and submits it once.
+//!
+//! Every dispatch gets its small uniform parameter block from one arena buffer: the blocks are
+//! collected on the CPU and written with a single `write_buffer` just before the submit. Queue
+//! ordering makes it safe to reuse the arena for the next submit.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::Gpu;
+
+const SLOT: u64 = 256; // minUniformBufferOffsetAlignment on every WebGPU device
+const SLOTS: u64 = 2048;
+
+enum Op {
+    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, bind: wgpu::BindGroup, wg: [u32; 3] },
+    Copy { src: wgpu::Buffer, src_off: u64, dst: wgpu::Buffer, dst_off: u64, size: u64 },
+}
+
+pub struct Recorder<'a> {
+    pub gpu: &'a Gpu,
+    arena: Option<wgpu::Buffer>,
+    params: Vec<u8>,
+    ops: Vec<Op>,
+    /// Submits made by this recorder (for the benchmark's submits-per-token figure).
+    pub submits: usize,
+    pub dispatches: usize,
+}
+
+impl<'a> Recorder<'a> {
+    pub fn new(gpu: &'a Gpu) -> Self {
+        Recorder { gpu, arena: None, params: Vec::new(), ops: Vec::new(), submits: 0, dispatches: 0 }
+    }
+
+    fn arena(&mut self) -> wgpu::Buffer {
+        self.arena
+            .get_or_insert_with(|| {
+                self.gpu.take_arena().unwrap_or_else(|| {
+                    self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("params-arena"),
+                        size: SLOT * SLOTS,
+                        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
+                })
+            })
+            .clone()
+    }
+
+    /// Records one dispatch of `pipeline` with `params` at binding 0 and `buffers` at bindings 1...
+    pub fn dispatch(&mut self, pipeline: Arc<wgpu::ComputePipeline>, params: &[u32], buffers: &[&wgpu::Buffer], wg: [u32; 3]) {
+        if wg.iter().any(|&w| w == 0) {
+            return;
+        }
+        if self.params.len() as u64 >= SLOT * SLOTS {
+            self.flush();
+        }
+        let arena = self.arena();
+        let off = self.params.len() as u64;
+        self.params.extend_from_slice(bytemuck::cast_slice(params));
+        self.params.resize((off + SLOT) as usize, 0);
+        let layout = pipeline.get_bind_group_layout(0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &arena,
+                offset: off,
+                size: wgpu::BufferSize::new(SLOT),
+            }),
+        }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+        }
+        let bind = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
+        self.ops.push(Op::Dispatch { pipeline, bind, wg });
+        self.dispatches += 1;
+    }
+
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, size: u64) {
+        self.ops.push(Op::Copy { src: src.clone(), src_off, dst: dst.clone(), dst_off, size });
+    }
+
+    /// Encodes everything recorded so far and submits it (one submit).
+    pub fn flush(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        if let Some(arena) = &self.arena {
+            self.gpu.queue.write_buffer(arena, 0, &self.params);
+        }
+        self.params.clear();
+        let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        let ops = std::mem::take(&mut self.ops);
+        let mut i = 0;
+        while i < ops.len() {
+            if let Op::Copy { src, src_off, dst, dst_off, size } = &ops[i] {
+                enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size);
+                i += 1;
+                continue;
+            }
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            while let Some(Op::Dispatch { pipeline, bind, wg }) = ops.get(i) {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, bind, &[]);
+                pass.dispatch_workgroups(wg[0], wg[1], wg[2]);
+                i += 1;
+            }
+        }
+        self.gpu.queue.submit([enc.finish()]);
+        self.submits += 1;
+    }
+
+    /// Submits, then copies `size` bytes of `src` back to the CPU (the only readback of a step).
+    pub async fn finish_and_read(mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.copy(src, offset, &staging, 0, size);
+        self.flush();
+        super::context::map_read(self.gpu, &staging).await
+    }
+
+    pub fn finish(mut self) {
+        self.flush();
+    }
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        self.flush();
+        if let Some(a) = self.arena.take() {
+            self.gpu.return_arena(a);
+        }
+    }
+}
+
+/// Splits a 1-D workgroup count over x and y (the per-dimension limit is 65535).
+pub fn grid(groups: u32) -> [u32; 3] {
+    if groups <= 65535 {
+        [groups, 1, 1]
+    } else {
+        let y = groups.div_ceil(65535);
+        [groups.div_ceil(y), y, 1]
+    }
+}

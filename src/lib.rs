@@ -1,0 +1,11 @@
+//! JanusFlow Web: DeepSeek's JanusFlow-1.3B on WebGPU, natively (wgpu) and in the browser (wasm).
+//!
+//! Layers, each using only those below it: `gpu` (device, buffers, WGSL launchers) →
+//! `config`, `weights`, `text` (inputs) → `model` (one struct per network part) → `engine`.
+
+pub mod config;
+pub mod engine;
+pub mod gpu;
+pub mod model;
+pub mod text;
+pub mod weights;

@@ -1,0 +1,222 @@
+//! Weight formats and their byte layouts (the layout every shader decodes, see shaders/quant.wgsl).
+//!
+//! A matrix of `rows × cols` (torch layout, row-major) becomes one blob:
+//!   payload for all rows (f32, f16, i8 or 4-bit) followed, for q8/q4, by one f16 scale per group of
+//!   32 consecutive elements of a row, padded to a whole word. Quantization is symmetric.
+
+use anyhow::{bail, Result};
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    F32,
+    F16,
+    Q8,
+    Q4,
+}
+
+impl Quant {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => Quant::F32,
+            "f16" => Quant::F16,
+            "q8" => Quant::Q8,
+            "q4" => Quant::Q4,
+            _ => bail!("unknown quantization '{s}' (expected q4, q8, f16 or f32)"),
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::F32 => "f32",
+            Quant::F16 => "f16",
+            Quant::Q8 => "q8",
+            Quant::Q4 => "q4",
+        }
+    }
+    /// The shader define that selects this format.
+    pub fn define(self) -> &'static str {
+        match self {
+            Quant::F32 => "F32",
+            Quant::F16 => "F16",
+            Quant::Q8 => "Q8",
+            Quant::Q4 => "Q4",
+        }
+    }
+    pub fn is_grouped(self) -> bool {
+        matches!(self, Quant::Q8 | Quant::Q4)
+    }
+    /// Payload bytes for `n` elements (without scales).
+    fn payload_bytes(self, n: usize) -> usize {
+        match self {
+            Quant::F32 => n * 4,
+            Quant::F16 => n * 2,
+            Quant::Q8 => n,
+            Quant::Q4 => n / 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Quant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A matrix in one of the formats, ready to upload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantBlob {
+    pub quant: Quant,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<u8>,
+}
+
+impl QuantBlob {
+    pub fn quantize(quant: Quant, rows: usize, cols: usize, x: &[f32]) -> Result<Self> {
+        assert_eq!(x.len(), rows * cols);
+        if quant.is_grouped() && cols % GROUP != 0 {
+            bail!("{quant} needs rows that are a multiple of {GROUP} elements (got {cols})");
+        }
+        let n = rows * cols;
+        let mut data = Vec::with_capacity(Self::byte_len(quant, rows, cols));
+        match quant {
+            Quant::F32 => data.extend_from_slice(bytemuck::cast_slice(x)),
+            Quant::F16 => {
+                for &v in x {
+                    data.extend_from_slice(&f16::from_f32(v).to_le_bytes());
+                }
+            }
+            Quant::Q8 | Quant::Q4 => {
+                let mut scales = Vec::with_capacity(n / GROUP * 2);
+                for g in x.chunks_exact(GROUP) {
+                    if quant == Quant::Q8 {
+                        let (d, q) = quantize_q8(g);
+                        scales.extend_from_slice(&d.to_le_bytes());
+                        data.extend(q.iter().map(|&v| v as u8));
+                    } else {
+                        let (d, q) = quantize_q4(g);
+                        scales.extend_from_slice(&d.to_le_bytes());
+                        data.extend(q.chunks_exact(2).map(|p| p[0] | (p[1] << 4)));
+                    }
+                }
+                data.extend_from_slice(&scales);
+            }
+        }
+        data.resize(data.len().next_multiple_of(4), 0);
+        Ok(QuantBlob { quant, rows, cols, data })
+    }
+
+    pub fn byte_len(quant: Quant, rows: usize, cols: usize) -> usize {
+        let n = rows * cols;
+        let s = if quant.is_grouped() { n / GROUP * 2 } else { 0 };
+        (quant.payload_bytes(n) + s).next_multiple_of(4)
+    }
+
+    /// Wraps bytes read from a weight pack, checking the length.
+    pub fn from_bytes(quant: Quant, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
+        let want = Self::byte_len(quant, rows, cols);
+        if data.len() != want {
+            bail!("expected {want} bytes for a {rows}×{cols} {quant} tensor, found {}", data.len());
+        }
+        Ok(QuantBlob { quant, rows, cols, data })
+    }
+
+    /// Bytes per row (payload + scales), for sizing chunks.
+    pub fn row_bytes(&self) -> usize {
+        self.quant.payload_bytes(self.cols) + if self.quant.is_grouped() { self.cols / GROUP * 2 } else { 0 }
+    }
+
+    /// The bytes of rows [row0, row0 + rows) as a standalone blob, and the word offset of its scales.
+    /// `row0` must be even for quantized formats (keeps scale pairs word-aligned).
+    pub fn chunk_bytes(&self, row0: usize, rows: usize) -> (Vec<u8>, u32) {
+        let payload_all = self.quant.payload_bytes(self.rows * self.cols);
+        let pr = self.quant.payload_bytes(self.cols);
+        if row0 == 0 && rows == self.rows {
+            return (self.data.clone(), (payload_all / 4) as u32);
+        }
+        let mut out = self.data[row0 * pr..(row0 + rows) * pr].to_vec();
+        out.resize(out.len().next_multiple_of(4), 0);
+        let soff = (out.len() / 4) as u32;
+        if self.quant.is_grouped() {
+            let gpr = self.cols / GROUP;
+            let s0 = payload_all + row0 * gpr * 2;
+            out.extend_from_slice(&self.data[s0..s0 + rows * gpr * 2]);
+            out.resize(out.len().next_multiple_of(4), 0);
+        }
+        (out, soff)
+    }
+
+    /// Decodes back to f32 (tests and CPU references).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let n = self.rows * self.cols;
+        match self.quant {
+            Quant::F32 => bytemuck::pod_collect_to_vec(&self.data[..n * 4]),
+            Quant::F16 => self.data[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Quant::Q8 | Quant::Q4 => {
+                let payload = self.quant.payload_bytes(n);
+                let scale = |g: usize| {
+                    let b = &self.data[payload + g * 2..payload + g * 2 + 2];
+                    f16::from_le_bytes([b[0], b[1]]).to_f32()
+                };
+                (0..n)
+                    .map(|e| {
+                        let q = if self.quant == Quant::Q8 {
+                            self.data[e] as i8 as f32
+                        } else {
+                            ((self.data[e / 2] >> ((e % 2) * 4)) & 15) as f32 - 8.0
+                        };
+                        q * scale(e / GROUP)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn quantize_q8(g: &[f32]) -> (f16, Vec<i8>) {
+    let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = f16::from_f32(amax / 127.0);
+    let df = d.to_f32();
+    let q = g.iter().map(|&v| if df == 0.0 { 0 } else { (v / df).round().clamp(-127.0, 127.0) as i8 }).collect();
+    (d, q)
+}
+
+/// Q4_0-style: the value of largest magnitude maps to −8, so the full 16 levels are used.
+fn quantize_q4(g: &[f32]) -> (f16, Vec<u8>) {
+    let mx = g.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = f16::from_f32(mx / -8.0);
+    let df = d.to_f32();
+    let q = g.iter().map(|&v| if df == 0.0 { 8 } else { ((v / df).round() + 8.0).clamp(0.0, 15.0) as u8 }).collect();
+    (d, q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_error_is_bounded() {
+        let x: Vec<f32> = (0..64 * 96).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
+        for (q, tol) in [(Quant::F32, 0.0), (Quant::F16, 1e-3), (Quant::Q8, 0.3 / 127.0), (Quant::Q4, 0.3 / 7.0)] {
+            let b = QuantBlob::quantize(q, 64, 96, &x).unwrap();
+            assert_eq!(b.data.len(), QuantBlob::byte_len(q, 64, 96));
+            let y = b.dequantize();
+            let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err <= tol * 1.01 + 1e-7, "{q}: {err}");
+        }
+    }
+
+    #[test]
+    fn chunks_reassemble() {
+        let x: Vec<f32> = (0..10 * 64).map(|i| (i as f32).sin()).collect();
+        let b = QuantBlob::quantize(Quant::Q4, 10, 64, &x).unwrap();
+        let (c, soff) = b.chunk_bytes(4, 6);
+        let sub = QuantBlob::quantize(Quant::Q4, 6, 64, &x[4 * 64..]).unwrap();
+        assert_eq!(c, sub.data);
+        assert_eq!(soff as usize, 6 * 32 / 4);
+    }
+}
