@@ -1,1 +1,321 @@
-//! Model configuration.
+//! `config.json` of a JanusFlow checkpoint (spec §1.2 and §9), with the LlamaConfig defaults
+//! filled in, every derived dimension computed once, and the full expected tensor table.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::Value;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlmConfig {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiglipConfig {
+    pub image_size: usize,
+    pub patch: usize,
+    pub width: usize,
+    /// Blocks actually built (and stored): min(L, L + select_layer + 1).
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_hidden: usize,
+}
+
+impl SiglipConfig {
+    pub fn tokens(&self) -> usize {
+        (self.image_size / self.patch).pow(2)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenConfig {
+    pub in_channels: usize,  // latent channels (4)
+    pub enc_channels: usize, // encoder width (768)
+    pub dec_in: usize,       // decoder LLM-branch width (768)
+    pub dec_channels: usize, // decoder ConvNeXt width (LLM branch + skip)
+    pub out_channels: usize, // 4
+    pub blocks: usize,       // ConvNeXt blocks in each mid block
+    pub kernel: usize,       // patchify kernel = stride (2)
+    pub image_size: usize,   // generated image side (384)
+}
+
+#[derive(Clone, Debug)]
+pub struct JanusConfig {
+    pub llm: LlmConfig,
+    pub siglip: SiglipConfig,
+    pub gen: GenConfig,
+    pub raw: Value,
+}
+
+fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, k| v.get(k))
+}
+
+fn usize_at(v: &Value, path: &str) -> Result<usize> {
+    get(v, path)
+        .ok_or_else(|| anyhow!("config.json: missing '{path}'"))?
+        .as_u64()
+        .filter(|&n| n > 0)
+        .map(|n| n as usize)
+        .ok_or_else(|| anyhow!("config.json: '{path}' must be a positive integer"))
+}
+
+fn opt_usize(v: &Value, path: &str) -> Result<Option<usize>> {
+    match get(v, path) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => usize_at(v, path).map(Some),
+    }
+}
+
+fn opt_f64(v: &Value, path: &str, default: f64) -> Result<f64> {
+    match get(v, path) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => x.as_f64().ok_or_else(|| anyhow!("config.json: '{path}' must be a number")),
+    }
+}
+
+/// Known SigLIP presets: (patch, width, layers, heads, mlp_ratio).
+fn siglip_preset(name: &str) -> Option<(usize, usize, usize, usize, f64)> {
+    match name {
+        "siglip_large_patch16_384" | "siglip_large_patch16_256" => Some((16, 1024, 24, 16, 4.0)),
+        "siglip_so400m_patch14_384" => Some((14, 1152, 27, 16, 3.7362)),
+        _ => None,
+    }
+}
+
+impl JanusConfig {
+    pub fn from_json_str(s: &str) -> Result<Self> {
+        let raw: Value = serde_json::from_str(s).context("config.json is not valid JSON")?;
+        Self::from_value(raw)
+    }
+
+    pub fn from_value(raw: Value) -> Result<Self> {
+        let l = "language_config";
+        let hidden = usize_at(&raw, &format!("{l}.hidden_size"))?;
+        let heads = usize_at(&raw, &format!("{l}.num_attention_heads"))?;
+        let kv_heads = opt_usize(&raw, &format!("{l}.num_key_value_heads"))?.unwrap_or(heads);
+        if hidden % heads != 0 {
+            bail!("config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}");
+        }
+        if heads % kv_heads != 0 {
+            bail!("config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}");
+        }
+        if kv_heads != heads {
+            bail!("config.json: grouped-query attention (num_key_value_heads {kv_heads} ≠ {heads}) is not supported; JanusFlow uses plain multi-head attention");
+        }
+        let head_dim = hidden / heads;
+        if head_dim % 2 != 0 || head_dim > 256 {
+            bail!("config.json: head dim {head_dim} must be even and at most 256");
+        }
+        let llm = LlmConfig {
+            hidden,
+            intermediate: usize_at(&raw, &format!("{l}.intermediate_size"))?,
+            layers: usize_at(&raw, &format!("{l}.num_hidden_layers"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: usize_at(&raw, &format!("{l}.vocab_size"))?,
+            max_positions: opt_usize(&raw, &format!("{l}.max_position_embeddings"))?.unwrap_or(2048),
+            rms_eps: opt_f64(&raw, &format!("{l}.rms_norm_eps"), 1e-6)? as f32,
+            rope_theta: opt_f64(&raw, &format!("{l}.rope_theta"), 10000.0)?,
+        };
+        if get(&raw, &format!("{l}.rope_scaling")).is_some_and(|v| !v.is_null()) {
+            bail!("config.json: rope_scaling is not supported");
+        }
+        if get(&raw, &format!("{l}.tie_word_embeddings")).and_then(Value::as_bool) == Some(true) {
+            bail!("config.json: tied word embeddings are not supported (JanusFlow has a separate lm_head)");
+        }
+
+        let u = "vision_und_enc_config.params";
+        let name = get(&raw, &format!("{u}.model_name")).and_then(Value::as_str).unwrap_or("siglip_large_patch16_384");
+        let preset = siglip_preset(name);
+        let pick = |key: &str, idx: usize| -> Result<usize> {
+            match opt_usize(&raw, &format!("{u}.{key}"))? {
+                Some(v) => Ok(v),
+                None => preset
+                    .map(|p| [p.0, p.1, p.2, p.3][idx])
+                    .ok_or_else(|| anyhow!("config.json: unknown SigLIP model '{name}' and no explicit '{key}'")),
+            }
+        };
+        let patch = pick("patch_size", 0)?;
+        let width = pick("width", 1)?;
+        let total_layers = pick("layers", 2)?;
+        let sheads = pick("heads", 3)?;
+        let mlp_ratio = opt_f64(&raw, &format!("{u}.mlp_ratio"), preset.map(|p| p.4).unwrap_or(4.0))?;
+        let image_size = opt_usize(&raw, &format!("{u}.image_size"))?.unwrap_or(384);
+        let select_layer = get(&raw, &format!("{u}.select_layer")).and_then(Value::as_i64).unwrap_or(-1);
+        let layers = if select_layer <= 0 {
+            (total_layers as i64).min(total_layers as i64 + select_layer + 1)
+        } else {
+            select_layer
+        };
+        if layers <= 0 || image_size % patch != 0 || width % sheads != 0 {
+            bail!("config.json: inconsistent SigLIP settings (image_size {image_size}, patch {patch}, width {width}, heads {sheads}, select_layer {select_layer})");
+        }
+        let siglip = SiglipConfig { image_size, patch, width, layers: layers as usize, heads: sheads, mlp_hidden: (width as f64 * mlp_ratio) as usize };
+
+        let e = "vision_gen_enc_config.params";
+        let d = "vision_gen_dec_config.params";
+        let last = |path: &str| -> Result<usize> {
+            get(&raw, path)
+                .and_then(Value::as_array)
+                .and_then(|a| a.last())
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| anyhow!("config.json: missing '{path}'"))
+        };
+        let enc_channels = last(&format!("{e}.block_out_channels"))?;
+        let dec_in = usize_at(&raw, &format!("{d}.in_channels"))?;
+        let kernel = opt_usize(&raw, &format!("{e}.kernel_size"))?.unwrap_or(2);
+        for (who, p) in [("vision_gen_enc_config", e), ("vision_gen_dec_config", d)] {
+            if let Some(h) = opt_usize(&raw, &format!("{p}.hidden_size"))? {
+                if h != hidden {
+                    bail!("config.json: {who}.params.hidden_size {h} differs from the language model's {hidden}");
+                }
+            }
+        }
+        let gen = GenConfig {
+            in_channels: opt_usize(&raw, &format!("{e}.input_channels"))?.unwrap_or(4),
+            enc_channels,
+            dec_in,
+            dec_channels: dec_in + enc_channels,
+            out_channels: opt_usize(&raw, &format!("{d}.out_channels"))?.unwrap_or(4),
+            blocks: opt_usize(&raw, &format!("{e}.layers_in_middle"))?.unwrap_or(2),
+            kernel,
+            image_size: opt_usize(&raw, "gen_image_size")?.unwrap_or(384),
+        };
+        Ok(JanusConfig { llm, siglip, gen, raw })
+    }
+
+    /// Every tensor of `model.safetensors` with its shape, in upstream names (spec §1.3–1.5),
+    /// including the unused SigLIP `attn_pool.*`.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut t: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |name: String, shape: &[usize]| t.push((name, shape.to_vec()));
+        let c = &self.llm;
+        let lm = "language_model.model";
+        add(format!("{lm}.embed_tokens.weight"), &[c.vocab, c.hidden]);
+        for i in 0..c.layers {
+            let p = format!("{lm}.layers.{i}");
+            add(format!("{p}.input_layernorm.weight"), &[c.hidden]);
+            for w in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+                add(format!("{p}.self_attn.{w}.weight"), &[c.hidden, c.hidden]);
+            }
+            add(format!("{p}.post_attention_layernorm.weight"), &[c.hidden]);
+            add(format!("{p}.mlp.gate_proj.weight"), &[c.intermediate, c.hidden]);
+            add(format!("{p}.mlp.up_proj.weight"), &[c.intermediate, c.hidden]);
+            add(format!("{p}.mlp.down_proj.weight"), &[c.hidden, c.intermediate]);
+        }
+        add(format!("{lm}.norm.weight"), &[c.hidden]);
+        add("language_model.lm_head.weight".into(), &[c.vocab, c.hidden]);
+
+        let s = &self.siglip;
+        let (w, m) = (s.width, s.mlp_hidden);
+        let v = "vision_und_enc_model.vision_tower";
+        add(format!("{v}.patch_embed.proj.weight"), &[w, 3, s.patch, s.patch]);
+        add(format!("{v}.patch_embed.proj.bias"), &[w]);
+        add(format!("{v}.pos_embed"), &[1, s.tokens(), w]);
+        for i in 0..s.layers {
+            let p = format!("{v}.blocks.{i}");
+            for (n, shape) in [
+                ("norm1.weight", vec![w]),
+                ("norm1.bias", vec![w]),
+                ("attn.qkv.weight", vec![3 * w, w]),
+                ("attn.qkv.bias", vec![3 * w]),
+                ("attn.proj.weight", vec![w, w]),
+                ("attn.proj.bias", vec![w]),
+                ("norm2.weight", vec![w]),
+                ("norm2.bias", vec![w]),
+                ("mlp.fc1.weight", vec![m, w]),
+                ("mlp.fc1.bias", vec![m]),
+                ("mlp.fc2.weight", vec![w, m]),
+                ("mlp.fc2.bias", vec![w]),
+            ] {
+                add(format!("{p}.{n}"), &shape);
+            }
+        }
+        add(format!("{v}.norm.weight"), &[w]);
+        add(format!("{v}.norm.bias"), &[w]);
+        for (n, shape) in [
+            ("latent", vec![1, 1, w]),
+            ("q.weight", vec![w, w]),
+            ("q.bias", vec![w]),
+            ("kv.weight", vec![2 * w, w]),
+            ("kv.bias", vec![2 * w]),
+            ("proj.weight", vec![w, w]),
+            ("proj.bias", vec![w]),
+            ("norm.weight", vec![w]),
+            ("norm.bias", vec![w]),
+            ("mlp.fc1.weight", vec![m, w]),
+            ("mlp.fc1.bias", vec![m]),
+            ("mlp.fc2.weight", vec![w, m]),
+            ("mlp.fc2.bias", vec![w]),
+        ] {
+            add(format!("{v}.attn_pool.{n}"), &shape);
+        }
+        let h = c.hidden;
+        add("vision_und_enc_aligner.weight".into(), &[h, w]);
+        add("vision_und_enc_aligner.bias".into(), &[h]);
+        add("beg_of_und_embed".into(), &[1, h]);
+
+        let g = &self.gen;
+        let e = "vision_gen_enc_model";
+        let tproj = g.enc_channels; // sinusoid width = encoder width (768)
+        add(format!("{e}.time_embed.linear_1.weight"), &[h, tproj]);
+        add(format!("{e}.time_embed.linear_1.bias"), &[h]);
+        add(format!("{e}.time_embed.linear_2.weight"), &[h, h]);
+        add(format!("{e}.time_embed.linear_2.bias"), &[h]);
+        add(format!("{e}.in_conv.weight"), &[g.enc_channels, g.in_channels, g.kernel, g.kernel]);
+        add(format!("{e}.in_conv.bias"), &[g.enc_channels]);
+        let convnext = |add: &mut dyn FnMut(String, &[usize]), p: String, ch: usize| {
+            add(format!("{p}.depthwise.weight"), &[ch, 1, 7, 7]);
+            add(format!("{p}.depthwise.bias"), &[ch]);
+            add(format!("{p}.norm.weight"), &[ch]);
+            add(format!("{p}.channelwise_linear_1.weight"), &[4 * ch, ch]);
+            add(format!("{p}.channelwise_linear_1.bias"), &[4 * ch]);
+            add(format!("{p}.channelwise_norm.weight"), &[1, 1, 1, 4 * ch]);
+            add(format!("{p}.channelwise_norm.bias"), &[1, 1, 1, 4 * ch]);
+            add(format!("{p}.channelwise_linear_2.weight"), &[ch, 4 * ch]);
+            add(format!("{p}.channelwise_linear_2.bias"), &[ch]);
+            add(format!("{p}.cond_embeds_mapper.weight"), &[2 * ch, h]);
+            add(format!("{p}.cond_embeds_mapper.bias"), &[2 * ch]);
+        };
+        for j in 0..g.blocks {
+            convnext(&mut add, format!("{e}.mid_block.res_blocks.{j}"), g.enc_channels);
+        }
+        add("vision_gen_enc_aligner.weight".into(), &[h, g.enc_channels]);
+        add("vision_gen_enc_aligner.bias".into(), &[h]);
+        let d = "vision_gen_dec_model";
+        add(format!("{d}.input_norm.weight"), &[g.dec_in]);
+        for j in 0..g.blocks {
+            convnext(&mut add, format!("{d}.mid_block.res_blocks.{j}"), g.dec_channels);
+        }
+        add(format!("{d}.out_convs.0.norm.weight"), &[g.dec_channels]);
+        add(format!("{d}.out_convs.0.unpatch_conv.weight"), &[g.out_channels * g.kernel * g.kernel, g.dec_channels, 1, 1]);
+        add(format!("{d}.out_convs.0.unpatch_conv.bias"), &[g.out_channels * g.kernel * g.kernel]);
+        add("vision_gen_dec_aligner_norm.weight".into(), &[h]);
+        add("vision_gen_dec_aligner.weight".into(), &[g.dec_in, h]);
+        add("vision_gen_dec_aligner.bias".into(), &[g.dec_in]);
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let bad = r#"{"language_config": {"hidden_size": 30, "num_attention_heads": 4}}"#;
+        assert!(JanusConfig::from_json_str(bad).unwrap_err().to_string().contains("not divisible"));
+        assert!(JanusConfig::from_json_str("{").is_err());
+    }
+}

@@ -9,3 +9,5 @@ pub mod gpu;
 pub mod model;
 pub mod text;
 pub mod weights;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;

@@ -1,1 +1,278 @@
-fn main() {}
+//! `janusflow`: the native command line (chat, logits, convert, synth, info, bench).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use janusflow::engine::{Conversation, Engine, EngineOptions};
+use janusflow::gpu::Gpu;
+use janusflow::text::sampling::SamplingParams;
+use janusflow::text::template::Message;
+use janusflow::weights::quant::Quant;
+use janusflow::weights::{source, ModelSource};
+
+#[derive(Parser)]
+#[command(name = "janusflow", version, about = "JanusFlow-1.3B on WebGPU (native CLI)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// Hugging Face checkpoint folder or weight-pack folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Weight preset: q4 (default), q8, f16 or f32 (weights as stored, for validation).
+    #[arg(long, default_value = "q4")]
+    quant: String,
+    /// Context length in tokens (KV-cache size).
+    #[arg(long, default_value_t = 4096)]
+    context: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Chat with the model. With --prompt: prints only the reply and exits.
+    Chat {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long)]
+        prompt: Option<String>,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.1)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        #[arg(long, default_value_t = 50)]
+        top_k: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+    },
+    /// Last-position logits after prefill of the chat prompt, as float32 .npy [vocab_size].
+    Logits {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Convert a checkpoint into a web weight pack (manifest.json + SHA-256-named shards ≤ 32 MiB).
+    Convert {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "q4")]
+        quant: String,
+    },
+    /// Write a random checkpoint in the Hugging Face layout for any config (e.g. the real sizes).
+    Synth {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Adapter, limits, optional features, and (with --model) a model summary.
+    Info {
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Throughput figures (not a test): prefill/decode tokens/s, submits and bytes per token, matmul time.
+    Bench {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value = "q4")]
+        quant: String,
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        /// Skip the f32 [512,2048]×[2048,2048] matmul timing.
+        #[arg(long)]
+        no_matmul: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn gpu() -> Result<Gpu> {
+    pollster::block_on(Gpu::new())
+}
+
+fn bar(len: u64, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {wide_msg}").unwrap().progress_chars("=> "));
+    pb.set_message(msg.to_string());
+    pb
+}
+
+fn load(m: &ModelArgs) -> Result<Engine> {
+    let preset = Quant::parse(&m.quant)?;
+    let src = ModelSource::open(&m.model)?;
+    let pb = bar(1, "loading");
+    let opts = EngineOptions { preset, context: m.context, ..Default::default() };
+    let engine = Engine::load(gpu()?, &src, opts, |done, total, what| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+        pb.set_message(what.to_string());
+    })?;
+    pb.finish_and_clear();
+    Ok(engine)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Chat { m, prompt, temperature, top_p, top_k, seed, max_tokens } => {
+            let params = SamplingParams { temperature, top_p, top_k, seed, max_tokens };
+            let mut engine = load(&m)?;
+            let mut conv = Conversation::new();
+            if let Some(p) = prompt {
+                conv.messages.push(Message::user(p));
+                let reply = pollster::block_on(engine.chat(&mut conv, &params, |_| true))?;
+                println!("{}", reply.text);
+                return Ok(());
+            }
+            eprintln!("JanusFlow chat on {} — type a message; /reset starts over, /exit quits.", engine.gpu.summary.name);
+            let stdin = std::io::stdin();
+            loop {
+                eprint!("\nUser: ");
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 {
+                    break;
+                }
+                let line = line.trim();
+                match line {
+                    "" => continue,
+                    "/exit" | "/quit" => break,
+                    "/reset" => {
+                        conv.clear();
+                        eprintln!("(new conversation)");
+                        continue;
+                    }
+                    _ => {}
+                }
+                conv.messages.push(Message::user(line));
+                eprint!("Assistant: ");
+                let out = pollster::block_on(engine.chat(&mut conv, &params, |t| {
+                    print!("{t}");
+                    let _ = std::io::stdout().flush();
+                    true
+                }));
+                println!();
+                match out {
+                    Ok(r) if r.finish == janusflow::engine::FinishReason::Context => eprintln!("(the context is full: /reset to continue)"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        conv.messages.pop();
+                        eprintln!("error: {e:#}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Logits { m, prompt, out } => {
+            let mut engine = load(&m)?;
+            let logits = pollster::block_on(engine.logits(&[Message::user(prompt)]))?;
+            write_npy(&out, &logits, &[logits.len() as u64])
+        }
+        Cmd::Convert { model, out, quant } => {
+            let preset = Quant::parse(&quant)?;
+            let src = ModelSource::open(&model)?;
+            let pb = bar(1, "converting");
+            let manifest = source::convert(&src, preset, &out, |i, n, name| {
+                pb.set_length(n as u64);
+                pb.set_position(i as u64);
+                pb.set_message(name.to_string());
+            })?;
+            pb.finish_and_clear();
+            eprintln!(
+                "wrote {} ({} tensors, {} shards, {:.1} MiB, preset {preset})",
+                out.display(),
+                manifest.tensors.len(),
+                manifest.shards.len(),
+                manifest.total_bytes as f64 / (1 << 20) as f64
+            );
+            Ok(())
+        }
+        Cmd::Synth { config, out, seed } => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?;
+            let pb = bar(1, "writing");
+            let n = janusflow::weights::synth::write_checkpoint(&text, &out, seed, |done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
+            })?;
+            pb.finish_and_clear();
+            eprintln!("wrote {} ({n} parameters)", out.display());
+            Ok(())
+        }
+        Cmd::Info { model } => {
+            let gpu = gpu()?;
+            println!("{}", serde_json::to_string_pretty(&gpu.summary)?);
+            if let Some(dir) = model {
+                let src = ModelSource::open(&dir)?;
+                let cfg = src.config()?;
+                let table = cfg.expected_tensors();
+                let params: usize = table.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+                println!("model: {} ({})", dir.display(), if src.fixed_preset().is_some() { "weight pack" } else { "Hugging Face checkpoint" });
+                println!("  tensors: {}, parameters: {params}", table.len());
+                println!("  llm: {:?}", cfg.llm);
+                println!("  siglip: {:?}", cfg.siglip);
+                println!("  generation: {:?}", cfg.gen);
+            }
+            Ok(())
+        }
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul } => bench(model.as_deref(), &quant, prompt_tokens, decode_tokens, no_matmul),
+    }
+}
+
+fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    use npyz::WriterBuilder;
+    let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(shape).writer(std::io::BufWriter::new(f)).begin_nd()?;
+    w.extend(data.iter().copied())?;
+    w.finish()?;
+    Ok(())
+}
+
+fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens: usize, no_matmul: bool) -> Result<()> {
+    let gpu = gpu()?;
+    println!("device: {} ({}, {})", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
+    if !no_matmul {
+        let secs = janusflow::bench::matmul_f32(&gpu, 512, 2048, 2048)?;
+        println!("matmul f32 [512,2048]x[2048,2048]: {secs:.3} s ({:.1} GFLOP/s)", 2.0 * 512.0 * 2048.0 * 2048.0 / secs / 1e9);
+    }
+    let Some(dir) = model else { return Ok(()) };
+    let preset = Quant::parse(quant)?;
+    let src = ModelSource::open(dir)?;
+    let opts = EngineOptions { preset, context: (prompt_tokens + decode_tokens + 8).max(64), ..Default::default() };
+    let t0 = Instant::now();
+    let engine = Engine::load(gpu, &src, opts, |_, _, _| {})?;
+    println!("load: {:.2} s, resident LLM weights {:.1} MiB ({preset})", t0.elapsed().as_secs_f64(), engine.llm.weight_bytes() as f64 / (1 << 20) as f64);
+    let r = pollster::block_on(janusflow::bench::llm(&engine, prompt_tokens, decode_tokens))?;
+    println!("prefill: {prompt_tokens} tokens in {:.3} s = {:.1} tokens/s", r.prefill_s, prompt_tokens as f64 / r.prefill_s);
+    println!("decode: {} tokens in {:.3} s = {:.2} tokens/s", r.decoded, r.decode_s, r.decoded as f64 / r.decode_s);
+    println!("submits per decoded token: {:.2}", r.submits_per_token);
+    println!("bytes read back per decoded token: {:.0}", r.readback_per_token);
+    println!(
+        "weight bytes read per decoded token / resident weight bytes: {:.3} ({:.1} MiB / {:.1} MiB)",
+        engine.llm.weight_bytes_per_token() as f64 / engine.llm.weight_bytes() as f64,
+        engine.llm.weight_bytes_per_token() as f64 / (1 << 20) as f64,
+        engine.llm.weight_bytes() as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}

@@ -1,1 +1,3 @@
-//! Models.
+//! One struct per network part, each with `load` and `forward`.
+
+pub mod llm;

@@ -1,3 +1,12 @@
 //! Checkpoint reading (Hugging Face safetensors folders and web weight packs) and quantization.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hf;
+pub mod pack;
+pub mod preset;
 pub mod quant;
+pub mod source;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod synth;
+
+pub use source::ModelSource;

@@ -1,0 +1,202 @@
+//! DeepSeek-LLM-1.3B in Hugging Face Llama layout: pre-norm decoder layers with rotate-half RoPE,
+//! causal multi-head attention over a KV cache, and a SwiGLU MLP (spec §1.3).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use crate::config::LlmConfig;
+use crate::gpu::kernels::{self, AttnShape, Out};
+use crate::gpu::{Gpu, Recorder, Tensor, Weight};
+use crate::weights::quant::Quant;
+use crate::weights::ModelSource;
+
+pub struct Layer {
+    pub input_norm: Tensor,
+    pub q: Arc<Weight>,
+    pub k: Arc<Weight>,
+    pub v: Arc<Weight>,
+    pub o: Arc<Weight>,
+    pub post_norm: Tensor,
+    pub gate: Arc<Weight>,
+    pub up: Arc<Weight>,
+    pub down: Arc<Weight>,
+}
+
+pub struct Llm {
+    pub cfg: LlmConfig,
+    pub embed: Arc<Weight>,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    pub lm_head: Arc<Weight>,
+    /// cos/sin for positions 0..max_positions, [pos, head_dim/2] pairs.
+    rope: Tensor,
+}
+
+/// Keys and values of every layer for positions 0..len, plus the ids they were computed from
+/// (so a later turn can reuse the longest common prefix).
+pub struct KvCache {
+    pub k: Vec<wgpu::Buffer>,
+    pub v: Vec<wgpu::Buffer>,
+    pub capacity: usize,
+    pub tokens: Vec<u32>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.k.iter().chain(&self.v).map(|b| b.size()).sum()
+    }
+}
+
+/// Activation buffers for up to `rows` tokens at once.
+pub struct Scratch {
+    pub rows: usize,
+    pub x: wgpu::Buffer,    // [rows, hidden] residual stream
+    pub h: wgpu::Buffer,    // [rows, hidden] normed
+    pub q: wgpu::Buffer,    // [rows, hidden]
+    pub attn: wgpu::Buffer, // [rows, hidden]
+    pub g: wgpu::Buffer,    // [rows, intermediate]
+    pub u: wgpu::Buffer,    // [rows, intermediate]
+    pub m: wgpu::Buffer,    // [rows, intermediate] silu(g)·u
+}
+
+/// What the first layer reads.
+pub enum Input<'a> {
+    /// Token ids in `ids[off .. off + t]`.
+    Ids(&'a wgpu::Buffer, usize),
+    /// Ready embeddings [t, hidden] at element offset `off` (image splices, generation tokens).
+    Embeds(&'a wgpu::Buffer, usize),
+}
+
+fn vec_f32(gpu: &Gpu, src: &ModelSource, name: &str, n: usize) -> Result<Tensor> {
+    let blob = src.blob(name, &[n], Quant::F32)?;
+    Ok(Tensor::from_f32(gpu, name, &[n], &blob.dequantize()))
+}
+
+impl Llm {
+    pub fn load(gpu: &Gpu, src: &ModelSource, cfg: &LlmConfig, preset: Quant, mut progress: impl FnMut(&str)) -> Result<Self> {
+        let (h, i) = (cfg.hidden, cfg.intermediate);
+        let w = |name: &str, shape: &[usize]| -> Result<Arc<Weight>> {
+            let blob = src.blob(name, shape, preset)?;
+            Weight::upload(gpu, name, &blob)
+        };
+        let p = "language_model.model";
+        progress("embed_tokens");
+        let embed = w(&format!("{p}.embed_tokens.weight"), &[cfg.vocab, h])?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            progress(&format!("layer {l}"));
+            let q = format!("{p}.layers.{l}");
+            layers.push(Layer {
+                input_norm: vec_f32(gpu, src, &format!("{q}.input_layernorm.weight"), h)?,
+                q: w(&format!("{q}.self_attn.q_proj.weight"), &[h, h])?,
+                k: w(&format!("{q}.self_attn.k_proj.weight"), &[h, h])?,
+                v: w(&format!("{q}.self_attn.v_proj.weight"), &[h, h])?,
+                o: w(&format!("{q}.self_attn.o_proj.weight"), &[h, h])?,
+                post_norm: vec_f32(gpu, src, &format!("{q}.post_attention_layernorm.weight"), h)?,
+                gate: w(&format!("{q}.mlp.gate_proj.weight"), &[i, h])?,
+                up: w(&format!("{q}.mlp.up_proj.weight"), &[i, h])?,
+                down: w(&format!("{q}.mlp.down_proj.weight"), &[h, i])?,
+            });
+        }
+        progress("lm_head");
+        let norm = vec_f32(gpu, src, &format!("{p}.norm.weight"), h)?;
+        let lm_head = w("language_model.lm_head.weight", &[cfg.vocab, h])?;
+        let rope = Tensor::from_f32(gpu, "rope", &[cfg.max_positions, cfg.head_dim], &rope_table(cfg.max_positions, cfg.head_dim, cfg.rope_theta));
+        Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope })
+    }
+
+    /// Resident weight bytes.
+    pub fn weight_bytes(&self) -> u64 {
+        let l: u64 = self.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| w.bytes()).sum::<u64>()).sum();
+        l + self.embed.bytes() + self.lm_head.bytes() + (self.cfg.layers as u64 * 2 + 1) * self.cfg.hidden as u64 * 4
+    }
+
+    /// Weight bytes one decoded token reads: every layer matrix, the norms, one embedding row and
+    /// the whole lm_head.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.weight_bytes() - self.embed.bytes() + self.embed.bytes() / self.cfg.vocab as u64
+    }
+
+    pub fn new_cache(&self, gpu: &Gpu, capacity: usize) -> Result<KvCache> {
+        let capacity = capacity.min(self.cfg.max_positions);
+        let bytes = capacity as u64 * self.cfg.hidden as u64 * 4;
+        if bytes > gpu.max_binding() {
+            bail!("a context of {capacity} tokens needs {bytes} bytes per layer cache, over the GPU's binding limit");
+        }
+        let mk = |kind: &str| (0..self.cfg.layers).map(|l| gpu.storage_buffer(&format!("{kind}{l}"), bytes)).collect();
+        Ok(KvCache { k: mk("k"), v: mk("v"), capacity, tokens: Vec::new() })
+    }
+
+    pub fn new_scratch(&self, gpu: &Gpu, rows: usize) -> Scratch {
+        let (h, i) = (self.cfg.hidden as u64 * 4, self.cfg.intermediate as u64 * 4);
+        let r = rows as u64;
+        Scratch {
+            rows,
+            x: gpu.storage_buffer("x", r * h),
+            h: gpu.storage_buffer("h", r * h),
+            q: gpu.storage_buffer("q", r * h),
+            attn: gpu.storage_buffer("attn", r * h),
+            g: gpu.storage_buffer("g", r * i),
+            u: gpu.storage_buffer("u", r * i),
+            m: gpu.storage_buffer("m", r * i),
+        }
+    }
+
+    /// Runs `t` tokens at positions pos0.. through every layer, appending their K/V to the cache
+    /// layers. Leaves the residual stream (before the final norm) in `s.x` rows 0..t.
+    pub fn forward(&self, rec: &mut Recorder, s: &Scratch, cache: &KvCache, input: Input, t: usize, pos0: usize) {
+        let c = &self.cfg;
+        let (hd, id) = (c.hidden, c.intermediate);
+        assert!(t <= s.rows && pos0 + t <= cache.capacity);
+        match input {
+            Input::Ids(ids, off) => kernels::embedding(rec, &self.embed, ids, off, t, &s.x, 0),
+            Input::Embeds(buf, off) => rec.copy(buf, off as u64 * 4, &s.x, 0, (t * hd * 4) as u64),
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (kc, vc) = (&cache.k[l], &cache.v[l]);
+            kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.input_norm.buf, c.rms_eps, &s.h, 0);
+            kernels::linear(rec, &layer.q, None, &s.h, 0, t, Out { buf: &s.q, off: 0, stride: hd, add: false });
+            kernels::linear(rec, &layer.k, None, &s.h, 0, t, Out { buf: kc, off: pos0 * hd, stride: hd, add: false });
+            kernels::linear(rec, &layer.v, None, &s.h, 0, t, Out { buf: vc, off: pos0 * hd, stride: hd, add: false });
+            kernels::rope(rec, &s.q, 0, t, c.heads, c.head_dim, pos0, hd, &self.rope.buf);
+            kernels::rope(rec, kc, pos0 * hd, t, c.heads, c.head_dim, pos0, hd, &self.rope.buf);
+            let shape = AttnShape { t, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(pos0), n_keys: pos0 + t, q_stride: hd, kv_stride: hd };
+            kernels::attention(rec, shape, &s.q, 0, kc, 0, vc, 0, &s.attn, 0);
+            kernels::linear(rec, &layer.o, None, &s.attn, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
+            kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.post_norm.buf, c.rms_eps, &s.h, 0);
+            kernels::linear(rec, &layer.gate, None, &s.h, 0, t, Out { buf: &s.g, off: 0, stride: id, add: false });
+            kernels::linear(rec, &layer.up, None, &s.h, 0, t, Out { buf: &s.u, off: 0, stride: id, add: false });
+            kernels::swiglu(rec, &s.g, &s.u, &s.m, t * id);
+            kernels::linear(rec, &layer.down, None, &s.m, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
+        }
+    }
+
+    /// Final norm and lm_head on residual row `row` of `s.x` → logits[0 .. vocab].
+    pub fn logits_of_row(&self, rec: &mut Recorder, s: &Scratch, row: usize, logits: &wgpu::Buffer) {
+        let hd = self.cfg.hidden;
+        kernels::rmsnorm(rec, &s.x, row * hd, 1, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
+        kernels::linear(rec, &self.lm_head, None, &s.h, 0, 1, Out { buf: logits, off: 0, stride: self.cfg.vocab, add: false });
+    }
+}
+
+/// cos/sin of pos · θ^(−2i/d), the angle formed in f32 like transformers, then evaluated in f64.
+pub fn rope_table(max_pos: usize, d: usize, theta: f64) -> Vec<f32> {
+    let half = d / 2;
+    let inv: Vec<f32> = (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / d as f64)) as f32).collect();
+    let mut t = Vec::with_capacity(max_pos * d);
+    for pos in 0..max_pos {
+        for &f in &inv {
+            let a = (pos as f32 * f) as f64;
+            t.push(a.cos() as f32);
+            t.push(a.sin() as f32);
+        }
+    }
+    t
+}

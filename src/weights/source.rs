@@ -1,0 +1,217 @@
+//! Where a model comes from: a Hugging Face checkpoint folder (converted on load) or a weight
+//! pack (already converted). Both hand out the same [`QuantBlob`]s for the same preset.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use super::pack::{gather, sha256_hex, Manifest};
+use super::preset::{matrix_dims, quant_for, skipped};
+use super::quant::{Quant, QuantBlob};
+use crate::config::JanusConfig;
+
+/// Byte ranges of pack shards (a folder natively; IndexedDB in the browser).
+pub trait ShardStore: Send + Sync {
+    fn read(&self, shard: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+}
+
+pub struct Pack {
+    pub manifest: Manifest,
+    store: Box<dyn ShardStore>,
+}
+
+impl Pack {
+    pub fn new(manifest: Manifest, store: Box<dyn ShardStore>) -> Self {
+        Pack { manifest, store }
+    }
+    fn read_parts(&self, parts: &[super::pack::Part], length: u64) -> Result<Vec<u8>> {
+        gather(parts, length, |s, o, l| self.store.read(s, o, l))
+    }
+}
+
+pub enum ModelSource {
+    #[cfg(not(target_arch = "wasm32"))]
+    Hf { dir: std::path::PathBuf, files: super::hf::SafetensorsFiles },
+    Pack(Pack),
+}
+
+impl ModelSource {
+    /// Opens a pack folder (has `manifest.json`) or a Hugging Face checkpoint folder.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(dir: &std::path::Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("model folder {} does not exist", dir.display());
+        }
+        let manifest_path = dir.join("manifest.json");
+        if manifest_path.exists() {
+            let manifest = Manifest::parse(&std::fs::read(&manifest_path)?)?;
+            return Ok(ModelSource::Pack(Pack::new(manifest, Box::new(DirShards::new(dir)))));
+        }
+        if !dir.join("config.json").exists() {
+            bail!("{} holds neither manifest.json (weight pack) nor config.json (Hugging Face checkpoint)", dir.display());
+        }
+        let files = super::hf::SafetensorsFiles::open(dir, "model")?;
+        Ok(ModelSource::Hf { dir: dir.to_path_buf(), files })
+    }
+
+    pub fn config(&self) -> Result<JanusConfig> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            ModelSource::Hf { .. } => {
+                let bytes = self.file("config.json")?.ok_or_else(|| anyhow!("config.json is missing"))?;
+                JanusConfig::from_json_str(std::str::from_utf8(&bytes).context("config.json is not UTF-8")?)
+            }
+            ModelSource::Pack(p) => JanusConfig::from_value(p.manifest.config.clone()),
+        }
+    }
+
+    /// A side file (tokenizer.json, preprocessor_config.json, vae/config.json, ...), if present.
+    pub fn file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            ModelSource::Hf { dir, .. } => {
+                let p = dir.join(name);
+                if p.exists() {
+                    Ok(Some(std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?))
+                } else {
+                    Ok(None)
+                }
+            }
+            ModelSource::Pack(p) => match p.manifest.file(name) {
+                Some(f) => Ok(Some(p.read_parts(&f.parts, f.length).with_context(|| format!("pack file {name}"))?)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The preset a pack was converted with (None for HF folders, which take any preset).
+    pub fn fixed_preset(&self) -> Option<Quant> {
+        match self {
+            ModelSource::Pack(p) => Some(p.manifest.preset),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The tensor `name` converted for `preset`; its shape must be `expected`.
+    pub fn blob(&self, name: &str, expected: &[usize], preset: Quant) -> Result<QuantBlob> {
+        let quant = quant_for(preset, name, expected);
+        let (rows, cols) = matrix_dims(expected);
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            ModelSource::Hf { files, .. } => {
+                let (_, shape, vals) = files.tensor_f32(name)?;
+                if shape != expected {
+                    bail!("tensor '{name}' has shape {shape:?}, but config.json implies {expected:?}");
+                }
+                QuantBlob::quantize(quant, rows, cols, &vals).with_context(|| format!("tensor '{name}'"))
+            }
+            ModelSource::Pack(p) => {
+                if p.manifest.preset != preset {
+                    bail!("this weight pack was converted with the {} preset; {} was requested", p.manifest.preset, preset);
+                }
+                let t = p.manifest.tensor(name).ok_or_else(|| anyhow!("the weight pack has no tensor '{name}'"))?;
+                if t.shape != expected || t.quant != quant {
+                    bail!("pack tensor '{name}' is {:?} {}, expected {expected:?} {quant}", t.shape, t.quant);
+                }
+                let data = p.read_parts(&t.parts, t.length).with_context(|| format!("pack tensor '{name}'"))?;
+                QuantBlob::from_bytes(quant, rows, cols, data).with_context(|| format!("pack tensor '{name}'"))
+            }
+        }
+    }
+
+    /// Names and source dtypes of every checkpoint tensor that `convert` should keep.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn hf_files(&self) -> Option<&super::hf::SafetensorsFiles> {
+        match self {
+            ModelSource::Hf { files, .. } => Some(files),
+            _ => None,
+        }
+    }
+}
+
+/// Pack shards in a local folder; each shard's SHA-256 is checked the first time it is read.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct DirShards {
+    dir: std::path::PathBuf,
+    verified: Mutex<HashSet<String>>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl DirShards {
+    pub fn new(dir: &std::path::Path) -> Self {
+        DirShards { dir: dir.to_path_buf(), verified: Mutex::new(HashSet::new()) }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ShardStore for DirShards {
+    fn read(&self, shard: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if shard.contains('/') || shard.contains("..") || !shard.ends_with(".bin") {
+            bail!("bad shard name '{shard}'");
+        }
+        let path = self.dir.join(shard);
+        let data = std::fs::read(&path).with_context(|| format!("cannot read shard {}", path.display()))?;
+        let mut verified = self.verified.lock().unwrap();
+        if !verified.contains(shard) {
+            let sha = sha256_hex(&data);
+            if format!("{sha}.bin") != shard {
+                bail!("shard {} is corrupt: its SHA-256 is {sha}", path.display());
+            }
+            verified.insert(shard.to_string());
+        }
+        let end = offset.checked_add(len).filter(|&e| e <= data.len() as u64);
+        let end = end.ok_or_else(|| anyhow!("shard {shard} is shorter than the manifest says"))?;
+        Ok(data[offset as usize..end as usize].to_vec())
+    }
+}
+
+/// Writes a pack of `src` under `preset` into `out` (shards then manifest.json, so that a folder
+/// with a manifest is always complete). Returns the manifest.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut progress: impl FnMut(usize, usize, &str)) -> Result<Manifest> {
+    use super::pack::PackWriter;
+    let cfg = src.config()?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let _ = std::fs::remove_file(out.join("manifest.json"));
+    let out2 = out.to_path_buf();
+    let mut w = PackWriter::new(move |name: &str, data: &[u8]| {
+        let tmp = out2.join(format!("{name}.partial"));
+        std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, out2.join(name))?;
+        Ok(())
+    });
+    for name in SIDE_FILES {
+        if let Some(bytes) = src.file(name)? {
+            w.add_file(name, &bytes)?;
+        }
+    }
+    let table: Vec<_> = cfg.expected_tensors().into_iter().filter(|(n, _)| !skipped(n)).collect();
+    let total = table.len();
+    for (i, (name, shape)) in table.iter().enumerate() {
+        progress(i, total, name);
+        let dtype = match src {
+            ModelSource::Hf { files, .. } => files.tensor_f32(name)?.0,
+            ModelSource::Pack(p) => p.manifest.tensor(name).map(|t| t.dtype.clone()).unwrap_or_default(),
+        };
+        let blob = src.blob(name, shape, preset)?;
+        w.add_tensor(name, &dtype, shape, &blob)?;
+    }
+    progress(total, total, "");
+    let manifest = w.finish(preset, cfg.raw.clone())?;
+    let tmp = out.join("manifest.json.partial");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::rename(&tmp, out.join("manifest.json"))?;
+    Ok(manifest)
+}
+
+/// Side files carried into a pack.
+pub const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "vae/config.json",
+];
