@@ -60,10 +60,17 @@ pub struct Counters {
 }
 
 /// A multi-turn conversation and its KV cache.
-#[derive(Default)]
 pub struct Conversation {
+    /// The system prompt (JanusFlow's understanding prompt by default; `None` for none).
+    pub system: Option<String>,
     pub messages: Vec<Message>,
     cache: Option<KvCache>,
+}
+
+impl Default for Conversation {
+    fn default() -> Self {
+        Conversation { system: Some(SYSTEM_PROMPT.to_string()), messages: Vec::new(), cache: None }
+    }
 }
 
 impl Conversation {
@@ -123,7 +130,7 @@ impl Engine {
         Ok(Engine { gpu, cfg, tok, llm, opts, scratch, ids, logits, topk_scratch, topk_out, counters: Default::default() })
     }
 
-    fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+    fn prompt_ids(&self, system: Option<&str>, messages: &[Message]) -> Result<Vec<u32>> {
         match messages.last() {
             Some(m) if m.role == Role::User => {}
             _ => bail!("the conversation must end with a user message"),
@@ -131,7 +138,7 @@ impl Engine {
         if messages.iter().any(|m| m.images > 0) {
             bail!("image input is not supported by this engine build yet");
         }
-        self.tok.encode_pieces(&chat_pieces(&self.tok, Some(SYSTEM_PROMPT), messages))
+        self.tok.encode_pieces(&chat_pieces(&self.tok, system, messages))
     }
 
     fn check_fits(&self, n: usize) -> Result<()> {
@@ -202,7 +209,7 @@ impl Engine {
     /// stop), and appends the reply to the conversation. K/V of the shared prefix are reused.
     pub async fn chat(&mut self, conv: &mut Conversation, params: &SamplingParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
         self.gpu.check_alive()?;
-        let ids = self.prompt_ids(&conv.messages)?;
+        let ids = self.prompt_ids(conv.system.as_deref(), &conv.messages)?;
         self.check_fits(ids.len())?;
         let mut cache = match conv.cache.take() {
             Some(c) => c,
@@ -245,14 +252,14 @@ impl Engine {
         Ok(Reply { text: text.trim_end_matches('\u{FFFD}').to_string(), ids: out, finish, prompt_tokens: ids.len(), reused_tokens: common })
     }
 
-    /// Token ids of the chat prompt for `messages` (with the system prompt).
-    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        self.prompt_ids(messages)
+    /// Token ids of the chat prompt for `messages`.
+    pub fn encode_chat(&self, system: Option<&str>, messages: &[Message]) -> Result<Vec<u32>> {
+        self.prompt_ids(system, messages)
     }
 
     /// Last-position logits after prefilling the chat prompt of `messages` (fresh cache).
-    pub async fn logits(&mut self, messages: &[Message]) -> Result<Vec<f32>> {
-        let ids = self.prompt_ids(messages)?;
+    pub async fn logits(&self, system: Option<&str>, messages: &[Message]) -> Result<Vec<f32>> {
+        let ids = self.prompt_ids(system, messages)?;
         self.check_fits(ids.len())?;
         let mut cache = self.llm.new_cache(&self.gpu, ids.len())?;
         self.prefill(&mut cache, &ids, 0, 1).await?;

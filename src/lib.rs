@@ -11,3 +11,5 @@ pub mod text;
 pub mod weights;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -186,8 +186,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Logits { m, prompt, out } => {
-            let mut engine = load(&m)?;
-            let logits = pollster::block_on(engine.logits(&[Message::user(prompt)]))?;
+            let engine = load(&m)?;
+            let logits = pollster::block_on(engine.logits(Some(janusflow::text::template::SYSTEM_PROMPT), &[Message::user(prompt)]))?;
             write_npy(&out, &logits, &[logits.len() as u64])
         }
         Cmd::Convert { model, out, quant } => {

@@ -74,8 +74,9 @@ pub enum Input<'a> {
     Embeds(&'a wgpu::Buffer, usize),
 }
 
-fn vec_f32(gpu: &Gpu, src: &ModelSource, name: &str, n: usize) -> Result<Tensor> {
-    let blob = src.blob(name, &[n], Quant::F32)?;
+/// A vector (norm weight, bias): f32 under every preset.
+fn vec_f32(gpu: &Gpu, src: &ModelSource, name: &str, n: usize, preset: Quant) -> Result<Tensor> {
+    let blob = src.blob(name, &[n], preset)?;
     Ok(Tensor::from_f32(gpu, name, &[n], &blob.dequantize()))
 }
 
@@ -94,19 +95,19 @@ impl Llm {
             progress(&format!("layer {l}"));
             let q = format!("{p}.layers.{l}");
             layers.push(Layer {
-                input_norm: vec_f32(gpu, src, &format!("{q}.input_layernorm.weight"), h)?,
+                input_norm: vec_f32(gpu, src, &format!("{q}.input_layernorm.weight"), h, preset)?,
                 q: w(&format!("{q}.self_attn.q_proj.weight"), &[h, h])?,
                 k: w(&format!("{q}.self_attn.k_proj.weight"), &[h, h])?,
                 v: w(&format!("{q}.self_attn.v_proj.weight"), &[h, h])?,
                 o: w(&format!("{q}.self_attn.o_proj.weight"), &[h, h])?,
-                post_norm: vec_f32(gpu, src, &format!("{q}.post_attention_layernorm.weight"), h)?,
+                post_norm: vec_f32(gpu, src, &format!("{q}.post_attention_layernorm.weight"), h, preset)?,
                 gate: w(&format!("{q}.mlp.gate_proj.weight"), &[i, h])?,
                 up: w(&format!("{q}.mlp.up_proj.weight"), &[i, h])?,
                 down: w(&format!("{q}.mlp.down_proj.weight"), &[h, i])?,
             });
         }
         progress("lm_head");
-        let norm = vec_f32(gpu, src, &format!("{p}.norm.weight"), h)?;
+        let norm = vec_f32(gpu, src, &format!("{p}.norm.weight"), h, preset)?;
         let lm_head = w("language_model.lm_head.weight", &[cfg.vocab, h])?;
         let rope = Tensor::from_f32(gpu, "rope", &[cfg.max_positions, cfg.head_dim], &rope_table(cfg.max_positions, cfg.head_dim, cfg.rope_theta));
         Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope })

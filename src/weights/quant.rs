@@ -185,13 +185,32 @@ fn quantize_q8(g: &[f32]) -> (f16, Vec<i8>) {
     (d, q)
 }
 
-/// Q4_0-style: the value of largest magnitude maps to −8, so the full 16 levels are used.
+/// Symmetric 4-bit with a least-squares scale: several candidate scales around Q4_0's
+/// (largest-magnitude value → −8) are tried, and for each the rounded levels are refitted with the
+/// scale that minimises the squared error; the best candidate wins. Stored level = q + 8.
 fn quantize_q4(g: &[f32]) -> (f16, Vec<u8>) {
     let mx = g.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let d = f16::from_f32(mx / -8.0);
-    let df = d.to_f32();
-    let q = g.iter().map(|&v| if df == 0.0 { 8 } else { ((v / df).round() + 8.0).clamp(0.0, 15.0) as u8 }).collect();
-    (d, q)
+    if mx == 0.0 {
+        return (f16::ZERO, vec![8; g.len()]);
+    }
+    let mut best = (f32::MAX, f16::ZERO, Vec::new());
+    for step in -10..=10 {
+        let iscale = -(8.0 + step as f32 * 0.1) / mx;
+        let q: Vec<i32> = g.iter().map(|&v| ((v * iscale).round() as i32).clamp(-8, 7)).collect();
+        let (sxq, sqq) = g.iter().zip(&q).fold((0f64, 0f64), |(a, b), (&v, &l)| (a + v as f64 * l as f64, b + (l * l) as f64));
+        if sqq == 0.0 {
+            continue;
+        }
+        let d = f16::from_f64(sxq / sqq);
+        let df = d.to_f32();
+        // Re-round with the stored (f16) scale so the levels are optimal for what the GPU sees.
+        let q: Vec<i32> = g.iter().map(|&v| if df == 0.0 { 0 } else { ((v / df).round() as i32).clamp(-8, 7) }).collect();
+        let err: f32 = g.iter().zip(&q).map(|(&v, &l)| (v - l as f32 * df).powi(2)).sum();
+        if err < best.0 {
+            best = (err, d, q);
+        }
+    }
+    (best.1, best.2.iter().map(|&l| (l + 8) as u8).collect())
 }
 
 #[cfg(test)]

@@ -1,13 +1,10 @@
 //! Where a model comes from: a Hugging Face checkpoint folder (converted on load) or a weight
 //! pack (already converted). Both hand out the same [`QuantBlob`]s for the same preset.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use super::pack::{gather, sha256_hex, Manifest};
-use super::preset::{matrix_dims, quant_for, skipped};
+use super::pack::{gather, Manifest};
+use super::preset::{matrix_dims, quant_for};
 use super::quant::{Quant, QuantBlob};
 use crate::config::JanusConfig;
 
@@ -135,13 +132,13 @@ impl ModelSource {
 #[cfg(not(target_arch = "wasm32"))]
 pub struct DirShards {
     dir: std::path::PathBuf,
-    verified: Mutex<HashSet<String>>,
+    verified: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl DirShards {
     pub fn new(dir: &std::path::Path) -> Self {
-        DirShards { dir: dir.to_path_buf(), verified: Mutex::new(HashSet::new()) }
+        DirShards { dir: dir.to_path_buf(), verified: Default::default() }
     }
 }
 
@@ -155,7 +152,7 @@ impl ShardStore for DirShards {
         let data = std::fs::read(&path).with_context(|| format!("cannot read shard {}", path.display()))?;
         let mut verified = self.verified.lock().unwrap();
         if !verified.contains(shard) {
-            let sha = sha256_hex(&data);
+            let sha = super::pack::sha256_hex(&data);
             if format!("{sha}.bin") != shard {
                 bail!("shard {} is corrupt: its SHA-256 is {sha}", path.display());
             }
@@ -187,7 +184,7 @@ pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut prog
             w.add_file(name, &bytes)?;
         }
     }
-    let table: Vec<_> = cfg.expected_tensors().into_iter().filter(|(n, _)| !skipped(n)).collect();
+    let table: Vec<_> = cfg.expected_tensors().into_iter().filter(|(n, _)| !super::preset::skipped(n)).collect();
     let total = table.len();
     for (i, (name, shape)) in table.iter().enumerate() {
         progress(i, total, name);
