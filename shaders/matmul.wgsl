@@ -1,6 +1,7 @@
 // Tiled matrix–matrix product for prefill and batched work: y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
-// Each 16×16 workgroup computes a 64×64 output tile, 4×4 outputs per invocation, staging
-// 16-deep slices of x and of the (dequantized) weights in workgroup memory. Accumulation is f32.
+// Each 16×16 workgroup computes a 128×128 output tile, 8×8 outputs per invocation, staging
+// 8-deep slices of x and of the (dequantized) weights in workgroup memory (8 KiB). Every
+// invocation loads one vec4 of x and one of W per slice. Accumulation is f32.
 // Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD; BIAS.
 
 struct Params {
@@ -24,22 +25,23 @@ struct Params {
 
 //#include quant.wgsl
 
-const BK: u32 = 16u;
-var<workgroup> As: array<f32, 1024>; // [BK][64] slice of x, k-major
-var<workgroup> Bs: array<f32, 1024>; // [BK][64] slice of W, k-major
+const BK: u32 = 8u;
+const TILE: u32 = 128u;
+var<workgroup> As: array<f32, 1024>; // [BK][128] slice of x, k-major
+var<workgroup> Bs: array<f32, 1024>; // [BK][128] slice of W, k-major
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tx = lid.x;
     let ty = lid.y;
     let tid = ty * 16u + tx;
-    let m0 = wid.y * 64u;
-    let n0 = wid.x * 64u;
-    // Loader coordinates: 64 rows × 4 quads of k.
-    let lr = tid / 4u;
-    let kq = (tid % 4u) * 4u;
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    let m0 = wid.y * TILE;
+    let n0 = wid.x * TILE;
+    // Loader coordinates: 128 rows × 2 quads of k.
+    let lr = tid / 2u;
+    let kq = (tid % 2u) * 4u;
+    var acc: array<vec4<f32>, 16>; // row i: acc[2i] = cols 0..4, acc[2i+1] = cols 4..8
+    for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
@@ -53,30 +55,32 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             b = load_w4(n0 + lr, k, p.K, p.soff);
         }
         for (var j = 0u; j < 4u; j++) {
-            As[(kq + j) * 64u + lr] = a[j];
-            Bs[(kq + j) * 64u + lr] = b[j];
+            As[(kq + j) * TILE + lr] = a[j];
+            Bs[(kq + j) * TILE + lr] = b[j];
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let ai = kk * 64u + ty * 4u;
-            let bi = kk * 64u + tx * 4u;
-            let bv = vec4<f32>(Bs[bi], Bs[bi + 1u], Bs[bi + 2u], Bs[bi + 3u]);
-            acc[0] += As[ai] * bv;
-            acc[1] += As[ai + 1u] * bv;
-            acc[2] += As[ai + 2u] * bv;
-            acc[3] += As[ai + 3u] * bv;
+            let ai = kk * TILE + ty * 8u;
+            let bi = kk * TILE + tx * 8u;
+            let b0 = vec4<f32>(Bs[bi], Bs[bi + 1u], Bs[bi + 2u], Bs[bi + 3u]);
+            let b1 = vec4<f32>(Bs[bi + 4u], Bs[bi + 5u], Bs[bi + 6u], Bs[bi + 7u]);
+            for (var i = 0u; i < 8u; i++) {
+                let av = As[ai + i];
+                acc[2u * i] += av * b0;
+                acc[2u * i + 1u] += av * b1;
+            }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + ty * 4u + i;
+    for (var i = 0u; i < 8u; i++) {
+        let m = m0 + ty * 8u + i;
         if (m >= p.M) {
             break;
         }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + tx * 4u + j;
+        for (var j = 0u; j < 8u; j++) {
+            let n = n0 + tx * 8u + j;
             if (n < p.N) {
-                var v = acc[i][j];
+                var v = acc[2u * i + j / 4u][j % 4u];
 #if BIAS
                 v += bias[p.row0 + n];
 #endif

@@ -45,7 +45,7 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
         let wg = if vec {
             [(c.rows as u32).div_ceil(8), rows as u32, 1]
         } else {
-            [(c.rows as u32).div_ceil(64), (rows as u32).div_ceil(64), 1]
+            [(c.rows as u32).div_ceil(128), (rows as u32).div_ceil(128), 1]
         };
         rec.dispatch(p.clone(), &params, &bufs, wg);
     }
