@@ -24,6 +24,7 @@ struct Params {
 #endif
 
 //#include quant.wgsl
+//#include linear_out.wgsl
 
 const BK: u32 = 8u;
 const TILE: u32 = 128u;
@@ -80,16 +81,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         for (var j = 0u; j < 8u; j++) {
             let n = n0 + tx * 8u + j;
             if (n < p.N) {
-                var v = acc[2u * i + j / 4u][j % 4u];
-#if BIAS
-                v += bias[p.row0 + n];
-#endif
-                let o = p.y_off + m * p.y_stride + p.row0 + n;
-#if ADD
-                y[o] += v;
-#else
-                y[o] = v;
-#endif
+                store_out(m, n, acc[2u * i + j / 4u][j % 4u]);
             }
         }
     }

@@ -23,6 +23,7 @@ struct Params {
 #endif
 
 //#include quant.wgsl
+//#include linear_out.wgsl
 
 var<workgroup> partial: array<f32, 256>;
 
@@ -47,15 +48,6 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         workgroupBarrier();
     }
     if (lane == 0u && n < p.N) {
-        var v = partial[li];
-#if BIAS
-        v += bias[p.row0 + n];
-#endif
-        let o = p.y_off + m * p.y_stride + p.row0 + n;
-#if ADD
-        y[o] += v;
-#else
-        y[o] = v;
-#endif
+        store_out(m, n, partial[li]);
     }
 }

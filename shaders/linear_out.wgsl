@@ -1,0 +1,15 @@
+// Output stage shared by matvec.wgsl and matmul.wgsl: adds the bias (BIAS) and writes or
+// accumulates (ADD) one element y[m, row0 + n] of the product.
+
+fn store_out(m: u32, n: u32, acc: f32) {
+    var v = acc;
+#if BIAS
+    v += bias[p.row0 + n];
+#endif
+    let o = p.y_off + m * p.y_stride + p.row0 + n;
+#if ADD
+    y[o] += v;
+#else
+    y[o] = v;
+#endif
+}
