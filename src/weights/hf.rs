@@ -60,6 +60,15 @@ impl SafetensorsFiles {
         v
     }
 
+    /// The stored dtype of `name` (bf16, f16, f32, ...), read from the header only.
+    pub fn dtype(&self, name: &str) -> Result<String> {
+        let &i = self.index.get(name).ok_or_else(|| anyhow!("the checkpoint has no tensor '{name}'"))?;
+        let (path, map) = &self.files[i];
+        let st = SafeTensors::deserialize(map).map_err(|e| anyhow!("{path}: {e}"))?;
+        let t = st.tensor(name).map_err(|e| anyhow!("{path}: tensor '{name}': {e}"))?;
+        Ok(format!("{:?}", t.dtype()).to_lowercase())
+    }
+
     /// Returns (source dtype name, shape, values as f32).
     pub fn tensor_f32(&self, name: &str) -> Result<(String, Vec<usize>, Vec<f32>)> {
         let &i = self.index.get(name).ok_or_else(|| anyhow!("the checkpoint has no tensor '{name}'"))?;

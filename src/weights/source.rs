@@ -144,23 +144,32 @@ impl DirShards {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl ShardStore for DirShards {
+    /// The first read of a shard hashes the whole file; later reads fetch only their range.
     fn read(&self, shard: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
         if shard.contains('/') || shard.contains("..") || !shard.ends_with(".bin") {
             bail!("bad shard name '{shard}'");
         }
         let path = self.dir.join(shard);
-        let data = std::fs::read(&path).with_context(|| format!("cannot read shard {}", path.display()))?;
         let mut verified = self.verified.lock().unwrap();
         if !verified.contains(shard) {
+            let data = std::fs::read(&path).with_context(|| format!("cannot read shard {}", path.display()))?;
             let sha = super::pack::sha256_hex(&data);
             if format!("{sha}.bin") != shard {
                 bail!("shard {} is corrupt: its SHA-256 is {sha}", path.display());
             }
             verified.insert(shard.to_string());
         }
-        let end = offset.checked_add(len).filter(|&e| e <= data.len() as u64);
-        let end = end.ok_or_else(|| anyhow!("shard {shard} is shorter than the manifest says"))?;
-        Ok(data[offset as usize..end as usize].to_vec())
+        drop(verified);
+        let mut f = std::fs::File::open(&path).with_context(|| format!("cannot open shard {}", path.display()))?;
+        let size = f.metadata()?.len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            bail!("shard {shard} is shorter than the manifest says");
+        }
+        f.seek(SeekFrom::Start(offset))?;
+        let mut out = vec![0u8; len as usize];
+        f.read_exact(&mut out).with_context(|| format!("cannot read shard {}", path.display()))?;
+        Ok(out)
     }
 }
 
@@ -189,7 +198,7 @@ pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut prog
     for (i, (name, shape)) in table.iter().enumerate() {
         progress(i, total, name);
         let dtype = match src {
-            ModelSource::Hf { files, .. } => files.tensor_f32(name)?.0,
+            ModelSource::Hf { files, .. } => files.dtype(name)?,
             ModelSource::Pack(p) => p.manifest.tensor(name).map(|t| t.dtype.clone()).unwrap_or_default(),
         };
         let blob = src.blob(name, shape, preset)?;
