@@ -12,18 +12,19 @@ struct Params {
     causal: u32,    // 1 = causal mask, 0 = attend to all n_keys
     q_off: u32,     // element offset of q[0]
     o_off: u32,     // element offset of out[0]
-    q_stride: u32,  // elements per query/output row (≥ H·D)
+    q_stride: u32,  // elements per query row (≥ H·D)
     kv_stride: u32, // elements per key/value row (≥ H·D)
     k_off: u32,     // element offset of key row 0
     v_off: u32,     // element offset of value row 0
     scale: f32,     // 1/sqrt(D)
+    o_stride: u32,  // elements per output row (≥ H·D)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;           // [T, q_stride]
 @group(0) @binding(2) var<storage, read> k: array<f32>;           // [keys, kv_stride]
 @group(0) @binding(3) var<storage, read> v: array<f32>;           // [keys, kv_stride]
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;     // [T, q_stride]
+@group(0) @binding(4) var<storage, read_write> o: array<f32>;     // [T, o_stride]
 
 const NEG: f32 = -1.0e30;
 var<workgroup> qs: array<f32, 256>;
@@ -112,7 +113,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         m_run = m_new;
         workgroupBarrier();
     }
-    let ob = p.o_off + t * p.q_stride + h * p.D;
+    let ob = p.o_off + t * p.o_stride + h * p.D;
     for (var i = 0u; i < 4u; i++) {
         let d = li + i * 64u;
         if (d < p.D) {

@@ -1,10 +1,15 @@
-// Output stage shared by matvec.wgsl and matmul.wgsl: adds the bias (BIAS) and writes or
-// accumulates (ADD) one element y[m, row0 + n] of the product.
+// Output stage shared by matvec.wgsl and matmul.wgsl: adds the bias (BIAS), applies exact GELU
+// (GELU), then writes or accumulates (ADD) one element y[m, row0 + n] of the product.
+
+//#include activation.wgsl
 
 fn store_out(m: u32, n: u32, acc: f32) {
     var v = acc;
 #if BIAS
     v += bias[p.row0 + n];
+#endif
+#if GELU
+    v = gelu(v);
 #endif
     let o = p.y_off + m * p.y_stride + p.row0 + n;
 #if ADD

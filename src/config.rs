@@ -78,7 +78,9 @@ fn opt_usize(v: &Value, path: &str) -> Result<Option<usize>> {
 fn opt_f64(v: &Value, path: &str, default: f64) -> Result<f64> {
     match get(v, path) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_f64().ok_or_else(|| anyhow!("config.json: '{path}' must be a number")),
+        Some(x) => x
+            .as_f64()
+            .ok_or_else(|| anyhow!("config.json: '{path}' must be a number")),
     }
 }
 
@@ -103,7 +105,9 @@ impl JanusConfig {
         let heads = usize_at(&raw, &format!("{l}.num_attention_heads"))?;
         let kv_heads = opt_usize(&raw, &format!("{l}.num_key_value_heads"))?.unwrap_or(heads);
         if hidden % heads != 0 {
-            bail!("config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}");
+            bail!(
+                "config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+            );
         }
         if heads % kv_heads != 0 {
             bail!("config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}");
@@ -123,7 +127,8 @@ impl JanusConfig {
             kv_heads,
             head_dim,
             vocab: usize_at(&raw, &format!("{l}.vocab_size"))?,
-            max_positions: opt_usize(&raw, &format!("{l}.max_position_embeddings"))?.unwrap_or(2048),
+            max_positions: opt_usize(&raw, &format!("{l}.max_position_embeddings"))?
+                .unwrap_or(2048),
             rms_eps: opt_f64(&raw, &format!("{l}.rms_norm_eps"), 1e-6)? as f32,
             rope_theta: opt_f64(&raw, &format!("{l}.rope_theta"), 10000.0)?,
         };
@@ -135,23 +140,31 @@ impl JanusConfig {
         }
 
         let u = "vision_und_enc_config.params";
-        let name = get(&raw, &format!("{u}.model_name")).and_then(Value::as_str).unwrap_or("siglip_large_patch16_384");
+        let name = get(&raw, &format!("{u}.model_name"))
+            .and_then(Value::as_str)
+            .unwrap_or("siglip_large_patch16_384");
         let preset = siglip_preset(name);
         let pick = |key: &str, idx: usize| -> Result<usize> {
             match opt_usize(&raw, &format!("{u}.{key}"))? {
                 Some(v) => Ok(v),
-                None => preset
-                    .map(|p| [p.0, p.1, p.2, p.3][idx])
-                    .ok_or_else(|| anyhow!("config.json: unknown SigLIP model '{name}' and no explicit '{key}'")),
+                None => preset.map(|p| [p.0, p.1, p.2, p.3][idx]).ok_or_else(|| {
+                    anyhow!("config.json: unknown SigLIP model '{name}' and no explicit '{key}'")
+                }),
             }
         };
         let patch = pick("patch_size", 0)?;
         let width = pick("width", 1)?;
         let total_layers = pick("layers", 2)?;
         let sheads = pick("heads", 3)?;
-        let mlp_ratio = opt_f64(&raw, &format!("{u}.mlp_ratio"), preset.map(|p| p.4).unwrap_or(4.0))?;
+        let mlp_ratio = opt_f64(
+            &raw,
+            &format!("{u}.mlp_ratio"),
+            preset.map(|p| p.4).unwrap_or(4.0),
+        )?;
         let image_size = opt_usize(&raw, &format!("{u}.image_size"))?.unwrap_or(384);
-        let select_layer = get(&raw, &format!("{u}.select_layer")).and_then(Value::as_i64).unwrap_or(-1);
+        let select_layer = get(&raw, &format!("{u}.select_layer"))
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
         let layers = if select_layer <= 0 {
             (total_layers as i64).min(total_layers as i64 + select_layer + 1)
         } else {
@@ -160,7 +173,14 @@ impl JanusConfig {
         if layers <= 0 || image_size % patch != 0 || width % sheads != 0 {
             bail!("config.json: inconsistent SigLIP settings (image_size {image_size}, patch {patch}, width {width}, heads {sheads}, select_layer {select_layer})");
         }
-        let siglip = SiglipConfig { image_size, patch, width, layers: layers as usize, heads: sheads, mlp_hidden: (width as f64 * mlp_ratio) as usize };
+        let siglip = SiglipConfig {
+            image_size,
+            patch,
+            width,
+            layers: layers as usize,
+            heads: sheads,
+            mlp_hidden: (width as f64 * mlp_ratio) as usize,
+        };
 
         let e = "vision_gen_enc_config.params";
         let d = "vision_gen_dec_config.params";
@@ -192,7 +212,12 @@ impl JanusConfig {
             kernel,
             image_size: opt_usize(&raw, "gen_image_size")?.unwrap_or(384),
         };
-        Ok(JanusConfig { llm, siglip, gen, raw })
+        Ok(JanusConfig {
+            llm,
+            siglip,
+            gen,
+            raw,
+        })
     }
 
     /// Every tensor of `model.safetensors` with its shape, in upstream names (spec §1.3–1.5),
@@ -210,9 +235,18 @@ impl JanusConfig {
                 add(format!("{p}.self_attn.{w}.weight"), &[c.hidden, c.hidden]);
             }
             add(format!("{p}.post_attention_layernorm.weight"), &[c.hidden]);
-            add(format!("{p}.mlp.gate_proj.weight"), &[c.intermediate, c.hidden]);
-            add(format!("{p}.mlp.up_proj.weight"), &[c.intermediate, c.hidden]);
-            add(format!("{p}.mlp.down_proj.weight"), &[c.hidden, c.intermediate]);
+            add(
+                format!("{p}.mlp.gate_proj.weight"),
+                &[c.intermediate, c.hidden],
+            );
+            add(
+                format!("{p}.mlp.up_proj.weight"),
+                &[c.intermediate, c.hidden],
+            );
+            add(
+                format!("{p}.mlp.down_proj.weight"),
+                &[c.hidden, c.intermediate],
+            );
         }
         add(format!("{lm}.norm.weight"), &[c.hidden]);
         add("language_model.lm_head.weight".into(), &[c.vocab, c.hidden]);
@@ -220,7 +254,10 @@ impl JanusConfig {
         let s = &self.siglip;
         let (w, m) = (s.width, s.mlp_hidden);
         let v = "vision_und_enc_model.vision_tower";
-        add(format!("{v}.patch_embed.proj.weight"), &[w, 3, s.patch, s.patch]);
+        add(
+            format!("{v}.patch_embed.proj.weight"),
+            &[w, 3, s.patch, s.patch],
+        );
         add(format!("{v}.patch_embed.proj.bias"), &[w]);
         add(format!("{v}.pos_embed"), &[1, s.tokens(), w]);
         for i in 0..s.layers {
@@ -273,7 +310,10 @@ impl JanusConfig {
         add(format!("{e}.time_embed.linear_1.bias"), &[h]);
         add(format!("{e}.time_embed.linear_2.weight"), &[h, h]);
         add(format!("{e}.time_embed.linear_2.bias"), &[h]);
-        add(format!("{e}.in_conv.weight"), &[g.enc_channels, g.in_channels, g.kernel, g.kernel]);
+        add(
+            format!("{e}.in_conv.weight"),
+            &[g.enc_channels, g.in_channels, g.kernel, g.kernel],
+        );
         add(format!("{e}.in_conv.bias"), &[g.enc_channels]);
         let convnext = |add: &mut dyn FnMut(String, &[usize]), p: String, ch: usize| {
             add(format!("{p}.depthwise.weight"), &[ch, 1, 7, 7]);
@@ -289,18 +329,32 @@ impl JanusConfig {
             add(format!("{p}.cond_embeds_mapper.bias"), &[2 * ch]);
         };
         for j in 0..g.blocks {
-            convnext(&mut add, format!("{e}.mid_block.res_blocks.{j}"), g.enc_channels);
+            convnext(
+                &mut add,
+                format!("{e}.mid_block.res_blocks.{j}"),
+                g.enc_channels,
+            );
         }
         add("vision_gen_enc_aligner.weight".into(), &[h, g.enc_channels]);
         add("vision_gen_enc_aligner.bias".into(), &[h]);
         let d = "vision_gen_dec_model";
         add(format!("{d}.input_norm.weight"), &[g.dec_in]);
         for j in 0..g.blocks {
-            convnext(&mut add, format!("{d}.mid_block.res_blocks.{j}"), g.dec_channels);
+            convnext(
+                &mut add,
+                format!("{d}.mid_block.res_blocks.{j}"),
+                g.dec_channels,
+            );
         }
         add(format!("{d}.out_convs.0.norm.weight"), &[g.dec_channels]);
-        add(format!("{d}.out_convs.0.unpatch_conv.weight"), &[g.out_channels * g.kernel * g.kernel, g.dec_channels, 1, 1]);
-        add(format!("{d}.out_convs.0.unpatch_conv.bias"), &[g.out_channels * g.kernel * g.kernel]);
+        add(
+            format!("{d}.out_convs.0.unpatch_conv.weight"),
+            &[g.out_channels * g.kernel * g.kernel, g.dec_channels, 1, 1],
+        );
+        add(
+            format!("{d}.out_convs.0.unpatch_conv.bias"),
+            &[g.out_channels * g.kernel * g.kernel],
+        );
         add("vision_gen_dec_aligner_norm.weight".into(), &[h]);
         add("vision_gen_dec_aligner.weight".into(), &[g.dec_in, h]);
         add("vision_gen_dec_aligner.bias".into(), &[g.dec_in]);
@@ -315,7 +369,10 @@ mod tests {
     #[test]
     fn defaults_and_errors() {
         let bad = r#"{"language_config": {"hidden_size": 30, "num_attention_heads": 4}}"#;
-        assert!(JanusConfig::from_json_str(bad).unwrap_err().to_string().contains("not divisible"));
+        assert!(JanusConfig::from_json_str(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not divisible"));
         assert!(JanusConfig::from_json_str("{").is_err());
     }
 }

@@ -3,13 +3,14 @@
 //! Layers, each using only those below it: `gpu` (device, buffers, WGSL launchers) →
 //! `config`, `weights`, `text` (inputs) → `model` (one struct per network part) → `engine`.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod gpu;
+pub mod image_io;
 pub mod model;
 pub mod text;
-pub mod weights;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod bench;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
+pub mod weights;

@@ -24,8 +24,40 @@ pub struct Out<'a> {
     pub add: bool,
 }
 
+/// An activation fused into the output stage of a matrix product (applied after the bias,
+/// before an accumulate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None,
+    /// Exact (erf) GELU.
+    Gelu,
+}
+
 /// y[m, :] (+)= x[m, :] · Wᵀ (+ bias) for m in 0..rows; `x` holds rows of `w.k` elements.
-pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out) {
+pub fn linear(
+    rec: &mut Recorder,
+    w: &Weight,
+    bias: Option<&wgpu::Buffer>,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    rows: usize,
+    out: Out,
+) {
+    linear_act(rec, w, bias, x, x_off, rows, out, Act::None)
+}
+
+/// [`linear`] with an activation applied to each output element.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_act(
+    rec: &mut Recorder,
+    w: &Weight,
+    bias: Option<&wgpu::Buffer>,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    rows: usize,
+    out: Out,
+    act: Act,
+) {
     assert!(x_off % 4 == 0, "activation offsets must be multiples of 4");
     let vec = rows <= MATVEC_MAX_ROWS;
     let mut defines = vec![w.quant.define()];
@@ -35,9 +67,25 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
     if bias.is_some() {
         defines.push("BIAS");
     }
-    let p = pipeline(rec.gpu, if vec { "matvec.wgsl" } else { "matmul.wgsl" }, &defines);
+    if act == Act::Gelu {
+        defines.push("GELU");
+    }
+    let p = pipeline(
+        rec.gpu,
+        if vec { "matvec.wgsl" } else { "matmul.wgsl" },
+        &defines,
+    );
     for c in &w.chunks {
-        let params = [rows as u32, c.rows as u32, w.k as u32, x_off as u32, out.off as u32, out.stride as u32, c.row0 as u32, c.soff];
+        let params = [
+            rows as u32,
+            c.rows as u32,
+            w.k as u32,
+            x_off as u32,
+            out.off as u32,
+            out.stride as u32,
+            c.row0 as u32,
+            c.soff,
+        ];
         let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, out.buf];
         if let Some(b) = bias {
             bufs.push(b);
@@ -45,7 +93,11 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
         let wg = if vec {
             [(c.rows as u32).div_ceil(8), rows as u32, 1]
         } else {
-            [(c.rows as u32).div_ceil(128), (rows as u32).div_ceil(128), 1]
+            [
+                (c.rows as u32).div_ceil(128),
+                (rows as u32).div_ceil(128),
+                1,
+            ]
         };
         rec.dispatch(p.clone(), &params, &bufs, wg);
     }
@@ -53,17 +105,77 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
 
 /// RMSNorm of `rows` rows of length `d`.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm(rec: &mut Recorder, x: &wgpu::Buffer, x_off: usize, rows: usize, d: usize, weight: &wgpu::Buffer, eps: f32, y: &wgpu::Buffer, y_off: usize) {
-    let p = pipeline(rec.gpu, "rmsnorm.wgsl", &[]);
-    rec.dispatch(p, &[d as u32, x_off as u32, y_off as u32, eps.to_bits()], &[x, weight, y], [rows as u32, 1, 1]);
+pub fn rmsnorm(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    rows: usize,
+    d: usize,
+    weight: &wgpu::Buffer,
+    eps: f32,
+    y: &wgpu::Buffer,
+    y_off: usize,
+) {
+    let p = pipeline(rec.gpu, "norm.wgsl", &[]);
+    rec.dispatch(
+        p,
+        &[d as u32, x_off as u32, y_off as u32, eps.to_bits()],
+        &[x, weight, y],
+        [rows as u32, 1, 1],
+    );
+}
+
+/// LayerNorm (with affine weight and bias) of `rows` rows of length `d`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    rows: usize,
+    d: usize,
+    weight: &wgpu::Buffer,
+    bias: &wgpu::Buffer,
+    eps: f32,
+    y: &wgpu::Buffer,
+    y_off: usize,
+) {
+    let p = pipeline(rec.gpu, "norm.wgsl", &["LAYERNORM"]);
+    rec.dispatch(
+        p,
+        &[d as u32, x_off as u32, y_off as u32, eps.to_bits()],
+        &[x, weight, y, bias],
+        [rows as u32, 1, 1],
+    );
 }
 
 /// Rotate-half RoPE in place on `t` rows of `h` heads × `d`, positions pos0.., from `table`.
 #[allow(clippy::too_many_arguments)]
-pub fn rope(rec: &mut Recorder, x: &wgpu::Buffer, x_off: usize, t: usize, h: usize, d: usize, pos0: usize, row_stride: usize, table: &wgpu::Buffer) {
+pub fn rope(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    t: usize,
+    h: usize,
+    d: usize,
+    pos0: usize,
+    row_stride: usize,
+    table: &wgpu::Buffer,
+) {
     let p = pipeline(rec.gpu, "rope.wgsl", &[]);
     let n = (t * h * d / 2) as u32;
-    rec.dispatch(p, &[t as u32, h as u32, d as u32, pos0 as u32, x_off as u32, row_stride as u32], &[x, table], grid(n.div_ceil(256)));
+    rec.dispatch(
+        p,
+        &[
+            t as u32,
+            h as u32,
+            d as u32,
+            pos0 as u32,
+            x_off as u32,
+            row_stride as u32,
+        ],
+        &[x, table],
+        grid(n.div_ceil(256)),
+    );
 }
 
 /// Geometry of one attention call.
@@ -77,6 +189,8 @@ pub struct AttnShape {
     pub n_keys: usize,
     pub q_stride: usize,
     pub kv_stride: usize,
+    /// Elements per output row (≥ heads · head_dim).
+    pub o_stride: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -109,6 +223,7 @@ pub fn attention(
         k_off as u32,
         v_off as u32,
         scale.to_bits(),
+        s.o_stride as u32,
     ];
     rec.dispatch(p, &params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]);
 }
@@ -116,21 +231,59 @@ pub fn attention(
 /// y = silu(a) · b over `n` elements.
 pub fn swiglu(rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) {
     let p = pipeline(rec.gpu, "elementwise.wgsl", &["SWIGLU"]);
-    rec.dispatch(p, &[n as u32, 0, 0, 0], &[a, b, y], grid((n as u32).div_ceil(256)));
+    rec.dispatch(
+        p,
+        &[n as u32, 0, 0, 0],
+        &[a, b, y],
+        grid((n as u32).div_ceil(256)),
+    );
 }
 
 /// y[y_off..] += a[a_off..] over `n` elements.
-pub fn add(rec: &mut Recorder, a: &wgpu::Buffer, a_off: usize, y: &wgpu::Buffer, y_off: usize, n: usize) {
+pub fn add(
+    rec: &mut Recorder,
+    a: &wgpu::Buffer,
+    a_off: usize,
+    y: &wgpu::Buffer,
+    y_off: usize,
+    n: usize,
+) {
     let p = pipeline(rec.gpu, "elementwise.wgsl", &["ADD"]);
-    rec.dispatch(p, &[n as u32, a_off as u32, 0, y_off as u32], &[a, y], grid((n as u32).div_ceil(256)));
+    rec.dispatch(
+        p,
+        &[n as u32, a_off as u32, 0, y_off as u32],
+        &[a, y],
+        grid((n as u32).div_ceil(256)),
+    );
 }
 
 /// Gathers embedding rows for `t` token ids into y[y_off..] ([t, w.k]).
-pub fn embedding(rec: &mut Recorder, w: &Weight, ids: &wgpu::Buffer, ids_off: usize, t: usize, y: &wgpu::Buffer, y_off: usize) {
+pub fn embedding(
+    rec: &mut Recorder,
+    w: &Weight,
+    ids: &wgpu::Buffer,
+    ids_off: usize,
+    t: usize,
+    y: &wgpu::Buffer,
+    y_off: usize,
+) {
     let p = pipeline(rec.gpu, "embedding.wgsl", &[w.quant.define()]);
     for c in &w.chunks {
-        let params = [t as u32, w.k as u32, c.row0 as u32, c.rows as u32, c.soff, y_off as u32, ids_off as u32];
-        rec.dispatch(p.clone(), &params, &[&c.buf, ids, y], [(w.k as u32 / 4).div_ceil(64), t as u32, 1]);
+        let params = [
+            t as u32,
+            w.k as u32,
+            c.row0 as u32,
+            c.rows as u32,
+            c.soff,
+            y_off as u32,
+            ids_off as u32,
+        ];
+        rec.dispatch(
+            p.clone(),
+            &params,
+            &[&c.buf, ids, y],
+            [(w.k as u32 / 4).div_ceil(64), t as u32, 1],
+        );
     }
 }
 
@@ -143,11 +296,29 @@ pub fn topk_scratch_bytes(n: usize) -> u64 {
 }
 
 /// Writes the `k` largest logits of x[x_off .. x_off + n] into `out` as (f32 bits, index) pairs, best first.
-pub fn topk(rec: &mut Recorder, x: &wgpu::Buffer, x_off: usize, n: usize, k: usize, scratch: &wgpu::Buffer, out: &wgpu::Buffer) {
+pub fn topk(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    n: usize,
+    k: usize,
+    scratch: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) {
     assert!((1..=TOPK_MAX).contains(&k));
     let groups = n.div_ceil(TOPK_CHUNK);
     let p1 = pipeline(rec.gpu, "topk.wgsl", &["PASS1"]);
-    rec.dispatch(p1, &[n as u32, k as u32, x_off as u32], &[x, scratch], [groups as u32, 1, 1]);
+    rec.dispatch(
+        p1,
+        &[n as u32, k as u32, x_off as u32],
+        &[x, scratch],
+        [groups as u32, 1, 1],
+    );
     let p2 = pipeline(rec.gpu, "topk.wgsl", &["PASS2"]);
-    rec.dispatch(p2, &[(groups * k) as u32, k as u32, 0], &[scratch, out], [1, 1, 1]);
+    rec.dispatch(
+        p2,
+        &[(groups * k) as u32, k as u32, 0],
+        &[scratch, out],
+        [1, 1, 1],
+    );
 }

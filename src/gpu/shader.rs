@@ -4,14 +4,30 @@
 
 const FILES: &[(&str, &str)] = &[
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
-    ("linear_out.wgsl", include_str!("../../shaders/linear_out.wgsl")),
+    (
+        "activation.wgsl",
+        include_str!("../../shaders/activation.wgsl"),
+    ),
+    (
+        "linear_out.wgsl",
+        include_str!("../../shaders/linear_out.wgsl"),
+    ),
     ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
-    ("rmsnorm.wgsl", include_str!("../../shaders/rmsnorm.wgsl")),
+    ("norm.wgsl", include_str!("../../shaders/norm.wgsl")),
     ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
-    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
-    ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
-    ("embedding.wgsl", include_str!("../../shaders/embedding.wgsl")),
+    (
+        "attention.wgsl",
+        include_str!("../../shaders/attention.wgsl"),
+    ),
+    (
+        "elementwise.wgsl",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
+    (
+        "embedding.wgsl",
+        include_str!("../../shaders/embedding.wgsl"),
+    ),
     ("topk.wgsl", include_str!("../../shaders/topk.wgsl")),
 ];
 

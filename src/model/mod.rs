@@ -1,3 +1,4 @@
-//! One struct per network part, each with `load` and `forward`.
+//! The network parts, one struct per part with `load` and `forward`.
 
 pub mod llm;
+pub mod siglip;

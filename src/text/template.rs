@@ -5,7 +5,10 @@
 //! ```
 //! Messages are stripped; the system prompt is used for chat and understanding, not for generation.
 
+use std::sync::Arc;
+
 use super::tokenizer::{Piece, TextTokenizer, IMAGE_TAG};
+use crate::image_io::Picture;
 
 pub const SYSTEM_PROMPT: &str = "You are a helpful language and vision assistant. You are able to understand the visual content that the user provides, and assist the user with a variety of tasks using natural language.";
 
@@ -16,21 +19,48 @@ pub enum Role {
     Assistant,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     pub role: Role,
     pub content: String,
-    /// Images attached to this message; each `<image_placeholder>` in `content` marks where one goes.
-    #[serde(default)]
-    pub images: usize,
+    /// Images attached to this message, in order; each `<image_placeholder>` in `content` marks
+    /// where one goes (the counts must match).
+    #[serde(skip)]
+    pub images: Vec<Arc<Picture>>,
 }
 
 impl Message {
     pub fn user(content: impl Into<String>) -> Self {
-        Message { role: Role::User, content: content.into(), images: 0 }
+        Message {
+            role: Role::User,
+            content: content.into(),
+            images: Vec::new(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message { role: Role::Assistant, content: content.into(), images: 0 }
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+            images: Vec::new(),
+        }
+    }
+    /// A user message with images. Without any `<image_placeholder>` in `text`, one placeholder per
+    /// image is put in front, one per line (the demo's `"<image_placeholder>\n" + question`).
+    pub fn user_with_images(text: &str, images: Vec<Arc<Picture>>) -> Self {
+        let content = if images.is_empty() || text.contains(IMAGE_TAG) {
+            text.to_string()
+        } else {
+            format!("{}{text}", format!("{IMAGE_TAG}\n").repeat(images.len()))
+        };
+        Message {
+            role: Role::User,
+            content,
+            images,
+        }
+    }
+    /// Placeholders in the content (only meaningful when images are attached).
+    pub fn placeholders(&self) -> usize {
+        self.content.trim().matches(IMAGE_TAG).count()
     }
 }
 
@@ -48,7 +78,7 @@ pub fn chat_pieces(tok: &TextTokenizer, system: Option<&str>, messages: &[Messag
             Role::User => {
                 text.push_str("User: ");
                 let content = m.content.trim();
-                if m.images > 0 {
+                if !m.images.is_empty() {
                     let mut parts = content.split(IMAGE_TAG).peekable();
                     while let Some(part) = parts.next() {
                         text.push_str(part);

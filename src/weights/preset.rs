@@ -26,7 +26,11 @@ pub fn quant_for(preset: Quant, name: &str, shape: &[usize]) -> Quant {
     let q = if name.starts_with("language_model.") {
         preset
     } else if name.starts_with("vision_und_enc_model.") && shape.len() == 2 {
-        if preset == Quant::F16 { Quant::F16 } else { Quant::Q8 }
+        if preset == Quant::F16 {
+            Quant::F16
+        } else {
+            Quant::Q8
+        }
     } else {
         Quant::F16
     };
