@@ -87,3 +87,31 @@ pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBenc
         readback_per_token: (after.bytes_read_back - before.bytes_read_back) as f64 / steps as f64,
     })
 }
+
+pub struct UnderstandBench {
+    /// The vision encoder alone (SigLIP + aligner, features read back).
+    pub encoder_s: f64,
+    /// Image question to first token (encoder + prefill + first sample).
+    pub ttft_s: f64,
+    pub prompt_tokens: usize,
+}
+
+/// Time to first token of an image question about a synthetic photo-sized picture.
+pub async fn understand(engine: &mut Engine) -> Result<UnderstandBench> {
+    use crate::engine::Conversation;
+    use crate::image_io::Picture;
+    use crate::text::sampling::SamplingParams;
+    use crate::text::template::Message;
+    let (w, h) = (640, 480);
+    let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 31 + i / 1920 * 7) % 251) as u8).collect();
+    let pic = std::sync::Arc::new(Picture::from_rgb8(w, h, rgb)?);
+    engine.image_features(&pic).await?; // compiles the encoder's pipelines
+    let t0 = Instant::now();
+    engine.image_features(&pic).await?;
+    let encoder_s = t0.elapsed().as_secs_f64();
+    let mut conv = Conversation::new();
+    conv.messages.push(Message::user_with_images("What is in this picture?", vec![pic]));
+    let t1 = Instant::now();
+    let reply = engine.chat(&mut conv, &SamplingParams::greedy(1), |_| true).await?;
+    Ok(UnderstandBench { encoder_s, ttft_s: t1.elapsed().as_secs_f64(), prompt_tokens: reply.prompt_tokens })
+}

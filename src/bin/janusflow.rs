@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use janusflow::engine::{Conversation, Engine, EngineOptions};
 use janusflow::gpu::Gpu;
+use janusflow::image_io::Picture;
 use janusflow::text::sampling::SamplingParams;
 use janusflow::text::template::Message;
 use janusflow::weights::quant::Quant;
@@ -47,6 +48,10 @@ enum Cmd {
         m: ModelArgs,
         #[arg(long)]
         prompt: Option<String>,
+        /// Image to ask about (repeatable). Without `<image_placeholder>` in the prompt, the
+        /// images go first, one placeholder per line; otherwise each placeholder takes the next one.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
         /// 0 = greedy.
         #[arg(long, default_value_t = 0.1)]
         temperature: f32,
@@ -65,6 +70,9 @@ enum Cmd {
         m: ModelArgs,
         #[arg(long)]
         prompt: String,
+        /// Image in the prompt (repeatable), placed as for `chat`.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -104,6 +112,9 @@ enum Cmd {
         /// Skip the f32 [512,2048]×[2048,2048] matmul timing.
         #[arg(long)]
         no_matmul: bool,
+        /// Also time an image question (encoder, prefill, time to first token).
+        #[arg(long)]
+        image: bool,
     },
 }
 
@@ -152,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Chat {
             m,
             prompt,
+            images,
             temperature,
             top_p,
             top_k,
@@ -168,15 +180,16 @@ fn run(cli: Cli) -> Result<()> {
             let mut engine = load(&m)?;
             let mut conv = Conversation::new();
             if let Some(p) = prompt {
-                conv.messages.push(Message::user(p));
+                conv.messages.push(Message::user_with_images(&p, read_images(&images)?));
                 let reply = pollster::block_on(engine.chat(&mut conv, &params, |_| true))?;
                 println!("{}", reply.text);
                 return Ok(());
             }
             eprintln!(
-                "JanusFlow chat on {} — type a message; /reset starts over, /exit quits.",
+                "JanusFlow chat on {} — type a message; /image FILE attaches an image to the next one, /reset starts over, /exit quits.",
                 engine.gpu.summary.name
             );
+            let mut pending = read_images(&images)?;
             let stdin = std::io::stdin();
             loop {
                 eprint!("\nUser: ");
@@ -190,12 +203,23 @@ fn run(cli: Cli) -> Result<()> {
                     "/exit" | "/quit" => break,
                     "/reset" => {
                         conv.clear();
+                        pending.clear();
                         eprintln!("(new conversation)");
                         continue;
                     }
                     _ => {}
                 }
-                conv.messages.push(Message::user(line));
+                if let Some(path) = line.strip_prefix("/image ") {
+                    match read_images(&[PathBuf::from(path.trim())]) {
+                        Ok(mut p) => {
+                            pending.append(&mut p);
+                            eprintln!("({} image(s) attached to your next message)", pending.len());
+                        }
+                        Err(e) => eprintln!("error: {e:#}"),
+                    }
+                    continue;
+                }
+                conv.messages.push(Message::user_with_images(line, std::mem::take(&mut pending)));
                 eprint!("Assistant: ");
                 let out = pollster::block_on(engine.chat(&mut conv, &params, |t| {
                     print!("{t}");
@@ -216,11 +240,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Logits { m, prompt, out } => {
+        Cmd::Logits {
+            m,
+            prompt,
+            images,
+            out,
+        } => {
             let engine = load(&m)?;
             let logits = pollster::block_on(engine.logits(
                 Some(janusflow::text::template::SYSTEM_PROMPT),
-                &[Message::user(prompt)],
+                &[Message::user_with_images(&prompt, read_images(&images)?)],
             ))?;
             write_npy(&out, &logits, &[logits.len() as u64])
         }
@@ -286,14 +315,27 @@ fn run(cli: Cli) -> Result<()> {
             prompt_tokens,
             decode_tokens,
             no_matmul,
+            image,
         } => bench(
             model.as_deref(),
             &quant,
             prompt_tokens,
             decode_tokens,
             no_matmul,
+            image,
         ),
     }
+}
+
+fn read_images(paths: &[PathBuf]) -> Result<Vec<std::sync::Arc<Picture>>> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let pic = Picture::decode(&bytes).with_context(|| p.display().to_string())?;
+            Ok(std::sync::Arc::new(pic))
+        })
+        .collect()
 }
 
 fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {
@@ -316,6 +358,7 @@ fn bench(
     prompt_tokens: usize,
     decode_tokens: usize,
     no_matmul: bool,
+    image: bool,
 ) -> Result<()> {
     let gpu = gpu()?;
     println!(
@@ -334,15 +377,16 @@ fn bench(
     let src = ModelSource::open(dir)?;
     let opts = EngineOptions {
         preset,
-        context: (prompt_tokens + decode_tokens + 8).max(64),
+        context: (prompt_tokens + decode_tokens + 8).max(1024),
         ..Default::default()
     };
     let t0 = Instant::now();
-    let engine = Engine::load(gpu, &src, opts, |_, _, _| {})?;
+    let mut engine = Engine::load(gpu, &src, opts, |_, _, _| {})?;
     println!(
-        "load: {:.2} s, resident LLM weights {:.1} MiB ({preset})",
+        "load: {:.2} s, resident LLM weights {:.1} MiB, vision encoder {:.1} MiB ({preset})",
         t0.elapsed().as_secs_f64(),
-        engine.llm.weight_bytes() as f64 / (1 << 20) as f64
+        engine.llm.weight_bytes() as f64 / (1 << 20) as f64,
+        engine.siglip.weight_bytes() as f64 / (1 << 20) as f64
     );
     let r = pollster::block_on(janusflow::bench::llm(&engine, prompt_tokens, decode_tokens))?;
     println!(
@@ -367,5 +411,16 @@ fn bench(
         engine.llm.weight_bytes_per_token() as f64 / (1 << 20) as f64,
         engine.llm.weight_bytes() as f64 / (1 << 20) as f64
     );
+    if image {
+        let u = pollster::block_on(janusflow::bench::understand(&mut engine))?;
+        println!(
+            "image question: encoder {:.3} s, prefill of {} tokens {:.3} s ({:.1} tokens/s), time to first token {:.3} s",
+            u.encoder_s,
+            u.prompt_tokens,
+            u.ttft_s - u.encoder_s,
+            u.prompt_tokens as f64 / (u.ttft_s - u.encoder_s),
+            u.ttft_s
+        );
+    }
     Ok(())
 }
