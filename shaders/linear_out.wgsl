@@ -1,5 +1,5 @@
 // Output stage shared by matvec.wgsl and matmul.wgsl: adds the bias (BIAS), applies exact GELU
-// (GELU), then writes or accumulates (ADD) one element y[m, row0 + n] of the product.
+// (GELU) or SiLU (SILU), then writes or accumulates (ADD) one element y[m, row0 + n] of the product.
 
 //#include activation.wgsl
 
@@ -10,6 +10,9 @@ fn store_out(m: u32, n: u32, acc: f32) {
 #endif
 #if GELU
     v = gelu(v);
+#endif
+#if SILU
+    v = silu(v);
 #endif
     let o = p.y_off + m * p.y_stride + p.row0 + n;
 #if ADD

@@ -3,16 +3,17 @@
 //   LAYERNORM: LayerNorm (biased variance, two passes for accuracy): y = (x − μ)/sqrt(σ² + eps) · weight + bias
 
 struct Params {
-    D: u32,       // row length
-    x_off: u32,   // element offset of x[0, 0]
-    y_off: u32,   // element offset of y[0, 0]
+    D: u32,        // row length
+    x_off: u32,    // element offset of x[0, 0]
+    y_off: u32,    // element offset of y[0, 0]
     eps: f32,
+    y_stride: u32, // elements between output rows (≥ D; lets a norm write into part of a wider row)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // [rows, D]
 @group(0) @binding(2) var<storage, read> weight: array<f32>;     // [D]
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;    // [rows, D]
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;    // [rows, y_stride]
 #if LAYERNORM
 @group(0) @binding(4) var<storage, read> bias: array<f32>;       // [D]
 #endif
@@ -36,7 +37,7 @@ fn row_sum(li: u32, v: f32) -> f32 {
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let xb = p.x_off + wid.x * p.D;
-    let yb = p.y_off + wid.x * p.D;
+    let yb = p.y_off + wid.x * p.y_stride;
 #if LAYERNORM
     var s = 0.0;
     for (var d = li; d < p.D; d += 256u) {

@@ -11,12 +11,8 @@ use crate::weights::quant::{Quant, QuantBlob};
 
 /// Seconds for one f32 [m,k]×[k,n] product with the tiled kernel (best of 3, after a warm-up).
 pub fn matmul_f32(gpu: &Gpu, m: usize, k: usize, n: usize) -> Result<f64> {
-    let x: Vec<f32> = (0..m * k)
-        .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
-        .collect();
-    let w: Vec<f32> = (0..n * k)
-        .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
-        .collect();
+    let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
     let wt = Weight::upload(gpu, "bench-w", &QuantBlob::quantize(Quant::F32, n, k, &w)?)?;
     let xt = Tensor::from_f32(gpu, "bench-x", &[m, k], &x);
     let yt = Tensor::zeros(gpu, "bench-y", &[m, n]);
@@ -24,20 +20,7 @@ pub fn matmul_f32(gpu: &Gpu, m: usize, k: usize, n: usize) -> Result<f64> {
     for i in 0..4 {
         let t0 = Instant::now();
         let mut rec = Recorder::new(gpu);
-        kernels::linear(
-            &mut rec,
-            &wt,
-            None,
-            &xt.buf,
-            0,
-            m,
-            Out {
-                buf: &yt.buf,
-                off: 0,
-                stride: n,
-                add: false,
-            },
-        );
+        kernels::linear(&mut rec, &wt, None, &xt.buf, 0, m, Out { buf: &yt.buf, off: 0, stride: n, add: false });
         pollster::block_on(rec.finish_and_read(&yt.buf, 0, 4))?;
         if i > 0 {
             best = best.min(t0.elapsed().as_secs_f64());
@@ -57,20 +40,10 @@ pub struct LlmBench {
 /// Prefills `prompt` pseudo-random token ids, then decodes `steps` tokens greedily (EOS ignored).
 pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBench> {
     let n = engine.tok.vocab_size().min(engine.cfg.llm.vocab) as u32;
-    let ids: Vec<u32> = (0..prompt as u32)
-        .map(|i| {
-            if i == 0 {
-                engine.tok.bos
-            } else {
-                (i * 7919) % n.min(engine.tok.bos)
-            }
-        })
-        .collect();
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| if i == 0 { engine.tok.bos } else { (i * 7919) % n.min(engine.tok.bos) }).collect();
     let mut cache = engine.llm.new_cache(&engine.gpu, prompt + steps + 1)?;
     let t0 = Instant::now();
-    let mut cands = engine
-        .prefill(&mut cache, &crate::engine::Prompt::from_ids(ids), 0, 1)
-        .await?;
+    let mut cands = engine.prefill(&mut cache, &crate::engine::Prompt::from_ids(ids), 0, 1).await?;
     let prefill_s = t0.elapsed().as_secs_f64();
     let before = engine.counters.lock().unwrap().clone();
     let t1 = Instant::now();

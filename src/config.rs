@@ -45,6 +45,89 @@ pub struct GenConfig {
     pub blocks: usize,       // ConvNeXt blocks in each mid block
     pub kernel: usize,       // patchify kernel = stride (2)
     pub image_size: usize,   // generated image side (384)
+    /// VAE downsampling factor 2^(len(block_out_channels) − 1) (SDXL-VAE: 8), from vae/config.json.
+    pub vae_factor: usize,
+}
+
+impl GenConfig {
+    /// Latent side (48 for the real model).
+    pub fn latent_size(&self) -> usize {
+        self.image_size / self.vae_factor
+    }
+    /// Generation tokens per image (576).
+    pub fn tokens(&self) -> usize {
+        (self.latent_size() / self.kernel).pow(2)
+    }
+}
+
+/// The diffusers `AutoencoderKL` settings the decoder needs (`vae/config.json`, spec §3.7).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaeConfig {
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub latent_channels: usize,
+    pub out_channels: usize,
+    pub norm_groups: usize,
+    pub scaling_factor: f32,
+    pub shift_factor: f32,
+    pub mid_attention: bool,
+}
+
+impl VaeConfig {
+    /// SDXL-VAE (`stabilityai/sdxl-vae`).
+    pub fn sdxl() -> Self {
+        VaeConfig {
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            latent_channels: 4,
+            out_channels: 3,
+            norm_groups: 32,
+            scaling_factor: 0.13025,
+            shift_factor: 0.0,
+            mid_attention: true,
+        }
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let v: Value = serde_json::from_slice(bytes).context("vae/config.json is not valid JSON")?;
+        let d = Self::sdxl();
+        let num = |k: &str, dflt: usize| -> Result<usize> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(dflt),
+                Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| anyhow!("vae/config.json: `{k}` is not a whole number")),
+            }
+        };
+        let blocks = match v.get("block_out_channels") {
+            None => d.block_out_channels.clone(),
+            Some(a) => a
+                .as_array()
+                .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| anyhow!("vae/config.json: `block_out_channels` must be a list of whole numbers"))?,
+        };
+        let c = VaeConfig {
+            layers_per_block: num("layers_per_block", d.layers_per_block)?,
+            latent_channels: num("latent_channels", d.latent_channels)?,
+            out_channels: num("out_channels", d.out_channels)?,
+            norm_groups: num("norm_num_groups", d.norm_groups)?,
+            scaling_factor: v.get("scaling_factor").and_then(Value::as_f64).unwrap_or(d.scaling_factor as f64) as f32,
+            shift_factor: v.get("shift_factor").and_then(Value::as_f64).unwrap_or(0.0) as f32,
+            mid_attention: v.get("mid_block_add_attention").and_then(Value::as_bool).unwrap_or(true),
+            block_out_channels: blocks,
+        };
+        if c.block_out_channels.is_empty() || c.block_out_channels.iter().any(|&b| b == 0 || b % c.norm_groups != 0) || c.scaling_factor <= 0.0 {
+            bail!(
+                "vae/config.json: inconsistent settings (block_out_channels {:?}, norm_num_groups {}, scaling_factor {})",
+                c.block_out_channels,
+                c.norm_groups,
+                c.scaling_factor
+            );
+        }
+        Ok(c)
+    }
+
+    pub fn factor(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -78,9 +161,7 @@ fn opt_usize(v: &Value, path: &str) -> Result<Option<usize>> {
 fn opt_f64(v: &Value, path: &str, default: f64) -> Result<f64> {
     match get(v, path) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x
-            .as_f64()
-            .ok_or_else(|| anyhow!("config.json: '{path}' must be a number")),
+        Some(x) => x.as_f64().ok_or_else(|| anyhow!("config.json: '{path}' must be a number")),
     }
 }
 
@@ -105,15 +186,15 @@ impl JanusConfig {
         let heads = usize_at(&raw, &format!("{l}.num_attention_heads"))?;
         let kv_heads = opt_usize(&raw, &format!("{l}.num_key_value_heads"))?.unwrap_or(heads);
         if hidden % heads != 0 {
-            bail!(
-                "config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
-            );
+            bail!("config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}");
         }
         if heads % kv_heads != 0 {
             bail!("config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}");
         }
         if kv_heads != heads {
-            bail!("config.json: grouped-query attention (num_key_value_heads {kv_heads} ≠ {heads}) is not supported; JanusFlow uses plain multi-head attention");
+            bail!(
+                "config.json: grouped-query attention (num_key_value_heads {kv_heads} ≠ {heads}) is not supported; JanusFlow uses plain multi-head attention"
+            );
         }
         let head_dim = hidden / heads;
         if head_dim % 2 != 0 || head_dim > 256 {
@@ -127,8 +208,7 @@ impl JanusConfig {
             kv_heads,
             head_dim,
             vocab: usize_at(&raw, &format!("{l}.vocab_size"))?,
-            max_positions: opt_usize(&raw, &format!("{l}.max_position_embeddings"))?
-                .unwrap_or(2048),
+            max_positions: opt_usize(&raw, &format!("{l}.max_position_embeddings"))?.unwrap_or(2048),
             rms_eps: opt_f64(&raw, &format!("{l}.rms_norm_eps"), 1e-6)? as f32,
             rope_theta: opt_f64(&raw, &format!("{l}.rope_theta"), 10000.0)?,
         };
@@ -140,47 +220,26 @@ impl JanusConfig {
         }
 
         let u = "vision_und_enc_config.params";
-        let name = get(&raw, &format!("{u}.model_name"))
-            .and_then(Value::as_str)
-            .unwrap_or("siglip_large_patch16_384");
+        let name = get(&raw, &format!("{u}.model_name")).and_then(Value::as_str).unwrap_or("siglip_large_patch16_384");
         let preset = siglip_preset(name);
         let pick = |key: &str, idx: usize| -> Result<usize> {
             match opt_usize(&raw, &format!("{u}.{key}"))? {
                 Some(v) => Ok(v),
-                None => preset.map(|p| [p.0, p.1, p.2, p.3][idx]).ok_or_else(|| {
-                    anyhow!("config.json: unknown SigLIP model '{name}' and no explicit '{key}'")
-                }),
+                None => preset.map(|p| [p.0, p.1, p.2, p.3][idx]).ok_or_else(|| anyhow!("config.json: unknown SigLIP model '{name}' and no explicit '{key}'")),
             }
         };
         let patch = pick("patch_size", 0)?;
         let width = pick("width", 1)?;
         let total_layers = pick("layers", 2)?;
         let sheads = pick("heads", 3)?;
-        let mlp_ratio = opt_f64(
-            &raw,
-            &format!("{u}.mlp_ratio"),
-            preset.map(|p| p.4).unwrap_or(4.0),
-        )?;
+        let mlp_ratio = opt_f64(&raw, &format!("{u}.mlp_ratio"), preset.map(|p| p.4).unwrap_or(4.0))?;
         let image_size = opt_usize(&raw, &format!("{u}.image_size"))?.unwrap_or(384);
-        let select_layer = get(&raw, &format!("{u}.select_layer"))
-            .and_then(Value::as_i64)
-            .unwrap_or(-1);
-        let layers = if select_layer <= 0 {
-            (total_layers as i64).min(total_layers as i64 + select_layer + 1)
-        } else {
-            select_layer
-        };
+        let select_layer = get(&raw, &format!("{u}.select_layer")).and_then(Value::as_i64).unwrap_or(-1);
+        let layers = if select_layer <= 0 { (total_layers as i64).min(total_layers as i64 + select_layer + 1) } else { select_layer };
         if layers <= 0 || image_size % patch != 0 || width % sheads != 0 {
             bail!("config.json: inconsistent SigLIP settings (image_size {image_size}, patch {patch}, width {width}, heads {sheads}, select_layer {select_layer})");
         }
-        let siglip = SiglipConfig {
-            image_size,
-            patch,
-            width,
-            layers: layers as usize,
-            heads: sheads,
-            mlp_hidden: (width as f64 * mlp_ratio) as usize,
-        };
+        let siglip = SiglipConfig { image_size, patch, width, layers: layers as usize, heads: sheads, mlp_hidden: (width as f64 * mlp_ratio) as usize };
 
         let e = "vision_gen_enc_config.params";
         let d = "vision_gen_dec_config.params";
@@ -211,13 +270,9 @@ impl JanusConfig {
             blocks: opt_usize(&raw, &format!("{e}.layers_in_middle"))?.unwrap_or(2),
             kernel,
             image_size: opt_usize(&raw, "gen_image_size")?.unwrap_or(384),
+            vae_factor: 8,
         };
-        Ok(JanusConfig {
-            llm,
-            siglip,
-            gen,
-            raw,
-        })
+        Ok(JanusConfig { llm, siglip, gen, raw })
     }
 
     /// Every tensor of `model.safetensors` with its shape, in upstream names (spec §1.3–1.5),
@@ -235,18 +290,9 @@ impl JanusConfig {
                 add(format!("{p}.self_attn.{w}.weight"), &[c.hidden, c.hidden]);
             }
             add(format!("{p}.post_attention_layernorm.weight"), &[c.hidden]);
-            add(
-                format!("{p}.mlp.gate_proj.weight"),
-                &[c.intermediate, c.hidden],
-            );
-            add(
-                format!("{p}.mlp.up_proj.weight"),
-                &[c.intermediate, c.hidden],
-            );
-            add(
-                format!("{p}.mlp.down_proj.weight"),
-                &[c.hidden, c.intermediate],
-            );
+            add(format!("{p}.mlp.gate_proj.weight"), &[c.intermediate, c.hidden]);
+            add(format!("{p}.mlp.up_proj.weight"), &[c.intermediate, c.hidden]);
+            add(format!("{p}.mlp.down_proj.weight"), &[c.hidden, c.intermediate]);
         }
         add(format!("{lm}.norm.weight"), &[c.hidden]);
         add("language_model.lm_head.weight".into(), &[c.vocab, c.hidden]);
@@ -254,10 +300,7 @@ impl JanusConfig {
         let s = &self.siglip;
         let (w, m) = (s.width, s.mlp_hidden);
         let v = "vision_und_enc_model.vision_tower";
-        add(
-            format!("{v}.patch_embed.proj.weight"),
-            &[w, 3, s.patch, s.patch],
-        );
+        add(format!("{v}.patch_embed.proj.weight"), &[w, 3, s.patch, s.patch]);
         add(format!("{v}.patch_embed.proj.bias"), &[w]);
         add(format!("{v}.pos_embed"), &[1, s.tokens(), w]);
         for i in 0..s.layers {
@@ -310,10 +353,7 @@ impl JanusConfig {
         add(format!("{e}.time_embed.linear_1.bias"), &[h]);
         add(format!("{e}.time_embed.linear_2.weight"), &[h, h]);
         add(format!("{e}.time_embed.linear_2.bias"), &[h]);
-        add(
-            format!("{e}.in_conv.weight"),
-            &[g.enc_channels, g.in_channels, g.kernel, g.kernel],
-        );
+        add(format!("{e}.in_conv.weight"), &[g.enc_channels, g.in_channels, g.kernel, g.kernel]);
         add(format!("{e}.in_conv.bias"), &[g.enc_channels]);
         let convnext = |add: &mut dyn FnMut(String, &[usize]), p: String, ch: usize| {
             add(format!("{p}.depthwise.weight"), &[ch, 1, 7, 7]);
@@ -329,32 +369,18 @@ impl JanusConfig {
             add(format!("{p}.cond_embeds_mapper.bias"), &[2 * ch]);
         };
         for j in 0..g.blocks {
-            convnext(
-                &mut add,
-                format!("{e}.mid_block.res_blocks.{j}"),
-                g.enc_channels,
-            );
+            convnext(&mut add, format!("{e}.mid_block.res_blocks.{j}"), g.enc_channels);
         }
         add("vision_gen_enc_aligner.weight".into(), &[h, g.enc_channels]);
         add("vision_gen_enc_aligner.bias".into(), &[h]);
         let d = "vision_gen_dec_model";
         add(format!("{d}.input_norm.weight"), &[g.dec_in]);
         for j in 0..g.blocks {
-            convnext(
-                &mut add,
-                format!("{d}.mid_block.res_blocks.{j}"),
-                g.dec_channels,
-            );
+            convnext(&mut add, format!("{d}.mid_block.res_blocks.{j}"), g.dec_channels);
         }
         add(format!("{d}.out_convs.0.norm.weight"), &[g.dec_channels]);
-        add(
-            format!("{d}.out_convs.0.unpatch_conv.weight"),
-            &[g.out_channels * g.kernel * g.kernel, g.dec_channels, 1, 1],
-        );
-        add(
-            format!("{d}.out_convs.0.unpatch_conv.bias"),
-            &[g.out_channels * g.kernel * g.kernel],
-        );
+        add(format!("{d}.out_convs.0.unpatch_conv.weight"), &[g.out_channels * g.kernel * g.kernel, g.dec_channels, 1, 1]);
+        add(format!("{d}.out_convs.0.unpatch_conv.bias"), &[g.out_channels * g.kernel * g.kernel]);
         add("vision_gen_dec_aligner_norm.weight".into(), &[h]);
         add("vision_gen_dec_aligner.weight".into(), &[g.dec_in, h]);
         add("vision_gen_dec_aligner.bias".into(), &[g.dec_in]);
@@ -369,10 +395,7 @@ mod tests {
     #[test]
     fn defaults_and_errors() {
         let bad = r#"{"language_config": {"hidden_size": 30, "num_attention_heads": 4}}"#;
-        assert!(JanusConfig::from_json_str(bad)
-            .unwrap_err()
-            .to_string()
-            .contains("not divisible"));
+        assert!(JanusConfig::from_json_str(bad).unwrap_err().to_string().contains("not divisible"));
         assert!(JanusConfig::from_json_str("{").is_err());
     }
 }

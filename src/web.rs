@@ -14,8 +14,6 @@ pub fn start() {
 /// Rejects with a readable message when WebGPU is missing or too limited.
 #[wasm_bindgen(js_name = adapterInfo)]
 pub async fn adapter_info() -> Result<JsValue, JsError> {
-    let gpu = Gpu::new()
-        .await
-        .map_err(|e| JsError::new(&format!("{e:#}")))?;
+    let gpu = Gpu::new().await.map_err(|e| JsError::new(&format!("{e:#}")))?;
     serde_wasm_bindgen::to_value(&gpu.summary).map_err(|e| JsError::new(&e.to_string()))
 }

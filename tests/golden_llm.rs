@@ -42,11 +42,7 @@ fn messages(c: &Case) -> Vec<Message> {
     c.messages
         .iter()
         .map(|m| Message {
-            role: if m.role.eq_ignore_ascii_case("user") {
-                Role::User
-            } else {
-                Role::Assistant
-            },
+            role: if m.role.eq_ignore_ascii_case("user") { Role::User } else { Role::Assistant },
             content: m.content.clone(),
             images: Vec::new(),
         })
@@ -57,12 +53,7 @@ fn messages(c: &Case) -> Vec<Message> {
 fn prompt_ids_match_reference() {
     let e = engine(Quant::F32);
     for c in cases() {
-        assert_eq!(
-            e.encode_chat(system(&c), &messages(&c)).unwrap(),
-            c.ids,
-            "case {}",
-            c.name
-        );
+        assert_eq!(e.encode_chat(system(&c), &messages(&c)).unwrap(), c.ids, "case {}", c.name);
     }
 }
 
@@ -79,31 +70,12 @@ fn f32_logits_within_1e4_and_greedy_replies_identical() {
         let mut conv = Conversation::new();
         conv.system = system(&c).map(String::from);
         conv.messages = messages(&c);
-        let reply = pollster::block_on(e.chat(
-            &mut conv,
-            &SamplingParams::greedy(c.greedy_ids.len()),
-            |_| true,
-        ))
-        .unwrap();
+        let reply = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(c.greedy_ids.len()), |_| true)).unwrap();
         let eos = e.tok.eos;
-        let upto = c
-            .greedy_ids
-            .iter()
-            .position(|&t| t == eos)
-            .unwrap_or(c.greedy_ids.len());
-        assert_eq!(
-            reply.ids,
-            c.greedy_ids[..upto],
-            "case {}: greedy reply",
-            c.name
-        );
+        let upto = c.greedy_ids.iter().position(|&t| t == eos).unwrap_or(c.greedy_ids.len());
+        assert_eq!(reply.ids, c.greedy_ids[..upto], "case {}: greedy reply", c.name);
         if upto < c.greedy_ids.len() {
-            assert_eq!(
-                reply.finish,
-                janusflow::engine::FinishReason::Stop,
-                "case {}: should stop at EOS",
-                c.name
-            );
+            assert_eq!(reply.finish, janusflow::engine::FinishReason::Stop, "case {}: should stop at EOS", c.name);
         }
         longest = longest.max(upto);
     }
@@ -124,12 +96,7 @@ fn quantized_presets_stay_close() {
             let cos = cosine(&got, &want);
             assert!(cos >= min_cos, "{q} case {}: cosine {cos}", c.name);
             if q == Quant::Q4 {
-                eprintln!(
-                    "q4 case {}: cosine {cos:.4}, argmax {} vs reference {}",
-                    c.name,
-                    argmax(&got),
-                    argmax(&want)
-                );
+                eprintln!("q4 case {}: cosine {cos:.4}, argmax {} vs reference {}", c.name, argmax(&got), argmax(&want));
             } else {
                 assert_eq!(argmax(&got), argmax(&want), "{q} case {}: argmax", c.name);
             }
@@ -142,19 +109,15 @@ fn multi_turn_reuses_cache_and_matches_fresh_prefill() {
     let mut e = engine(Quant::F32);
     let mut conv = Conversation::new();
     conv.messages.push(Message::user("Hello there."));
-    let first =
-        pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(12), |_| true)).unwrap();
+    let first = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(12), |_| true)).unwrap();
     assert_eq!(first.reused_tokens, 0);
-    conv.messages
-        .push(Message::user("Tell me more about numbers like 12345."));
-    let second =
-        pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(12), |_| true)).unwrap();
+    conv.messages.push(Message::user("Tell me more about numbers like 12345."));
+    let second = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(12), |_| true)).unwrap();
     assert!(second.reused_tokens > 10, "reused {}", second.reused_tokens);
     // Same conversation from scratch.
     let mut fresh = Conversation::new();
     fresh.messages = conv.messages[..conv.messages.len() - 1].to_vec();
-    let again =
-        pollster::block_on(e.chat(&mut fresh, &SamplingParams::greedy(12), |_| true)).unwrap();
+    let again = pollster::block_on(e.chat(&mut fresh, &SamplingParams::greedy(12), |_| true)).unwrap();
     assert_eq!(again.reused_tokens, 0);
     assert_eq!(again.ids, second.ids);
 }
@@ -162,13 +125,7 @@ fn multi_turn_reuses_cache_and_matches_fresh_prefill() {
 #[test]
 fn sampling_is_reproducible_and_streams_all_text() {
     let mut e = engine(Quant::Q4);
-    let params = SamplingParams {
-        temperature: 1.0,
-        top_p: 0.9,
-        top_k: 50,
-        seed: 7,
-        max_tokens: 20,
-    };
+    let params = SamplingParams { temperature: 1.0, top_p: 0.9, top_k: 50, seed: 7, max_tokens: 20 };
     let run = |e: &mut janusflow::engine::Engine| {
         let mut conv = Conversation::new();
         conv.messages.push(Message::user("Write something."));
@@ -191,20 +148,12 @@ fn conversation_over_the_context_is_a_clear_error() {
     let mut e = engine_from(&fixture("tiny"), Quant::F32, 48);
     let mut conv = Conversation::new();
     conv.messages.push(Message::user("word ".repeat(100)));
-    let err = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(4), |_| true))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("does not fit the context of 48 tokens"),
-        "{err}"
-    );
+    let err = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(4), |_| true)).unwrap_err().to_string();
+    assert!(err.contains("does not fit the context of 48 tokens"), "{err}");
     // A reply that runs into the end of the context stops with a reason instead of failing.
     let mut conv = Conversation::new();
     conv.system = None;
     conv.messages.push(Message::user("Hi"));
     let r = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(1000), |_| true)).unwrap();
-    assert!(matches!(
-        r.finish,
-        janusflow::engine::FinishReason::Context | janusflow::engine::FinishReason::Stop
-    ));
+    assert!(matches!(r.finish, janusflow::engine::FinishReason::Context | janusflow::engine::FinishReason::Stop));
 }

@@ -49,11 +49,7 @@ fn messages(c: &Case) -> Vec<Message> {
     c.messages
         .iter()
         .map(|m| Message {
-            role: if m.role.eq_ignore_ascii_case("user") {
-                Role::User
-            } else {
-                Role::Assistant
-            },
+            role: if m.role.eq_ignore_ascii_case("user") { Role::User } else { Role::Assistant },
             content: m.content.clone(),
             images: m.images.iter().map(|f| picture(f)).collect(),
         })
@@ -88,19 +84,14 @@ struct PreTarget {
 
 fn preprocess_at(size: usize) -> Preprocess {
     let json = std::fs::read(fixture("tiny/preprocessor_config.json")).unwrap();
-    Preprocess {
-        image_size: size,
-        ..Preprocess::from_json(&json, 64).unwrap()
-    }
+    Preprocess { image_size: size, ..Preprocess::from_json(&json, 64).unwrap() }
 }
 
 /// Every fixture image, at the tiny (64) and the real (384) encoder size: the padded RGB square
 /// equals Pillow's bit for bit for lossless formats; JPEG decoders may differ by a few levels.
 #[test]
 fn preprocessing_matches_pillow() {
-    let index: PreIndex =
-        serde_json::from_slice(&std::fs::read(fixture("tiny-ref-und/pre/index.json")).unwrap())
-            .unwrap();
+    let index: PreIndex = serde_json::from_slice(&std::fs::read(fixture("tiny-ref-und/pre/index.json")).unwrap()).unwrap();
     assert_eq!(index.files.len(), 11);
     for (file, info) in &index.files {
         let pic = picture(file);
@@ -109,33 +100,16 @@ fn preprocessing_matches_pillow() {
             let (w, h) = pre.resized_dims(pic.width, pic.height);
             assert_eq!([w, h], t.resized, "{file} @{size}: resized dims");
             let (s, _) = (pre.image_size, 0);
-            assert_eq!(
-                [(s - w) / 2, (s - h) / 2],
-                t.offset,
-                "{file} @{size}: offset"
-            );
-            let want = image::open(fixture("tiny-ref-und/pre").join(&t.file))
-                .unwrap()
-                .to_rgb8()
-                .into_raw();
+            assert_eq!([(s - w) / 2, (s - h) / 2], t.offset, "{file} @{size}: offset");
+            let want = image::open(fixture("tiny-ref-und/pre").join(&t.file)).unwrap().to_rgb8().into_raw();
             let got = pre.square(&pic);
-            let diffs: Vec<i32> = got
-                .iter()
-                .zip(&want)
-                .map(|(&a, &b)| (a as i32 - b as i32).abs())
-                .collect();
+            let diffs: Vec<i32> = got.iter().zip(&want).map(|(&a, &b)| (a as i32 - b as i32).abs()).collect();
             let max = *diffs.iter().max().unwrap();
             let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
             if info.format == "JPEG" {
-                assert!(
-                    mean < 1.0 && max <= 12,
-                    "{file} @{size}: JPEG decode differs too much (max {max}, mean {mean:.3})"
-                );
+                assert!(mean < 1.0 && max <= 12, "{file} @{size}: JPEG decode differs too much (max {max}, mean {mean:.3})");
             } else {
-                assert_eq!(
-                    max, 0,
-                    "{file} @{size}: differs from Pillow by up to {max} levels (mean {mean:.4})"
-                );
+                assert_eq!(max, 0, "{file} @{size}: differs from Pillow by up to {max} levels (mean {mean:.4})");
             }
         }
     }
@@ -144,20 +118,10 @@ fn preprocessing_matches_pillow() {
 #[test]
 fn normalised_pixels_match_reference() {
     let pre = preprocess_at(64);
-    for f in [
-        "square_80.png",
-        "wide_101x70.png",
-        "tall_33x40.png",
-        "gray_50x64.png",
-    ] {
-        let want =
-            read_npy(&fixture("tiny-ref-und/pre").join(format!("{}_64_pixels.npy", stem(f))));
+    for f in ["square_80.png", "wide_101x70.png", "tall_33x40.png", "gray_50x64.png"] {
+        let want = read_npy(&fixture("tiny-ref-und/pre").join(format!("{}_64_pixels.npy", stem(f))));
         let got = pre.pixels(&picture(f));
-        let d = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(d < 1e-6, "{f}: {d}");
     }
 }
@@ -186,11 +150,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
         }
     }
     !c
@@ -199,36 +159,20 @@ fn crc32(data: &[u8]) -> u32 {
 #[test]
 fn preprocessor_config_is_checked() {
     let ok = std::fs::read_to_string(fixture("tiny/preprocessor_config.json")).unwrap();
-    assert!(Preprocess::from_json(ok.as_bytes(), 384)
-        .unwrap_err()
-        .to_string()
-        .contains("image_size"));
+    assert!(Preprocess::from_json(ok.as_bytes(), 384).unwrap_err().to_string().contains("image_size"));
     let bad = ok.replace("127", "128");
-    assert!(Preprocess::from_json(bad.as_bytes(), 64)
-        .unwrap_err()
-        .to_string()
-        .contains("background_color"));
+    assert!(Preprocess::from_json(bad.as_bytes(), 64).unwrap_err().to_string().contains("background_color"));
     let v: serde_json::Value = serde_json::from_str(&ok).unwrap();
     let mut m = v.as_object().unwrap().clone();
     m.remove("image_mean");
-    assert!(
-        Preprocess::from_json(serde_json::to_string(&m).unwrap().as_bytes(), 64)
-            .unwrap_err()
-            .to_string()
-            .contains("image_mean")
-    );
+    assert!(Preprocess::from_json(serde_json::to_string(&m).unwrap().as_bytes(), 64).unwrap_err().to_string().contains("image_mean"));
 }
 
 #[test]
 fn siglip_features_match_reference_f32_and_q8() {
     let e = engine(Quant::F32);
     let q = engine(Quant::Q8);
-    for f in [
-        "square_80.png",
-        "wide_101x70.png",
-        "tall_33x40.png",
-        "gray_50x64.png",
-    ] {
+    for f in ["square_80.png", "wide_101x70.png", "tall_33x40.png", "gray_50x64.png"] {
         let s = stem(f);
         let (tower, aligned) = pollster::block_on(e.image_features(&picture(f))).unwrap();
         let want_t = read_npy(&fixture("tiny-ref-und").join(format!("siglip_{s}.npy")));
@@ -249,12 +193,7 @@ fn spliced_prompts_logits_and_greedy_replies_match_reference() {
     for c in cases() {
         let msgs = messages(&c);
         let sys = Some(c.system.as_str()).filter(|s| !s.is_empty());
-        assert_eq!(
-            e.encode_chat(sys, &msgs).unwrap(),
-            c.expanded_ids,
-            "{}: expanded ids",
-            c.name
-        );
+        assert_eq!(e.encode_chat(sys, &msgs).unwrap(), c.expanded_ids, "{}: expanded ids", c.name);
         let emb = pollster::block_on(e.input_embeddings(sys, &msgs)).unwrap();
         let want = read_npy(&fixture("tiny-ref-und").join(format!("embeds_{}.npy", c.name)));
         let r = max_rel(&emb, &want);
@@ -268,21 +207,11 @@ fn spliced_prompts_logits_and_greedy_replies_match_reference() {
         let mut conv = Conversation::new();
         conv.system = sys.map(String::from);
         conv.messages = msgs;
-        let reply =
-            pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(32), |_| true)).unwrap();
+        let reply = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(32), |_| true)).unwrap();
         let eos = e.tok.eos;
-        let want: Vec<u32> = c
-            .greedy_ids
-            .iter()
-            .copied()
-            .take_while(|&i| i != eos)
-            .collect();
+        let want: Vec<u32> = c.greedy_ids.iter().copied().take_while(|&i| i != eos).collect();
         assert_eq!(reply.ids, want, "{}: greedy reply", c.name);
-        assert!(
-            want.len() >= 24 || c.greedy_ids.contains(&eos),
-            "{}",
-            c.name
-        );
+        assert!(want.len() >= 24 || c.greedy_ids.contains(&eos), "{}", c.name);
     }
 }
 
@@ -293,56 +222,31 @@ fn image_turns_reuse_the_cache_correctly() {
     let mut e = engine(Quant::F32);
     let (a, b) = (picture("square_80.png"), picture("gray_50x64.png"));
     let mut conv = Conversation::new();
-    conv.messages
-        .push(Message::user_with_images("What is this?", vec![a.clone()]));
+    conv.messages.push(Message::user_with_images("What is this?", vec![a.clone()]));
     pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(6), |_| true)).unwrap();
-    conv.messages
-        .push(Message::user_with_images("And this one?", vec![b.clone()]));
-    let second =
-        pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(8), |_| true)).unwrap();
-    assert!(
-        second.reused_tokens > e.image_tokens(),
-        "reused {}",
-        second.reused_tokens
-    );
+    conv.messages.push(Message::user_with_images("And this one?", vec![b.clone()]));
+    let second = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(8), |_| true)).unwrap();
+    assert!(second.reused_tokens > e.image_tokens(), "reused {}", second.reused_tokens);
     let mut fresh = Conversation::new();
     fresh.messages = conv.messages[..3].to_vec();
-    let again =
-        pollster::block_on(e.chat(&mut fresh, &SamplingParams::greedy(8), |_| true)).unwrap();
+    let again = pollster::block_on(e.chat(&mut fresh, &SamplingParams::greedy(8), |_| true)).unwrap();
     assert_eq!(second.ids, again.ids);
     // Same text, other image: the cache must stop at the image.
     let mut swapped = Conversation::new();
-    swapped
-        .messages
-        .push(Message::user_with_images("What is this?", vec![a]));
+    swapped.messages.push(Message::user_with_images("What is this?", vec![a]));
     pollster::block_on(e.chat(&mut swapped, &SamplingParams::greedy(2), |_| true)).unwrap();
     swapped.messages.clear();
-    swapped
-        .messages
-        .push(Message::user_with_images("What is this?", vec![b]));
+    swapped.messages.push(Message::user_with_images("What is this?", vec![b]));
     let r = pollster::block_on(e.chat(&mut swapped, &SamplingParams::greedy(2), |_| true)).unwrap();
-    let boi = e
-        .encode_chat(swapped.system.as_deref(), &swapped.messages[..1])
-        .unwrap()
-        .iter()
-        .position(|&i| i == e.tok.boi)
-        .unwrap();
-    assert_eq!(
-        r.reused_tokens,
-        boi + 1,
-        "the begin tag is shared, the image slots are not"
-    );
+    let boi = e.encode_chat(swapped.system.as_deref(), &swapped.messages[..1]).unwrap().iter().position(|&i| i == e.tok.boi).unwrap();
+    assert_eq!(r.reused_tokens, boi + 1, "the begin tag is shared, the image slots are not");
 }
 
 #[test]
 fn image_count_must_match_placeholders() {
     let e = engine(Quant::F32);
     let pic = picture("square_80.png");
-    let m = Message {
-        role: Role::User,
-        content: "<image_placeholder> and <image_placeholder>".into(),
-        images: vec![pic],
-    };
+    let m = Message { role: Role::User, content: "<image_placeholder> and <image_placeholder>".into(), images: vec![pic] };
     let err = e.encode_chat(None, &[m]).unwrap_err().to_string();
     assert!(err.contains("1 image(s) but 2"), "{err}");
 }

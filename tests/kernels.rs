@@ -11,10 +11,7 @@ fn gpu() -> Gpu {
 struct Rng(u64);
 impl Rng {
     fn f(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
@@ -30,10 +27,7 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * scale,
-            "{what}: element {i}: got {g}, want {w} (scale {scale})"
-        );
+        assert!((g - w).abs() <= tol * scale, "{what}: element {i}: got {g}, want {w} (scale {scale})");
     }
 }
 
@@ -56,11 +50,7 @@ fn linear_all_formats_and_shapes() {
     let gpu = gpu();
     let mut rng = Rng(1);
     for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4] {
-        let ks: &[usize] = if quant.is_grouped() {
-            &[96, 160]
-        } else {
-            &[44, 96]
-        };
+        let ks: &[usize] = if quant.is_grouped() { &[96, 160] } else { &[44, 96] };
         for &k in ks {
             for &(m, n) in &[(1usize, 67usize), (3, 130), (37, 67), (70, 131)] {
                 let x = rng.vec(m * k);
@@ -69,40 +59,20 @@ fn linear_all_formats_and_shapes() {
                 let blob = QuantBlob::quantize(quant, n, k, &wv).unwrap();
                 let wd = blob.dequantize();
                 // A small budget forces several row chunks.
-                let w =
-                    Weight::upload_with_budget(&gpu, "w", &blob, (blob.row_bytes() * 20) as u64)
-                        .unwrap();
+                let w = Weight::upload_with_budget(&gpu, "w", &blob, (blob.row_bytes() * 20) as u64).unwrap();
                 assert!(w.chunks.len() > 1);
                 let xt = Tensor::from_f32(&gpu, "x", &[m, k], &x);
                 let resid = rng.vec(m * n);
                 let yt = Tensor::from_f32(&gpu, "y", &[m, n], &resid);
                 let bt = Tensor::from_f32(&gpu, "b", &[n], &bias);
                 let mut rec = Recorder::new(&gpu);
-                kernels::linear(
-                    &mut rec,
-                    &w,
-                    Some(&bt.buf),
-                    &xt.buf,
-                    0,
-                    m,
-                    Out {
-                        buf: &yt.buf,
-                        off: 0,
-                        stride: n,
-                        add: true,
-                    },
-                );
+                kernels::linear(&mut rec, &w, Some(&bt.buf), &xt.buf, 0, m, Out { buf: &yt.buf, off: 0, stride: n, add: true });
                 rec.finish();
                 let mut want = cpu_linear(&x, &wd, m, n, k);
                 for i in 0..m * n {
                     want[i] += bias[i % n] + resid[i];
                 }
-                assert_close(
-                    &read(&gpu, &yt),
-                    &want,
-                    1e-5,
-                    &format!("linear {quant} m{m} n{n} k{k}"),
-                );
+                assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("linear {quant} m{m} n{n} k{k}"));
             }
         }
     }
@@ -120,20 +90,7 @@ fn linear_writes_at_offsets_without_add() {
     let xt = Tensor::from_f32(&gpu, "x", &[m + 2, k], &x);
     let yt = Tensor::from_f32(&gpu, "y", &[m + 1, 40], &vec![7.0; (m + 1) * 40]);
     let mut rec = Recorder::new(&gpu);
-    kernels::linear(
-        &mut rec,
-        &w,
-        None,
-        &xt.buf,
-        2 * k,
-        m,
-        Out {
-            buf: &yt.buf,
-            off: 40,
-            stride: 40,
-            add: false,
-        },
-    );
+    kernels::linear(&mut rec, &w, None, &xt.buf, 2 * k, m, Out { buf: &yt.buf, off: 40, stride: 40, add: false });
     rec.finish();
     let got = read(&gpu, &yt);
     let want = cpu_linear(&x[2 * k..], &wv, m, n, k);
@@ -141,11 +98,7 @@ fn linear_writes_at_offsets_without_add() {
         for j in 0..40 {
             let g = got[40 + i * 40 + j];
             if j < n {
-                assert!(
-                    (g - want[i * n + j]).abs() < 1e-4,
-                    "({i},{j}) {g} vs {}",
-                    want[i * n + j]
-                );
+                assert!((g - want[i * n + j]).abs() < 1e-4, "({i},{j}) {g} vs {}", want[i * n + j]);
             } else {
                 assert_eq!(g, 7.0);
             }
@@ -169,11 +122,7 @@ fn rmsnorm_matches() {
     rec.finish();
     let mut want = vec![0f32; rows * d];
     for r in 0..rows {
-        let ms: f64 = x[r * d..(r + 1) * d]
-            .iter()
-            .map(|&v| (v as f64).powi(2))
-            .sum::<f64>()
-            / d as f64;
+        let ms: f64 = x[r * d..(r + 1) * d].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
         let inv = 1.0 / (ms + 1e-6).sqrt();
         for i in 0..d {
             want[r * d + i] = (x[r * d + i] as f64 * inv) as f32 * w[i];
@@ -212,10 +161,7 @@ fn rope_rotate_half() {
     for ti in 0..t {
         for hi in 0..h {
             for i in 0..d / 2 {
-                let (c, s) = (
-                    table[((pos0 + ti) * d / 2 + i) * 2],
-                    table[((pos0 + ti) * d / 2 + i) * 2 + 1],
-                );
+                let (c, s) = (table[((pos0 + ti) * d / 2 + i) * 2], table[((pos0 + ti) * d / 2 + i) * 2 + 1]);
                 let b = ti * h * d + hi * d;
                 want[b + i] = x[b + i] * c - x[b + i + d / 2] * s;
                 want[b + i + d / 2] = x[b + i + d / 2] * c + x[b + i] * s;
@@ -225,37 +171,19 @@ fn rope_rotate_half() {
     assert_close(&read(&gpu, &xt), &want, 1e-6, "rope");
 }
 
-fn cpu_attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
-    h: usize,
-    d: usize,
-    keys_for: impl Fn(usize) -> usize,
-) -> Vec<f32> {
+fn cpu_attention(q: &[f32], k: &[f32], v: &[f32], t: usize, h: usize, d: usize, keys_for: impl Fn(usize) -> usize) -> Vec<f32> {
     let mut o = vec![0f32; t * h * d];
     for ti in 0..t {
         for hi in 0..h {
             let nk = keys_for(ti);
             let s: Vec<f64> = (0..nk)
-                .map(|j| {
-                    (0..d)
-                        .map(|e| {
-                            q[ti * h * d + hi * d + e] as f64 * k[j * h * d + hi * d + e] as f64
-                        })
-                        .sum::<f64>()
-                        / (d as f64).sqrt()
-                })
+                .map(|j| (0..d).map(|e| q[ti * h * d + hi * d + e] as f64 * k[j * h * d + hi * d + e] as f64).sum::<f64>() / (d as f64).sqrt())
                 .collect();
             let mx = s.iter().cloned().fold(f64::MIN, f64::max);
             let p: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
             let z: f64 = p.iter().sum();
             for e in 0..d {
-                o[ti * h * d + hi * d + e] = ((0..nk)
-                    .map(|j| p[j] * v[j * h * d + hi * d + e] as f64)
-                    .sum::<f64>()
-                    / z) as f32;
+                o[ti * h * d + hi * d + e] = ((0..nk).map(|j| p[j] * v[j * h * d + hi * d + e] as f64).sum::<f64>() / z) as f32;
             }
         }
     }
@@ -266,47 +194,22 @@ fn cpu_attention(
 fn attention_causal_with_cache_and_bidirectional() {
     let gpu = gpu();
     let mut rng = Rng(5);
-    for &(t, h, d, pos0) in &[
-        (9usize, 2usize, 40usize, 0usize),
-        (3, 3, 128, 70),
-        (1, 2, 16, 150),
-        (70, 1, 64, 5),
-    ] {
+    for &(t, h, d, pos0) in &[(9usize, 2usize, 40usize, 0usize), (3, 3, 128, 70), (1, 2, 16, 150), (70, 1, 64, 5)] {
         let keys = pos0 + t;
         let q: Vec<f32> = rng.vec(t * h * d).iter().map(|v| v * 2.0).collect();
         let k: Vec<f32> = rng.vec(keys * h * d).iter().map(|v| v * 2.0).collect();
         let v = rng.vec(keys * h * d);
-        let (qt, kt, vt) = (
-            Tensor::from_f32(&gpu, "q", &[t, h * d], &q),
-            Tensor::from_f32(&gpu, "k", &[keys, h * d], &k),
-            Tensor::from_f32(&gpu, "v", &[keys, h * d], &v),
-        );
+        let (qt, kt, vt) =
+            (Tensor::from_f32(&gpu, "q", &[t, h * d], &q), Tensor::from_f32(&gpu, "k", &[keys, h * d], &k), Tensor::from_f32(&gpu, "v", &[keys, h * d], &v));
         let ot = Tensor::zeros(&gpu, "o", &[t, h * d]);
         for causal in [true, false] {
-            let s = AttnShape {
-                t,
-                heads: h,
-                head_dim: d,
-                causal_pos0: causal.then_some(pos0),
-                n_keys: keys,
-                q_stride: h * d,
-                kv_stride: h * d,
-                o_stride: h * d,
-            };
+            let s =
+                AttnShape { t, heads: h, head_dim: d, causal_pos0: causal.then_some(pos0), n_keys: keys, q_stride: h * d, kv_stride: h * d, o_stride: h * d };
             let mut rec = Recorder::new(&gpu);
             kernels::attention(&mut rec, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0);
             rec.finish();
-            let want = if causal {
-                cpu_attention(&q, &k, &v, t, h, d, |ti| pos0 + ti + 1)
-            } else {
-                cpu_attention(&q, &k, &v, t, h, d, |_| keys)
-            };
-            assert_close(
-                &read(&gpu, &ot),
-                &want,
-                1e-5,
-                &format!("attention t{t} h{h} d{d} pos0 {pos0} causal {causal}"),
-            );
+            let want = if causal { cpu_attention(&q, &k, &v, t, h, d, |ti| pos0 + ti + 1) } else { cpu_attention(&q, &k, &v, t, h, d, |_| keys) };
+            assert_close(&read(&gpu, &ot), &want, 1e-5, &format!("attention t{t} h{h} d{d} pos0 {pos0} causal {causal}"));
         }
     }
 }
@@ -317,20 +220,12 @@ fn swiglu_and_add() {
     let mut rng = Rng(6);
     let n = 1000;
     let (a, b) = (rng.vec(n), rng.vec(n));
-    let (at, bt, yt) = (
-        Tensor::from_f32(&gpu, "a", &[n], &a),
-        Tensor::from_f32(&gpu, "b", &[n], &b),
-        Tensor::zeros(&gpu, "y", &[n]),
-    );
+    let (at, bt, yt) = (Tensor::from_f32(&gpu, "a", &[n], &a), Tensor::from_f32(&gpu, "b", &[n], &b), Tensor::zeros(&gpu, "y", &[n]));
     let mut rec = Recorder::new(&gpu);
     kernels::swiglu(&mut rec, &at.buf, &bt.buf, &yt.buf, n);
     kernels::add(&mut rec, &at.buf, 0, &yt.buf, 0, n);
     rec.finish();
-    let want: Vec<f32> = a
-        .iter()
-        .zip(&b)
-        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u + g)
-        .collect();
+    let want: Vec<f32> = a.iter().zip(&b).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u + g).collect();
     assert_close(&read(&gpu, &yt), &want, 1e-6, "swiglu+add");
 }
 
@@ -343,18 +238,14 @@ fn embedding_gather_across_chunks() {
         let table = rng.vec(rows * k);
         let blob = QuantBlob::quantize(quant, rows, k, &table).unwrap();
         let deq = blob.dequantize();
-        let w =
-            Weight::upload_with_budget(&gpu, "emb", &blob, (blob.row_bytes() * 16) as u64).unwrap();
+        let w = Weight::upload_with_budget(&gpu, "emb", &blob, (blob.row_bytes() * 16) as u64).unwrap();
         let ids: Vec<u32> = vec![0, 74, 16, 15, 33, 33, 1];
         let idb = gpu.storage_buffer_init("ids", bytemuck::cast_slice(&ids));
         let yt = Tensor::zeros(&gpu, "y", &[ids.len(), k]);
         let mut rec = Recorder::new(&gpu);
         kernels::embedding(&mut rec, &w, &idb, 0, ids.len(), &yt.buf, 0);
         rec.finish();
-        let want: Vec<f32> = ids
-            .iter()
-            .flat_map(|&i| deq[i as usize * k..(i as usize + 1) * k].to_vec())
-            .collect();
+        let want: Vec<f32> = ids.iter().flat_map(|&i| deq[i as usize * k..(i as usize + 1) * k].to_vec()).collect();
         assert_eq!(read(&gpu, &yt), want, "embedding {quant}");
     }
 }
@@ -375,9 +266,7 @@ fn topk_matches_sort_with_ties() {
         let mut rec = Recorder::new(&gpu);
         kernels::topk(&mut rec, &xt.buf, 0, n, k, &scratch, &out);
         rec.finish();
-        let got: Vec<u32> = bytemuck::pod_collect_to_vec(
-            &pollster::block_on(gpu.read_bytes(&out, 0, k as u64 * 8)).unwrap(),
-        );
+        let got: Vec<u32> = bytemuck::pod_collect_to_vec(&pollster::block_on(gpu.read_bytes(&out, 0, k as u64 * 8)).unwrap());
         let mut idx: Vec<usize> = (0..n).filter(|&i| !x[i].is_nan()).collect();
         idx.sort_by(|&a, &b| x[b].partial_cmp(&x[a]).unwrap().then(a.cmp(&b)));
         for r in 0..k {

@@ -27,8 +27,7 @@ fn user_text_cannot_produce_special_ids() {
     let p = chat_pieces(&t, None, &[Message::user("look: <image_placeholder>")]);
     assert!(p.iter().all(|x| matches!(x, Piece::Text(_))));
     // With one image, it becomes the image id.
-    let pic =
-        std::sync::Arc::new(janusflow::image_io::Picture::from_rgb8(1, 1, vec![1, 2, 3]).unwrap());
+    let pic = std::sync::Arc::new(janusflow::image_io::Picture::from_rgb8(1, 1, vec![1, 2, 3]).unwrap());
     let m = Message::user_with_images("What is this?", vec![pic]);
     assert_eq!(m.content, "<image_placeholder>\nWhat is this?");
     let ids = t.encode_pieces(&chat_pieces(&t, None, &[m])).unwrap();
@@ -38,20 +37,9 @@ fn user_text_cannot_produce_special_ids() {
 #[test]
 fn template_matches_the_deepseek_format() {
     let t = tok();
-    let msgs = [
-        Message::user("  Hi  "),
-        Message::assistant(" Hello! "),
-        Message::user("Bye\n"),
-    ];
+    let msgs = [Message::user("  Hi  "), Message::assistant(" Hello! "), Message::user("Bye\n")];
     let p = chat_pieces(&t, Some("SYS"), &msgs);
-    assert_eq!(
-        p,
-        vec![
-            Piece::Text("SYS\n\nUser: Hi\n\nAssistant: Hello!".into()),
-            Piece::Special(t.eos),
-            Piece::Text("User: Bye\n\nAssistant:".into())
-        ]
-    );
+    assert_eq!(p, vec![Piece::Text("SYS\n\nUser: Hi\n\nAssistant: Hello!".into()), Piece::Special(t.eos), Piece::Text("User: Bye\n\nAssistant:".into())]);
     let ids = t.encode_pieces(&p).unwrap();
     assert_eq!(ids[0], t.bos);
     assert_eq!(ids.iter().filter(|&&i| i == t.bos).count(), 1);

@@ -15,21 +15,9 @@ fn real_config_gives_the_spec_tensor_table() {
     let cfg = JanusConfig::from_json_str(&text).unwrap();
     let t = cfg.expected_tensors();
     assert_eq!(t.len(), 587);
-    assert_eq!(
-        t.iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum::<usize>(),
-        2_046_367_504
-    );
-    assert_eq!(
-        t.iter().filter(|(n, _)| n.contains("attn_pool")).count(),
-        13
-    );
-    let llm: usize = t
-        .iter()
-        .filter(|(n, _)| n.starts_with("language_model."))
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
+    assert_eq!(t.iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>(), 2_046_367_504);
+    assert_eq!(t.iter().filter(|(n, _)| n.contains("attn_pool")).count(), 13);
+    let llm: usize = t.iter().filter(|(n, _)| n.starts_with("language_model.")).map(|(_, s)| s.iter().product::<usize>()).sum();
     assert_eq!(llm, 1_652_656_128);
     assert_eq!(cfg.llm.head_dim, 128);
     assert_eq!(cfg.siglip.tokens(), 576);
@@ -64,10 +52,7 @@ fn pack_loads_bit_identical_gpu_tensors() {
         let dir = tempdir(&format!("pack-{preset}"));
         let src = ModelSource::open(&fixture("tiny")).unwrap();
         let m = source::convert(&src, preset, &dir, |_, _, _| {}).unwrap();
-        assert!(m
-            .shards
-            .iter()
-            .all(|s| s.size as usize <= janusflow::weights::pack::MAX_SHARD));
+        assert!(m.shards.iter().all(|s| s.size as usize <= janusflow::weights::pack::MAX_SHARD));
         for s in &m.shards {
             let data = std::fs::read(dir.join(&s.file)).unwrap();
             assert_eq!(janusflow::weights::pack::sha256_hex(&data), s.sha256);
@@ -85,18 +70,7 @@ fn pack_loads_bit_identical_gpu_tensors() {
 
 fn load_err(dir: &std::path::Path, preset: Quant) -> String {
     let gpu = pollster::block_on(Gpu::new()).unwrap();
-    match ModelSource::open(dir).and_then(|src| {
-        Engine::load(
-            gpu,
-            &src,
-            EngineOptions {
-                preset,
-                context: 64,
-                prefill_chunk: 64,
-            },
-            |_, _, _| {},
-        )
-    }) {
+    match ModelSource::open(dir).and_then(|src| Engine::load(gpu, &src, EngineOptions { preset, context: 64, prefill_chunk: 64 }, |_, _, _| {})) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => format!("{e:#}"),
     }
@@ -120,33 +94,19 @@ fn corrupt_and_truncated_inputs_give_clear_errors() {
     let data = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &data[..data.len() / 2]).unwrap();
     let e = load_err(&dir, Quant::F32);
-    assert!(
-        e.contains("model.safetensors") && e.contains("truncated"),
-        "{e}"
-    );
+    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
     // Bad header.
-    std::fs::write(
-        dir.join("model.safetensors"),
-        b"\xff\xff\xff\xff\xff\xff\xff\x00garbage",
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x00garbage").unwrap();
     let e = load_err(&dir, Quant::F32);
     assert!(e.contains("not a valid safetensors file"), "{e}");
     // Config that disagrees with the tensors.
     let dir = copy_fixture("badshape");
-    let cfg = std::fs::read_to_string(dir.join("config.json"))
-        .unwrap()
-        .replace("\"intermediate_size\": 160", "\"intermediate_size\": 192");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 192");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let e = load_err(&dir, Quant::F32);
-    assert!(
-        e.contains("mlp.gate_proj.weight") && e.contains("shape"),
-        "{e}"
-    );
+    assert!(e.contains("mlp.gate_proj.weight") && e.contains("shape"), "{e}");
     // Inconsistent config.
-    let cfg = std::fs::read_to_string(fixture("tiny/config.json"))
-        .unwrap()
-        .replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
+    let cfg = std::fs::read_to_string(fixture("tiny/config.json")).unwrap().replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let e = load_err(&dir, Quant::F32);
     assert!(e.contains("not divisible"), "{e}");

@@ -17,11 +17,7 @@ use janusflow::weights::quant::Quant;
 use janusflow::weights::{source, ModelSource};
 
 #[derive(Parser)]
-#[command(
-    name = "janusflow",
-    version,
-    about = "JanusFlow-1.3B on WebGPU (native CLI)"
-)]
+#[command(name = "janusflow", version, about = "JanusFlow-1.3B on WebGPU (native CLI)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -131,11 +127,7 @@ fn gpu() -> Result<Gpu> {
 
 fn bar(len: u64, msg: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {wide_msg}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
+    pb.set_style(ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {wide_msg}").unwrap().progress_chars("=> "));
     pb.set_message(msg.to_string());
     pb
 }
@@ -144,11 +136,7 @@ fn load(m: &ModelArgs) -> Result<Engine> {
     let preset = Quant::parse(&m.quant)?;
     let src = ModelSource::open(&m.model)?;
     let pb = bar(1, "loading");
-    let opts = EngineOptions {
-        preset,
-        context: m.context,
-        ..Default::default()
-    };
+    let opts = EngineOptions { preset, context: m.context, ..Default::default() };
     let engine = Engine::load(gpu()?, &src, opts, |done, total, what| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
@@ -160,23 +148,8 @@ fn load(m: &ModelArgs) -> Result<Engine> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Chat {
-            m,
-            prompt,
-            images,
-            temperature,
-            top_p,
-            top_k,
-            seed,
-            max_tokens,
-        } => {
-            let params = SamplingParams {
-                temperature,
-                top_p,
-                top_k,
-                seed,
-                max_tokens,
-            };
+        Cmd::Chat { m, prompt, images, temperature, top_p, top_k, seed, max_tokens } => {
+            let params = SamplingParams { temperature, top_p, top_k, seed, max_tokens };
             let mut engine = load(&m)?;
             let mut conv = Conversation::new();
             if let Some(p) = prompt {
@@ -240,17 +213,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Logits {
-            m,
-            prompt,
-            images,
-            out,
-        } => {
+        Cmd::Logits { m, prompt, images, out } => {
             let engine = load(&m)?;
-            let logits = pollster::block_on(engine.logits(
-                Some(janusflow::text::template::SYSTEM_PROMPT),
-                &[Message::user_with_images(&prompt, read_images(&images)?)],
-            ))?;
+            let logits = pollster::block_on(
+                engine.logits(Some(janusflow::text::template::SYSTEM_PROMPT), &[Message::user_with_images(&prompt, read_images(&images)?)]),
+            )?;
             write_npy(&out, &logits, &[logits.len() as u64])
         }
         Cmd::Convert { model, out, quant } => {
@@ -273,14 +240,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Synth { config, out, seed } => {
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("cannot read {}", config.display()))?;
+            let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?;
             let pb = bar(1, "writing");
-            let n =
-                janusflow::weights::synth::write_checkpoint(&text, &out, seed, |done, total| {
-                    pb.set_length(total);
-                    pb.set_position(done);
-                })?;
+            let n = janusflow::weights::synth::write_checkpoint(&text, &out, seed, |done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
+            })?;
             pb.finish_and_clear();
             eprintln!("wrote {} ({n} parameters)", out.display());
             Ok(())
@@ -293,15 +258,7 @@ fn run(cli: Cli) -> Result<()> {
                 let cfg = src.config()?;
                 let table = cfg.expected_tensors();
                 let params: usize = table.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-                println!(
-                    "model: {} ({})",
-                    dir.display(),
-                    if src.fixed_preset().is_some() {
-                        "weight pack"
-                    } else {
-                        "Hugging Face checkpoint"
-                    }
-                );
+                println!("model: {} ({})", dir.display(), if src.fixed_preset().is_some() { "weight pack" } else { "Hugging Face checkpoint" });
                 println!("  tensors: {}, parameters: {params}", table.len());
                 println!("  llm: {:?}", cfg.llm);
                 println!("  siglip: {:?}", cfg.siglip);
@@ -309,21 +266,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench {
-            model,
-            quant,
-            prompt_tokens,
-            decode_tokens,
-            no_matmul,
-            image,
-        } => bench(
-            model.as_deref(),
-            &quant,
-            prompt_tokens,
-            decode_tokens,
-            no_matmul,
-            image,
-        ),
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image } => {
+            bench(model.as_deref(), &quant, prompt_tokens, decode_tokens, no_matmul, image)
+        }
     }
 }
 
@@ -339,47 +284,25 @@ fn read_images(paths: &[PathBuf]) -> Result<Vec<std::sync::Arc<Picture>>> {
 }
 
 fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {
-    let f =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     use npyz::WriterBuilder;
-    let mut w = npyz::WriteOptions::<f32>::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(std::io::BufWriter::new(f))
-        .begin_nd()?;
+    let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(shape).writer(std::io::BufWriter::new(f)).begin_nd()?;
     w.extend(data.iter().copied())?;
     w.finish()?;
     Ok(())
 }
 
-fn bench(
-    model: Option<&Path>,
-    quant: &str,
-    prompt_tokens: usize,
-    decode_tokens: usize,
-    no_matmul: bool,
-    image: bool,
-) -> Result<()> {
+fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens: usize, no_matmul: bool, image: bool) -> Result<()> {
     let gpu = gpu()?;
-    println!(
-        "device: {} ({}, {})",
-        gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
-    );
+    println!("device: {} ({}, {})", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
     if !no_matmul {
         let secs = janusflow::bench::matmul_f32(&gpu, 512, 2048, 2048)?;
-        println!(
-            "matmul f32 [512,2048]x[2048,2048]: {secs:.3} s ({:.1} GFLOP/s)",
-            2.0 * 512.0 * 2048.0 * 2048.0 / secs / 1e9
-        );
+        println!("matmul f32 [512,2048]x[2048,2048]: {secs:.3} s ({:.1} GFLOP/s)", 2.0 * 512.0 * 2048.0 * 2048.0 / secs / 1e9);
     }
     let Some(dir) = model else { return Ok(()) };
     let preset = Quant::parse(quant)?;
     let src = ModelSource::open(dir)?;
-    let opts = EngineOptions {
-        preset,
-        context: (prompt_tokens + decode_tokens + 8).max(1024),
-        ..Default::default()
-    };
+    let opts = EngineOptions { preset, context: (prompt_tokens + decode_tokens + 8).max(1024), ..Default::default() };
     let t0 = Instant::now();
     let mut engine = Engine::load(gpu, &src, opts, |_, _, _| {})?;
     println!(
@@ -389,22 +312,10 @@ fn bench(
         engine.siglip.weight_bytes() as f64 / (1 << 20) as f64
     );
     let r = pollster::block_on(janusflow::bench::llm(&engine, prompt_tokens, decode_tokens))?;
-    println!(
-        "prefill: {prompt_tokens} tokens in {:.3} s = {:.1} tokens/s",
-        r.prefill_s,
-        prompt_tokens as f64 / r.prefill_s
-    );
-    println!(
-        "decode: {} tokens in {:.3} s = {:.2} tokens/s",
-        r.decoded,
-        r.decode_s,
-        r.decoded as f64 / r.decode_s
-    );
+    println!("prefill: {prompt_tokens} tokens in {:.3} s = {:.1} tokens/s", r.prefill_s, prompt_tokens as f64 / r.prefill_s);
+    println!("decode: {} tokens in {:.3} s = {:.2} tokens/s", r.decoded, r.decode_s, r.decoded as f64 / r.decode_s);
     println!("submits per decoded token: {:.2}", r.submits_per_token);
-    println!(
-        "bytes read back per decoded token: {:.0}",
-        r.readback_per_token
-    );
+    println!("bytes read back per decoded token: {:.0}", r.readback_per_token);
     println!(
         "weight bytes read per decoded token / resident weight bytes: {:.3} ({:.1} MiB / {:.1} MiB)",
         engine.llm.weight_bytes_per_token() as f64 / engine.llm.weight_bytes() as f64,

@@ -48,8 +48,7 @@ impl Gpu {
     /// Picks the best adapter (high performance) and opens a device with the adapter's own
     /// maximum buffer and binding sizes, plus `shader-f16` / `subgroups` when offered.
     pub async fn new() -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
@@ -86,18 +85,14 @@ impl Gpu {
         // although the engine itself never binds more than PORTABLE_MAX_BINDING at once.
         limits.max_buffer_size = alimits.max_buffer_size;
         limits.max_storage_buffer_binding_size = alimits.max_storage_buffer_binding_size;
-        limits.max_storage_buffers_per_shader_stage =
-            alimits.max_storage_buffers_per_shader_stage.min(10);
+        limits.max_storage_buffers_per_shader_stage = alimits.max_storage_buffers_per_shader_stage.min(10);
         limits.max_compute_workgroup_storage_size = alimits.max_compute_workgroup_storage_size;
-        limits.max_compute_invocations_per_workgroup =
-            alimits.max_compute_invocations_per_workgroup;
+        limits.max_compute_invocations_per_workgroup = alimits.max_compute_invocations_per_workgroup;
         limits.max_compute_workgroup_size_x = alimits.max_compute_workgroup_size_x;
         limits.max_compute_workgroup_size_y = alimits.max_compute_workgroup_size_y;
         limits.max_compute_workgroups_per_dimension = alimits.max_compute_workgroups_per_dimension;
         limits.max_bind_groups = alimits.max_bind_groups.min(4);
-        if limits.max_compute_workgroup_storage_size < 16384
-            || limits.max_compute_invocations_per_workgroup < 256
-        {
+        if limits.max_compute_workgroup_storage_size < 16384 || limits.max_compute_invocations_per_workgroup < 256 {
             return Err(anyhow!(
                 "the GPU adapter '{}' is too limited: needs 16 KiB workgroup storage and 256 invocations \
                  per workgroup (has {} B, {})",
@@ -125,9 +120,7 @@ impl Gpu {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info)
-                .trim()
-                .to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             features: gf,
             max_buffer_size: limits.max_buffer_size,
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
@@ -135,15 +128,7 @@ impl Gpu {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         };
-        Ok(Self {
-            device,
-            queue,
-            summary,
-            limits,
-            pipelines: Mutex::new(HashMap::new()),
-            arenas: Mutex::new(Vec::new()),
-            lost,
-        })
+        Ok(Self { device, queue, summary, limits, pipelines: Mutex::new(HashMap::new()), arenas: Mutex::new(Vec::new()), lost })
     }
 
     /// The largest storage binding the engine will create.
@@ -164,36 +149,22 @@ impl Gpu {
     }
 
     /// Compiles (once) the pipeline for `key`; `source` is only called on a cache miss.
-    pub fn pipeline(
-        &self,
-        key: &str,
-        source: impl FnOnce() -> String,
-    ) -> Arc<wgpu::ComputePipeline> {
+    pub fn pipeline(&self, key: &str, source: impl FnOnce() -> String) -> Arc<wgpu::ComputePipeline> {
         if let Some(p) = self.pipelines.lock().unwrap().get(key) {
             return p.clone();
         }
         let src = source();
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(key),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(key),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(key), source: wgpu::ShaderSource::Wgsl(src.into()) });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
         let p = Arc::new(pipeline);
-        self.pipelines
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), p.clone());
+        self.pipelines.lock().unwrap().insert(key.to_string(), p.clone());
         p
     }
 
@@ -213,9 +184,7 @@ impl Gpu {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(16).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
@@ -248,15 +217,8 @@ impl Gpu {
         map_read(self, &staging).await
     }
 
-    pub async fn read_f32(
-        &self,
-        buf: &wgpu::Buffer,
-        offset_elems: usize,
-        len: usize,
-    ) -> Result<Vec<f32>> {
-        let bytes = self
-            .read_bytes(buf, offset_elems as u64 * 4, len as u64 * 4)
-            .await?;
+    pub async fn read_f32(&self, buf: &wgpu::Buffer, offset_elems: usize, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(buf, offset_elems as u64 * 4, len as u64 * 4).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 }
@@ -268,18 +230,10 @@ pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let _ = tx.send(r);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    gpu.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| anyhow!("GPU poll failed: {e}"))?;
-    rx.await
-        .map_err(|_| anyhow!("GPU readback was cancelled"))?
-        .map_err(|e| anyhow!("GPU readback failed: {e}"))?;
+    gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+    rx.await.map_err(|_| anyhow!("GPU readback was cancelled"))?.map_err(|e| anyhow!("GPU readback failed: {e}"))?;
     gpu.check_alive()?;
-    let data = staging
-        .slice(..)
-        .get_mapped_range()
-        .map_err(|e| anyhow!("GPU readback failed: {e:?}"))?
-        .to_vec();
+    let data = staging.slice(..).get_mapped_range().map_err(|e| anyhow!("GPU readback failed: {e:?}"))?.to_vec();
     staging.unmap();
     Ok(data)
 }

@@ -14,18 +14,8 @@ const SLOT: u64 = 256; // minUniformBufferOffsetAlignment on every WebGPU device
 const SLOTS: u64 = 2048;
 
 enum Op {
-    Dispatch {
-        pipeline: Arc<wgpu::ComputePipeline>,
-        bind: wgpu::BindGroup,
-        wg: [u32; 3],
-    },
-    Copy {
-        src: wgpu::Buffer,
-        src_off: u64,
-        dst: wgpu::Buffer,
-        dst_off: u64,
-        size: u64,
-    },
+    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, bind: wgpu::BindGroup, wg: [u32; 3] },
+    Copy { src: wgpu::Buffer, src_off: u64, dst: wgpu::Buffer, dst_off: u64, size: u64 },
 }
 
 pub struct Recorder<'a> {
@@ -40,14 +30,7 @@ pub struct Recorder<'a> {
 
 impl<'a> Recorder<'a> {
     pub fn new(gpu: &'a Gpu) -> Self {
-        Recorder {
-            gpu,
-            arena: None,
-            params: Vec::new(),
-            ops: Vec::new(),
-            submits: 0,
-            dispatches: 0,
-        }
+        Recorder { gpu, arena: None, params: Vec::new(), ops: Vec::new(), submits: 0, dispatches: 0 }
     }
 
     fn arena(&mut self) -> wgpu::Buffer {
@@ -66,13 +49,7 @@ impl<'a> Recorder<'a> {
     }
 
     /// Records one dispatch of `pipeline` with `params` at binding 0 and `buffers` at bindings 1...
-    pub fn dispatch(
-        &mut self,
-        pipeline: Arc<wgpu::ComputePipeline>,
-        params: &[u32],
-        buffers: &[&wgpu::Buffer],
-        wg: [u32; 3],
-    ) {
+    pub fn dispatch(&mut self, pipeline: Arc<wgpu::ComputePipeline>, params: &[u32], buffers: &[&wgpu::Buffer], wg: [u32; 3]) {
         if wg.iter().any(|&w| w == 0) {
             return;
         }
@@ -86,45 +63,18 @@ impl<'a> Recorder<'a> {
         let layout = pipeline.get_bind_group_layout(0);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &arena,
-                offset: off,
-                size: wgpu::BufferSize::new(SLOT),
-            }),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &arena, offset: off, size: wgpu::BufferSize::new(SLOT) }),
         }];
         for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: b.as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
         }
-        let bind = self
-            .gpu
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &layout,
-                entries: &entries,
-            });
+        let bind = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
         self.ops.push(Op::Dispatch { pipeline, bind, wg });
         self.dispatches += 1;
     }
 
-    pub fn copy(
-        &mut self,
-        src: &wgpu::Buffer,
-        src_off: u64,
-        dst: &wgpu::Buffer,
-        dst_off: u64,
-        size: u64,
-    ) {
-        self.ops.push(Op::Copy {
-            src: src.clone(),
-            src_off,
-            dst: dst.clone(),
-            dst_off,
-            size,
-        });
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, size: u64) {
+        self.ops.push(Op::Copy { src: src.clone(), src_off, dst: dst.clone(), dst_off, size });
     }
 
     /// Encodes everything recorded so far and submits it (one submit).
@@ -136,31 +86,16 @@ impl<'a> Recorder<'a> {
             self.gpu.queue.write_buffer(arena, 0, &self.params);
         }
         self.params.clear();
-        let mut enc = self
-            .gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("forward"),
-            });
+        let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         let ops = std::mem::take(&mut self.ops);
         let mut i = 0;
         while i < ops.len() {
-            if let Op::Copy {
-                src,
-                src_off,
-                dst,
-                dst_off,
-                size,
-            } = &ops[i]
-            {
+            if let Op::Copy { src, src_off, dst, dst_off, size } = &ops[i] {
                 enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size);
                 i += 1;
                 continue;
             }
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: None,
-            });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
             while let Some(Op::Dispatch { pipeline, bind, wg }) = ops.get(i) {
                 pass.set_pipeline(pipeline);
                 pass.set_bind_group(0, bind, &[]);
@@ -173,12 +108,7 @@ impl<'a> Recorder<'a> {
     }
 
     /// Submits, then copies `size` bytes of `src` back to the CPU (the only readback of a step).
-    pub async fn finish_and_read(
-        mut self,
-        src: &wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    ) -> Result<Vec<u8>> {
+    pub async fn finish_and_read(mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,

@@ -4,39 +4,23 @@
 
 const FILES: &[(&str, &str)] = &[
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
-    (
-        "activation.wgsl",
-        include_str!("../../shaders/activation.wgsl"),
-    ),
-    (
-        "linear_out.wgsl",
-        include_str!("../../shaders/linear_out.wgsl"),
-    ),
+    ("activation.wgsl", include_str!("../../shaders/activation.wgsl")),
+    ("linear_out.wgsl", include_str!("../../shaders/linear_out.wgsl")),
     ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("norm.wgsl", include_str!("../../shaders/norm.wgsl")),
     ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
-    (
-        "attention.wgsl",
-        include_str!("../../shaders/attention.wgsl"),
-    ),
-    (
-        "elementwise.wgsl",
-        include_str!("../../shaders/elementwise.wgsl"),
-    ),
-    (
-        "embedding.wgsl",
-        include_str!("../../shaders/embedding.wgsl"),
-    ),
+    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
+    ("embedding.wgsl", include_str!("../../shaders/embedding.wgsl")),
     ("topk.wgsl", include_str!("../../shaders/topk.wgsl")),
+    ("depthwise.wgsl", include_str!("../../shaders/depthwise.wgsl")),
+    ("grn.wgsl", include_str!("../../shaders/grn.wgsl")),
+    ("flow.wgsl", include_str!("../../shaders/flow.wgsl")),
 ];
 
 fn file(name: &str) -> &'static str {
-    FILES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
-        .unwrap_or_else(|| panic!("unknown shader file {name}"))
+    FILES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).unwrap_or_else(|| panic!("unknown shader file {name}"))
 }
 
 /// Returns the source of `name` with `defines` applied and includes expanded.

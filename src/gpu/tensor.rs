@@ -17,17 +17,11 @@ pub struct Tensor {
 impl Tensor {
     pub fn zeros(gpu: &Gpu, label: &str, shape: &[usize]) -> Self {
         let n: usize = shape.iter().product();
-        Tensor {
-            buf: gpu.storage_buffer(label, n as u64 * 4),
-            shape: shape.to_vec(),
-        }
+        Tensor { buf: gpu.storage_buffer(label, n as u64 * 4), shape: shape.to_vec() }
     }
     pub fn from_f32(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor {
-            buf: gpu.storage_buffer_init(label, bytemuck::cast_slice(data)),
-            shape: shape.to_vec(),
-        }
+        Tensor { buf: gpu.storage_buffer_init(label, bytemuck::cast_slice(data)), shape: shape.to_vec() }
     }
     pub fn len(&self) -> usize {
         self.shape.iter().product()
@@ -63,12 +57,7 @@ impl Weight {
     }
 
     /// As [`Weight::upload`] with an explicit per-chunk byte budget (tests exercise chunking with it).
-    pub fn upload_with_budget(
-        gpu: &Gpu,
-        name: &str,
-        blob: &QuantBlob,
-        max: u64,
-    ) -> Result<Arc<Self>> {
+    pub fn upload_with_budget(gpu: &Gpu, name: &str, blob: &QuantBlob, max: u64) -> Result<Arc<Self>> {
         let (n, k) = (blob.rows, blob.cols);
         if k % 4 != 0 {
             bail!("tensor {name}: inner dimension {k} is not a multiple of 4");
@@ -85,22 +74,10 @@ impl Weight {
             let rows = rows_per.min(n - row0);
             let (data, soff) = blob.chunk_bytes(row0, rows);
             let buf = gpu.storage_buffer_init(&format!("{name}[{row0}..]"), &data);
-            chunks.push(WeightChunk {
-                row0,
-                rows,
-                buf,
-                soff,
-                bytes: data.len() as u64,
-            });
+            chunks.push(WeightChunk { row0, rows, buf, soff, bytes: data.len() as u64 });
             row0 += rows;
         }
-        Ok(Arc::new(Weight {
-            name: name.to_string(),
-            quant: blob.quant,
-            n,
-            k,
-            chunks,
-        }))
+        Ok(Arc::new(Weight { name: name.to_string(), quant: blob.quant, n, k, chunks }))
     }
 
     pub fn bytes(&self) -> u64 {

@@ -34,11 +34,7 @@ pub struct Picture {
 
 impl std::fmt::Debug for Picture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Picture({}x{}, {:016x})",
-            self.width, self.height, self.hash
-        )
+        write!(f, "Picture({}x{}, {:016x})", self.width, self.height, self.hash)
     }
 }
 
@@ -48,22 +44,14 @@ impl Picture {
             bail!("the image is empty ({width}×{height} pixels)");
         }
         if rgb.len() != width * height * 3 {
-            bail!(
-                "{} bytes of RGB data do not make a {width}×{height} image",
-                rgb.len()
-            );
+            bail!("{} bytes of RGB data do not make a {width}×{height} image", rgb.len());
         }
         let mut h = Sha256::new();
         h.update((width as u64).to_le_bytes());
         h.update((height as u64).to_le_bytes());
         h.update(&rgb);
         let hash = u64::from_le_bytes(h.finalize()[..8].try_into().unwrap());
-        Ok(Picture {
-            width,
-            height,
-            rgb,
-            hash,
-        })
+        Ok(Picture { width, height, rgb, hash })
     }
 
     /// Decodes an encoded image file. Errors name what is wrong: not an image, an unsupported
@@ -73,30 +61,20 @@ impl Picture {
             bail!("the image file is empty");
         }
         let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
-            let r = ImageReader::new(Cursor::new(bytes))
-                .with_guessed_format()
-                .context("reading the image")?;
+            let r = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("reading the image")?;
             if r.format().is_none() {
-                bail!(
-                    "this file is not an image in a supported format (PNG, JPEG, WebP, GIF, BMP)"
-                );
+                bail!("this file is not an image in a supported format (PNG, JPEG, WebP, GIF, BMP)");
             }
             Ok(r)
         };
         let fmt = reader()?.format().unwrap();
-        let (w, h) = reader()?
-            .into_dimensions()
-            .map_err(|e| anyhow!("cannot read the {fmt:?} header: {e}"))?;
+        let (w, h) = reader()?.into_dimensions().map_err(|e| anyhow!("cannot read the {fmt:?} header: {e}"))?;
         if w == 0 || h == 0 {
             bail!("the image is empty ({w}×{h} pixels)");
         }
         let pixels = w as u64 * h as u64;
         if pixels > MAX_PIXELS {
-            bail!(
-                "the image is {w}×{h} = {:.0} megapixels, over the {} megapixel limit; scale it down first",
-                pixels as f64 / 1e6,
-                MAX_PIXELS / (1024 * 1024)
-            );
+            bail!("the image is {w}×{h} = {:.0} megapixels, over the {} megapixel limit; scale it down first", pixels as f64 / 1e6, MAX_PIXELS / (1024 * 1024));
         }
         let mut r = reader()?;
         let mut limits = Limits::default();
@@ -107,9 +85,7 @@ impl Picture {
         r.limits(limits);
         let bad = |e: image::ImageError| anyhow!("cannot decode the {fmt:?} image ({w}×{h}): {e}");
         let mut dec = r.into_decoder().map_err(bad)?;
-        let orientation = dec
-            .orientation()
-            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
         let mut img = DynamicImage::from_decoder(dec).map_err(bad)?;
         img.apply_orientation(orientation);
         let (width, height) = (img.width() as usize, img.height() as usize);
@@ -122,17 +98,9 @@ fn to_rgb8(img: DynamicImage) -> Vec<u8> {
     let hi = |v: u16| (v >> 8) as u8;
     match img {
         DynamicImage::ImageRgb16(b) => b.into_raw().into_iter().map(hi).collect(),
-        DynamicImage::ImageRgba16(b) => b
-            .into_raw()
-            .chunks_exact(4)
-            .flat_map(|p| [hi(p[0]), hi(p[1]), hi(p[2])])
-            .collect(),
+        DynamicImage::ImageRgba16(b) => b.into_raw().chunks_exact(4).flat_map(|p| [hi(p[0]), hi(p[1]), hi(p[2])]).collect(),
         DynamicImage::ImageLuma16(b) => b.into_raw().into_iter().flat_map(|v| [hi(v); 3]).collect(),
-        DynamicImage::ImageLumaA16(b) => b
-            .into_raw()
-            .chunks_exact(2)
-            .flat_map(|p| [hi(p[0]); 3])
-            .collect(),
+        DynamicImage::ImageLumaA16(b) => b.into_raw().chunks_exact(2).flat_map(|p| [hi(p[0]); 3]).collect(),
         DynamicImage::ImageRgb8(b) => b.into_raw(),
         other => other.to_rgb8().into_raw(),
     }
@@ -154,29 +122,16 @@ impl Preprocess {
     /// Parses `preprocessor_config.json`; `encoder_size` is the SigLIP input size from config.json,
     /// which the file must agree with.
     pub fn from_json(bytes: &[u8], encoder_size: usize) -> Result<Self> {
-        let v: serde_json::Value =
-            serde_json::from_slice(bytes).context("preprocessor_config.json is not valid JSON")?;
-        let num = |k: &str| {
-            v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| {
-                anyhow!("preprocessor_config.json: `{k}` is missing or not a number")
-            })
-        };
+        let v: serde_json::Value = serde_json::from_slice(bytes).context("preprocessor_config.json is not valid JSON")?;
+        let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| anyhow!("preprocessor_config.json: `{k}` is missing or not a number"));
         let triple = |k: &str| -> Result<[f32; 3]> {
-            let a = v.get(k).and_then(|x| x.as_array()).ok_or_else(|| {
-                anyhow!("preprocessor_config.json: `{k}` is missing or not a list")
-            })?;
+            let a = v.get(k).and_then(|x| x.as_array()).ok_or_else(|| anyhow!("preprocessor_config.json: `{k}` is missing or not a list"))?;
             if a.len() != 3 {
-                bail!(
-                    "preprocessor_config.json: `{k}` must have 3 values, has {}",
-                    a.len()
-                );
+                bail!("preprocessor_config.json: `{k}` must have 3 values, has {}", a.len());
             }
             let mut out = [0f32; 3];
             for (o, x) in out.iter_mut().zip(a) {
-                *o = x
-                    .as_f64()
-                    .ok_or_else(|| anyhow!("preprocessor_config.json: `{k}` holds a non-number"))?
-                    as f32;
+                *o = x.as_f64().ok_or_else(|| anyhow!("preprocessor_config.json: `{k}` holds a non-number"))? as f32;
             }
             Ok(out)
         };
@@ -193,10 +148,7 @@ impl Preprocess {
         // Upstream derives the pad colour from the mean (int(c·255)); a listed colour must agree.
         let background = mean.map(|m| (m as f64 * 255.0) as u8);
         if let Some(bg) = v.get("background_color") {
-            let listed: Vec<u64> = bg
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .unwrap_or_default();
+            let listed: Vec<u64> = bg.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default();
             if listed != background.iter().map(|&b| b as u64).collect::<Vec<_>>() {
                 bail!("preprocessor_config.json: background_color {bg} disagrees with the colour derived from image_mean {background:?}");
             }
@@ -205,19 +157,8 @@ impl Preprocess {
         if !(rescale > 0.0) {
             bail!("preprocessor_config.json: rescale_factor must be positive");
         }
-        let do_normalize = v
-            .get("do_normalize")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(true);
-        Ok(Preprocess {
-            image_size,
-            min_size,
-            background,
-            rescale,
-            do_normalize,
-            mean,
-            std,
-        })
+        let do_normalize = v.get("do_normalize").and_then(|x| x.as_bool()).unwrap_or(true);
+        Ok(Preprocess { image_size, min_size, background, rescale, do_normalize, mean, std })
     }
 
     /// The long side to `image_size` (truncating like Python's `int`, at least `min_size`).
@@ -233,13 +174,7 @@ impl Preprocess {
         let s = self.image_size;
         let (w, h) = self.resized_dims(pic.width, pic.height);
         let resized = resize_bicubic_rgb8(&pic.rgb, pic.width, pic.height, w, h);
-        let mut out: Vec<u8> = self
-            .background
-            .iter()
-            .copied()
-            .cycle()
-            .take(s * s * 3)
-            .collect();
+        let mut out: Vec<u8> = self.background.iter().copied().cycle().take(s * s * 3).collect();
         let (x0, y0) = ((s.saturating_sub(w)) / 2, (s.saturating_sub(h)) / 2);
         for y in 0..h.min(s) {
             let n = w.min(s) * 3;

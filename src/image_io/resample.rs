@@ -40,24 +40,13 @@ fn taps(in_size: usize, out_size: usize) -> Taps {
         // C casts truncate toward zero; the clamp at 0 makes that equal to floor here.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let mut k: Vec<f64> = (xmin..xmax)
-            .map(|x| cubic((x as f64 - center + 0.5) * ss))
-            .collect();
+        let mut k: Vec<f64> = (xmin..xmax).map(|x| cubic((x as f64 - center + 0.5) * ss)).collect();
         let sum: f64 = k.iter().sum();
         if sum != 0.0 {
             k.iter_mut().for_each(|w| *w /= sum);
         }
         let one = (1u64 << PRECISION_BITS) as f64;
-        let fixed = k
-            .iter()
-            .map(|&w| {
-                if w < 0.0 {
-                    (-0.5 + w * one) as i32
-                } else {
-                    (0.5 + w * one) as i32
-                }
-            })
-            .collect();
+        let fixed = k.iter().map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 }).collect();
         first.push(xmin);
         weights.push(fixed);
     }
@@ -121,8 +110,6 @@ mod tests {
         let src: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 7 % 256) as u8).collect();
         assert_eq!(resize_bicubic_rgb8(&src, 5, 4, 5, 4), src);
         let flat = vec![77u8; 9 * 7 * 3];
-        assert!(resize_bicubic_rgb8(&flat, 9, 7, 4, 13)
-            .iter()
-            .all(|&v| v == 77));
+        assert!(resize_bicubic_rgb8(&flat, 9, 7, 4, 13).iter().all(|&v| v == 77));
     }
 }

@@ -68,6 +68,16 @@ pub struct Scratch {
     pub m: wgpu::Buffer,    // [rows, intermediate] silu(g)·u
 }
 
+/// One sequence of a batched forward pass: `rows` new tokens with RoPE positions `pos0..`,
+/// their K/V written to cache slots `slot0..` (slots and positions differ when a row skips
+/// positions, like the unconditional row of guided generation).
+pub struct Seq<'a> {
+    pub cache: &'a KvCache,
+    pub rows: usize,
+    pub slot0: usize,
+    pub pos0: usize,
+}
+
 /// What the first layer reads.
 pub enum Input<'a> {
     /// Token ids in `ids[off .. off + t]`.
@@ -95,13 +105,7 @@ fn vec_f32(gpu: &Gpu, src: &ModelSource, name: &str, n: usize, preset: Quant) ->
 }
 
 impl Llm {
-    pub fn load(
-        gpu: &Gpu,
-        src: &ModelSource,
-        cfg: &LlmConfig,
-        preset: Quant,
-        mut progress: impl FnMut(&str),
-    ) -> Result<Self> {
+    pub fn load(gpu: &Gpu, src: &ModelSource, cfg: &LlmConfig, preset: Quant, mut progress: impl FnMut(&str)) -> Result<Self> {
         let (h, i) = (cfg.hidden, cfg.intermediate);
         let w = |name: &str, shape: &[usize]| -> Result<Arc<Weight>> {
             let blob = src.blob(name, shape, preset)?;
@@ -120,13 +124,7 @@ impl Llm {
                 k: w(&format!("{q}.self_attn.k_proj.weight"), &[h, h])?,
                 v: w(&format!("{q}.self_attn.v_proj.weight"), &[h, h])?,
                 o: w(&format!("{q}.self_attn.o_proj.weight"), &[h, h])?,
-                post_norm: vec_f32(
-                    gpu,
-                    src,
-                    &format!("{q}.post_attention_layernorm.weight"),
-                    h,
-                    preset,
-                )?,
+                post_norm: vec_f32(gpu, src, &format!("{q}.post_attention_layernorm.weight"), h, preset)?,
                 gate: w(&format!("{q}.mlp.gate_proj.weight"), &[i, h])?,
                 up: w(&format!("{q}.mlp.up_proj.weight"), &[i, h])?,
                 down: w(&format!("{q}.mlp.down_proj.weight"), &[h, i])?,
@@ -135,37 +133,14 @@ impl Llm {
         progress("lm_head");
         let norm = vec_f32(gpu, src, &format!("{p}.norm.weight"), h, preset)?;
         let lm_head = w("language_model.lm_head.weight", &[cfg.vocab, h])?;
-        let rope = Tensor::from_f32(
-            gpu,
-            "rope",
-            &[cfg.max_positions, cfg.head_dim],
-            &rope_table(cfg.max_positions, cfg.head_dim, cfg.rope_theta),
-        );
-        Ok(Llm {
-            cfg: cfg.clone(),
-            embed,
-            layers,
-            norm,
-            lm_head,
-            rope,
-        })
+        let rope = Tensor::from_f32(gpu, "rope", &[cfg.max_positions, cfg.head_dim], &rope_table(cfg.max_positions, cfg.head_dim, cfg.rope_theta));
+        Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope })
     }
 
     /// Resident weight bytes.
     pub fn weight_bytes(&self) -> u64 {
-        let l: u64 = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                    .iter()
-                    .map(|w| w.bytes())
-                    .sum::<u64>()
-            })
-            .sum();
-        l + self.embed.bytes()
-            + self.lm_head.bytes()
-            + (self.cfg.layers as u64 * 2 + 1) * self.cfg.hidden as u64 * 4
+        let l: u64 = self.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| w.bytes()).sum::<u64>()).sum();
+        l + self.embed.bytes() + self.lm_head.bytes() + (self.cfg.layers as u64 * 2 + 1) * self.cfg.hidden as u64 * 4
     }
 
     /// Weight bytes one decoded token reads: every layer matrix, the norms, one embedding row and
@@ -180,17 +155,8 @@ impl Llm {
         if bytes > gpu.max_binding() {
             bail!("a context of {capacity} tokens needs {bytes} bytes per layer cache, over the GPU's binding limit");
         }
-        let mk = |kind: &str| {
-            (0..self.cfg.layers)
-                .map(|l| gpu.storage_buffer(&format!("{kind}{l}"), bytes))
-                .collect()
-        };
-        Ok(KvCache {
-            k: mk("k"),
-            v: mk("v"),
-            capacity,
-            keys: Vec::new(),
-        })
+        let mk = |kind: &str| (0..self.cfg.layers).map(|l| gpu.storage_buffer(&format!("{kind}{l}"), bytes)).collect();
+        Ok(KvCache { k: mk("k"), v: mk("v"), capacity, keys: Vec::new() })
     }
 
     pub fn new_scratch(&self, gpu: &Gpu, rows: usize) -> Scratch {
@@ -210,187 +176,54 @@ impl Llm {
 
     /// Runs `t` tokens at positions pos0.. through every layer, appending their K/V to the cache
     /// layers. Leaves the residual stream (before the final norm) in `s.x` rows 0..t.
-    pub fn forward(
-        &self,
-        rec: &mut Recorder,
-        s: &Scratch,
-        cache: &KvCache,
-        input: Input,
-        t: usize,
-        pos0: usize,
-    ) {
+    pub fn forward(&self, rec: &mut Recorder, s: &Scratch, cache: &KvCache, input: Input, t: usize, pos0: usize) {
+        self.forward_seqs(rec, s, input, &[Seq { cache, rows: t, slot0: pos0, pos0 }]);
+    }
+
+    /// Runs several independent sequences through every layer as one batch: the matrix products
+    /// see all rows at once (weights read once), while each sequence writes its K/V into its own
+    /// cache and attends causally over it. Rows of `input` are the sequences' rows in order.
+    pub fn forward_seqs(&self, rec: &mut Recorder, s: &Scratch, input: Input, seqs: &[Seq]) {
         let c = &self.cfg;
         let (hd, id) = (c.hidden, c.intermediate);
-        assert!(t <= s.rows && pos0 + t <= cache.capacity);
+        let t: usize = seqs.iter().map(|q| q.rows).sum();
+        assert!(t <= s.rows && seqs.iter().all(|q| q.slot0 + q.rows <= q.cache.capacity && q.pos0 + q.rows <= c.max_positions));
         self.embed(rec, &input, t, &s.x, 0);
         for (l, layer) in self.layers.iter().enumerate() {
-            let (kc, vc) = (&cache.k[l], &cache.v[l]);
-            kernels::rmsnorm(
-                rec,
-                &s.x,
-                0,
-                t,
-                hd,
-                &layer.input_norm.buf,
-                c.rms_eps,
-                &s.h,
-                0,
-            );
-            kernels::linear(
-                rec,
-                &layer.q,
-                None,
-                &s.h,
-                0,
-                t,
-                Out {
-                    buf: &s.q,
-                    off: 0,
-                    stride: hd,
-                    add: false,
-                },
-            );
-            kernels::linear(
-                rec,
-                &layer.k,
-                None,
-                &s.h,
-                0,
-                t,
-                Out {
-                    buf: kc,
-                    off: pos0 * hd,
-                    stride: hd,
-                    add: false,
-                },
-            );
-            kernels::linear(
-                rec,
-                &layer.v,
-                None,
-                &s.h,
-                0,
-                t,
-                Out {
-                    buf: vc,
-                    off: pos0 * hd,
-                    stride: hd,
-                    add: false,
-                },
-            );
-            kernels::rope(
-                rec,
-                &s.q,
-                0,
-                t,
-                c.heads,
-                c.head_dim,
-                pos0,
-                hd,
-                &self.rope.buf,
-            );
-            kernels::rope(
-                rec,
-                kc,
-                pos0 * hd,
-                t,
-                c.heads,
-                c.head_dim,
-                pos0,
-                hd,
-                &self.rope.buf,
-            );
-            let shape = AttnShape {
-                t,
-                heads: c.heads,
-                head_dim: c.head_dim,
-                causal_pos0: Some(pos0),
-                n_keys: pos0 + t,
-                q_stride: hd,
-                kv_stride: hd,
-                o_stride: hd,
-            };
-            kernels::attention(rec, shape, &s.q, 0, kc, 0, vc, 0, &s.attn, 0);
-            kernels::linear(
-                rec,
-                &layer.o,
-                None,
-                &s.attn,
-                0,
-                t,
-                Out {
-                    buf: &s.x,
-                    off: 0,
-                    stride: hd,
-                    add: true,
-                },
-            );
-            kernels::rmsnorm(
-                rec,
-                &s.x,
-                0,
-                t,
-                hd,
-                &layer.post_norm.buf,
-                c.rms_eps,
-                &s.h,
-                0,
-            );
-            kernels::linear(
-                rec,
-                &layer.gate,
-                None,
-                &s.h,
-                0,
-                t,
-                Out {
-                    buf: &s.g,
-                    off: 0,
-                    stride: id,
-                    add: false,
-                },
-            );
-            kernels::linear(
-                rec,
-                &layer.up,
-                None,
-                &s.h,
-                0,
-                t,
-                Out {
-                    buf: &s.u,
-                    off: 0,
-                    stride: id,
-                    add: false,
-                },
-            );
+            kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.input_norm.buf, c.rms_eps, &s.h, 0);
+            kernels::linear(rec, &layer.q, None, &s.h, 0, t, Out { buf: &s.q, off: 0, stride: hd, add: false });
+            let mut row0 = 0;
+            for q in seqs {
+                let (kc, vc, n) = (&q.cache.k[l], &q.cache.v[l], q.rows);
+                kernels::linear(rec, &layer.k, None, &s.h, row0 * hd, n, Out { buf: kc, off: q.slot0 * hd, stride: hd, add: false });
+                kernels::linear(rec, &layer.v, None, &s.h, row0 * hd, n, Out { buf: vc, off: q.slot0 * hd, stride: hd, add: false });
+                kernels::rope(rec, &s.q, row0 * hd, n, c.heads, c.head_dim, q.pos0, hd, &self.rope.buf);
+                kernels::rope(rec, kc, q.slot0 * hd, n, c.heads, c.head_dim, q.pos0, hd, &self.rope.buf);
+                // The causal mask is over cache slots: row i sees slots 0 ..= slot0 + i.
+                let shape = AttnShape {
+                    t: n,
+                    heads: c.heads,
+                    head_dim: c.head_dim,
+                    causal_pos0: Some(q.slot0),
+                    n_keys: q.slot0 + n,
+                    q_stride: hd,
+                    kv_stride: hd,
+                    o_stride: hd,
+                };
+                kernels::attention(rec, shape, &s.q, row0 * hd, kc, 0, vc, 0, &s.attn, row0 * hd);
+                row0 += n;
+            }
+            kernels::linear(rec, &layer.o, None, &s.attn, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
+            kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.post_norm.buf, c.rms_eps, &s.h, 0);
+            kernels::linear(rec, &layer.gate, None, &s.h, 0, t, Out { buf: &s.g, off: 0, stride: id, add: false });
+            kernels::linear(rec, &layer.up, None, &s.h, 0, t, Out { buf: &s.u, off: 0, stride: id, add: false });
             kernels::swiglu(rec, &s.g, &s.u, &s.m, t * id);
-            kernels::linear(
-                rec,
-                &layer.down,
-                None,
-                &s.m,
-                0,
-                t,
-                Out {
-                    buf: &s.x,
-                    off: 0,
-                    stride: hd,
-                    add: true,
-                },
-            );
+            kernels::linear(rec, &layer.down, None, &s.m, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
         }
     }
 
     /// The first layer's input for `t` rows, written to `y[y_off ..]` ([t, hidden]).
-    pub fn embed(
-        &self,
-        rec: &mut Recorder,
-        input: &Input,
-        t: usize,
-        y: &wgpu::Buffer,
-        y_off: usize,
-    ) {
+    pub fn embed(&self, rec: &mut Recorder, input: &Input, t: usize, y: &wgpu::Buffer, y_off: usize) {
         let hd = self.cfg.hidden as u64;
         match *input {
             Input::Ids(ids, off) => kernels::embedding(rec, &self.embed, ids, off, t, y, y_off),
@@ -398,64 +231,25 @@ impl Llm {
                 kernels::embedding(rec, &self.embed, ids, off, t, y, y_off);
                 for sp in splices {
                     assert!(sp.row + sp.rows <= t);
-                    rec.copy(
-                        sp.src,
-                        sp.src_row as u64 * hd * 4,
-                        y,
-                        (y_off as u64 + sp.row as u64 * hd) * 4,
-                        sp.rows as u64 * hd * 4,
-                    );
+                    rec.copy(sp.src, sp.src_row as u64 * hd * 4, y, (y_off as u64 + sp.row as u64 * hd) * 4, sp.rows as u64 * hd * 4);
                 }
             }
-            Input::Embeds(buf, off) => {
-                rec.copy(buf, off as u64 * 4, y, y_off as u64 * 4, t as u64 * hd * 4)
-            }
+            Input::Embeds(buf, off) => rec.copy(buf, off as u64 * 4, y, y_off as u64 * 4, t as u64 * hd * 4),
         }
     }
 
     /// Final norm and lm_head on residual row `row` of `s.x` → logits[0 .. vocab].
-    pub fn logits_of_row(
-        &self,
-        rec: &mut Recorder,
-        s: &Scratch,
-        row: usize,
-        logits: &wgpu::Buffer,
-    ) {
+    pub fn logits_of_row(&self, rec: &mut Recorder, s: &Scratch, row: usize, logits: &wgpu::Buffer) {
         let hd = self.cfg.hidden;
-        kernels::rmsnorm(
-            rec,
-            &s.x,
-            row * hd,
-            1,
-            hd,
-            &self.norm.buf,
-            self.cfg.rms_eps,
-            &s.h,
-            0,
-        );
-        kernels::linear(
-            rec,
-            &self.lm_head,
-            None,
-            &s.h,
-            0,
-            1,
-            Out {
-                buf: logits,
-                off: 0,
-                stride: self.cfg.vocab,
-                add: false,
-            },
-        );
+        kernels::rmsnorm(rec, &s.x, row * hd, 1, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
+        kernels::linear(rec, &self.lm_head, None, &s.h, 0, 1, Out { buf: logits, off: 0, stride: self.cfg.vocab, add: false });
     }
 }
 
 /// cos/sin of pos · θ^(−2i/d), the angle formed in f32 like transformers, then evaluated in f64.
 pub fn rope_table(max_pos: usize, d: usize, theta: f64) -> Vec<f32> {
     let half = d / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| (1.0 / theta.powf((2 * i) as f64 / d as f64)) as f32)
-        .collect();
+    let inv: Vec<f32> = (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / d as f64)) as f32).collect();
     let mut t = Vec::with_capacity(max_pos * d);
     for pos in 0..max_pos {
         for &f in &inv {

@@ -2,3 +2,4 @@
 
 pub mod llm;
 pub mod siglip;
+pub mod uvit;

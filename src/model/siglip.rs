@@ -55,12 +55,7 @@ pub struct SiglipScratch {
 }
 
 fn to(buf: &wgpu::Buffer, stride: usize, add: bool) -> Out<'_> {
-    Out {
-        buf,
-        off: 0,
-        stride,
-        add,
-    }
+    Out { buf, off: 0, stride, add }
 }
 
 fn vector(gpu: &Gpu, src: &ModelSource, name: &str, n: usize, preset: Quant) -> Result<Tensor> {
@@ -69,24 +64,11 @@ fn vector(gpu: &Gpu, src: &ModelSource, name: &str, n: usize, preset: Quant) -> 
 }
 
 impl Siglip {
-    pub fn load(
-        gpu: &Gpu,
-        src: &ModelSource,
-        cfg: &SiglipConfig,
-        hidden: usize,
-        preset: Quant,
-    ) -> Result<Self> {
+    pub fn load(gpu: &Gpu, src: &ModelSource, cfg: &SiglipConfig, hidden: usize, preset: Quant) -> Result<Self> {
         let (w, m, p) = (cfg.width, cfg.mlp_hidden, cfg.patch);
-        let mat = |name: &str, shape: &[usize]| -> Result<Arc<Weight>> {
-            Weight::upload(gpu, name, &src.blob(name, shape, preset)?)
-        };
+        let mat = |name: &str, shape: &[usize]| -> Result<Arc<Weight>> { Weight::upload(gpu, name, &src.blob(name, shape, preset)?) };
         let vec = |name: &str, n: usize| vector(gpu, src, name, n, preset);
-        let ln = |name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((
-                vec(&format!("{name}.weight"), w)?,
-                vec(&format!("{name}.bias"), w)?,
-            ))
-        };
+        let ln = |name: &str| -> Result<(Tensor, Tensor)> { Ok((vec(&format!("{name}.weight"), w)?, vec(&format!("{name}.bias"), w)?)) };
         let v = "vision_und_enc_model.vision_tower";
         let n = cfg.tokens();
         let pos_blob = src.blob(&format!("{v}.pos_embed"), &[1, n, w], preset)?;
@@ -122,11 +104,7 @@ impl Siglip {
     }
 
     pub fn weight_bytes(&self) -> u64 {
-        let b: u64 = self
-            .blocks
-            .iter()
-            .map(|b| b.qkv.bytes() + b.proj.bytes() + b.fc1.bytes() + b.fc2.bytes())
-            .sum();
+        let b: u64 = self.blocks.iter().map(|b| b.qkv.bytes() + b.proj.bytes() + b.fc1.bytes() + b.fc2.bytes()).sum();
         b + self.patch.bytes() + self.aligner.bytes() + self.pos.len() as u64 * 4
     }
 
@@ -161,136 +139,29 @@ impl Siglip {
     /// Encodes one preprocessed image (`pixels` [3, S, S]) into `out` rows
     /// `out_off .. out_off + N` of width `stride` (the LLM hidden size): the aligned features.
     /// With `tower_out`, the tower output before the aligner (final LayerNorm) is also copied there.
-    pub fn forward(
-        &self,
-        rec: &mut Recorder,
-        s: &SiglipScratch,
-        pixels: &[f32],
-        out: &wgpu::Buffer,
-        out_off: usize,
-        tower_out: Option<&wgpu::Buffer>,
-    ) {
+    pub fn forward(&self, rec: &mut Recorder, s: &SiglipScratch, pixels: &[f32], out: &wgpu::Buffer, out_off: usize, tower_out: Option<&wgpu::Buffer>) {
         let c = &self.cfg;
         let (n, w, m) = (c.tokens(), c.width, c.mlp_hidden);
         // Its own buffer per image, so that several images can be encoded in one submit.
-        let patches = rec.gpu.storage_buffer_init(
-            "siglip-patches",
-            bytemuck::cast_slice(&self.patchify(pixels)),
-        );
-        kernels::linear(
-            rec,
-            &self.patch,
-            Some(&self.patch_b.buf),
-            &patches,
-            0,
-            n,
-            to(&s.x, w, false),
-        );
+        let patches = rec.gpu.storage_buffer_init("siglip-patches", bytemuck::cast_slice(&self.patchify(pixels)));
+        kernels::linear(rec, &self.patch, Some(&self.patch_b.buf), &patches, 0, n, to(&s.x, w, false));
         kernels::add(rec, &self.pos.buf, 0, &s.x, 0, n * w);
-        let attn = AttnShape {
-            t: n,
-            heads: c.heads,
-            head_dim: w / c.heads,
-            causal_pos0: None,
-            n_keys: n,
-            q_stride: 3 * w,
-            kv_stride: 3 * w,
-            o_stride: w,
-        };
+        let attn = AttnShape { t: n, heads: c.heads, head_dim: w / c.heads, causal_pos0: None, n_keys: n, q_stride: 3 * w, kv_stride: 3 * w, o_stride: w };
         for b in &self.blocks {
-            kernels::layernorm(
-                rec,
-                &s.x,
-                0,
-                n,
-                w,
-                &b.norm1.0.buf,
-                &b.norm1.1.buf,
-                LN_EPS,
-                &s.h,
-                0,
-            );
-            kernels::linear(
-                rec,
-                &b.qkv,
-                Some(&b.qkv_b.buf),
-                &s.h,
-                0,
-                n,
-                to(&s.qkv, 3 * w, false),
-            );
+            kernels::layernorm(rec, &s.x, 0, n, w, &b.norm1.0.buf, &b.norm1.1.buf, LN_EPS, &s.h, 0);
+            kernels::linear(rec, &b.qkv, Some(&b.qkv_b.buf), &s.h, 0, n, to(&s.qkv, 3 * w, false));
             // Fused qkv rows: Q in columns 0..W, K in W..2W, V in 2W..3W, heads contiguous inside each.
             kernels::attention(rec, attn, &s.qkv, 0, &s.qkv, w, &s.qkv, 2 * w, &s.attn, 0);
-            kernels::linear(
-                rec,
-                &b.proj,
-                Some(&b.proj_b.buf),
-                &s.attn,
-                0,
-                n,
-                to(&s.x, w, true),
-            );
-            kernels::layernorm(
-                rec,
-                &s.x,
-                0,
-                n,
-                w,
-                &b.norm2.0.buf,
-                &b.norm2.1.buf,
-                LN_EPS,
-                &s.h,
-                0,
-            );
-            kernels::linear_act(
-                rec,
-                &b.fc1,
-                Some(&b.fc1_b.buf),
-                &s.h,
-                0,
-                n,
-                to(&s.mlp, m, false),
-                Act::Gelu,
-            );
-            kernels::linear(
-                rec,
-                &b.fc2,
-                Some(&b.fc2_b.buf),
-                &s.mlp,
-                0,
-                n,
-                to(&s.x, w, true),
-            );
+            kernels::linear(rec, &b.proj, Some(&b.proj_b.buf), &s.attn, 0, n, to(&s.x, w, true));
+            kernels::layernorm(rec, &s.x, 0, n, w, &b.norm2.0.buf, &b.norm2.1.buf, LN_EPS, &s.h, 0);
+            kernels::linear_act(rec, &b.fc1, Some(&b.fc1_b.buf), &s.h, 0, n, to(&s.mlp, m, false), Act::Gelu);
+            kernels::linear(rec, &b.fc2, Some(&b.fc2_b.buf), &s.mlp, 0, n, to(&s.x, w, true));
         }
-        kernels::layernorm(
-            rec,
-            &s.x,
-            0,
-            n,
-            w,
-            &self.norm.0.buf,
-            &self.norm.1.buf,
-            LN_EPS,
-            &s.h,
-            0,
-        );
+        kernels::layernorm(rec, &s.x, 0, n, w, &self.norm.0.buf, &self.norm.1.buf, LN_EPS, &s.h, 0);
         if let Some(t) = tower_out {
             rec.copy(&s.h, 0, t, 0, (n * w * 4) as u64);
         }
         let hd = self.hidden;
-        kernels::linear(
-            rec,
-            &self.aligner,
-            Some(&self.aligner_b.buf),
-            &s.h,
-            0,
-            n,
-            Out {
-                buf: out,
-                off: out_off * hd,
-                stride: hd,
-                add: false,
-            },
-        );
+        kernels::linear(rec, &self.aligner, Some(&self.aligner_b.buf), &s.h, 0, n, Out { buf: out, off: out_off * hd, stride: hd, add: false });
     }
 }

@@ -23,23 +23,13 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// The JanusFlow demo's defaults (spec §2.5).
     fn default() -> Self {
-        SamplingParams {
-            temperature: 0.1,
-            top_p: 0.95,
-            top_k: 50,
-            seed: 42,
-            max_tokens: 512,
-        }
+        SamplingParams { temperature: 0.1, top_p: 0.95, top_k: 50, seed: 42, max_tokens: 512 }
     }
 }
 
 impl SamplingParams {
     pub fn greedy(max_tokens: usize) -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            max_tokens,
-            ..Default::default()
-        }
+        SamplingParams { temperature: 0.0, max_tokens, ..Default::default() }
     }
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
@@ -112,11 +102,7 @@ mod tests {
     fn greedy_takes_first_and_sampling_is_seeded() {
         let c = [(5.0, 7u32), (4.9, 3), (1.0, 9)];
         assert_eq!(Sampler::new(SamplingParams::greedy(1)).pick(&c), 7);
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 1.0, top_p: 1.0, ..Default::default() };
         let a: Vec<u32> = (0..20)
             .map({
                 let mut s = Sampler::new(p.clone());
@@ -132,11 +118,7 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.contains(&7) && a.contains(&3));
         // top_p 0.5 keeps only the best token here (its mass is > 0.5).
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_p: 0.5,
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 1.0, top_p: 0.5, ..Default::default() };
         let mut s = Sampler::new(p);
         assert!((0..50).all(|_| s.pick(&c) == 7));
     }

@@ -31,32 +31,17 @@ pub struct Message {
 
 impl Message {
     pub fn user(content: impl Into<String>) -> Self {
-        Message {
-            role: Role::User,
-            content: content.into(),
-            images: Vec::new(),
-        }
+        Message { role: Role::User, content: content.into(), images: Vec::new() }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message {
-            role: Role::Assistant,
-            content: content.into(),
-            images: Vec::new(),
-        }
+        Message { role: Role::Assistant, content: content.into(), images: Vec::new() }
     }
     /// A user message with images. Without any `<image_placeholder>` in `text`, one placeholder per
     /// image is put in front, one per line (the demo's `"<image_placeholder>\n" + question`).
     pub fn user_with_images(text: &str, images: Vec<Arc<Picture>>) -> Self {
-        let content = if images.is_empty() || text.contains(IMAGE_TAG) {
-            text.to_string()
-        } else {
-            format!("{}{text}", format!("{IMAGE_TAG}\n").repeat(images.len()))
-        };
-        Message {
-            role: Role::User,
-            content,
-            images,
-        }
+        let content =
+            if images.is_empty() || text.contains(IMAGE_TAG) { text.to_string() } else { format!("{}{text}", format!("{IMAGE_TAG}\n").repeat(images.len())) };
+        Message { role: Role::User, content, images }
     }
     /// Placeholders in the content (only meaningful when images are attached).
     pub fn placeholders(&self) -> usize {

@@ -34,8 +34,7 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_bytes(json: &[u8]) -> Result<Self> {
-        let mut tok = Tokenizer::from_bytes(json)
-            .map_err(|e| anyhow!("tokenizer.json could not be loaded: {e}"))?;
+        let mut tok = Tokenizer::from_bytes(json).map_err(|e| anyhow!("tokenizer.json could not be loaded: {e}"))?;
         // Same order as the upstream processor: each tag missing from the file gets the next id.
         for tag in [IMAGE_TAG, GEN_TAG, BOI_TAG, EOI_TAG] {
             if tok.token_to_id(tag).is_none() {
@@ -44,10 +43,7 @@ impl TextTokenizer {
         }
         // Text never turns into special tokens; the prompt builder inserts them as ids.
         tok.set_encode_special_tokens(true);
-        let id = |t: &str| {
-            tok.token_to_id(t)
-                .ok_or_else(|| anyhow!("tokenizer.json has no '{t}' token"))
-        };
+        let id = |t: &str| tok.token_to_id(t).ok_or_else(|| anyhow!("tokenizer.json has no '{t}' token"));
         let (bos, eos) = (id(BOS)?, id(EOS)?);
         Ok(TextTokenizer {
             bos,
@@ -63,10 +59,7 @@ impl TextTokenizer {
 
     /// Ids of plain text (no BOS, no special-token matching).
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tok
-            .encode(text, false)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let enc = self.tok.encode(text, false).map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -84,9 +77,7 @@ impl TextTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tok
-            .decode(ids, true)
-            .map_err(|e| anyhow!("detokenization failed: {e}"))
+        self.tok.decode(ids, true).map_err(|e| anyhow!("detokenization failed: {e}"))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -94,10 +85,7 @@ impl TextTokenizer {
     }
 
     pub fn is_special(&self, id: u32) -> bool {
-        [
-            self.bos, self.eos, self.pad, self.image, self.gen, self.boi, self.eoi,
-        ]
-        .contains(&id)
+        [self.bos, self.eos, self.pad, self.image, self.gen, self.boi, self.eoi].contains(&id)
     }
 }
 
@@ -116,20 +104,14 @@ impl Default for StreamDecoder {
 
 impl StreamDecoder {
     pub fn new() -> Self {
-        StreamDecoder {
-            ids: Vec::new(),
-            emitted: 0,
-        }
+        StreamDecoder { ids: Vec::new(), emitted: 0 }
     }
 
     /// Adds a token; returns the newly completed text, if any.
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}')
-            || text.len() <= self.emitted
-            || !text.is_char_boundary(self.emitted)
-        {
+        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
             return Ok(None);
         }
         let new = text[self.emitted..].to_string();

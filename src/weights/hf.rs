@@ -21,39 +21,23 @@ impl SafetensorsFiles {
         let names: Vec<PathBuf> = if single.exists() {
             vec![single]
         } else if index_path.exists() {
-            let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path)?)
-                .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
-            let map = idx
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
+            let idx: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&index_path)?).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+            let map = idx.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
+            let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
             files.sort();
             files.dedup();
             files.into_iter().map(|f| dir.join(f)).collect()
         } else {
-            bail!(
-                "{}: neither {stem}.safetensors nor {stem}.safetensors.index.json found",
-                dir.display()
-            );
+            bail!("{}: neither {stem}.safetensors nor {stem}.safetensors.index.json found", dir.display());
         };
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for path in names {
-            let f = std::fs::File::open(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
+            let f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             // SAFETY: the file is only read; the checkpoint must not be modified while loaded.
-            let map = unsafe { memmap2::Mmap::map(&f) }
-                .with_context(|| format!("cannot map {}", path.display()))?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| {
-                anyhow!(
-                    "{}: not a valid safetensors file (truncated or bad header): {e}",
-                    path.display()
-                )
-            })?;
+            let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| anyhow!("{}: not a valid safetensors file (truncated or bad header): {e}", path.display()))?;
             for name in st.names() {
                 index.insert(name.to_string(), files.len());
             }
@@ -74,44 +58,25 @@ impl SafetensorsFiles {
 
     /// The stored dtype of `name` (bf16, f16, f32, ...), read from the header only.
     pub fn dtype(&self, name: &str) -> Result<String> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| anyhow!("the checkpoint has no tensor '{name}'"))?;
+        let &i = self.index.get(name).ok_or_else(|| anyhow!("the checkpoint has no tensor '{name}'"))?;
         let (path, map) = &self.files[i];
         let st = SafeTensors::deserialize(map).map_err(|e| anyhow!("{path}: {e}"))?;
-        let t = st
-            .tensor(name)
-            .map_err(|e| anyhow!("{path}: tensor '{name}': {e}"))?;
+        let t = st.tensor(name).map_err(|e| anyhow!("{path}: tensor '{name}': {e}"))?;
         Ok(format!("{:?}", t.dtype()).to_lowercase())
     }
 
     /// Returns (source dtype name, shape, values as f32).
     pub fn tensor_f32(&self, name: &str) -> Result<(String, Vec<usize>, Vec<f32>)> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| anyhow!("the checkpoint has no tensor '{name}'"))?;
+        let &i = self.index.get(name).ok_or_else(|| anyhow!("the checkpoint has no tensor '{name}'"))?;
         let (path, map) = &self.files[i];
         let st = SafeTensors::deserialize(map).map_err(|e| anyhow!("{path}: {e}"))?;
-        let t = st
-            .tensor(name)
-            .map_err(|e| anyhow!("{path}: tensor '{name}': {e}"))?;
+        let t = st.tensor(name).map_err(|e| anyhow!("{path}: tensor '{name}': {e}"))?;
         let shape = t.shape().to_vec();
         let data = t.data();
         let vals: Vec<f32> = match t.dtype() {
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             other => {
                 bail!("{path}: tensor '{name}' has dtype {other:?}; expected bf16, f16 or f32")
             }

@@ -59,8 +59,7 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| anyhow!("manifest.json is invalid: {e}"))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| anyhow!("manifest.json is invalid: {e}"))?;
         if m.format != FORMAT {
             bail!("manifest.json: format '{}' is not '{FORMAT}'", m.format);
         }
@@ -105,13 +104,7 @@ pub struct PackWriter<F: FnMut(&str, &[u8]) -> Result<()>> {
 
 impl<F: FnMut(&str, &[u8]) -> Result<()>> PackWriter<F> {
     pub fn new(sink: F) -> Self {
-        PackWriter {
-            sink,
-            current: Vec::new(),
-            files: Vec::new(),
-            tensors: Vec::new(),
-            shards: Vec::new(),
-        }
+        PackWriter { sink, current: Vec::new(), files: Vec::new(), tensors: Vec::new(), shards: Vec::new() }
     }
 
     fn write_parts(&mut self, mut data: &[u8]) -> Result<Vec<Part>> {
@@ -121,11 +114,7 @@ impl<F: FnMut(&str, &[u8]) -> Result<()>> PackWriter<F> {
                 self.seal()?;
             }
             let n = data.len().min(MAX_SHARD - self.current.len());
-            parts.push(Part {
-                shard: format!("#{}", self.shards.len()),
-                offset: self.current.len() as u64,
-                length: n as u64,
-            });
+            parts.push(Part { shard: format!("#{}", self.shards.len()), offset: self.current.len() as u64, length: n as u64 });
             self.current.extend_from_slice(&data[..n]);
             data = &data[n..];
         }
@@ -134,21 +123,11 @@ impl<F: FnMut(&str, &[u8]) -> Result<()>> PackWriter<F> {
 
     pub fn add_file(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let parts = self.write_parts(data)?;
-        self.files.push(FileEntry {
-            name: name.into(),
-            length: data.len() as u64,
-            parts,
-        });
+        self.files.push(FileEntry { name: name.into(), length: data.len() as u64, parts });
         Ok(())
     }
 
-    pub fn add_tensor(
-        &mut self,
-        name: &str,
-        dtype: &str,
-        shape: &[usize],
-        blob: &QuantBlob,
-    ) -> Result<()> {
+    pub fn add_tensor(&mut self, name: &str, dtype: &str, shape: &[usize], blob: &QuantBlob) -> Result<()> {
         let parts = self.write_parts(&blob.data)?;
         self.tensors.push(TensorEntry {
             name: name.into(),
@@ -168,11 +147,7 @@ impl<F: FnMut(&str, &[u8]) -> Result<()>> PackWriter<F> {
         let sha = sha256_hex(&self.current);
         let file = format!("{sha}.bin");
         (self.sink)(&file, &self.current)?;
-        self.shards.push(ShardEntry {
-            file,
-            sha256: sha,
-            size: self.current.len() as u64,
-        });
+        self.shards.push(ShardEntry { file, sha256: sha, size: self.current.len() as u64 });
         self.current.clear();
         Ok(())
     }
@@ -194,25 +169,12 @@ impl<F: FnMut(&str, &[u8]) -> Result<()>> PackWriter<F> {
             resolve(&mut t.parts);
         }
         let total_bytes = shards.iter().map(|s| s.size).sum();
-        Ok(Manifest {
-            format: FORMAT.into(),
-            version: VERSION,
-            preset,
-            config,
-            files: self.files,
-            tensors: self.tensors,
-            shards,
-            total_bytes,
-        })
+        Ok(Manifest { format: FORMAT.into(), version: VERSION, preset, config, files: self.files, tensors: self.tensors, shards, total_bytes })
     }
 }
 
 /// Concatenates the parts of an entry, reading shard ranges through `read(shard, offset, len)`.
-pub fn gather(
-    parts: &[Part],
-    length: u64,
-    mut read: impl FnMut(&str, u64, u64) -> Result<Vec<u8>>,
-) -> Result<Vec<u8>> {
+pub fn gather(parts: &[Part], length: u64, mut read: impl FnMut(&str, u64, u64) -> Result<Vec<u8>>) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(length as usize);
     for p in parts {
         out.extend_from_slice(&read(&p.shard, p.offset, p.length)?);

@@ -107,12 +107,7 @@ impl QuantBlob {
             }
         }
         data.resize(data.len().next_multiple_of(4), 0);
-        Ok(QuantBlob {
-            quant,
-            rows,
-            cols,
-            data,
-        })
+        Ok(QuantBlob { quant, rows, cols, data })
     }
 
     pub fn byte_len(quant: Quant, rows: usize, cols: usize) -> usize {
@@ -125,27 +120,14 @@ impl QuantBlob {
     pub fn from_bytes(quant: Quant, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
         let want = Self::byte_len(quant, rows, cols);
         if data.len() != want {
-            bail!(
-                "expected {want} bytes for a {rows}×{cols} {quant} tensor, found {}",
-                data.len()
-            );
+            bail!("expected {want} bytes for a {rows}×{cols} {quant} tensor, found {}", data.len());
         }
-        Ok(QuantBlob {
-            quant,
-            rows,
-            cols,
-            data,
-        })
+        Ok(QuantBlob { quant, rows, cols, data })
     }
 
     /// Bytes per row (payload + scales), for sizing chunks.
     pub fn row_bytes(&self) -> usize {
-        self.quant.payload_bytes(self.cols)
-            + if self.quant.is_grouped() {
-                self.cols / GROUP * 2
-            } else {
-                0
-            }
+        self.quant.payload_bytes(self.cols) + if self.quant.is_grouped() { self.cols / GROUP * 2 } else { 0 }
     }
 
     /// The bytes of rows [row0, row0 + rows) as a standalone blob, and the word offset of its scales.
@@ -173,10 +155,7 @@ impl QuantBlob {
         let n = self.rows * self.cols;
         match self.quant {
             Quant::F32 => bytemuck::pod_collect_to_vec(&self.data[..n * 4]),
-            Quant::F16 => self.data[..n * 2]
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Quant::F16 => self.data[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Quant::Q8 | Quant::Q4 => {
                 let payload = self.quant.payload_bytes(n);
                 let scale = |g: usize| {
@@ -185,11 +164,7 @@ impl QuantBlob {
                 };
                 (0..n)
                     .map(|e| {
-                        let q = if self.quant == Quant::Q8 {
-                            self.data[e] as i8 as f32
-                        } else {
-                            ((self.data[e / 2] >> ((e % 2) * 4)) & 15) as f32 - 8.0
-                        };
+                        let q = if self.quant == Quant::Q8 { self.data[e] as i8 as f32 } else { ((self.data[e / 2] >> ((e % 2) * 4)) & 15) as f32 - 8.0 };
                         q * scale(e / GROUP)
                     })
                     .collect()
@@ -202,16 +177,7 @@ fn quantize_q8(g: &[f32]) -> (f16, Vec<i8>) {
     let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = f16::from_f32(amax / 127.0);
     let df = d.to_f32();
-    let q = g
-        .iter()
-        .map(|&v| {
-            if df == 0.0 {
-                0
-            } else {
-                (v / df).round().clamp(-127.0, 127.0) as i8
-            }
-        })
-        .collect();
+    let q = g.iter().map(|&v| if df == 0.0 { 0 } else { (v / df).round().clamp(-127.0, 127.0) as i8 }).collect();
     (d, q)
 }
 
@@ -219,43 +185,23 @@ fn quantize_q8(g: &[f32]) -> (f16, Vec<i8>) {
 /// (largest-magnitude value → −8) are tried, and for each the rounded levels are refitted with the
 /// scale that minimises the squared error; the best candidate wins. Stored level = q + 8.
 fn quantize_q4(g: &[f32]) -> (f16, Vec<u8>) {
-    let mx = g
-        .iter()
-        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let mx = g.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     if mx == 0.0 {
         return (f16::ZERO, vec![8; g.len()]);
     }
     let mut best = (f32::MAX, f16::ZERO, Vec::new());
     for step in -10..=10 {
         let iscale = -(8.0 + step as f32 * 0.1) / mx;
-        let q: Vec<i32> = g
-            .iter()
-            .map(|&v| ((v * iscale).round() as i32).clamp(-8, 7))
-            .collect();
-        let (sxq, sqq) = g.iter().zip(&q).fold((0f64, 0f64), |(a, b), (&v, &l)| {
-            (a + v as f64 * l as f64, b + (l * l) as f64)
-        });
+        let q: Vec<i32> = g.iter().map(|&v| ((v * iscale).round() as i32).clamp(-8, 7)).collect();
+        let (sxq, sqq) = g.iter().zip(&q).fold((0f64, 0f64), |(a, b), (&v, &l)| (a + v as f64 * l as f64, b + (l * l) as f64));
         if sqq == 0.0 {
             continue;
         }
         let d = f16::from_f64(sxq / sqq);
         let df = d.to_f32();
         // Re-round with the stored (f16) scale so the levels are optimal for what the GPU sees.
-        let q: Vec<i32> = g
-            .iter()
-            .map(|&v| {
-                if df == 0.0 {
-                    0
-                } else {
-                    ((v / df).round() as i32).clamp(-8, 7)
-                }
-            })
-            .collect();
-        let err: f32 = g
-            .iter()
-            .zip(&q)
-            .map(|(&v, &l)| (v - l as f32 * df).powi(2))
-            .sum();
+        let q: Vec<i32> = g.iter().map(|&v| if df == 0.0 { 0 } else { ((v / df).round() as i32).clamp(-8, 7) }).collect();
+        let err: f32 = g.iter().zip(&q).map(|(&v, &l)| (v - l as f32 * df).powi(2)).sum();
         if err < best.0 {
             best = (err, d, q);
         }
@@ -269,23 +215,12 @@ mod tests {
 
     #[test]
     fn roundtrip_error_is_bounded() {
-        let x: Vec<f32> = (0..64 * 96)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
-            .collect();
-        for (q, tol) in [
-            (Quant::F32, 0.0),
-            (Quant::F16, 1e-3),
-            (Quant::Q8, 0.3 / 127.0),
-            (Quant::Q4, 0.3 / 7.0),
-        ] {
+        let x: Vec<f32> = (0..64 * 96).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
+        for (q, tol) in [(Quant::F32, 0.0), (Quant::F16, 1e-3), (Quant::Q8, 0.3 / 127.0), (Quant::Q4, 0.3 / 7.0)] {
             let b = QuantBlob::quantize(q, 64, 96, &x).unwrap();
             assert_eq!(b.data.len(), QuantBlob::byte_len(q, 64, 96));
             let y = b.dequantize();
-            let err = x
-                .iter()
-                .zip(&y)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(err <= tol * 1.01 + 1e-7, "{q}: {err}");
         }
     }

@@ -46,31 +46,21 @@ impl ModelSource {
         let manifest_path = dir.join("manifest.json");
         if manifest_path.exists() {
             let manifest = Manifest::parse(&std::fs::read(&manifest_path)?)?;
-            return Ok(ModelSource::Pack(Pack::new(
-                manifest,
-                Box::new(DirShards::new(dir)),
-            )));
+            return Ok(ModelSource::Pack(Pack::new(manifest, Box::new(DirShards::new(dir)))));
         }
         if !dir.join("config.json").exists() {
             bail!("{} holds neither manifest.json (weight pack) nor config.json (Hugging Face checkpoint)", dir.display());
         }
         let files = super::hf::SafetensorsFiles::open(dir, "model")?;
-        Ok(ModelSource::Hf {
-            dir: dir.to_path_buf(),
-            files,
-        })
+        Ok(ModelSource::Hf { dir: dir.to_path_buf(), files })
     }
 
     pub fn config(&self) -> Result<JanusConfig> {
         match self {
             #[cfg(not(target_arch = "wasm32"))]
             ModelSource::Hf { .. } => {
-                let bytes = self
-                    .file("config.json")?
-                    .ok_or_else(|| anyhow!("config.json is missing"))?;
-                JanusConfig::from_json_str(
-                    std::str::from_utf8(&bytes).context("config.json is not UTF-8")?,
-                )
+                let bytes = self.file("config.json")?.ok_or_else(|| anyhow!("config.json is missing"))?;
+                JanusConfig::from_json_str(std::str::from_utf8(&bytes).context("config.json is not UTF-8")?)
             }
             ModelSource::Pack(p) => JanusConfig::from_value(p.manifest.config.clone()),
         }
@@ -83,19 +73,13 @@ impl ModelSource {
             ModelSource::Hf { dir, .. } => {
                 let p = dir.join(name);
                 if p.exists() {
-                    Ok(Some(
-                        std::fs::read(&p)
-                            .with_context(|| format!("cannot read {}", p.display()))?,
-                    ))
+                    Ok(Some(std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?))
                 } else {
                     Ok(None)
                 }
             }
             ModelSource::Pack(p) => match p.manifest.file(name) {
-                Some(f) => Ok(Some(
-                    p.read_parts(&f.parts, f.length)
-                        .with_context(|| format!("pack file {name}"))?,
-                )),
+                Some(f) => Ok(Some(p.read_parts(&f.parts, f.length).with_context(|| format!("pack file {name}"))?)),
                 None => Ok(None),
             },
         }
@@ -119,37 +103,20 @@ impl ModelSource {
             ModelSource::Hf { files, .. } => {
                 let (_, shape, vals) = files.tensor_f32(name)?;
                 if shape != expected {
-                    bail!(
-                        "tensor '{name}' has shape {shape:?}, but config.json implies {expected:?}"
-                    );
+                    bail!("tensor '{name}' has shape {shape:?}, but config.json implies {expected:?}");
                 }
-                QuantBlob::quantize(quant, rows, cols, &vals)
-                    .with_context(|| format!("tensor '{name}'"))
+                QuantBlob::quantize(quant, rows, cols, &vals).with_context(|| format!("tensor '{name}'"))
             }
             ModelSource::Pack(p) => {
                 if p.manifest.preset != preset {
-                    bail!(
-                        "this weight pack was converted with the {} preset; {} was requested",
-                        p.manifest.preset,
-                        preset
-                    );
+                    bail!("this weight pack was converted with the {} preset; {} was requested", p.manifest.preset, preset);
                 }
-                let t = p
-                    .manifest
-                    .tensor(name)
-                    .ok_or_else(|| anyhow!("the weight pack has no tensor '{name}'"))?;
+                let t = p.manifest.tensor(name).ok_or_else(|| anyhow!("the weight pack has no tensor '{name}'"))?;
                 if t.shape != expected || t.quant != quant {
-                    bail!(
-                        "pack tensor '{name}' is {:?} {}, expected {expected:?} {quant}",
-                        t.shape,
-                        t.quant
-                    );
+                    bail!("pack tensor '{name}' is {:?} {}, expected {expected:?} {quant}", t.shape, t.quant);
                 }
-                let data = p
-                    .read_parts(&t.parts, t.length)
-                    .with_context(|| format!("pack tensor '{name}'"))?;
-                QuantBlob::from_bytes(quant, rows, cols, data)
-                    .with_context(|| format!("pack tensor '{name}'"))
+                let data = p.read_parts(&t.parts, t.length).with_context(|| format!("pack tensor '{name}'"))?;
+                QuantBlob::from_bytes(quant, rows, cols, data).with_context(|| format!("pack tensor '{name}'"))
             }
         }
     }
@@ -174,10 +141,7 @@ pub struct DirShards {
 #[cfg(not(target_arch = "wasm32"))]
 impl DirShards {
     pub fn new(dir: &std::path::Path) -> Self {
-        DirShards {
-            dir: dir.to_path_buf(),
-            verified: Default::default(),
-        }
+        DirShards { dir: dir.to_path_buf(), verified: Default::default() }
     }
 }
 
@@ -192,8 +156,7 @@ impl ShardStore for DirShards {
         let path = self.dir.join(shard);
         let mut verified = self.verified.lock().unwrap();
         if !verified.contains(shard) {
-            let data = std::fs::read(&path)
-                .with_context(|| format!("cannot read shard {}", path.display()))?;
+            let data = std::fs::read(&path).with_context(|| format!("cannot read shard {}", path.display()))?;
             let sha = super::pack::sha256_hex(&data);
             if format!("{sha}.bin") != shard {
                 bail!("shard {} is corrupt: its SHA-256 is {sha}", path.display());
@@ -201,16 +164,14 @@ impl ShardStore for DirShards {
             verified.insert(shard.to_string());
         }
         drop(verified);
-        let mut f = std::fs::File::open(&path)
-            .with_context(|| format!("cannot open shard {}", path.display()))?;
+        let mut f = std::fs::File::open(&path).with_context(|| format!("cannot open shard {}", path.display()))?;
         let size = f.metadata()?.len();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             bail!("shard {shard} is shorter than the manifest says");
         }
         f.seek(SeekFrom::Start(offset))?;
         let mut out = vec![0u8; len as usize];
-        f.read_exact(&mut out)
-            .with_context(|| format!("cannot read shard {}", path.display()))?;
+        f.read_exact(&mut out).with_context(|| format!("cannot read shard {}", path.display()))?;
         Ok(out)
     }
 }
@@ -218,12 +179,7 @@ impl ShardStore for DirShards {
 /// Writes a pack of `src` under `preset` into `out` (shards then manifest.json, so that a folder
 /// with a manifest is always complete). Returns the manifest.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn convert(
-    src: &ModelSource,
-    preset: Quant,
-    out: &std::path::Path,
-    mut progress: impl FnMut(usize, usize, &str),
-) -> Result<Manifest> {
+pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut progress: impl FnMut(usize, usize, &str)) -> Result<Manifest> {
     use super::pack::PackWriter;
     let cfg = src.config()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -240,21 +196,13 @@ pub fn convert(
             w.add_file(name, &bytes)?;
         }
     }
-    let table: Vec<_> = cfg
-        .expected_tensors()
-        .into_iter()
-        .filter(|(n, _)| !super::preset::skipped(n))
-        .collect();
+    let table: Vec<_> = cfg.expected_tensors().into_iter().filter(|(n, _)| !super::preset::skipped(n)).collect();
     let total = table.len();
     for (i, (name, shape)) in table.iter().enumerate() {
         progress(i, total, name);
         let dtype = match src {
             ModelSource::Hf { files, .. } => files.dtype(name)?,
-            ModelSource::Pack(p) => p
-                .manifest
-                .tensor(name)
-                .map(|t| t.dtype.clone())
-                .unwrap_or_default(),
+            ModelSource::Pack(p) => p.manifest.tensor(name).map(|t| t.dtype.clone()).unwrap_or_default(),
         };
         let blob = src.blob(name, shape, preset)?;
         w.add_tensor(name, &dtype, shape, &blob)?;
@@ -268,11 +216,5 @@ pub fn convert(
 }
 
 /// Side files carried into a pack.
-pub const SIDE_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "vae/config.json",
-];
+pub const SIDE_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json", "processor_config.json", "vae/config.json"];

@@ -17,12 +17,7 @@ const TOKENIZER_CONFIG: &[u8] = include_bytes!("../../tests/fixtures/tiny/tokeni
 const SPECIAL_TOKENS: &[u8] = include_bytes!("../../tests/fixtures/tiny/special_tokens_map.json");
 
 /// Writes the checkpoint; returns the parameter count. `progress(bytes_done, bytes_total)`.
-pub fn write_checkpoint(
-    config_json: &str,
-    out: &Path,
-    seed: u64,
-    mut progress: impl FnMut(u64, u64),
-) -> Result<usize> {
+pub fn write_checkpoint(config_json: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64, u64)) -> Result<usize> {
     let cfg = JanusConfig::from_json_str(config_json)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let table = cfg.expected_tensors();
@@ -48,11 +43,7 @@ pub fn write_checkpoint(
     for (name, shape) in &table {
         let n: usize = shape.iter().product();
         params += n;
-        let fan_in: usize = if shape.len() > 1 {
-            shape[1..].iter().product()
-        } else {
-            1
-        };
+        let fan_in: usize = if shape.len() > 1 { shape[1..].iter().product() } else { 1 };
         let vector = shape.iter().filter(|&&d| d > 1).count() <= 1;
         // Norm weights ≈ 1, biases ≈ 0, matrices uniform with the variance of 1/fan_in.
         let (center, amp) = if vector && name.contains("norm") {

@@ -9,25 +9,13 @@ use janusflow::weights::quant::Quant;
 use janusflow::weights::ModelSource;
 
 pub fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)
 }
 
 pub fn engine_from(dir: &std::path::Path, preset: Quant, context: usize) -> Engine {
     let gpu = pollster::block_on(Gpu::new()).expect("a GPU adapter (lavapipe in CI)");
     let src = ModelSource::open(dir).unwrap();
-    Engine::load(
-        gpu,
-        &src,
-        EngineOptions {
-            preset,
-            context,
-            prefill_chunk: 64,
-        },
-        |_, _, _| {},
-    )
-    .unwrap()
+    Engine::load(gpu, &src, EngineOptions { preset, context, prefill_chunk: 64 }, |_, _, _| {}).unwrap()
 }
 
 pub fn engine(preset: Quant) -> Engine {
@@ -36,20 +24,13 @@ pub fn engine(preset: Quant) -> Engine {
 
 pub fn read_npy(path: &std::path::Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    npyz::NpyFile::new(&bytes[..])
-        .unwrap()
-        .into_vec::<f32>()
-        .unwrap()
+    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec::<f32>().unwrap()
 }
 
 pub fn max_rel(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max)
-        / scale
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -60,13 +41,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::MIN),
-            |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) },
-        )
-        .0
+    v.iter().enumerate().fold((0, f32::MIN), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
 }
 
 pub fn tempdir(name: &str) -> PathBuf {

@@ -5,12 +5,16 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::config::JanusConfig;
+mod generate;
+pub use generate::{seeded_noise, GenTrace, GenerateParams, StepInfo};
+
+use crate::config::{JanusConfig, VaeConfig};
 use crate::gpu::kernels;
 use crate::gpu::{Gpu, Recorder};
 use crate::image_io::{Picture, Preprocess};
 use crate::model::llm::{Input, KvCache, Llm, Scratch, Splice};
 use crate::model::siglip::{Siglip, SiglipScratch};
+use crate::model::uvit::{GenDecoder, GenEncoder, UvitScratch};
 use crate::text::sampling::{Sampler, SamplingParams};
 use crate::text::template::{chat_pieces, Message, Role, SYSTEM_PROMPT};
 use crate::text::tokenizer::{StreamDecoder, TextTokenizer};
@@ -28,11 +32,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            preset: Quant::Q4,
-            context: 4096,
-            prefill_chunk: 256,
-        }
+        EngineOptions { preset: Quant::Q4, context: 4096, prefill_chunk: 256 }
     }
 }
 
@@ -77,11 +77,7 @@ pub struct Conversation {
 
 impl Default for Conversation {
     fn default() -> Self {
-        Conversation {
-            system: Some(SYSTEM_PROMPT.to_string()),
-            messages: Vec::new(),
-            cache: None,
-        }
+        Conversation { system: Some(SYSTEM_PROMPT.to_string()), messages: Vec::new(), cache: None }
     }
 }
 
@@ -109,11 +105,7 @@ pub struct Prompt {
 impl Prompt {
     /// A prompt of plain token ids (no images).
     pub fn from_ids(ids: Vec<u32>) -> Self {
-        Prompt {
-            keys: ids.iter().map(|&i| i as u64).collect(),
-            ids,
-            images: Vec::new(),
-        }
+        Prompt { keys: ids.iter().map(|&i| i as u64).collect(), ids, images: Vec::new() }
     }
 }
 
@@ -129,11 +121,16 @@ pub struct Engine {
     pub tok: TextTokenizer,
     pub llm: Llm,
     pub siglip: Siglip,
+    pub gen_enc: GenEncoder,
+    pub gen_dec: GenDecoder,
+    /// The VAE's settings (from `vae/config.json`; SDXL-VAE when absent).
+    pub vae_cfg: VaeConfig,
     /// The image processor (`None` when the model has no preprocessor_config.json).
     pub preprocess: Option<Preprocess>,
     pub opts: EngineOptions,
     scratch: Scratch,
     vision_scratch: SiglipScratch,
+    uvit_scratch: UvitScratch,
     ids: wgpu::Buffer,
     logits: wgpu::Buffer,
     topk_scratch: wgpu::Buffer,
@@ -143,34 +140,39 @@ pub struct Engine {
 
 impl Engine {
     /// Loads the language model and tokenizer from `src` onto `gpu`. `progress(done, total, what)`.
-    pub fn load(
-        gpu: Gpu,
-        src: &ModelSource,
-        opts: EngineOptions,
-        mut progress: impl FnMut(usize, usize, &str),
-    ) -> Result<Self> {
+    pub fn load(gpu: Gpu, src: &ModelSource, opts: EngineOptions, mut progress: impl FnMut(usize, usize, &str)) -> Result<Self> {
         if let Some(p) = src.fixed_preset() {
             if p != opts.preset {
                 bail!("this weight pack holds the {p} preset; run with --quant {p} (or convert again)");
             }
         }
-        let cfg = src.config()?;
-        let tok_json = src
-            .file("tokenizer.json")?
-            .ok_or_else(|| anyhow!("tokenizer.json is missing from the model"))?;
+        let mut cfg = src.config()?;
+        let vae_cfg = match src.file("vae/config.json")? {
+            Some(bytes) => VaeConfig::from_json(&bytes)?,
+            None => VaeConfig::sdxl(),
+        };
+        cfg.gen.vae_factor = vae_cfg.factor();
+        let g = &cfg.gen;
+        if g.image_size % g.vae_factor != 0 || g.latent_size() % g.kernel != 0 || vae_cfg.latent_channels != g.in_channels {
+            bail!(
+                "the generation image size {} does not fit the VAE (factor {}, {} latent channels) and the patch size {} (model latent channels {})",
+                g.image_size,
+                g.vae_factor,
+                vae_cfg.latent_channels,
+                g.kernel,
+                g.in_channels
+            );
+        }
+        let tok_json = src.file("tokenizer.json")?.ok_or_else(|| anyhow!("tokenizer.json is missing from the model"))?;
         let tok = TextTokenizer::from_bytes(&tok_json)?;
         if tok.vocab_size() > cfg.llm.vocab {
-            bail!(
-                "the tokenizer has {} tokens but the model only {} embedding rows",
-                tok.vocab_size(),
-                cfg.llm.vocab
-            );
+            bail!("the tokenizer has {} tokens but the model only {} embedding rows", tok.vocab_size(), cfg.llm.vocab);
         }
         let preprocess = match src.file("preprocessor_config.json")? {
             Some(bytes) => Some(Preprocess::from_json(&bytes, cfg.siglip.image_size)?),
             None => None,
         };
-        let total = cfg.llm.layers + 3;
+        let total = cfg.llm.layers + 4;
         let mut done = 0;
         let llm = Llm::load(&gpu, src, &cfg.llm, opts.preset, |what| {
             progress(done, total, what);
@@ -179,16 +181,16 @@ impl Engine {
         progress(done, total, "vision encoder");
         let siglip = Siglip::load(&gpu, src, &cfg.siglip, cfg.llm.hidden, opts.preset)?;
         let vision_scratch = siglip.new_scratch(&gpu);
+        progress(done + 1, total, "generation encoder/decoder");
+        let gen_enc = GenEncoder::load(&gpu, src, &cfg.gen, cfg.llm.hidden, opts.preset)?;
+        let gen_dec = GenDecoder::load(&gpu, src, &cfg.gen, cfg.llm.hidden, opts.preset)?;
+        let uvit_scratch = gen_enc.new_scratch(&gpu, &gen_dec);
         progress(total, total, "ready");
-        let opts = EngineOptions {
-            context: opts.context.min(cfg.llm.max_positions).max(1),
-            ..opts
-        };
+        let opts = EngineOptions { context: opts.context.min(cfg.llm.max_positions).max(1), ..opts };
         let scratch = llm.new_scratch(&gpu, opts.prefill_chunk);
         let ids = gpu.storage_buffer("ids", opts.context as u64 * 4);
         let logits = gpu.storage_buffer("logits", cfg.llm.vocab as u64 * 4);
-        let topk_scratch =
-            gpu.storage_buffer("topk-scratch", kernels::topk_scratch_bytes(cfg.llm.vocab));
+        let topk_scratch = gpu.storage_buffer("topk-scratch", kernels::topk_scratch_bytes(cfg.llm.vocab));
         let topk_out = gpu.storage_buffer("topk-out", kernels::TOPK_MAX as u64 * 8);
         gpu.check_alive()?;
         Ok(Engine {
@@ -197,10 +199,14 @@ impl Engine {
             tok,
             llm,
             siglip,
+            gen_enc,
+            gen_dec,
+            vae_cfg,
             preprocess,
             opts,
             scratch,
             vision_scratch,
+            uvit_scratch,
             ids,
             logits,
             topk_scratch,
@@ -233,15 +239,9 @@ impl Engine {
         if !pictures.is_empty() && self.preprocess.is_none() {
             bail!("this model has no preprocessor_config.json, so it cannot take images");
         }
-        let raw = self
-            .tok
-            .encode_pieces(&chat_pieces(&self.tok, system, messages))?;
+        let raw = self.tok.encode_pieces(&chat_pieces(&self.tok, system, messages))?;
         let n = self.image_tokens();
-        let mut p = Prompt {
-            ids: Vec::with_capacity(raw.len() + pictures.len() * (n + 1)),
-            keys: Vec::new(),
-            images: Vec::new(),
-        };
+        let mut p = Prompt { ids: Vec::with_capacity(raw.len() + pictures.len() * (n + 1)), keys: Vec::new(), images: Vec::new() };
         let mut next = pictures.into_iter();
         for id in raw {
             if id != self.tok.image {
@@ -249,9 +249,7 @@ impl Engine {
                 p.keys.push(id as u64);
                 continue;
             }
-            let pic = next
-                .next()
-                .ok_or_else(|| anyhow!("more image tags than images"))?;
+            let pic = next.next().ok_or_else(|| anyhow!("more image tags than images"))?;
             p.images.push((p.ids.len(), pic.clone()));
             p.ids.push(self.tok.boi);
             p.ids.extend(std::iter::repeat_n(self.tok.image, n));
@@ -273,97 +271,50 @@ impl Engine {
 
     /// Records the encoder for `pic` into `rec`; returns its splice rows [N + 1, hidden]:
     /// `beg_of_und_embed`, then the aligned features.
-    fn encode_image(
-        &self,
-        rec: &mut Recorder,
-        pic: &Picture,
-        tower_out: Option<&wgpu::Buffer>,
-    ) -> Result<wgpu::Buffer> {
-        let pre = self.preprocess.as_ref().ok_or_else(|| {
-            anyhow!("this model has no preprocessor_config.json, so it cannot take images")
-        })?;
+    fn encode_image(&self, rec: &mut Recorder, pic: &Picture, tower_out: Option<&wgpu::Buffer>) -> Result<wgpu::Buffer> {
+        let pre = self.preprocess.as_ref().ok_or_else(|| anyhow!("this model has no preprocessor_config.json, so it cannot take images"))?;
         let (n, hd) = (self.image_tokens() as u64, self.cfg.llm.hidden as u64);
         let rows = self.gpu.storage_buffer("image-embeds", (n + 1) * hd * 4);
         rec.copy(&self.siglip.begin.buf, 0, &rows, 0, hd * 4);
-        self.siglip.forward(
-            rec,
-            &self.vision_scratch,
-            &pre.pixels(pic),
-            &rows,
-            1,
-            tower_out,
-        );
+        self.siglip.forward(rec, &self.vision_scratch, &pre.pixels(pic), &rows, 1, tower_out);
         Ok(rows)
     }
 
     /// The encoder's output for one image: (SigLIP tower output [N, width] after the final
     /// LayerNorm, aligned features [N, hidden]).
     pub async fn image_features(&self, pic: &Picture) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (n, w, hd) = (
-            self.image_tokens(),
-            self.cfg.siglip.width,
-            self.cfg.llm.hidden,
-        );
+        let (n, w, hd) = (self.image_tokens(), self.cfg.siglip.width, self.cfg.llm.hidden);
         let tower = self.gpu.storage_buffer("tower-out", (n * w * 4) as u64);
         let mut rec = Recorder::new(&self.gpu);
         let rows = self.encode_image(&mut rec, pic, Some(&tower))?;
         rec.finish();
-        Ok((
-            self.gpu.read_f32(&tower, 0, n * w).await?,
-            self.gpu.read_f32(&rows, hd, n * hd).await?,
-        ))
+        Ok((self.gpu.read_f32(&tower, 0, n * w).await?, self.gpu.read_f32(&rows, hd, n * hd).await?))
     }
 
     /// The language model's input embeddings for the chat prompt of `messages` ([T, hidden]):
     /// token embeddings with the image rows spliced in.
-    pub async fn input_embeddings(
-        &self,
-        system: Option<&str>,
-        messages: &[Message],
-    ) -> Result<Vec<f32>> {
+    pub async fn input_embeddings(&self, system: Option<&str>, messages: &[Message]) -> Result<Vec<f32>> {
         let p = self.prompt(system, messages)?;
         self.check_fits(p.ids.len())?;
         let (t, hd) = (p.ids.len(), self.cfg.llm.hidden);
-        self.gpu
-            .queue
-            .write_buffer(&self.ids, 0, bytemuck::cast_slice(&p.ids));
+        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(&p.ids));
         let out = self.gpu.storage_buffer("embeds", (t * hd * 4) as u64);
         let mut rec = Recorder::new(&self.gpu);
-        let feats = p
-            .images
-            .iter()
-            .map(|(boi, pic)| Ok((*boi, self.encode_image(&mut rec, pic, None)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let feats = p.images.iter().map(|(boi, pic)| Ok((*boi, self.encode_image(&mut rec, pic, None)?))).collect::<Result<Vec<_>>>()?;
         let splices = self.splices(&feats, 0, t);
-        self.llm.embed(
-            &mut rec,
-            &Input::Spliced(&self.ids, 0, &splices),
-            t,
-            &out,
-            0,
-        );
+        self.llm.embed(&mut rec, &Input::Spliced(&self.ids, 0, &splices), t, &out, 0);
         rec.finish();
         self.gpu.read_f32(&out, 0, t * hd).await
     }
 
     /// The image rows that fall into prompt positions `pos .. pos + t`.
-    fn splices<'b>(
-        &self,
-        feats: &'b [(usize, wgpu::Buffer)],
-        pos: usize,
-        t: usize,
-    ) -> Vec<Splice<'b>> {
+    fn splices<'b>(&self, feats: &'b [(usize, wgpu::Buffer)], pos: usize, t: usize) -> Vec<Splice<'b>> {
         let span = self.image_tokens() + 1;
         feats
             .iter()
             .filter_map(|(boi, buf)| {
                 let (lo, hi) = ((*boi).max(pos), (boi + span).min(pos + t));
-                (lo < hi).then(|| Splice {
-                    row: lo - pos,
-                    src: buf,
-                    src_row: lo - boi,
-                    rows: hi - lo,
-                })
+                (lo < hi).then(|| Splice { row: lo - pos, src: buf, src_row: lo - boi, rows: hi - lo })
             })
             .collect()
     }
@@ -382,17 +333,9 @@ impl Engine {
     /// Prefills `ids[from..]` (the cache already holds ids[..from]) and returns the top candidates
     /// of the last position's logits.
     /// Images whose slots start before `from` are already in the cache and are not encoded again.
-    pub(crate) async fn prefill(
-        &self,
-        cache: &mut KvCache,
-        p: &Prompt,
-        from: usize,
-        k: usize,
-    ) -> Result<Vec<(f32, u32)>> {
+    pub(crate) async fn prefill(&self, cache: &mut KvCache, p: &Prompt, from: usize, k: usize) -> Result<Vec<(f32, u32)>> {
         let ids = &p.ids;
-        self.gpu
-            .queue
-            .write_buffer(&self.ids, 0, bytemuck::cast_slice(ids));
+        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(ids));
         cache.keys.truncate(from);
         let span = self.image_tokens() + 1;
         let mut pos = from;
@@ -407,14 +350,7 @@ impl Engine {
         loop {
             let t = self.opts.prefill_chunk.min(ids.len() - pos);
             let splices = self.splices(&feats, pos, t);
-            self.llm.forward(
-                &mut rec,
-                &self.scratch,
-                cache,
-                Input::Spliced(&self.ids, pos, &splices),
-                t,
-                pos,
-            );
+            self.llm.forward(&mut rec, &self.scratch, cache, Input::Spliced(&self.ids, pos, &splices), t, pos);
             cache.keys.extend_from_slice(&p.keys[pos..pos + t]);
             pos += t;
             if pos == ids.len() {
@@ -434,23 +370,9 @@ impl Engine {
     }
 
     /// Logits of scratch row `row`, top-k on the GPU, and the only readback of the step.
-    async fn finish_step(
-        &self,
-        mut rec: Recorder<'_>,
-        row: usize,
-        k: usize,
-    ) -> Result<Vec<(f32, u32)>> {
-        self.llm
-            .logits_of_row(&mut rec, &self.scratch, row, &self.logits);
-        kernels::topk(
-            &mut rec,
-            &self.logits,
-            0,
-            self.cfg.llm.vocab,
-            k,
-            &self.topk_scratch,
-            &self.topk_out,
-        );
+    async fn finish_step(&self, mut rec: Recorder<'_>, row: usize, k: usize) -> Result<Vec<(f32, u32)>> {
+        self.llm.logits_of_row(&mut rec, &self.scratch, row, &self.logits);
+        kernels::topk(&mut rec, &self.logits, 0, self.cfg.llm.vocab, k, &self.topk_scratch, &self.topk_out);
         let (submits, dispatches) = (rec.submits + 1, rec.dispatches);
         let bytes = rec.finish_and_read(&self.topk_out, 0, k as u64 * 8).await?;
         {
@@ -460,44 +382,22 @@ impl Engine {
             c.bytes_read_back += bytes.len() as u64;
         }
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
-        Ok(words
-            .chunks_exact(2)
-            .map(|p| (f32::from_bits(p[0]), p[1]))
-            .collect())
+        Ok(words.chunks_exact(2).map(|p| (f32::from_bits(p[0]), p[1])).collect())
     }
 
     /// Feeds one token at `pos` and returns the next candidates.
-    pub(crate) async fn decode_step(
-        &self,
-        cache: &mut KvCache,
-        id: u32,
-        k: usize,
-    ) -> Result<Vec<(f32, u32)>> {
+    pub(crate) async fn decode_step(&self, cache: &mut KvCache, id: u32, k: usize) -> Result<Vec<(f32, u32)>> {
         let pos = cache.len();
-        self.gpu
-            .queue
-            .write_buffer(&self.ids, pos as u64 * 4, bytemuck::bytes_of(&id));
+        self.gpu.queue.write_buffer(&self.ids, pos as u64 * 4, bytemuck::bytes_of(&id));
         let mut rec = Recorder::new(&self.gpu);
-        self.llm.forward(
-            &mut rec,
-            &self.scratch,
-            cache,
-            Input::Ids(&self.ids, pos),
-            1,
-            pos,
-        );
+        self.llm.forward(&mut rec, &self.scratch, cache, Input::Ids(&self.ids, pos), 1, pos);
         cache.keys.push(id as u64);
         self.finish_step(rec, 0, k).await
     }
 
     /// Answers the last user message of `conv`, streaming text through `on_text` (return false to
     /// stop), and appends the reply to the conversation. K/V of the shared prefix are reused.
-    pub async fn chat(
-        &mut self,
-        conv: &mut Conversation,
-        params: &SamplingParams,
-        mut on_text: impl FnMut(&str) -> bool,
-    ) -> Result<Reply> {
+    pub async fn chat(&mut self, conv: &mut Conversation, params: &SamplingParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
         self.gpu.check_alive()?;
         let prompt = self.prompt(conv.system.as_deref(), &conv.messages)?;
         self.check_fits(prompt.ids.len())?;
@@ -505,30 +405,16 @@ impl Engine {
             Some(c) => c,
             None => self.llm.new_cache(&self.gpu, self.opts.context)?,
         };
-        let result = self
-            .generate(&mut cache, &prompt, params, &mut on_text)
-            .await;
+        let result = self.generate(&mut cache, &prompt, params, &mut on_text).await;
         conv.cache = Some(cache);
         let reply = result?;
         conv.messages.push(Message::assistant(reply.text.clone()));
         Ok(reply)
     }
 
-    async fn generate(
-        &self,
-        cache: &mut KvCache,
-        prompt: &Prompt,
-        params: &SamplingParams,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Reply> {
+    async fn generate(&self, cache: &mut KvCache, prompt: &Prompt, params: &SamplingParams, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Reply> {
         let ids = &prompt.ids;
-        let common = cache
-            .keys
-            .iter()
-            .zip(&prompt.keys)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
+        let common = cache.keys.iter().zip(&prompt.keys).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
         let k = params.candidates();
         let mut cands = self.prefill(cache, prompt, common, k).await?;
         let mut sampler = Sampler::new(params.clone());
@@ -554,13 +440,7 @@ impl Engine {
             cands = self.decode_step(cache, id, k).await?;
         };
         let text = stream.text(&self.tok)?;
-        Ok(Reply {
-            text: text.trim_end_matches('\u{FFFD}').to_string(),
-            ids: out,
-            finish,
-            prompt_tokens: ids.len(),
-            reused_tokens: common,
-        })
+        Ok(Reply { text: text.trim_end_matches('\u{FFFD}').to_string(), ids: out, finish, prompt_tokens: ids.len(), reused_tokens: common })
     }
 
     /// Token ids of the chat prompt for `messages`.
