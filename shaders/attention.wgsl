@@ -6,7 +6,7 @@
 struct Params {
     T: u32,         // query rows
     H: u32,         // heads
-    D: u32,         // head dim (≤ 256)
+    D: u32,         // head dim (≤ 512)
     pos0: u32,      // causal: position of query row 0 (keys before it come from the cache)
     n_keys: u32,    // bidirectional: number of keys
     causal: u32,    // 1 = causal mask, 0 = attend to all n_keys
@@ -27,7 +27,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;     // [T, o_stride]
 
 const NEG: f32 = -1.0e30;
-var<workgroup> qs: array<f32, 256>;
+var<workgroup> qs: array<f32, 512>;
 var<workgroup> ps: array<f32, 64>;
 var<workgroup> red: array<f32, 64>;
 
@@ -72,8 +72,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     if (p.causal != 0u) {
         nk = p.pos0 + t + 1u;
     }
-    var acc: array<f32, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var acc: array<f32, 8>;
+    for (var i = 0u; i < 8u; i++) {
         acc[i] = 0.0;
     }
     var m_run = NEG;
@@ -99,7 +99,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         let corr = exp(m_run - m_new);
         l_run = l_run * corr + tile_sum;
         let jn = min(64u, nk - j0);
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < 8u; i++) {
             let d = li + i * 64u;
             if (d < p.D) {
                 var a = acc[i] * corr;
@@ -114,7 +114,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         workgroupBarrier();
     }
     let ob = p.o_off + t * p.o_stride + h * p.D;
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < 8u; i++) {
         let d = li + i * 64u;
         if (d < p.D) {
             o[ob + d] = acc[i] / l_run;

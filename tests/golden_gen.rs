@@ -110,3 +110,29 @@ fn cancel_stops_between_steps_and_bad_requests_fail_clearly() {
     assert!(bad(GenerateParams::default(), "   ").contains("empty"));
     assert!(bad(GenerateParams::default(), &"word ".repeat(600)).contains("positions"));
 }
+
+/// HWC → CHW.
+fn chw(x: &[f32], c: usize) -> Vec<f32> {
+    let n = x.len() / c;
+    (0..c).flat_map(|ch| (0..n).map(move |i| x[i * c + ch])).collect()
+}
+
+#[test]
+fn vae_decoder_matches_diffusers() {
+    let e = engine(Quant::F32);
+    let vae = e.vae.as_ref().expect("tests/fixtures/tiny/vae is attached at load");
+    let side = e.latent_shape()[1];
+    let noise = reference("noise.npy");
+    let raw = pollster::block_on(vae.decode_raw(&e.gpu, &noise, side)).unwrap();
+    check("VAE decode of the noise", &chw(&raw, 3), &reference("vae_decoded_noise.npy"));
+    for c in cases() {
+        let z = reference(&format!("z_final_{}.npy", c.name));
+        let raw = pollster::block_on(vae.decode_raw(&e.gpu, &z, side)).unwrap();
+        check(&format!("{} decoded", c.name), &chw(&raw, 3), &reference(&format!("decoded_{}.npy", c.name)));
+        let rgb = pollster::block_on(vae.decode(&e.gpu, &z, side)).unwrap();
+        let want = std::fs::read(fixture("tiny-ref-gen").join(format!("image_{}.npy", c.name))).unwrap();
+        let want = npyz::NpyFile::new(&want[..]).unwrap().into_vec::<u8>().unwrap();
+        let worst = rgb.iter().zip(&want).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
+        assert!(worst <= 2, "{}: image differs by up to {worst} levels", c.name);
+    }
+}

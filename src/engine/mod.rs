@@ -15,6 +15,7 @@ use crate::image_io::{Picture, Preprocess};
 use crate::model::llm::{Input, KvCache, Llm, Scratch, Splice};
 use crate::model::siglip::{Siglip, SiglipScratch};
 use crate::model::uvit::{GenDecoder, GenEncoder, UvitScratch};
+use crate::model::vae::{TensorFn, VaeDecoder};
 use crate::text::sampling::{Sampler, SamplingParams};
 use crate::text::template::{chat_pieces, Message, Role, SYSTEM_PROMPT};
 use crate::text::tokenizer::{StreamDecoder, TextTokenizer};
@@ -123,6 +124,8 @@ pub struct Engine {
     pub siglip: Siglip,
     pub gen_enc: GenEncoder,
     pub gen_dec: GenDecoder,
+    /// The image decoder (`None` until a VAE is attached: `MODEL/vae` is attached at load).
+    pub vae: Option<VaeDecoder>,
     /// The VAE's settings (from `vae/config.json`; SDXL-VAE when absent).
     pub vae_cfg: VaeConfig,
     /// The image processor (`None` when the model has no preprocessor_config.json).
@@ -193,7 +196,7 @@ impl Engine {
         let topk_scratch = gpu.storage_buffer("topk-scratch", kernels::topk_scratch_bytes(cfg.llm.vocab));
         let topk_out = gpu.storage_buffer("topk-out", kernels::TOPK_MAX as u64 * 8);
         gpu.check_alive()?;
-        Ok(Engine {
+        let mut engine = Engine {
             gpu,
             cfg,
             tok,
@@ -201,6 +204,7 @@ impl Engine {
             siglip,
             gen_enc,
             gen_dec,
+            vae: None,
             vae_cfg,
             preprocess,
             opts,
@@ -212,7 +216,48 @@ impl Engine {
             topk_scratch,
             topk_out,
             counters: Default::default(),
-        })
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        if let ModelSource::Hf { dir, .. } = src {
+            let vae_dir = dir.join("vae");
+            if vae_dir.join("config.json").exists() {
+                engine.attach_vae_dir(&vae_dir)?;
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Attaches the VAE of a diffusers-layout folder.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn attach_vae_dir(&mut self, dir: &std::path::Path) -> Result<()> {
+        let folder = crate::weights::source::VaeFolder::open(dir)?;
+        let get = |n: &str| folder.tensor(n);
+        self.attach_vae(&get, &folder.cfg.clone())
+    }
+
+    /// Attaches the VAE decoder (diffusers tensor names through `get`). Its downsampling factor
+    /// sets the latent size, so it must agree with the model's generation geometry.
+    pub fn attach_vae(&mut self, get: &TensorFn, cfg: &VaeConfig) -> Result<()> {
+        let g = &self.cfg.gen;
+        if g.image_size % cfg.factor() != 0 || (g.image_size / cfg.factor()) % g.kernel != 0 || cfg.latent_channels != g.in_channels {
+            bail!(
+                "this VAE (factor {}, {} latent channels) does not fit the model's {}-pixel images with {} latent channels",
+                cfg.factor(),
+                cfg.latent_channels,
+                g.image_size,
+                g.in_channels
+            );
+        }
+        let vae = VaeDecoder::load(&self.gpu, get, cfg, self.opts.preset)?;
+        if cfg.factor() != self.cfg.gen.vae_factor {
+            for g in [&mut self.cfg.gen, &mut self.gen_enc.cfg, &mut self.gen_dec.cfg] {
+                g.vae_factor = cfg.factor();
+            }
+            self.uvit_scratch = self.gen_enc.new_scratch(&self.gpu, &self.gen_dec);
+        }
+        self.vae_cfg = cfg.clone();
+        self.vae = Some(vae);
+        Ok(())
     }
 
     /// Image tokens per image (576 for the real model).

@@ -146,7 +146,7 @@ pub fn attention(
     o: &wgpu::Buffer,
     o_off: usize,
 ) {
-    assert!(s.head_dim <= 256);
+    assert!(s.head_dim <= 512);
     let p = pipeline(rec.gpu, "attention.wgsl", &[]);
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     let params = [
@@ -302,4 +302,133 @@ pub fn topk(rec: &mut Recorder, x: &wgpu::Buffer, x_off: usize, n: usize, k: usi
     rec.dispatch(p1, &[n as u32, k as u32, x_off as u32], &[x, scratch], [groups as u32, 1, 1]);
     let p2 = pipeline(rec.gpu, "topk.wgsl", &["PASS2"]);
     rec.dispatch(p2, &[(groups * k) as u32, k as u32, 0], &[scratch, out], [1, 1, 1]);
+}
+
+/// A channels-last feature map [h, w, c] held in one buffer.
+#[derive(Clone, Copy)]
+pub struct Map<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Map<'_> {
+    pub fn row_bytes(&self) -> u64 {
+        (self.w * self.c * 4) as u64
+    }
+}
+
+/// GroupNorm applied (with SiLU) to a convolution's input as it is read.
+#[derive(Clone, Copy)]
+pub struct GnSilu<'a> {
+    /// [groups] (mean, 1/std) from [`groupnorm_stats`].
+    pub stats: &'a wgpu::Buffer,
+    pub gamma: &'a wgpu::Buffer,
+    pub beta: &'a wgpu::Buffer,
+    pub groups: usize,
+}
+
+/// Stride-1, zero-padded ks×ks convolution y (+)= conv(x̃) + bias over channels-last maps, where
+/// x̃ is x, optionally GroupNorm+SiLU'd (`norm`) and nearest-upsampled ×2 (`upsample`).
+/// `w` is [Cout, ks·ks·Cin] (taps major, input channels minor). Works in bands of output rows so
+/// that every bound window stays within the device's binding limit.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x: Map, upsample: bool, norm: Option<GnSilu>, y: Map, add: bool) {
+    let up = if upsample { 2 } else { 1 };
+    assert_eq!((x.h * up, x.w * up, x.c), (y.h, y.w, w.k / (ks * ks)), "conv2d shapes");
+    assert_eq!(w.n, y.c);
+    assert!(x.c % 4 == 0, "conv2d input channels must be a multiple of 4");
+    let pad = ks / 2;
+    let max = rec.gpu.max_binding();
+    // Input rows (of x) that output rows r0..r1 read.
+    let in_rows = |r0: usize, r1: usize| (r0.saturating_sub(pad) / up, ((r1 + pad).min(y.h) - 1) / up + 1);
+    // A band of b output rows reads at most (b + 2·pad)/up + 2 input rows.
+    let fits = |b: usize| (((b + 2 * pad) / up + 2).min(x.h)) as u64 * x.row_bytes() <= max && b as u64 * y.row_bytes() <= max;
+    let mut band = y.h;
+    while band > 1 && !fits(band) {
+        band = band.div_ceil(2);
+    }
+    let mut defines = vec![w.quant.define(), "BIAS"];
+    if add {
+        defines.push("ADD");
+    }
+    if upsample {
+        defines.push("UPSAMPLE");
+    }
+    if norm.is_some() {
+        defines.push("NORM");
+    }
+    let p = pipeline(rec.gpu, "conv.wgsl", &defines);
+    let mut r0 = 0;
+    while r0 < y.h {
+        let r1 = (r0 + band).min(y.h);
+        let (i0, i1) = in_rows(r0, r1);
+        let xr = (x.buf, i0 as u64 * x.row_bytes(), Some((i1 - i0) as u64 * x.row_bytes()));
+        let yr = (y.buf, r0 as u64 * y.row_bytes(), Some((r1 - r0) as u64 * y.row_bytes()));
+        assert!(xr.1 % 256 == 0 && yr.1 % 256 == 0, "conv2d band offsets must be 256-byte aligned");
+        let m = (r1 - r0) * y.w;
+        for c in &w.chunks {
+            let cpg = norm.map(|g| x.c / g.groups).unwrap_or(1);
+            let params = [
+                m as u32,
+                c.rows as u32,
+                w.k as u32,
+                x.c as u32,
+                y.w as u32,
+                y.h as u32,
+                r0 as u32,
+                i0 as u32,
+                x.w as u32,
+                ks as u32,
+                pad as u32,
+                0,
+                y.c as u32,
+                c.row0 as u32,
+                c.soff,
+                cpg as u32,
+            ];
+            let mut bufs = vec![(&c.buf, 0, None), xr, yr, (bias, 0, None)];
+            if let Some(g) = norm {
+                bufs.extend([(g.stats, 0, None), (g.gamma, 0, None), (g.beta, 0, None)]);
+            }
+            rec.dispatch_ranges(p.clone(), &params, &bufs, [(c.rows as u32).div_ceil(128), (m as u32).div_ceil(128), 1]);
+        }
+        r0 = r1;
+    }
+}
+
+const GN_CHUNK: usize = 1024;
+
+/// Bytes of the partials buffer [`groupnorm_stats`] needs for a map of `pixels` and `groups`.
+pub fn groupnorm_partials_bytes(pixels: usize, groups: usize) -> u64 {
+    (pixels.div_ceil(GN_CHUNK) * groups * 16) as u64
+}
+
+/// GroupNorm statistics of `x` into `stats` ([groups] (mean, 1/sqrt(var + eps))).
+pub fn groupnorm_stats(rec: &mut Recorder, x: Map, groups: usize, eps: f32, partials: &wgpu::Buffer, stats: &wgpu::Buffer) {
+    let (pixels, c) = (x.h * x.w, x.c);
+    let cpg = c / groups;
+    let per_window = ((rec.gpu.max_binding() / (c as u64 * 4)) as usize / GN_CHUNK).max(1) * GN_CHUNK;
+    let p1 = pipeline(rec.gpu, "groupnorm.wgsl", &["STATS"]);
+    let mut px0 = 0;
+    while px0 < pixels {
+        let n = per_window.min(pixels - px0);
+        let params = [n as u32, c as u32, cpg as u32, GN_CHUNK as u32, (px0 / GN_CHUNK) as u32, 0, eps.to_bits()];
+        let xr = (x.buf, (px0 * c * 4) as u64, Some((n * c * 4) as u64));
+        rec.dispatch_ranges(p1.clone(), &params, &[xr, (partials, 0, None)], [n.div_ceil(GN_CHUNK) as u32, groups as u32, 1]);
+        px0 += n;
+    }
+    let p2 = pipeline(rec.gpu, "groupnorm.wgsl", &["FINAL"]);
+    let params = [0, c as u32, cpg as u32, GN_CHUNK as u32, 0, pixels.div_ceil(GN_CHUNK) as u32, eps.to_bits()];
+    rec.dispatch(p2, &params, &[partials, stats], [(groups as u32).div_ceil(64), 1, 1]);
+}
+
+/// y = GroupNorm(x) (no activation), for maps that fit one binding.
+#[allow(clippy::too_many_arguments)]
+pub fn groupnorm_apply(rec: &mut Recorder, x: Map, groups: usize, stats: &wgpu::Buffer, gamma: &wgpu::Buffer, beta: &wgpu::Buffer, y: &wgpu::Buffer) {
+    let (pixels, c) = (x.h * x.w, x.c);
+    let p = pipeline(rec.gpu, "groupnorm.wgsl", &["APPLY"]);
+    let params = [pixels as u32, c as u32, (c / groups) as u32, 0, 0, 0, 0];
+    rec.dispatch(p, &params, &[x.buf, stats, gamma, beta, y], grid(((pixels * c) as u32).div_ceil(256)));
 }

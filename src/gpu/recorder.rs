@@ -10,6 +10,9 @@ use anyhow::Result;
 
 use super::Gpu;
 
+/// A buffer window for a binding: (buffer, byte offset, byte size or the rest of the buffer).
+pub type Range<'b> = (&'b wgpu::Buffer, u64, Option<u64>);
+
 const SLOT: u64 = 256; // minUniformBufferOffsetAlignment on every WebGPU device
 const SLOTS: u64 = 2048;
 
@@ -50,6 +53,13 @@ impl<'a> Recorder<'a> {
 
     /// Records one dispatch of `pipeline` with `params` at binding 0 and `buffers` at bindings 1...
     pub fn dispatch(&mut self, pipeline: Arc<wgpu::ComputePipeline>, params: &[u32], buffers: &[&wgpu::Buffer], wg: [u32; 3]) {
+        let ranges: Vec<Range> = buffers.iter().map(|b| (*b, 0, None)).collect();
+        self.dispatch_ranges(pipeline, params, &ranges, wg)
+    }
+
+    /// [`Recorder::dispatch`] binding windows of buffers: (buffer, byte offset, byte size or the
+    /// rest). Offsets must be multiples of 256 (the WebGPU storage offset alignment).
+    pub fn dispatch_ranges(&mut self, pipeline: Arc<wgpu::ComputePipeline>, params: &[u32], buffers: &[Range], wg: [u32; 3]) {
         if wg.iter().any(|&w| w == 0) {
             return;
         }
@@ -65,8 +75,10 @@ impl<'a> Recorder<'a> {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &arena, offset: off, size: wgpu::BufferSize::new(SLOT) }),
         }];
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+        for (i, &(b, offset, size)) in buffers.iter().enumerate() {
+            debug_assert!(offset % 256 == 0, "unaligned binding offset {offset}");
+            let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size: size.and_then(wgpu::BufferSize::new) });
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
         let bind = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
         self.ops.push(Op::Dispatch { pipeline, bind, wg });

@@ -17,6 +17,8 @@ const FILES: &[(&str, &str)] = &[
     ("depthwise.wgsl", include_str!("../../shaders/depthwise.wgsl")),
     ("grn.wgsl", include_str!("../../shaders/grn.wgsl")),
     ("flow.wgsl", include_str!("../../shaders/flow.wgsl")),
+    ("conv.wgsl", include_str!("../../shaders/conv.wgsl")),
+    ("groupnorm.wgsl", include_str!("../../shaders/groupnorm.wgsl")),
 ];
 
 fn file(name: &str) -> &'static str {

@@ -3,3 +3,4 @@
 pub mod llm;
 pub mod siglip;
 pub mod uvit;
+pub mod vae;

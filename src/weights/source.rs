@@ -218,3 +218,31 @@ pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut prog
 /// Side files carried into a pack.
 pub const SIDE_FILES: &[&str] =
     &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json", "processor_config.json", "vae/config.json"];
+
+/// A VAE in the diffusers layout (`config.json` + `diffusion_pytorch_model.safetensors`), e.g.
+/// `MODEL/vae` or a separate `stabilityai/sdxl-vae` folder.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct VaeFolder {
+    pub cfg: crate::config::VaeConfig,
+    files: super::hf::SafetensorsFiles,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl VaeFolder {
+    pub fn open(dir: &std::path::Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let bytes = std::fs::read(&cfg_path).with_context(|| format!("cannot read the VAE config {}", cfg_path.display()))?;
+        let cfg = crate::config::VaeConfig::from_json(&bytes)?;
+        let files = super::hf::SafetensorsFiles::open(dir, "diffusion_pytorch_model")?;
+        Ok(VaeFolder { cfg, files })
+    }
+
+    /// A tensor by diffusers name, as f32 with its shape; `None` when absent.
+    pub fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        if !self.files.contains(name) {
+            return Ok(None);
+        }
+        let (_, shape, v) = self.files.tensor_f32(name)?;
+        Ok(Some((shape, v)))
+    }
+}

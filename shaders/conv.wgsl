@@ -1,0 +1,130 @@
+// 2-D convolution (stride 1, zero padding) as an implicit matrix product over channels-last maps,
+// for the VAE decoder: y[pixel, n] (+)= Σ_k x̃[pixel, k] · W[n, k] (+ bias), k = (dy·ks + dx)·Cin + ci,
+// with x̃ gathered on the fly (no im2col buffer). Same 128×128 tiling as matmul.wgsl.
+// Works on a band of output rows so that no binding exceeds the device limit: x and y are
+// bound as windows starting at input row `in_row0` and output row `out_row0`.
+// Defines: one of F32/F16/Q8/Q4 (weights [Cout, ks·ks·Cin]); BIAS (always); ADD (residual accumulate);
+//   NORM: apply GroupNorm then SiLU to each input value as it is loaded (zero padding stays 0);
+//   UPSAMPLE: the conv reads a nearest-neighbour ×2 upsampling of x (x is H/2 × W/2).
+
+struct Params {
+    M: u32,        // output pixels in this band (rows × W_out)
+    N: u32,        // output channels of this weight chunk
+    K: u32,        // ks·ks·Cin
+    Cin: u32,      // input channels (multiple of 4)
+    W_out: u32,    // output width (= conv input width)
+    H_conv: u32,   // conv input height (after UPSAMPLE)
+    out_row0: u32, // first output row of the band
+    in_row0: u32,  // first row of x present in the x window (in x's own rows)
+    W_in: u32,     // width of x (W_out, or W_out/2 with UPSAMPLE)
+    ks: u32,       // kernel side (1 or 3)
+    pad: u32,      // ks / 2
+    y_off: u32,    // element offset of y[0, 0] in the y window
+    y_stride: u32, // elements per output pixel (Cout)
+    row0: u32,     // first output channel of this weight chunk
+    soff: u32,     // word offset of the group scales inside w
+    cpg: u32,      // NORM: channels per group
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;            // weight chunk [N, K], packed
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // input window [rows, W_in, Cin]
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;      // output window [M, y_stride]
+@group(0) @binding(4) var<storage, read> bias: array<f32>;         // [Cout] (BIAS is always defined)
+#if NORM
+@group(0) @binding(5) var<storage, read> gn: array<vec2<f32>>;     // [groups] (mean, 1/std)
+@group(0) @binding(6) var<storage, read> gn_w: array<f32>;         // [Cin] γ
+@group(0) @binding(7) var<storage, read> gn_b: array<f32>;         // [Cin] β
+#endif
+
+//#include quant.wgsl
+//#include linear_out.wgsl
+
+const BK: u32 = 8u;
+const TILE: u32 = 128u;
+var<workgroup> As: array<f32, 1024>; // [BK][128] slice of x̃, k-major
+var<workgroup> Bs: array<f32, 1024>; // [BK][128] slice of W, k-major
+
+fn load_x4(m: u32, k: u32) -> vec4<f32> {
+    let tap = k / p.Cin;
+    let ci = k % p.Cin;
+    let oy = p.out_row0 + m / p.W_out;
+    let ox = m % p.W_out;
+    let iy = i32(oy + tap / p.ks) - i32(p.pad);
+    let ix = i32(ox + tap % p.ks) - i32(p.pad);
+    if (iy < 0 || iy >= i32(p.H_conv) || ix < 0 || ix >= i32(p.W_out)) {
+        return vec4<f32>(0.0);
+    }
+#if UPSAMPLE
+    let sy = u32(iy) / 2u;
+    let sx = u32(ix) / 2u;
+#else
+    let sy = u32(iy);
+    let sx = u32(ix);
+#endif
+    var v = x[(((sy - p.in_row0) * p.W_in + sx) * p.Cin + ci) / 4u];
+#if NORM
+    for (var j = 0u; j < 4u; j++) {
+        let c = ci + j;
+        let st = gn[c / p.cpg];
+        let t = (v[j] - st.x) * st.y * gn_w[c] + gn_b[c];
+        v[j] = silu(t);
+    }
+#endif
+    return v;
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+    let m0 = wid.y * TILE;
+    let n0 = wid.x * TILE;
+    let lr = tid / 2u;
+    let kq = (tid % 2u) * 4u;
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var k0 = 0u; k0 < p.K; k0 += BK) {
+        let k = k0 + kq;
+        var a = vec4<f32>(0.0);
+        if (m0 + lr < p.M && k < p.K) {
+            a = load_x4(m0 + lr, k);
+        }
+        var b = vec4<f32>(0.0);
+        if (n0 + lr < p.N && k < p.K) {
+            b = load_w4(n0 + lr, k, p.K, p.soff);
+        }
+        for (var j = 0u; j < 4u; j++) {
+            As[(kq + j) * TILE + lr] = a[j];
+            Bs[(kq + j) * TILE + lr] = b[j];
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let ai = kk * TILE + ty * 8u;
+            let bi = kk * TILE + tx * 8u;
+            let b0 = vec4<f32>(Bs[bi], Bs[bi + 1u], Bs[bi + 2u], Bs[bi + 3u]);
+            let b1 = vec4<f32>(Bs[bi + 4u], Bs[bi + 5u], Bs[bi + 6u], Bs[bi + 7u]);
+            for (var i = 0u; i < 8u; i++) {
+                let av = As[ai + i];
+                acc[2u * i] += av * b0;
+                acc[2u * i + 1u] += av * b1;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        let m = m0 + ty * 8u + i;
+        if (m >= p.M) {
+            break;
+        }
+        for (var j = 0u; j < 8u; j++) {
+            let n = n0 + tx * 8u + j;
+            if (n < p.N) {
+                store_out(m, n, acc[2u * i + j / 4u][j % 4u]);
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+// GroupNorm statistics and application over channels-last maps [P, C] (P = H·W pixels, G groups
+// of C/G consecutive channels), f32 throughout:
+//   STATS: per (pixel chunk, group) the count, mean and M2 (two passes over the chunk, so no
+//          catastrophic cancellation); the map may be bound as a window (band of pixels).
+//   FINAL: merges the chunk partials of each group (Chan's formula) → (mean, 1/sqrt(var + eps)).
+//   APPLY: y = (x − mean)·rstd·γ + β (out of place), for the attention's input norm.
+
+struct Params {
+    P: u32,      // pixels in this window
+    C: u32,      // channels
+    cpg: u32,    // channels per group
+    chunk: u32,  // pixels per chunk
+    part0: u32,  // STATS: index of this window's first chunk in the partials
+    parts: u32,  // FINAL: chunks per group
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+#if STATS
+@group(0) @binding(1) var<storage, read> x: array<f32>;            // window [P, C]
+@group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>; // [chunks, G] (count, mean, M2, 0)
+var<workgroup> red: array<f32, 256>;
+
+fn wg_sum(li: u32, v: f32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let g = wid.y;
+    let px0 = wid.x * p.chunk;
+    let px1 = min(px0 + p.chunk, p.P);
+    let n = (px1 - px0) * p.cpg;
+    var s = 0.0;
+    for (var i = li; i < n; i += 256u) {
+        s += x[(px0 + i / p.cpg) * p.C + g * p.cpg + i % p.cpg];
+    }
+    let mean = wg_sum(li, s) / f32(n);
+    var m2 = 0.0;
+    for (var i = li; i < n; i += 256u) {
+        let d = x[(px0 + i / p.cpg) * p.C + g * p.cpg + i % p.cpg] - mean;
+        m2 += d * d;
+    }
+    let total = wg_sum(li, m2);
+    if (li == 0u) {
+        part[(p.part0 + wid.x) * (p.C / p.cpg) + g] = vec4<f32>(f32(n), mean, total, 0.0);
+    }
+}
+#endif
+
+#if FINAL
+@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;   // [chunks, G]
+@group(0) @binding(2) var<storage, read_write> gn: array<vec2<f32>>; // [G] (mean, rstd)
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let groups = p.C / p.cpg;
+    let g = gid.x;
+    if (g >= groups) {
+        return;
+    }
+    var n = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var c = 0u; c < p.parts; c++) {
+        let q = part[c * groups + g];
+        let tot = n + q.x;
+        let d = q.y - mean;
+        mean += d * q.x / tot;
+        m2 += q.z + d * d * n * q.x / tot;
+        n = tot;
+    }
+    gn[g] = vec2<f32>(mean, 1.0 / sqrt(m2 / n + p.eps));
+}
+#endif
+
+#if APPLY
+@group(0) @binding(1) var<storage, read> x: array<f32>;            // [P, C]
+@group(0) @binding(2) var<storage, read> gn: array<vec2<f32>>;     // [G]
+@group(0) @binding(3) var<storage, read> gn_w: array<f32>;         // [C]
+@group(0) @binding(4) var<storage, read> gn_b: array<f32>;         // [C]
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;      // [P, C]
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if (i >= p.P * p.C) {
+        return;
+    }
+    let c = i % p.C;
+    let st = gn[c / p.cpg];
+    y[i] = (x[i] - st.x) * st.y * gn_w[c] + gn_b[c];
+}
+#endif
