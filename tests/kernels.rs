@@ -275,3 +275,141 @@ fn topk_matches_sort_with_ties() {
         }
     }
 }
+
+fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// CPU GroupNorm statistics of a channels-last map: per group (mean, 1/sqrt(var + eps)).
+fn cpu_gn(x: &[f32], c: usize, groups: usize, eps: f64) -> Vec<(f64, f64)> {
+    let cpg = c / groups;
+    (0..groups)
+        .map(|g| {
+            let vals: Vec<f64> = x.chunks_exact(c).flat_map(|px| px[g * cpg..(g + 1) * cpg].iter().map(|&v| v as f64)).collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+            (mean, 1.0 / (var + eps).sqrt())
+        })
+        .collect()
+}
+
+/// Reference convolution over channels-last maps, weights in torch layout [cout, cin, ks, ks].
+#[allow(clippy::too_many_arguments)]
+fn cpu_conv(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    cin: usize,
+    wt: &[f32],
+    bias: &[f32],
+    cout: usize,
+    ks: usize,
+    up: bool,
+    gn: Option<(&[(f64, f64)], &[f32], &[f32], usize)>,
+) -> Vec<f32> {
+    let (oh, ow) = if up { (2 * h, 2 * w) } else { (h, w) };
+    let pad = (ks / 2) as i64;
+    let val = |y: usize, xx: usize, ci: usize| -> f64 {
+        let v = x[(y * w + xx) * cin + ci] as f64;
+        match gn {
+            Some((st, g, b, groups)) => {
+                let (m, r) = st[ci / (cin / groups)];
+                silu((v - m) * r * g[ci] as f64 + b[ci] as f64)
+            }
+            None => v,
+        }
+    };
+    let mut out = vec![0f32; oh * ow * cout];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for o in 0..cout {
+                let mut s = bias[o] as f64;
+                for dy in 0..ks {
+                    for dx in 0..ks {
+                        let (iy, ix) = (oy as i64 + dy as i64 - pad, ox as i64 + dx as i64 - pad);
+                        if iy < 0 || ix < 0 || iy >= oh as i64 || ix >= ow as i64 {
+                            continue;
+                        }
+                        let (sy, sx) = if up { (iy as usize / 2, ix as usize / 2) } else { (iy as usize, ix as usize) };
+                        for ci in 0..cin {
+                            s += wt[((o * cin + ci) * ks + dy) * ks + dx] as f64 * val(sy, sx, ci);
+                        }
+                    }
+                }
+                out[(oy * ow + ox) * cout + o] = s as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Convolutions (3×3 and 1×1, fused GroupNorm+SiLU, fused ×2 upsampling, residual accumulate)
+/// against the CPU, with the binding limit lowered so that maps are split into bands and the
+/// GroupNorm statistics into windows.
+#[test]
+fn conv2d_and_groupnorm_match_cpu_in_bands() {
+    let gpu = gpu();
+    let mut rng = Rng(11);
+    let groups = 4;
+    for &(h, w, cin, cout, ks, up, norm, add, quant) in &[
+        (40usize, 32usize, 8usize, 12usize, 3usize, false, true, false, Quant::F32),
+        (20, 16, 8, 8, 3, true, false, false, Quant::F16),
+        (40, 32, 8, 5, 1, false, false, true, Quant::F32),
+        (9, 7, 4, 3, 3, false, true, true, Quant::F16),
+    ] {
+        gpu.set_binding_cap(if h * w >= 1000 || up { 32 * 1024 } else { u64::MAX });
+        let (oh, ow) = if up { (2 * h, 2 * w) } else { (h, w) };
+        let x = rng.vec(h * w * cin).iter().map(|v| v * 3.0 + 0.5).collect::<Vec<_>>();
+        let wt = rng.vec(cout * cin * ks * ks);
+        let bias = rng.vec(cout);
+        let (gamma, beta) = (rng.vec(cin).iter().map(|v| 1.0 + 0.2 * v).collect::<Vec<_>>(), rng.vec(cin));
+        let prior = rng.vec(oh * ow * cout);
+        // Our weight layout: [cout, ks·ks·cin], taps major.
+        let mut m = vec![0f32; wt.len()];
+        for o in 0..cout {
+            for ci in 0..cin {
+                for t in 0..ks * ks {
+                    m[(o * ks * ks + t) * cin + ci] = wt[(o * cin + ci) * ks * ks + t];
+                }
+            }
+        }
+        let blob = QuantBlob::quantize(quant, cout, ks * ks * cin, &m).unwrap();
+        let wdeq = blob.dequantize();
+        let mut wt_used = vec![0f32; wt.len()];
+        for o in 0..cout {
+            for ci in 0..cin {
+                for t in 0..ks * ks {
+                    wt_used[(o * cin + ci) * ks * ks + t] = wdeq[(o * ks * ks + t) * cin + ci];
+                }
+            }
+        }
+        let weight = Weight::upload(&gpu, "conv", &blob).unwrap();
+        let (xt, bt, yt) =
+            (Tensor::from_f32(&gpu, "x", &[x.len()], &x), Tensor::from_f32(&gpu, "b", &[cout], &bias), Tensor::from_f32(&gpu, "y", &[prior.len()], &prior));
+        let (gt, bet) = (Tensor::from_f32(&gpu, "g", &[cin], &gamma), Tensor::from_f32(&gpu, "be", &[cin], &beta));
+        let stats = gpu.storage_buffer("gn", groups as u64 * 8);
+        let partials = gpu.storage_buffer("gn-part", kernels::groupnorm_partials_bytes(h * w, groups));
+        let xm = kernels::Map { buf: &xt.buf, h, w, c: cin };
+        let ym = kernels::Map { buf: &yt.buf, h: oh, w: ow, c: cout };
+        let mut rec = Recorder::new(&gpu);
+        if norm {
+            kernels::groupnorm_stats(&mut rec, xm, groups, 1e-6, &partials, &stats);
+        }
+        let gn = norm.then_some(kernels::GnSilu { stats: &stats, gamma: &gt.buf, beta: &bet.buf, groups });
+        kernels::conv2d(&mut rec, &weight, ks, &bt.buf, xm, up, gn, ym, add);
+        rec.finish();
+        let st = cpu_gn(&x, cin, groups, 1e-6);
+        let mut want = cpu_conv(&x, h, w, cin, &wt_used, &bias, cout, ks, up, norm.then_some((&st[..], &gamma[..], &beta[..], groups)));
+        if add {
+            want.iter_mut().zip(&prior).for_each(|(a, b)| *a += b);
+        }
+        assert_close(&read(&gpu, &yt), &want, 2e-5, &format!("conv {h}x{w} {cin}->{cout} k{ks} up {up} norm {norm} add {add} {quant}"));
+        if norm {
+            let got: Vec<f32> = pollster::block_on(gpu.read_f32(&stats, 0, groups * 2)).unwrap();
+            for (g, (m, r)) in st.iter().enumerate() {
+                assert!((got[2 * g] as f64 - m).abs() < 1e-5 && (got[2 * g + 1] as f64 - r).abs() < 1e-4 * r, "group {g}");
+            }
+        }
+    }
+    gpu.set_binding_cap(u64::MAX);
+}

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use janusflow::engine::{Conversation, Engine, EngineOptions};
+use janusflow::engine::{Conversation, Engine, EngineOptions, GenerateParams};
 use janusflow::gpu::Gpu;
 use janusflow::image_io::Picture;
 use janusflow::text::sampling::SamplingParams;
@@ -71,6 +71,35 @@ enum Cmd {
         images: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Draw an image from a text prompt (rectified flow with guidance, then the SDXL-VAE decoder).
+    Generate {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// VAE folder in the diffusers layout (default: MODEL/vae).
+        #[arg(long)]
+        vae: Option<PathBuf>,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// Guidance weight (1 = none).
+        #[arg(long, default_value_t = 2.0)]
+        cfg: f32,
+        #[arg(long, default_value_t = 12345, conflicts_with = "noise")]
+        seed: u64,
+        /// Start latent, float32 .npy [4, latent, latent] (validation).
+        #[arg(long)]
+        noise: Option<PathBuf>,
+        /// Output PNG; with --count N > 1, the index is added before the extension.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the final latent as float32 .npy.
+        #[arg(long)]
+        latent_out: Option<PathBuf>,
+        /// Images to draw, with seeds seed, seed+1, ...
+        #[arg(long, default_value_t = 1)]
+        count: usize,
     },
     /// Convert a checkpoint into a web weight pack (manifest.json + SHA-256-named shards ≤ 32 MiB).
     Convert {
@@ -220,6 +249,37 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             write_npy(&out, &logits, &[logits.len() as u64])
         }
+        Cmd::Generate { m, vae, prompt, steps, cfg, seed, noise, out, latent_out, count } => {
+            let mut engine = load(&m)?;
+            if let Some(dir) = vae {
+                engine.attach_vae_dir(&dir)?;
+            }
+            let noise = match noise {
+                Some(p) => Some(read_npy_f32(&p)?),
+                None => None,
+            };
+            for i in 0..count.max(1) {
+                let params = GenerateParams { steps, cfg, seed: seed + i as u64, noise: noise.clone(), preview: false };
+                let pb = bar(steps as u64, "drawing");
+                let t0 = Instant::now();
+                let img = pollster::block_on(engine.generate_image(&prompt, &params, |s| {
+                    pb.set_position(s.step as u64);
+                    pb.set_message(format!("step {}/{}", s.step, s.steps));
+                    true
+                }))?
+                .expect("not cancelled");
+                pb.finish_and_clear();
+                let path = if count > 1 { numbered(&out, i) } else { out.clone() };
+                std::fs::write(&path, img.png()?).with_context(|| format!("cannot write {}", path.display()))?;
+                if let Some(l) = &latent_out {
+                    let lp = if count > 1 { numbered(l, i) } else { l.clone() };
+                    let [c, h, w] = engine.latent_shape();
+                    write_npy(&lp, &img.latent, &[c as u64, h as u64, w as u64])?;
+                }
+                eprintln!("wrote {} ({}×{}, seed {}, {:.1} s)", path.display(), img.width, img.height, params.seed, t0.elapsed().as_secs_f64());
+            }
+            Ok(())
+        }
         Cmd::Convert { model, out, quant } => {
             let preset = Quant::parse(&quant)?;
             let src = ModelSource::open(&model)?;
@@ -281,6 +341,21 @@ fn read_images(paths: &[PathBuf]) -> Result<Vec<std::sync::Arc<Picture>>> {
             Ok(std::sync::Arc::new(pic))
         })
         .collect()
+}
+
+fn numbered(path: &Path, i: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{i}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{i}"),
+    };
+    path.with_file_name(name)
+}
+
+fn read_npy_f32(path: &Path) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| format!("{} is not a .npy file", path.display()))?;
+    npy.into_vec::<f32>().with_context(|| format!("{}: expected float32 values", path.display()))
 }
 
 fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {

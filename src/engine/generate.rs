@@ -8,6 +8,7 @@
 //!   v = Decoder(LLM out, skip x, t_emb) for both rows · z ← z + dt·(w·v_c − (w−1)·v_u).
 
 use anyhow::{bail, Result};
+use image::ImageEncoder;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -233,5 +234,41 @@ impl Engine {
             }
         }
         Ok(Some(gpu.read_f32(&z, 0, cz * s * s).await?))
+    }
+}
+
+/// A generated picture.
+pub struct GeneratedImage {
+    pub width: usize,
+    pub height: usize,
+    /// Packed RGB8.
+    pub rgb: Vec<u8>,
+    /// The final latent [4, S, S] (before the VAE).
+    pub latent: Vec<f32>,
+}
+
+impl GeneratedImage {
+    /// PNG file bytes.
+    pub fn png(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out).write_image(&self.rgb, self.width as u32, self.height as u32, image::ExtendedColorType::Rgb8)?;
+        Ok(out)
+    }
+}
+
+impl Engine {
+    /// Prompt → picture: the flow (see [`Engine::generate_latent`]) then the VAE decoder.
+    /// `None` when cancelled through `on_step`.
+    pub async fn generate_image(&self, prompt: &str, params: &GenerateParams, on_step: impl FnMut(StepInfo) -> bool) -> Result<Option<GeneratedImage>> {
+        let Some(vae) = &self.vae else {
+            bail!("no VAE is loaded: put the SDXL-VAE (diffusers layout) in MODEL/vae or pass its folder");
+        };
+        let Some(latent) = self.generate_latent(prompt, params, None, on_step).await? else {
+            return Ok(None);
+        };
+        let side = self.cfg.gen.latent_size();
+        let rgb = vae.decode(&self.gpu, &latent, side).await?;
+        let px = side * vae.cfg.factor();
+        Ok(Some(GeneratedImage { width: px, height: px, rgb, latent }))
     }
 }

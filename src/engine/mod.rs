@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 
 mod generate;
-pub use generate::{seeded_noise, GenTrace, GenerateParams, StepInfo};
+pub use generate::{seeded_noise, GenTrace, GenerateParams, GeneratedImage, StepInfo};
 
 use crate::config::{JanusConfig, VaeConfig};
 use crate::gpu::kernels;

@@ -42,6 +42,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     arenas: Mutex<Vec<wgpu::Buffer>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// Extra cap on bindings (tests force splitting and banding on small data with it).
+    binding_cap: std::sync::atomic::AtomicU64,
 }
 
 impl Gpu {
@@ -128,12 +130,17 @@ impl Gpu {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         };
-        Ok(Self { device, queue, summary, limits, pipelines: Mutex::new(HashMap::new()), arenas: Mutex::new(Vec::new()), lost })
+        Ok(Self { device, queue, summary, limits, pipelines: Mutex::new(HashMap::new()), arenas: Mutex::new(Vec::new()), lost, binding_cap: u64::MAX.into() })
     }
 
     /// The largest storage binding the engine will create.
     pub fn max_binding(&self) -> u64 {
-        PORTABLE_MAX_BINDING.min(self.summary.max_storage_buffer_binding_size)
+        PORTABLE_MAX_BINDING.min(self.summary.max_storage_buffer_binding_size).min(self.binding_cap.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Lowers the binding size the engine uses (for tests of the splitting paths).
+    pub fn set_binding_cap(&self, bytes: u64) {
+        self.binding_cap.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.
