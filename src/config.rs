@@ -128,6 +128,60 @@ impl VaeConfig {
     pub fn factor(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
     }
+
+    /// The decoder's tensors (diffusers names, linear attention weights), `post_quant_conv` included.
+    pub fn decoder_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut t: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut conv = |t: &mut Vec<(String, Vec<usize>)>, p: String, cin: usize, cout: usize, k: usize| {
+            t.push((format!("{p}.weight"), vec![cout, cin, k, k]));
+            t.push((format!("{p}.bias"), vec![cout]));
+        };
+        let norm = |t: &mut Vec<(String, Vec<usize>)>, p: String, c: usize| {
+            t.push((format!("{p}.weight"), vec![c]));
+            t.push((format!("{p}.bias"), vec![c]));
+        };
+        let resnet = |t: &mut Vec<(String, Vec<usize>)>,
+                      conv: &mut dyn FnMut(&mut Vec<(String, Vec<usize>)>, String, usize, usize, usize),
+                      p: String,
+                      cin: usize,
+                      cout: usize| {
+            norm(t, format!("{p}.norm1"), cin);
+            conv(t, format!("{p}.conv1"), cin, cout, 3);
+            norm(t, format!("{p}.norm2"), cout);
+            conv(t, format!("{p}.conv2"), cout, cout, 3);
+            if cin != cout {
+                conv(t, format!("{p}.conv_shortcut"), cin, cout, 1);
+            }
+        };
+        let z = self.latent_channels;
+        let rev: Vec<usize> = self.block_out_channels.iter().rev().copied().collect();
+        let c0 = rev[0];
+        conv(&mut t, "post_quant_conv".into(), z, z, 1);
+        conv(&mut t, "decoder.conv_in".into(), z, c0, 3);
+        resnet(&mut t, &mut conv, "decoder.mid_block.resnets.0".into(), c0, c0);
+        if self.mid_attention {
+            let a = "decoder.mid_block.attentions.0";
+            norm(&mut t, format!("{a}.group_norm"), c0);
+            for l in ["to_q", "to_k", "to_v", "to_out.0"] {
+                t.push((format!("{a}.{l}.weight"), vec![c0, c0]));
+                t.push((format!("{a}.{l}.bias"), vec![c0]));
+            }
+        }
+        resnet(&mut t, &mut conv, "decoder.mid_block.resnets.1".into(), c0, c0);
+        let mut prev = c0;
+        for (i, &c) in rev.iter().enumerate() {
+            for j in 0..=self.layers_per_block {
+                resnet(&mut t, &mut conv, format!("decoder.up_blocks.{i}.resnets.{j}"), if j == 0 { prev } else { c }, c);
+            }
+            if i + 1 < rev.len() {
+                conv(&mut t, format!("decoder.up_blocks.{i}.upsamplers.0.conv"), c, c, 3);
+            }
+            prev = c;
+        }
+        norm(&mut t, "decoder.conv_norm_out".into(), prev);
+        conv(&mut t, "decoder.conv_out".into(), prev, self.out_channels, 3);
+        t
+    }
 }
 
 #[derive(Clone, Debug)]

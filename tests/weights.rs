@@ -61,6 +61,15 @@ fn pack_loads_bit_identical_gpu_tensors() {
         let a = engine_from(&fixture("tiny"), preset, 64);
         let b = engine_from(&dir, preset, 64);
         assert_eq!(read_all_weights(&a), read_all_weights(&b), "{preset}");
+        // Every other part too: the pack's encoders, UViT and VAE give identical results.
+        assert!(b.vae.is_some(), "the pack carries the VAE");
+        let params = janusflow::engine::GenerateParams { steps: 2, seed: 3, ..Default::default() };
+        let gen = |e: &Engine| pollster::block_on(e.generate_image("a red fox", &params, |_| true)).unwrap().unwrap();
+        let (ia, ib) = (gen(&a), gen(&b));
+        assert_eq!((ia.latent, ia.rgb), (ib.latent, ib.rgb), "{preset}: generated image");
+        let pic = janusflow::image_io::Picture::from_rgb8(3, 2, (0..18).map(|i| i * 13).collect()).unwrap();
+        let feats = |e: &Engine| pollster::block_on(e.image_features(&pic)).unwrap();
+        assert_eq!(feats(&a), feats(&b), "{preset}: image features");
         // Converting twice gives the same shards (reproducible packs).
         let dir2 = tempdir(&format!("pack2-{preset}"));
         let m2 = source::convert(&src, preset, &dir2, |_, _, _| {}).unwrap();

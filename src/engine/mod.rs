@@ -217,6 +217,11 @@ impl Engine {
             topk_out,
             counters: Default::default(),
         };
+        if src.pack_has_vae() {
+            let get = |n: &str| src.pack_vae_tensor(n);
+            let vcfg = engine.vae_cfg.clone();
+            engine.attach_vae(&get, &vcfg)?;
+        }
         #[cfg(not(target_arch = "wasm32"))]
         if let ModelSource::Hf { dir, .. } = src {
             let vae_dir = dir.join("vae");

@@ -121,6 +121,21 @@ impl ModelSource {
         }
     }
 
+    /// A VAE tensor stored in a pack (as `vae.<diffusers name>`), as f32 with its shape.
+    pub fn pack_vae_tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        let ModelSource::Pack(p) = self else { return Ok(None) };
+        let Some(t) = p.manifest.tensor(&format!("vae.{name}")) else { return Ok(None) };
+        let (rows, cols) = matrix_dims(&t.shape);
+        let data = p.read_parts(&t.parts, t.length).with_context(|| format!("pack tensor 'vae.{name}'"))?;
+        let blob = QuantBlob::from_bytes(t.quant, rows, cols, data).with_context(|| format!("pack tensor 'vae.{name}'"))?;
+        Ok(Some((t.shape.clone(), blob.dequantize())))
+    }
+
+    /// Whether this pack carries a VAE decoder.
+    pub fn pack_has_vae(&self) -> bool {
+        matches!(self, ModelSource::Pack(p) if p.manifest.tensor("vae.decoder.conv_in.weight").is_some())
+    }
+
     /// Names and source dtypes of every checkpoint tensor that `convert` should keep.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn hf_files(&self) -> Option<&super::hf::SafetensorsFiles> {
@@ -207,6 +222,20 @@ pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut prog
         let blob = src.blob(name, shape, preset)?;
         w.add_tensor(name, &dtype, shape, &blob)?;
     }
+    // The VAE decoder (MODEL/vae), under `vae.` names in its canonical diffusers form.
+    if let ModelSource::Hf { dir, .. } = src {
+        if dir.join("vae/config.json").exists() {
+            let vae = VaeFolder::open(&dir.join("vae"))?;
+            for (name, shape) in vae.cfg.decoder_tensors() {
+                progress(total, total, &name);
+                let vals = vae.canonical(&name, &shape)?;
+                let (rows, cols) = matrix_dims(&shape);
+                let full = format!("vae.{name}");
+                let blob = QuantBlob::quantize(quant_for(preset, &full, &shape), rows, cols, &vals).with_context(|| format!("VAE tensor '{name}'"))?;
+                w.add_tensor(&full, "F32", &shape, &blob)?;
+            }
+        }
+    }
     progress(total, total, "");
     let manifest = w.finish(preset, cfg.raw.clone())?;
     let tmp = out.join("manifest.json.partial");
@@ -235,6 +264,23 @@ impl VaeFolder {
         let cfg = crate::config::VaeConfig::from_json(&bytes)?;
         let files = super::hf::SafetensorsFiles::open(dir, "diffusion_pytorch_model")?;
         Ok(VaeFolder { cfg, files })
+    }
+
+    /// A decoder tensor in canonical form (`decoder_tensors` name and shape), accepting the legacy
+    /// attention names (`query`/`key`/`value`/`proj_attn`) and 1×1-conv attention weights.
+    pub fn canonical(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let legacy = name.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.").replace(".to_out.0.", ".proj_attn.");
+        for n in [name, legacy.as_str()] {
+            if let Some((s, v)) = self.tensor(n)? {
+                let squeezed: Vec<usize> = s.iter().copied().filter(|&d| d != 1).collect();
+                let want: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
+                if s != shape && squeezed != want {
+                    bail!("VAE tensor '{n}' has shape {s:?}, expected {shape:?}");
+                }
+                return Ok(v);
+            }
+        }
+        bail!("the VAE has no tensor '{name}'")
     }
 
     /// A tensor by diffusers name, as f32 with its shape; `None` when absent.

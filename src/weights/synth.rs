@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::JanusConfig;
+use crate::config::{JanusConfig, VaeConfig};
 
 /// The tiny test tokenizer (byte-level BPE with DeepSeek's special tokens) used as a stand-in.
 const TOKENIZER: &[u8] = include_bytes!("../../tests/fixtures/tiny/tokenizer.json");
@@ -72,5 +72,61 @@ pub fn write_checkpoint(config_json: &str, out: &Path, seed: u64, mut progress: 
     std::fs::write(out.join("tokenizer.json"), TOKENIZER)?;
     std::fs::write(out.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
     std::fs::write(out.join("special_tokens_map.json"), SPECIAL_TOKENS)?;
+    params += write_vae(&out.join("vae"), &VaeConfig::sdxl(), seed ^ 0x5eed)?;
+    Ok(params)
+}
+
+/// Writes a random SDXL-VAE decoder (f32, diffusers names, as `stabilityai/sdxl-vae` stores it)
+/// with its `config.json`; returns the parameter count.
+pub fn write_vae(dir: &Path, cfg: &VaeConfig, seed: u64) -> Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let table = cfg.decoder_tensors();
+    let mut header = serde_json::Map::new();
+    let mut off = 0u64;
+    for (name, shape) in &table {
+        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [off, off + bytes]}));
+        off += bytes;
+    }
+    let mut h = serde_json::to_vec(&serde_json::Value::Object(header))?;
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let tmp = dir.join("diffusion_pytorch_model.safetensors.partial");
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp)?);
+    f.write_all(&(h.len() as u64).to_le_bytes())?;
+    f.write_all(&h)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut params = 0;
+    for (name, shape) in &table {
+        let n: usize = shape.iter().product();
+        params += n;
+        let fan_in: usize = if shape.len() > 1 { shape[1..].iter().product() } else { 1 };
+        let (center, amp) = if shape.len() == 1 && name.contains("norm") {
+            (1.0f32, 0.05f32)
+        } else if shape.len() == 1 {
+            (0.0, 0.02)
+        } else {
+            (0.0, (3.0 / fan_in as f32).sqrt())
+        };
+        for _ in 0..n {
+            let u = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
+            f.write_all(&(center + amp * u).to_le_bytes())?;
+        }
+    }
+    f.flush()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join("diffusion_pytorch_model.safetensors"))?;
+    let c = serde_json::json!({
+        "_class_name": "AutoencoderKL",
+        "act_fn": "silu",
+        "block_out_channels": cfg.block_out_channels,
+        "in_channels": 3,
+        "latent_channels": cfg.latent_channels,
+        "layers_per_block": cfg.layers_per_block,
+        "norm_num_groups": cfg.norm_groups,
+        "out_channels": cfg.out_channels,
+        "scaling_factor": cfg.scaling_factor,
+        "up_block_types": vec!["UpDecoderBlock2D"; cfg.block_out_channels.len()],
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&c)?)?;
     Ok(params)
 }
