@@ -88,3 +88,69 @@ pub async fn understand(engine: &mut Engine) -> Result<UnderstandBench> {
     let reply = engine.chat(&mut conv, &SamplingParams::greedy(1), |_| true).await?;
     Ok(UnderstandBench { encoder_s, ttft_s: t1.elapsed().as_secs_f64(), prompt_tokens: reply.prompt_tokens })
 }
+
+pub struct GenerateBench {
+    /// Seconds of the second flow step (the first one also compiles pipelines).
+    pub step_s: f64,
+    /// The batched language-model pass of one step alone (both guidance rows).
+    pub llm_s: f64,
+    /// FLOPs of that pass's matrix products.
+    pub llm_flops: f64,
+    pub vae_s: f64,
+    pub submits_per_step: f64,
+    /// Weights plus the buffers one generation allocates (bytes).
+    pub memory_bytes: u64,
+}
+
+/// Times guided generation on `engine`: two flow steps, a standalone batched LLM pass, the VAE.
+pub async fn generate(engine: &Engine) -> Result<GenerateBench> {
+    use crate::engine::GenerateParams;
+    use crate::model::llm::{Input, Seq};
+    let before = engine.counters.lock().unwrap().clone();
+    let mut stamps = vec![Instant::now()];
+    let params = GenerateParams { steps: 2, ..Default::default() };
+    let latent = engine
+        .generate_latent("a red fox in the snow, photograph", &params, None, |_| {
+            stamps.push(Instant::now());
+            true
+        })
+        .await?
+        .expect("not cancelled");
+    let after = engine.counters.lock().unwrap().clone();
+    let step_s = (stamps[2] - stamps[1]).as_secs_f64();
+
+    let c = &engine.cfg;
+    let (h, n) = (c.llm.hidden, c.gen.tokens());
+    let rows = 2 * (n + 1);
+    let scratch = engine.llm.new_scratch(&engine.gpu, rows);
+    let (ca, cb) = (engine.llm.new_cache(&engine.gpu, 32 + n + 1)?, engine.llm.new_cache(&engine.gpu, n + 2)?);
+    let embeds = engine.gpu.storage_buffer("bench-embeds", (rows * h * 4) as u64);
+    let seqs = [Seq { cache: &ca, rows: n + 1, slot0: 31, pos0: 31 }, Seq { cache: &cb, rows: n + 1, slot0: 1, pos0: 31 }];
+    let t0 = Instant::now();
+    let mut rec = Recorder::new(&engine.gpu);
+    engine.llm.forward_seqs(&mut rec, &scratch, Input::Embeds(&embeds, 0), &seqs);
+    rec.finish_and_read(&scratch.x, 0, 4).await?;
+    let llm_s = t0.elapsed().as_secs_f64();
+    let per_row: u64 = engine.llm.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| (w.n * w.k) as u64).sum::<u64>()).sum();
+    let llm_flops = 2.0 * per_row as f64 * rows as f64;
+
+    let mut vae_s = 0.0;
+    let mut vae_mem = 0;
+    if let Some(vae) = &engine.vae {
+        let t1 = Instant::now();
+        vae.decode(&engine.gpu, &latent, c.gen.latent_size()).await?;
+        vae_s = t1.elapsed().as_secs_f64();
+        vae_mem = vae.work_bytes(c.gen.latent_size()) + vae.weight_bytes();
+    }
+    let kv = |cap: usize| (2 * c.llm.layers * cap * h * 4) as u64;
+    let scratch_bytes = (rows * (4 * h + 3 * c.llm.intermediate) * 4) as u64;
+    let weights = engine.llm.weight_bytes() + engine.siglip.weight_bytes() + engine.gen_enc.weight_bytes() + engine.gen_dec.weight_bytes();
+    Ok(GenerateBench {
+        step_s,
+        llm_s,
+        llm_flops,
+        vae_s,
+        submits_per_step: (after.submits - before.submits) as f64 / 2.0,
+        memory_bytes: weights + vae_mem + kv(64 + n + 1) + kv(n + 2) + scratch_bytes,
+    })
+}

@@ -140,6 +140,9 @@ enum Cmd {
         /// Also time an image question (encoder, prefill, time to first token).
         #[arg(long)]
         image: bool,
+        /// Also time image generation (flow step, batched LLM pass, VAE decode).
+        #[arg(long)]
+        generate: bool,
     },
 }
 
@@ -326,8 +329,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image } => {
-            bench(model.as_deref(), &quant, prompt_tokens, decode_tokens, no_matmul, image)
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate } => {
+            bench(model.as_deref(), &quant, prompt_tokens, decode_tokens, no_matmul, image, generate)
         }
     }
 }
@@ -367,7 +370,7 @@ fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {
     Ok(())
 }
 
-fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens: usize, no_matmul: bool, image: bool) -> Result<()> {
+fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens: usize, no_matmul: bool, image: bool, generate: bool) -> Result<()> {
     let gpu = gpu()?;
     println!("device: {} ({}, {})", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
     if !no_matmul {
@@ -407,6 +410,18 @@ fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens:
             u.prompt_tokens as f64 / (u.ttft_s - u.encoder_s),
             u.ttft_s
         );
+    }
+    if generate {
+        let g = pollster::block_on(janusflow::bench::generate(&engine))?;
+        println!("generation: {:.3} s per flow step, {:.0} submits per step", g.step_s, g.submits_per_step);
+        println!(
+            "generation: batched LLM pass (2 rows × {} tokens) {:.3} s = {:.1} GFLOP/s of matrix products",
+            engine.cfg.gen.tokens() + 1,
+            g.llm_s,
+            g.llm_flops / g.llm_s / 1e9
+        );
+        println!("generation: VAE decode {:.3} s; 30 steps + VAE ≈ {:.1} s", g.vae_s, 30.0 * g.step_s + g.vae_s);
+        println!("generation: GPU memory (weights + one generation's buffers) ≈ {:.0} MiB", g.memory_bytes as f64 / (1 << 20) as f64);
     }
     Ok(())
 }

@@ -227,7 +227,14 @@ impl Engine {
                 Some(p) => (p, (s * s * 4) as u64),
                 None => (&z, 4),
             };
+            let (submits, dispatches) = (rec.submits + 1, rec.dispatches);
             let back = rec.finish_and_read(src, 0, bytes).await?;
+            {
+                let mut c = self.counters.lock().unwrap();
+                c.submits += submits;
+                c.dispatches += dispatches;
+                c.bytes_read_back += bytes;
+            }
             let info = StepInfo { step: k + 1, steps: params.steps, preview: preview.as_ref().map(|_| back.as_slice()), preview_side: s };
             if !on_step(info) {
                 return Ok(None);
