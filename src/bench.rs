@@ -131,7 +131,8 @@ pub async fn generate(engine: &Engine) -> Result<GenerateBench> {
     engine.llm.forward_seqs(&mut rec, &scratch, Input::Embeds(&embeds, 0), &seqs);
     rec.finish_and_read(&scratch.x, 0, 4).await?;
     let llm_s = t0.elapsed().as_secs_f64();
-    let per_row: u64 = engine.llm.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| (w.n * w.k) as u64).sum::<u64>()).sum();
+    let per_row: u64 =
+        engine.llm.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| (w.n * w.k) as u64).sum::<u64>()).sum();
     let llm_flops = 2.0 * per_row as f64 * rows as f64;
 
     let mut vae_s = 0.0;

@@ -79,7 +79,9 @@ fn pack_loads_bit_identical_gpu_tensors() {
 
 fn load_err(dir: &std::path::Path, preset: Quant) -> String {
     let gpu = pollster::block_on(Gpu::new()).unwrap();
-    match ModelSource::open(dir).and_then(|src| Engine::load(gpu, &src, EngineOptions { preset, context: 64, prefill_chunk: 64 }, |_, _, _| {})) {
+    match ModelSource::open(dir)
+        .and_then(|src| pollster::block_on(Engine::load(gpu, &src, EngineOptions { preset, context: 64, prefill_chunk: 64 }, |_, _, _| {})))
+    {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => format!("{e:#}"),
     }

@@ -169,11 +169,11 @@ fn load(m: &ModelArgs) -> Result<Engine> {
     let src = ModelSource::open(&m.model)?;
     let pb = bar(1, "loading");
     let opts = EngineOptions { preset, context: m.context, ..Default::default() };
-    let engine = Engine::load(gpu()?, &src, opts, |done, total, what| {
+    let engine = pollster::block_on(Engine::load(gpu()?, &src, opts, |done, total, what| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
         pb.set_message(what.to_string());
-    })?;
+    }))?;
     pb.finish_and_clear();
     Ok(engine)
 }
@@ -255,7 +255,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Generate { m, vae, prompt, steps, cfg, seed, noise, out, latent_out, count } => {
             let mut engine = load(&m)?;
             if let Some(dir) = vae {
-                engine.attach_vae_dir(&dir)?;
+                pollster::block_on(engine.attach_vae_dir(&dir))?;
             }
             let noise = match noise {
                 Some(p) => Some(read_npy_f32(&p)?),
@@ -382,7 +382,7 @@ fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens:
     let src = ModelSource::open(dir)?;
     let opts = EngineOptions { preset, context: (prompt_tokens + decode_tokens + 8).max(1024), ..Default::default() };
     let t0 = Instant::now();
-    let mut engine = Engine::load(gpu, &src, opts, |_, _, _| {})?;
+    let mut engine = pollster::block_on(Engine::load(gpu, &src, opts, |_, _, _| {}))?;
     println!(
         "load: {:.2} s, resident LLM weights {:.1} MiB, vision encoder {:.1} MiB ({preset})",
         t0.elapsed().as_secs_f64(),

@@ -15,7 +15,8 @@ use crate::image_io::{Picture, Preprocess};
 use crate::model::llm::{Input, KvCache, Llm, Scratch, Splice};
 use crate::model::siglip::{Siglip, SiglipScratch};
 use crate::model::uvit::{GenDecoder, GenEncoder, UvitScratch};
-use crate::model::vae::{TensorFn, VaeDecoder};
+use crate::model::vae::{VaeDecoder, VaeTensors};
+use crate::model::Loader;
 use crate::text::sampling::{Sampler, SamplingParams};
 use crate::text::template::{chat_pieces, Message, Role, SYSTEM_PROMPT};
 use crate::text::tokenizer::{StreamDecoder, TextTokenizer};
@@ -143,14 +144,14 @@ pub struct Engine {
 
 impl Engine {
     /// Loads the language model and tokenizer from `src` onto `gpu`. `progress(done, total, what)`.
-    pub fn load(gpu: Gpu, src: &ModelSource, opts: EngineOptions, mut progress: impl FnMut(usize, usize, &str)) -> Result<Self> {
+    pub async fn load(gpu: Gpu, src: &ModelSource, opts: EngineOptions, mut progress: impl FnMut(usize, usize, &str)) -> Result<Self> {
         if let Some(p) = src.fixed_preset() {
             if p != opts.preset {
                 bail!("this weight pack holds the {p} preset; run with --quant {p} (or convert again)");
             }
         }
         let mut cfg = src.config()?;
-        let vae_cfg = match src.file("vae/config.json")? {
+        let vae_cfg = match src.file("vae/config.json").await? {
             Some(bytes) => VaeConfig::from_json(&bytes)?,
             None => VaeConfig::sdxl(),
         };
@@ -166,27 +167,29 @@ impl Engine {
                 g.in_channels
             );
         }
-        let tok_json = src.file("tokenizer.json")?.ok_or_else(|| anyhow!("tokenizer.json is missing from the model"))?;
+        let tok_json = src.file("tokenizer.json").await?.ok_or_else(|| anyhow!("tokenizer.json is missing from the model"))?;
         let tok = TextTokenizer::from_bytes(&tok_json)?;
         if tok.vocab_size() > cfg.llm.vocab {
             bail!("the tokenizer has {} tokens but the model only {} embedding rows", tok.vocab_size(), cfg.llm.vocab);
         }
-        let preprocess = match src.file("preprocessor_config.json")? {
+        let preprocess = match src.file("preprocessor_config.json").await? {
             Some(bytes) => Some(Preprocess::from_json(&bytes, cfg.siglip.image_size)?),
             None => None,
         };
         let total = cfg.llm.layers + 4;
         let mut done = 0;
-        let llm = Llm::load(&gpu, src, &cfg.llm, opts.preset, |what| {
+        let l = Loader { gpu: &gpu, src, preset: opts.preset };
+        let llm = Llm::load(&l, &cfg.llm, |what| {
             progress(done, total, what);
             done += 1;
-        })?;
+        })
+        .await?;
         progress(done, total, "vision encoder");
-        let siglip = Siglip::load(&gpu, src, &cfg.siglip, cfg.llm.hidden, opts.preset)?;
+        let siglip = Siglip::load(&l, &cfg.siglip, cfg.llm.hidden).await?;
         let vision_scratch = siglip.new_scratch(&gpu);
         progress(done + 1, total, "generation encoder/decoder");
-        let gen_enc = GenEncoder::load(&gpu, src, &cfg.gen, cfg.llm.hidden, opts.preset)?;
-        let gen_dec = GenDecoder::load(&gpu, src, &cfg.gen, cfg.llm.hidden, opts.preset)?;
+        let gen_enc = GenEncoder::load(&l, &cfg.gen, cfg.llm.hidden).await?;
+        let gen_dec = GenDecoder::load(&l, &cfg.gen, cfg.llm.hidden).await?;
         let uvit_scratch = gen_enc.new_scratch(&gpu, &gen_dec);
         progress(total, total, "ready");
         let opts = EngineOptions { context: opts.context.min(cfg.llm.max_positions).max(1), ..opts };
@@ -218,15 +221,14 @@ impl Engine {
             counters: Default::default(),
         };
         if src.pack_has_vae() {
-            let get = |n: &str| src.pack_vae_tensor(n);
             let vcfg = engine.vae_cfg.clone();
-            engine.attach_vae(&get, &vcfg)?;
+            engine.attach_vae(src, &vcfg).await?;
         }
         #[cfg(not(target_arch = "wasm32"))]
         if let ModelSource::Hf { dir, .. } = src {
             let vae_dir = dir.join("vae");
             if vae_dir.join("config.json").exists() {
-                engine.attach_vae_dir(&vae_dir)?;
+                engine.attach_vae_dir(&vae_dir).await?;
             }
         }
         Ok(engine)
@@ -234,15 +236,15 @@ impl Engine {
 
     /// Attaches the VAE of a diffusers-layout folder.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn attach_vae_dir(&mut self, dir: &std::path::Path) -> Result<()> {
+    pub async fn attach_vae_dir(&mut self, dir: &std::path::Path) -> Result<()> {
         let folder = crate::weights::source::VaeFolder::open(dir)?;
-        let get = |n: &str| folder.tensor(n);
-        self.attach_vae(&get, &folder.cfg.clone())
+        let cfg = folder.cfg.clone();
+        self.attach_vae(&folder, &cfg).await
     }
 
     /// Attaches the VAE decoder (diffusers tensor names through `get`). Its downsampling factor
     /// sets the latent size, so it must agree with the model's generation geometry.
-    pub fn attach_vae(&mut self, get: &TensorFn, cfg: &VaeConfig) -> Result<()> {
+    pub async fn attach_vae<T: VaeTensors>(&mut self, get: &T, cfg: &VaeConfig) -> Result<()> {
         let g = &self.cfg.gen;
         if g.image_size % cfg.factor() != 0 || (g.image_size / cfg.factor()) % g.kernel != 0 || cfg.latent_channels != g.in_channels {
             bail!(
@@ -253,7 +255,7 @@ impl Engine {
                 g.in_channels
             );
         }
-        let vae = VaeDecoder::load(&self.gpu, get, cfg, self.opts.preset)?;
+        let vae = VaeDecoder::load(&self.gpu, get, cfg, self.opts.preset).await?;
         if cfg.factor() != self.cfg.gen.vae_factor {
             for g in [&mut self.cfg.gen, &mut self.gen_enc.cfg, &mut self.gen_dec.cfg] {
                 g.vae_factor = cfg.factor();

@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
+use super::Loader;
 use crate::config::LlmConfig;
 use crate::gpu::kernels::{self, AttnShape, Out};
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
-use crate::weights::quant::Quant;
-use crate::weights::ModelSource;
 
 pub struct Layer {
     pub input_norm: Tensor,
@@ -98,41 +97,32 @@ pub struct Splice<'a> {
     pub rows: usize,
 }
 
-/// A vector (norm weight, bias): f32 under every preset.
-fn vec_f32(gpu: &Gpu, src: &ModelSource, name: &str, n: usize, preset: Quant) -> Result<Tensor> {
-    let blob = src.blob(name, &[n], preset)?;
-    Ok(Tensor::from_f32(gpu, name, &[n], &blob.dequantize()))
-}
-
 impl Llm {
-    pub fn load(gpu: &Gpu, src: &ModelSource, cfg: &LlmConfig, preset: Quant, mut progress: impl FnMut(&str)) -> Result<Self> {
+    pub async fn load(l: &Loader<'_>, cfg: &LlmConfig, mut progress: impl FnMut(&str)) -> Result<Self> {
+        let gpu = l.gpu;
         let (h, i) = (cfg.hidden, cfg.intermediate);
-        let w = |name: &str, shape: &[usize]| -> Result<Arc<Weight>> {
-            let blob = src.blob(name, shape, preset)?;
-            Weight::upload(gpu, name, &blob)
-        };
         let p = "language_model.model";
         progress("embed_tokens");
-        let embed = w(&format!("{p}.embed_tokens.weight"), &[cfg.vocab, h])?;
+        let embed = l.mat(&format!("{p}.embed_tokens.weight"), &[cfg.vocab, h]).await?;
         let mut layers = Vec::with_capacity(cfg.layers);
-        for l in 0..cfg.layers {
-            progress(&format!("layer {l}"));
-            let q = format!("{p}.layers.{l}");
+        for li in 0..cfg.layers {
+            progress(&format!("layer {li}"));
+            let q = format!("{p}.layers.{li}");
             layers.push(Layer {
-                input_norm: vec_f32(gpu, src, &format!("{q}.input_layernorm.weight"), h, preset)?,
-                q: w(&format!("{q}.self_attn.q_proj.weight"), &[h, h])?,
-                k: w(&format!("{q}.self_attn.k_proj.weight"), &[h, h])?,
-                v: w(&format!("{q}.self_attn.v_proj.weight"), &[h, h])?,
-                o: w(&format!("{q}.self_attn.o_proj.weight"), &[h, h])?,
-                post_norm: vec_f32(gpu, src, &format!("{q}.post_attention_layernorm.weight"), h, preset)?,
-                gate: w(&format!("{q}.mlp.gate_proj.weight"), &[i, h])?,
-                up: w(&format!("{q}.mlp.up_proj.weight"), &[i, h])?,
-                down: w(&format!("{q}.mlp.down_proj.weight"), &[h, i])?,
+                input_norm: l.vector(&format!("{q}.input_layernorm.weight"), h).await?,
+                q: l.mat(&format!("{q}.self_attn.q_proj.weight"), &[h, h]).await?,
+                k: l.mat(&format!("{q}.self_attn.k_proj.weight"), &[h, h]).await?,
+                v: l.mat(&format!("{q}.self_attn.v_proj.weight"), &[h, h]).await?,
+                o: l.mat(&format!("{q}.self_attn.o_proj.weight"), &[h, h]).await?,
+                post_norm: l.vector(&format!("{q}.post_attention_layernorm.weight"), h).await?,
+                gate: l.mat(&format!("{q}.mlp.gate_proj.weight"), &[i, h]).await?,
+                up: l.mat(&format!("{q}.mlp.up_proj.weight"), &[i, h]).await?,
+                down: l.mat(&format!("{q}.mlp.down_proj.weight"), &[h, i]).await?,
             });
         }
         progress("lm_head");
-        let norm = vec_f32(gpu, src, &format!("{p}.norm.weight"), h, preset)?;
-        let lm_head = w("language_model.lm_head.weight", &[cfg.vocab, h])?;
+        let norm = l.vector(&format!("{p}.norm.weight"), h).await?;
+        let lm_head = l.mat("language_model.lm_head.weight", &[cfg.vocab, h]).await?;
         let rope = Tensor::from_f32(gpu, "rope", &[cfg.max_positions, cfg.head_dim], &rope_table(cfg.max_positions, cfg.head_dim, cfg.rope_theta));
         Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope })
     }

@@ -8,11 +8,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+use super::Loader;
 use crate::config::SiglipConfig;
 use crate::gpu::kernels::{self, Act, AttnShape, Out};
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
-use crate::weights::quant::Quant;
-use crate::weights::ModelSource;
 
 const LN_EPS: f32 = 1e-6;
 
@@ -58,46 +57,41 @@ fn to(buf: &wgpu::Buffer, stride: usize, add: bool) -> Out<'_> {
     Out { buf, off: 0, stride, add }
 }
 
-fn vector(gpu: &Gpu, src: &ModelSource, name: &str, n: usize, preset: Quant) -> Result<Tensor> {
-    let blob = src.blob(name, &[n], preset)?;
-    Ok(Tensor::from_f32(gpu, name, &[n], &blob.dequantize()))
-}
-
 impl Siglip {
-    pub fn load(gpu: &Gpu, src: &ModelSource, cfg: &SiglipConfig, hidden: usize, preset: Quant) -> Result<Self> {
+    pub async fn load(l: &Loader<'_>, cfg: &SiglipConfig, hidden: usize) -> Result<Self> {
+        let gpu = l.gpu;
         let (w, m, p) = (cfg.width, cfg.mlp_hidden, cfg.patch);
-        let mat = |name: &str, shape: &[usize]| -> Result<Arc<Weight>> { Weight::upload(gpu, name, &src.blob(name, shape, preset)?) };
-        let vec = |name: &str, n: usize| vector(gpu, src, name, n, preset);
-        let ln = |name: &str| -> Result<(Tensor, Tensor)> { Ok((vec(&format!("{name}.weight"), w)?, vec(&format!("{name}.bias"), w)?)) };
+        let ln =
+            async |name: &str| -> Result<(Tensor, Tensor)> { Ok((l.vector(&format!("{name}.weight"), w).await?, l.vector(&format!("{name}.bias"), w).await?)) };
         let v = "vision_und_enc_model.vision_tower";
         let n = cfg.tokens();
-        let pos_blob = src.blob(&format!("{v}.pos_embed"), &[1, n, w], preset)?;
+        let pos_blob = l.src.blob(&format!("{v}.pos_embed"), &[1, n, w], l.preset).await?;
         let mut blocks = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let b = format!("{v}.blocks.{i}");
             blocks.push(Block {
-                norm1: ln(&format!("{b}.norm1"))?,
-                qkv: mat(&format!("{b}.attn.qkv.weight"), &[3 * w, w])?,
-                qkv_b: vec(&format!("{b}.attn.qkv.bias"), 3 * w)?,
-                proj: mat(&format!("{b}.attn.proj.weight"), &[w, w])?,
-                proj_b: vec(&format!("{b}.attn.proj.bias"), w)?,
-                norm2: ln(&format!("{b}.norm2"))?,
-                fc1: mat(&format!("{b}.mlp.fc1.weight"), &[m, w])?,
-                fc1_b: vec(&format!("{b}.mlp.fc1.bias"), m)?,
-                fc2: mat(&format!("{b}.mlp.fc2.weight"), &[w, m])?,
-                fc2_b: vec(&format!("{b}.mlp.fc2.bias"), w)?,
+                norm1: ln(&format!("{b}.norm1")).await?,
+                qkv: l.mat(&format!("{b}.attn.qkv.weight"), &[3 * w, w]).await?,
+                qkv_b: l.vector(&format!("{b}.attn.qkv.bias"), 3 * w).await?,
+                proj: l.mat(&format!("{b}.attn.proj.weight"), &[w, w]).await?,
+                proj_b: l.vector(&format!("{b}.attn.proj.bias"), w).await?,
+                norm2: ln(&format!("{b}.norm2")).await?,
+                fc1: l.mat(&format!("{b}.mlp.fc1.weight"), &[m, w]).await?,
+                fc1_b: l.vector(&format!("{b}.mlp.fc1.bias"), m).await?,
+                fc2: l.mat(&format!("{b}.mlp.fc2.weight"), &[w, m]).await?,
+                fc2_b: l.vector(&format!("{b}.mlp.fc2.bias"), w).await?,
             });
         }
-        let begin_blob = src.blob("beg_of_und_embed", &[1, hidden], preset)?;
+        let begin_blob = l.src.blob("beg_of_und_embed", &[1, hidden], l.preset).await?;
         Ok(Siglip {
             cfg: cfg.clone(),
-            patch: mat(&format!("{v}.patch_embed.proj.weight"), &[w, 3, p, p])?,
-            patch_b: vec(&format!("{v}.patch_embed.proj.bias"), w)?,
+            patch: l.mat(&format!("{v}.patch_embed.proj.weight"), &[w, 3, p, p]).await?,
+            patch_b: l.vector(&format!("{v}.patch_embed.proj.bias"), w).await?,
             pos: Tensor::from_f32(gpu, "pos_embed", &[n, w], &pos_blob.dequantize()),
             blocks,
-            norm: ln(&format!("{v}.norm"))?,
-            aligner: mat("vision_und_enc_aligner.weight", &[hidden, w])?,
-            aligner_b: vec("vision_und_enc_aligner.bias", hidden)?,
+            norm: ln(&format!("{v}.norm")).await?,
+            aligner: l.mat("vision_und_enc_aligner.weight", &[hidden, w]).await?,
+            aligner_b: l.vector("vision_und_enc_aligner.bias", hidden).await?,
             begin: Tensor::from_f32(gpu, "beg_of_und_embed", &[hidden], &begin_blob.dequantize()),
             hidden,
         })

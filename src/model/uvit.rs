@@ -11,30 +11,12 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+use super::Loader;
 use crate::config::GenConfig;
 use crate::gpu::kernels::{self, Act, Out};
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
-use crate::weights::quant::Quant;
-use crate::weights::ModelSource;
 
 const EPS: f32 = 1e-6;
-
-struct Loader<'a> {
-    gpu: &'a Gpu,
-    src: &'a ModelSource,
-    preset: Quant,
-}
-
-impl Loader<'_> {
-    fn mat(&self, name: &str, shape: &[usize]) -> Result<Arc<Weight>> {
-        Weight::upload(self.gpu, name, &self.src.blob(name, shape, self.preset)?)
-    }
-    /// Any tensor as a dense f32 buffer (after the preset's rounding).
-    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let blob = self.src.blob(name, shape, self.preset)?;
-        Ok(Tensor::from_f32(self.gpu, name, &[shape.iter().product()], &blob.dequantize()))
-    }
-}
 
 /// ConvNeXt block with FiLM (spec §3.4).
 pub struct ConvNeXt {
@@ -53,20 +35,20 @@ pub struct ConvNeXt {
 }
 
 impl ConvNeXt {
-    fn load(l: &Loader, p: &str, c: usize, hidden: usize) -> Result<Self> {
+    async fn load(l: &Loader<'_>, p: &str, c: usize, hidden: usize) -> Result<Self> {
         Ok(ConvNeXt {
             channels: c,
-            dw_w: l.dense(&format!("{p}.depthwise.weight"), &[c, 1, 7, 7])?,
-            dw_b: l.dense(&format!("{p}.depthwise.bias"), &[c])?,
-            norm: l.dense(&format!("{p}.norm.weight"), &[c])?,
-            lin1: l.mat(&format!("{p}.channelwise_linear_1.weight"), &[4 * c, c])?,
-            lin1_b: l.dense(&format!("{p}.channelwise_linear_1.bias"), &[4 * c])?,
-            grn_g: l.dense(&format!("{p}.channelwise_norm.weight"), &[1, 1, 1, 4 * c])?,
-            grn_b: l.dense(&format!("{p}.channelwise_norm.bias"), &[1, 1, 1, 4 * c])?,
-            lin2: l.mat(&format!("{p}.channelwise_linear_2.weight"), &[c, 4 * c])?,
-            lin2_b: l.dense(&format!("{p}.channelwise_linear_2.bias"), &[c])?,
-            film: l.mat(&format!("{p}.cond_embeds_mapper.weight"), &[2 * c, hidden])?,
-            film_b: l.dense(&format!("{p}.cond_embeds_mapper.bias"), &[2 * c])?,
+            dw_w: l.dense(&format!("{p}.depthwise.weight"), &[c, 1, 7, 7]).await?,
+            dw_b: l.dense(&format!("{p}.depthwise.bias"), &[c]).await?,
+            norm: l.dense(&format!("{p}.norm.weight"), &[c]).await?,
+            lin1: l.mat(&format!("{p}.channelwise_linear_1.weight"), &[4 * c, c]).await?,
+            lin1_b: l.dense(&format!("{p}.channelwise_linear_1.bias"), &[4 * c]).await?,
+            grn_g: l.dense(&format!("{p}.channelwise_norm.weight"), &[1, 1, 1, 4 * c]).await?,
+            grn_b: l.dense(&format!("{p}.channelwise_norm.bias"), &[1, 1, 1, 4 * c]).await?,
+            lin2: l.mat(&format!("{p}.channelwise_linear_2.weight"), &[c, 4 * c]).await?,
+            lin2_b: l.dense(&format!("{p}.channelwise_linear_2.bias"), &[c]).await?,
+            film: l.mat(&format!("{p}.cond_embeds_mapper.weight"), &[2 * c, hidden]).await?,
+            film_b: l.dense(&format!("{p}.cond_embeds_mapper.bias"), &[2 * c]).await?,
         })
     }
 
@@ -137,23 +119,25 @@ pub fn time_projection(tau: f32, dim: usize) -> Vec<f32> {
 }
 
 impl GenEncoder {
-    pub fn load(gpu: &Gpu, src: &ModelSource, cfg: &GenConfig, hidden: usize, preset: Quant) -> Result<Self> {
-        let l = Loader { gpu, src, preset };
+    pub async fn load(l: &Loader<'_>, cfg: &GenConfig, hidden: usize) -> Result<Self> {
         let (c, k, cz) = (cfg.enc_channels, cfg.kernel, cfg.in_channels);
         let e = "vision_gen_enc_model";
-        let blocks = (0..cfg.blocks).map(|j| ConvNeXt::load(&l, &format!("{e}.mid_block.res_blocks.{j}"), c, hidden)).collect::<Result<_>>()?;
+        let mut blocks = Vec::new();
+        for j in 0..cfg.blocks {
+            blocks.push(ConvNeXt::load(l, &format!("{e}.mid_block.res_blocks.{j}"), c, hidden).await?);
+        }
         Ok(GenEncoder {
             cfg: cfg.clone(),
             hidden,
-            t1: l.mat(&format!("{e}.time_embed.linear_1.weight"), &[hidden, c])?,
-            t1_b: l.dense(&format!("{e}.time_embed.linear_1.bias"), &[hidden])?,
-            t2: l.mat(&format!("{e}.time_embed.linear_2.weight"), &[hidden, hidden])?,
-            t2_b: l.dense(&format!("{e}.time_embed.linear_2.bias"), &[hidden])?,
-            in_conv: l.mat(&format!("{e}.in_conv.weight"), &[c, cz, k, k])?,
-            in_conv_b: l.dense(&format!("{e}.in_conv.bias"), &[c])?,
+            t1: l.mat(&format!("{e}.time_embed.linear_1.weight"), &[hidden, c]).await?,
+            t1_b: l.dense(&format!("{e}.time_embed.linear_1.bias"), &[hidden]).await?,
+            t2: l.mat(&format!("{e}.time_embed.linear_2.weight"), &[hidden, hidden]).await?,
+            t2_b: l.dense(&format!("{e}.time_embed.linear_2.bias"), &[hidden]).await?,
+            in_conv: l.mat(&format!("{e}.in_conv.weight"), &[c, cz, k, k]).await?,
+            in_conv_b: l.dense(&format!("{e}.in_conv.bias"), &[c]).await?,
             blocks,
-            aligner: l.mat("vision_gen_enc_aligner.weight", &[hidden, c])?,
-            aligner_b: l.dense("vision_gen_enc_aligner.bias", &[hidden])?,
+            aligner: l.mat("vision_gen_enc_aligner.weight", &[hidden, c]).await?,
+            aligner_b: l.dense("vision_gen_enc_aligner.bias", &[hidden]).await?,
         })
     }
 
@@ -204,22 +188,24 @@ impl GenEncoder {
 }
 
 impl GenDecoder {
-    pub fn load(gpu: &Gpu, src: &ModelSource, cfg: &GenConfig, hidden: usize, preset: Quant) -> Result<Self> {
-        let l = Loader { gpu, src, preset };
+    pub async fn load(l: &Loader<'_>, cfg: &GenConfig, hidden: usize) -> Result<Self> {
         let (d, din, out) = (cfg.dec_channels, cfg.dec_in, cfg.out_channels);
         let p = "vision_gen_dec_model";
-        let blocks = (0..cfg.blocks).map(|j| ConvNeXt::load(&l, &format!("{p}.mid_block.res_blocks.{j}"), d, hidden)).collect::<Result<_>>()?;
+        let mut blocks = Vec::new();
+        for j in 0..cfg.blocks {
+            blocks.push(ConvNeXt::load(l, &format!("{p}.mid_block.res_blocks.{j}"), d, hidden).await?);
+        }
         Ok(GenDecoder {
             cfg: cfg.clone(),
             hidden,
-            align_norm: l.dense("vision_gen_dec_aligner_norm.weight", &[hidden])?,
-            aligner: l.mat("vision_gen_dec_aligner.weight", &[din, hidden])?,
-            aligner_b: l.dense("vision_gen_dec_aligner.bias", &[din])?,
-            input_norm: l.dense(&format!("{p}.input_norm.weight"), &[din])?,
+            align_norm: l.dense("vision_gen_dec_aligner_norm.weight", &[hidden]).await?,
+            aligner: l.mat("vision_gen_dec_aligner.weight", &[din, hidden]).await?,
+            aligner_b: l.dense("vision_gen_dec_aligner.bias", &[din]).await?,
+            input_norm: l.dense(&format!("{p}.input_norm.weight"), &[din]).await?,
             blocks,
-            out_norm: l.dense(&format!("{p}.out_convs.0.norm.weight"), &[d])?,
-            unpatch: l.mat(&format!("{p}.out_convs.0.unpatch_conv.weight"), &[out * 4, d, 1, 1])?,
-            unpatch_b: l.dense(&format!("{p}.out_convs.0.unpatch_conv.bias"), &[out * 4])?,
+            out_norm: l.dense(&format!("{p}.out_convs.0.norm.weight"), &[d]).await?,
+            unpatch: l.mat(&format!("{p}.out_convs.0.unpatch_conv.weight"), &[out * 4, d, 1, 1]).await?,
+            unpatch_b: l.dense(&format!("{p}.out_convs.0.unpatch_conv.bias"), &[out * 4]).await?,
         })
     }
 

@@ -20,19 +20,23 @@ use crate::weights::quant::{Quant, QuantBlob};
 
 const EPS: f32 = 1e-6;
 
-/// Reads a VAE tensor by diffusers name: `Ok(None)` when absent; values as f32 with their shape.
-pub type TensorFn<'a> = dyn Fn(&str) -> Result<Option<(Vec<usize>, Vec<f32>)>> + 'a;
+/// Where VAE tensors come from (a diffusers folder natively, a weight pack anywhere).
+#[allow(async_fn_in_trait)]
+pub trait VaeTensors {
+    /// A tensor by diffusers name as f32 with its shape; `Ok(None)` when absent.
+    async fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
+}
 
-struct Loader<'a> {
+struct Loader<'a, T: VaeTensors> {
     gpu: &'a Gpu,
-    get: &'a TensorFn<'a>,
+    get: &'a T,
     preset: Quant,
 }
 
-impl Loader<'_> {
-    fn raw(&self, names: &[&str], shapes: &[&[usize]]) -> Result<(String, Vec<usize>, Vec<f32>)> {
+impl<T: VaeTensors> Loader<'_, T> {
+    async fn raw(&self, names: &[&str], shapes: &[&[usize]]) -> Result<(String, Vec<usize>, Vec<f32>)> {
         for n in names {
-            if let Some((shape, v)) = (self.get)(n)? {
+            if let Some((shape, v)) = self.get.tensor(n).await? {
                 if !shapes.iter().any(|s| *s == shape.as_slice()) {
                     bail!("VAE tensor '{n}' has shape {shape:?}, expected {:?}", shapes[0]);
                 }
@@ -42,21 +46,21 @@ impl Loader<'_> {
         bail!("the VAE has no tensor '{}'", names[0])
     }
 
-    fn vector(&self, name: &str, n: usize) -> Result<Tensor> {
-        let (_, _, v) = self.raw(&[name], &[&[n]])?;
+    async fn vector(&self, name: &str, n: usize) -> Result<Tensor> {
+        let (_, _, v) = self.raw(&[name], &[&[n]]).await?;
         Ok(Tensor::from_f32(self.gpu, name, &[n], &v))
     }
 
     /// A conv weight [Cout, Cin, k, k] as a matrix [Cout, k·k·Cin] (taps major), with its bias.
-    fn conv(&self, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<(Arc<Weight>, Tensor)> {
-        self.conv_aliased(&[prefix], cin, cout, k)
+    async fn conv(&self, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<(Arc<Weight>, Tensor)> {
+        self.conv_aliased(&[prefix], cin, cout, k).await
     }
 
-    fn conv_aliased(&self, prefixes: &[&str], cin: usize, cout: usize, k: usize) -> Result<(Arc<Weight>, Tensor)> {
+    async fn conv_aliased(&self, prefixes: &[&str], cin: usize, cout: usize, k: usize) -> Result<(Arc<Weight>, Tensor)> {
         let names: Vec<String> = prefixes.iter().map(|p| format!("{p}.weight")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         // 1×1 convolutions and linear layers are interchangeable (legacy attention weights).
-        let (name, _, v) = if k == 1 { self.raw(&refs, &[&[cout, cin, 1, 1], &[cout, cin]])? } else { self.raw(&refs, &[&[cout, cin, k, k]])? };
+        let (name, _, v) = if k == 1 { self.raw(&refs, &[&[cout, cin, 1, 1], &[cout, cin]]).await? } else { self.raw(&refs, &[&[cout, cin, k, k]]).await? };
         let mut m = vec![0f32; v.len()];
         for o in 0..cout {
             for c in 0..cin {
@@ -69,11 +73,11 @@ impl Loader<'_> {
         let q = quant_for(self.preset, &format!("vae.{name}"), &shape);
         let blob = QuantBlob::quantize(q, cout, k * k * cin, &m)?;
         let bias_name = name.trim_end_matches(".weight").to_string() + ".bias";
-        Ok((Weight::upload(self.gpu, &name, &blob)?, self.vector(&bias_name, cout)?))
+        Ok((Weight::upload(self.gpu, &name, &blob)?, self.vector(&bias_name, cout).await?))
     }
 
-    fn norm(&self, prefix: &str, c: usize) -> Result<(Tensor, Tensor)> {
-        Ok((self.vector(&format!("{prefix}.weight"), c)?, self.vector(&format!("{prefix}.bias"), c)?))
+    async fn norm(&self, prefix: &str, c: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.vector(&format!("{prefix}.weight"), c).await?, self.vector(&format!("{prefix}.bias"), c).await?))
     }
 }
 
@@ -88,15 +92,15 @@ struct ResNet {
 }
 
 impl ResNet {
-    fn load(l: &Loader, p: &str, cin: usize, cout: usize) -> Result<Self> {
+    async fn load<T: VaeTensors>(l: &Loader<'_, T>, p: &str, cin: usize, cout: usize) -> Result<Self> {
         Ok(ResNet {
             cin,
             cout,
-            norm1: l.norm(&format!("{p}.norm1"), cin)?,
-            conv1: l.conv(&format!("{p}.conv1"), cin, cout, 3)?,
-            norm2: l.norm(&format!("{p}.norm2"), cout)?,
-            conv2: l.conv(&format!("{p}.conv2"), cout, cout, 3)?,
-            shortcut: if cin != cout { Some(l.conv(&format!("{p}.conv_shortcut"), cin, cout, 1)?) } else { None },
+            norm1: l.norm(&format!("{p}.norm1"), cin).await?,
+            conv1: l.conv(&format!("{p}.conv1"), cin, cout, 3).await?,
+            norm2: l.norm(&format!("{p}.norm2"), cout).await?,
+            conv2: l.conv(&format!("{p}.conv2"), cout, cout, 3).await?,
+            shortcut: if cin != cout { Some(l.conv(&format!("{p}.conv_shortcut"), cin, cout, 1).await?) } else { None },
         })
     }
 }
@@ -136,22 +140,22 @@ struct Bufs {
 
 impl VaeDecoder {
     /// Loads the decoder half of a diffusers `AutoencoderKL` (legacy attention names accepted).
-    pub fn load(gpu: &Gpu, get: &TensorFn, cfg: &VaeConfig, preset: Quant) -> Result<Self> {
+    pub async fn load<T: VaeTensors>(gpu: &Gpu, get: &T, cfg: &VaeConfig, preset: Quant) -> Result<Self> {
         let l = Loader { gpu, get, preset };
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let (zc, c0) = (cfg.latent_channels, rev[0]);
         let d = "decoder";
-        let post_quant = if get("post_quant_conv.weight")?.is_some() { Some(l.conv("post_quant_conv", zc, zc, 1)?) } else { None };
+        let post_quant = if get.tensor("post_quant_conv.weight").await?.is_some() { Some(l.conv("post_quant_conv", zc, zc, 1).await?) } else { None };
         let attn = if cfg.mid_attention {
             let a = format!("{d}.mid_block.attentions.0");
-            let lin = |new: &str, old: &str| l.conv_aliased(&[&format!("{a}.{new}"), &format!("{a}.{old}")], c0, c0, 1);
+            let lin = async |new: &str, old: &str| l.conv_aliased(&[&format!("{a}.{new}"), &format!("{a}.{old}")], c0, c0, 1).await;
             Some(MidAttention {
                 c: c0,
-                norm: l.norm(&format!("{a}.group_norm"), c0)?,
-                q: lin("to_q", "query")?,
-                k: lin("to_k", "key")?,
-                v: lin("to_v", "value")?,
-                out: lin("to_out.0", "proj_attn")?,
+                norm: l.norm(&format!("{a}.group_norm"), c0).await?,
+                q: lin("to_q", "query").await?,
+                k: lin("to_k", "key").await?,
+                v: lin("to_v", "value").await?,
+                out: lin("to_out.0", "proj_attn").await?,
             })
         } else {
             None
@@ -159,23 +163,24 @@ impl VaeDecoder {
         let mut up = Vec::new();
         let mut prev = c0;
         for (i, &c) in rev.iter().enumerate() {
-            let resnets = (0..=cfg.layers_per_block)
-                .map(|j| ResNet::load(&l, &format!("{d}.up_blocks.{i}.resnets.{j}"), if j == 0 { prev } else { c }, c))
-                .collect::<Result<Vec<_>>>()?;
-            let upsample = if i + 1 < rev.len() { Some(l.conv(&format!("{d}.up_blocks.{i}.upsamplers.0.conv"), c, c, 3)?) } else { None };
+            let mut resnets = Vec::new();
+            for j in 0..=cfg.layers_per_block {
+                resnets.push(ResNet::load(&l, &format!("{d}.up_blocks.{i}.resnets.{j}"), if j == 0 { prev } else { c }, c).await?);
+            }
+            let upsample = if i + 1 < rev.len() { Some(l.conv(&format!("{d}.up_blocks.{i}.upsamplers.0.conv"), c, c, 3).await?) } else { None };
             up.push(UpBlock { resnets, upsample });
             prev = c;
         }
         Ok(VaeDecoder {
             cfg: cfg.clone(),
             post_quant,
-            conv_in: l.conv(&format!("{d}.conv_in"), zc, c0, 3)?,
-            mid1: ResNet::load(&l, &format!("{d}.mid_block.resnets.0"), c0, c0)?,
+            conv_in: l.conv(&format!("{d}.conv_in"), zc, c0, 3).await?,
+            mid1: ResNet::load(&l, &format!("{d}.mid_block.resnets.0"), c0, c0).await?,
             attn,
-            mid2: ResNet::load(&l, &format!("{d}.mid_block.resnets.1"), c0, c0)?,
+            mid2: ResNet::load(&l, &format!("{d}.mid_block.resnets.1"), c0, c0).await?,
             up,
-            norm_out: l.norm(&format!("{d}.conv_norm_out"), prev)?,
-            conv_out: l.conv(&format!("{d}.conv_out"), prev, cfg.out_channels, 3)?,
+            norm_out: l.norm(&format!("{d}.conv_norm_out"), prev).await?,
+            conv_out: l.conv(&format!("{d}.conv_out"), prev, cfg.out_channels, 3).await?,
         })
     }
 

@@ -3,14 +3,17 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use super::pack::{gather, Manifest};
+use super::pack::Manifest;
 use super::preset::{matrix_dims, quant_for};
 use super::quant::{Quant, QuantBlob};
 use crate::config::JanusConfig;
 
-/// Byte ranges of pack shards (a folder natively; IndexedDB in the browser).
-pub trait ShardStore: Send + Sync {
-    fn read(&self, shard: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+/// A pending shard read.
+pub type ReadFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>>> + 'a>>;
+
+/// Byte ranges of pack shards (a folder natively; IndexedDB in the browser, hence async).
+pub trait ShardStore {
+    fn read<'a>(&'a self, shard: &'a str, offset: u64, len: u64) -> ReadFuture<'a>;
 }
 
 pub struct Pack {
@@ -22,8 +25,15 @@ impl Pack {
     pub fn new(manifest: Manifest, store: Box<dyn ShardStore>) -> Self {
         Pack { manifest, store }
     }
-    fn read_parts(&self, parts: &[super::pack::Part], length: u64) -> Result<Vec<u8>> {
-        gather(parts, length, |s, o, l| self.store.read(s, o, l))
+    async fn read_parts(&self, parts: &[super::pack::Part], length: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(length as usize);
+        for p in parts {
+            out.extend_from_slice(&self.store.read(&p.shard, p.offset, p.length).await?);
+        }
+        if out.len() as u64 != length {
+            bail!("pack entry has {} bytes, manifest says {length}", out.len());
+        }
+        Ok(out)
     }
 }
 
@@ -58,8 +68,9 @@ impl ModelSource {
     pub fn config(&self) -> Result<JanusConfig> {
         match self {
             #[cfg(not(target_arch = "wasm32"))]
-            ModelSource::Hf { .. } => {
-                let bytes = self.file("config.json")?.ok_or_else(|| anyhow!("config.json is missing"))?;
+            ModelSource::Hf { dir, .. } => {
+                let path = dir.join("config.json");
+                let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                 JanusConfig::from_json_str(std::str::from_utf8(&bytes).context("config.json is not UTF-8")?)
             }
             ModelSource::Pack(p) => JanusConfig::from_value(p.manifest.config.clone()),
@@ -67,7 +78,7 @@ impl ModelSource {
     }
 
     /// A side file (tokenizer.json, preprocessor_config.json, vae/config.json, ...), if present.
-    pub fn file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn file(&self, name: &str) -> Result<Option<Vec<u8>>> {
         match self {
             #[cfg(not(target_arch = "wasm32"))]
             ModelSource::Hf { dir, .. } => {
@@ -79,7 +90,7 @@ impl ModelSource {
                 }
             }
             ModelSource::Pack(p) => match p.manifest.file(name) {
-                Some(f) => Ok(Some(p.read_parts(&f.parts, f.length).with_context(|| format!("pack file {name}"))?)),
+                Some(f) => Ok(Some(p.read_parts(&f.parts, f.length).await.with_context(|| format!("pack file {name}"))?)),
                 None => Ok(None),
             },
         }
@@ -95,7 +106,7 @@ impl ModelSource {
     }
 
     /// The tensor `name` converted for `preset`; its shape must be `expected`.
-    pub fn blob(&self, name: &str, expected: &[usize], preset: Quant) -> Result<QuantBlob> {
+    pub async fn blob(&self, name: &str, expected: &[usize], preset: Quant) -> Result<QuantBlob> {
         let quant = quant_for(preset, name, expected);
         let (rows, cols) = matrix_dims(expected);
         match self {
@@ -115,18 +126,22 @@ impl ModelSource {
                 if t.shape != expected || t.quant != quant {
                     bail!("pack tensor '{name}' is {:?} {}, expected {expected:?} {quant}", t.shape, t.quant);
                 }
-                let data = p.read_parts(&t.parts, t.length).with_context(|| format!("pack tensor '{name}'"))?;
+                let data = p.read_parts(&t.parts, t.length).await.with_context(|| format!("pack tensor '{name}'"))?;
                 QuantBlob::from_bytes(quant, rows, cols, data).with_context(|| format!("pack tensor '{name}'"))
             }
         }
     }
 
     /// A VAE tensor stored in a pack (as `vae.<diffusers name>`), as f32 with its shape.
-    pub fn pack_vae_tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
-        let ModelSource::Pack(p) = self else { return Ok(None) };
+    pub async fn pack_vae_tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        #[allow(irrefutable_let_patterns)]
+        let ModelSource::Pack(p) = self
+        else {
+            return Ok(None);
+        };
         let Some(t) = p.manifest.tensor(&format!("vae.{name}")) else { return Ok(None) };
         let (rows, cols) = matrix_dims(&t.shape);
-        let data = p.read_parts(&t.parts, t.length).with_context(|| format!("pack tensor 'vae.{name}'"))?;
+        let data = p.read_parts(&t.parts, t.length).await.with_context(|| format!("pack tensor 'vae.{name}'"))?;
         let blob = QuantBlob::from_bytes(t.quant, rows, cols, data).with_context(|| format!("pack tensor 'vae.{name}'"))?;
         Ok(Some((t.shape.clone(), blob.dequantize())))
     }
@@ -162,8 +177,15 @@ impl DirShards {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl ShardStore for DirShards {
+    fn read<'a>(&'a self, shard: &'a str, offset: u64, len: u64) -> ReadFuture<'a> {
+        Box::pin(std::future::ready(self.read_sync(shard, offset, len)))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl DirShards {
     /// The first read of a shard hashes the whole file; later reads fetch only their range.
-    fn read(&self, shard: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    fn read_sync(&self, shard: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
         if shard.contains('/') || shard.contains("..") || !shard.ends_with(".bin") {
             bail!("bad shard name '{shard}'");
@@ -207,7 +229,7 @@ pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut prog
         Ok(())
     });
     for name in SIDE_FILES {
-        if let Some(bytes) = src.file(name)? {
+        if let Some(bytes) = pollster::block_on(src.file(name))? {
             w.add_file(name, &bytes)?;
         }
     }
@@ -219,7 +241,7 @@ pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut prog
             ModelSource::Hf { files, .. } => files.dtype(name)?,
             ModelSource::Pack(p) => p.manifest.tensor(name).map(|t| t.dtype.clone()).unwrap_or_default(),
         };
-        let blob = src.blob(name, shape, preset)?;
+        let blob = pollster::block_on(src.blob(name, shape, preset))?;
         w.add_tensor(name, &dtype, shape, &blob)?;
     }
     // The VAE decoder (MODEL/vae), under `vae.` names in its canonical diffusers form.
@@ -290,5 +312,18 @@ impl VaeFolder {
         }
         let (_, shape, v) = self.files.tensor_f32(name)?;
         Ok(Some((shape, v)))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl crate::model::vae::VaeTensors for VaeFolder {
+    async fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        VaeFolder::tensor(self, name)
+    }
+}
+
+impl crate::model::vae::VaeTensors for ModelSource {
+    async fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        self.pack_vae_tensor(name).await
     }
 }
