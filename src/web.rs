@@ -1,19 +1,250 @@
-//! The wasm-bindgen API used by the web worker. This first cut exposes the device probe; the
-//! engine API (load, chat, understand, generate, cancel, unload) follows with the browser app.
+//! The wasm-bindgen API used by the web worker (`www/worker.js`): open the device, load the
+//! engine from a weight pack whose shards live in IndexedDB (read through a JS callback, one
+//! tensor at a time, so the model never sits whole in the wasm heap), chat with streaming,
+//! questions about images, image generation with progress and previews, and cancel.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
 
+use crate::engine::{Conversation, Engine, EngineOptions, GenerateParams};
 use crate::gpu::Gpu;
+use crate::image_io::Picture;
+use crate::text::sampling::SamplingParams;
+use crate::text::template::Message;
+use crate::weights::pack::Manifest;
+use crate::weights::quant::Quant;
+use crate::weights::source::{Pack, ReadFuture, ShardStore};
+use crate::weights::ModelSource;
 
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
 }
 
+fn err(e: anyhow::Error) -> JsError {
+    JsError::new(&format!("{e:#}"))
+}
+
 /// Opens the WebGPU device and describes the adapter (name, limits, optional features).
 /// Rejects with a readable message when WebGPU is missing or too limited.
 #[wasm_bindgen(js_name = adapterInfo)]
 pub async fn adapter_info() -> Result<JsValue, JsError> {
-    let gpu = Gpu::new().await.map_err(|e| JsError::new(&format!("{e:#}")))?;
+    let gpu = Gpu::new().await.map_err(err)?;
     serde_wasm_bindgen::to_value(&gpu.summary).map_err(|e| JsError::new(&e.to_string()))
 }
+
+/// Shard reads through `read(file, offset, length) → Promise<Uint8Array>` (IndexedDB in the worker).
+struct JsShards {
+    read: js_sys::Function,
+}
+
+impl ShardStore for JsShards {
+    fn read<'a>(&'a self, shard: &'a str, offset: u64, len: u64) -> ReadFuture<'a> {
+        Box::pin(async move {
+            let call = self.read.call3(&JsValue::NULL, &JsValue::from_str(shard), &JsValue::from_f64(offset as f64), &JsValue::from_f64(len as f64));
+            let promise = call.map_err(|e| anyhow::anyhow!("reading shard {shard}: {}", js_message(&e)))?;
+            let value = JsFuture::from(js_sys::Promise::from(promise)).await.map_err(|e| anyhow::anyhow!("reading shard {shard}: {}", js_message(&e)))?;
+            let bytes = js_sys::Uint8Array::new(&value).to_vec();
+            if bytes.len() as u64 != len {
+                anyhow::bail!("shard {shard}: got {} bytes at {offset}, expected {len}", bytes.len());
+            }
+            Ok(bytes)
+        })
+    }
+}
+
+fn js_message(v: &JsValue) -> String {
+    v.as_string().or_else(|| js_sys::Reflect::get(v, &"message".into()).ok().and_then(|m| m.as_string())).unwrap_or_else(|| format!("{v:?}"))
+}
+
+/// `[{role, content, images?: Uint8Array[]}]` → messages (images decoded here).
+fn messages_from_js(messages: &JsValue) -> Result<Vec<Message>, JsError> {
+    if !js_sys::Array::is_array(messages) {
+        return Err(JsError::new("messages must be an array of {role, content, images?}"));
+    }
+    let get = |o: &JsValue, k: &str| js_sys::Reflect::get(o, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+    let mut out = Vec::new();
+    for (i, m) in js_sys::Array::from(messages).iter().enumerate() {
+        let role = get(&m, "role").as_string().unwrap_or_default();
+        let content = get(&m, "content").as_string().ok_or_else(|| JsError::new(&format!("message {}: content must be a string", i + 1)))?;
+        let mut images = Vec::new();
+        let imgs = get(&m, "images");
+        if js_sys::Array::is_array(&imgs) {
+            for (j, b) in js_sys::Array::from(&imgs).iter().enumerate() {
+                let bytes = js_sys::Uint8Array::new(&b).to_vec();
+                let pic = Picture::decode(&bytes).map_err(|e| JsError::new(&format!("message {}, image {}: {e:#}", i + 1, j + 1)))?;
+                images.push(Arc::new(pic));
+            }
+        }
+        out.push(match role.to_ascii_lowercase().as_str() {
+            "user" => Message::user_with_images(&content, images),
+            "assistant" => Message::assistant(content),
+            r => return Err(JsError::new(&format!("message {}: unknown role '{r}' (use 'user' or 'assistant')", i + 1))),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct ChatOptions {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    seed: Option<u64>,
+    max_tokens: Option<usize>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct GenerateOptions {
+    steps: Option<usize>,
+    cfg: Option<f32>,
+    seed: Option<u64>,
+    preview: bool,
+}
+
+/// A loaded engine with its conversation (the KV cache of the last exchange is kept, so a
+/// follow-up question only prefills the new part).
+#[wasm_bindgen]
+pub struct WebEngine {
+    engine: Engine,
+    conv: Conversation,
+    cancel: Rc<Cell<bool>>,
+}
+
+#[wasm_bindgen]
+pub struct CancelHandle(Rc<Cell<bool>>);
+
+#[wasm_bindgen]
+impl CancelHandle {
+    pub fn cancel(&self) {
+        self.0.set(true);
+    }
+}
+
+/// Loads the engine from a pack: `manifest` is manifest.json's text, `read_shard(file, offset,
+/// length)` returns a Promise of the bytes, `on_progress(done, total, what)` reports the upload.
+#[wasm_bindgen(js_name = loadEngine)]
+pub async fn load_engine(manifest: String, read_shard: js_sys::Function, quant: String, on_progress: js_sys::Function) -> Result<WebEngine, JsError> {
+    let manifest = Manifest::parse(manifest.as_bytes()).map_err(err)?;
+    let preset = if quant.is_empty() { manifest.preset } else { Quant::parse(&quant).map_err(err)? };
+    let src = ModelSource::Pack(Pack::new(manifest, Box::new(JsShards { read: read_shard })));
+    let gpu = Gpu::new().await.map_err(err)?;
+    let opts = EngineOptions { preset, ..Default::default() };
+    let engine = Engine::load(gpu, &src, opts, |done, total, what| {
+        let _ = on_progress.call3(&JsValue::NULL, &JsValue::from(done as u32), &JsValue::from(total as u32), &JsValue::from_str(what));
+    })
+    .await
+    .map_err(err)?;
+    Ok(WebEngine { engine, conv: Conversation::new(), cancel: Rc::new(Cell::new(false)) })
+}
+
+#[wasm_bindgen]
+impl WebEngine {
+    /// Adapter and model facts for the UI.
+    pub fn info(&self) -> Result<JsValue, JsError> {
+        let c = &self.engine.cfg;
+        let info = serde_json::json!({
+            "adapter": self.engine.gpu.summary,
+            "preset": self.engine.opts.preset.to_string(),
+            "context": self.engine.opts.context,
+            "imageSize": c.gen.image_size,
+            "latent": self.engine.latent_shape(),
+            "hasVae": self.engine.vae.is_some(),
+        });
+        info.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// A handle whose `cancel()` stops the running chat or generation at its next step. (The
+    /// engine itself is borrowed while a call runs, so cancelling goes through this handle.)
+    #[wasm_bindgen(js_name = cancelHandle)]
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle(self.cancel.clone())
+    }
+
+    /// Answers the last user message of `messages` ([{role: 'user'|'assistant', content,
+    /// images?: Uint8Array[]}]), calling `on_token(text)` as text arrives. Resolves to
+    /// `{text, finish, promptTokens, reusedTokens}`.
+    pub async fn chat(&mut self, messages: JsValue, options: JsValue, on_token: js_sys::Function) -> Result<JsValue, JsError> {
+        let out = messages_from_js(&messages)?;
+        let o: ChatOptions = if options.is_undefined() || options.is_null() {
+            ChatOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad options: {e}")))?
+        };
+        let d = SamplingParams::default();
+        let params = SamplingParams {
+            temperature: o.temperature.unwrap_or(d.temperature),
+            top_p: o.top_p.unwrap_or(d.top_p),
+            top_k: o.top_k.unwrap_or(d.top_k),
+            seed: o.seed.unwrap_or(d.seed),
+            max_tokens: o.max_tokens.unwrap_or(d.max_tokens),
+        };
+        self.conv.messages = out;
+        self.cancel.set(false);
+        let cancel = self.cancel.clone();
+        let reply = self
+            .engine
+            .chat(&mut self.conv, &params, |t| {
+                let _ = on_token.call1(&JsValue::NULL, &JsValue::from_str(t));
+                !cancel.get()
+            })
+            .await
+            .map_err(err)?;
+        let v = serde_json::json!({"text": reply.text, "finish": reply.finish, "promptTokens": reply.prompt_tokens, "reusedTokens": reply.reused_tokens});
+        v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// Draws an image; `noise` (Float32Array of the latent shape, or undefined) overrides the
+    /// seeded start; `on_step(step, steps, previewRgba | undefined, side)`. Resolves to the PNG
+    /// bytes, or `undefined` when cancelled.
+    pub async fn generate(
+        &mut self,
+        prompt: String,
+        options: JsValue,
+        noise: Option<js_sys::Float32Array>,
+        on_step: js_sys::Function,
+    ) -> Result<Option<js_sys::Uint8Array>, JsError> {
+        let o: GenerateOptions = if options.is_undefined() || options.is_null() {
+            GenerateOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad options: {e}")))?
+        };
+        let d = GenerateParams::default();
+        let params = GenerateParams {
+            steps: o.steps.unwrap_or(d.steps),
+            cfg: o.cfg.unwrap_or(d.cfg),
+            seed: o.seed.unwrap_or(d.seed),
+            noise: noise.map(|n| n.to_vec()),
+            preview: o.preview,
+        };
+        self.cancel.set(false);
+        let cancel = self.cancel.clone();
+        let img = self
+            .engine
+            .generate_image(&prompt, &params, |s| {
+                let preview = s.preview.map(|p| JsValue::from(js_sys::Uint8ClampedArray::from(p))).unwrap_or(JsValue::UNDEFINED);
+                let args = js_sys::Array::of4(&JsValue::from(s.step as u32), &JsValue::from(s.steps as u32), &preview, &JsValue::from(s.preview_side as u32));
+                let _ = on_step.apply(&JsValue::NULL, &args);
+                !cancel.get()
+            })
+            .await
+            .map_err(err)?;
+        match img {
+            Some(img) => Ok(Some(js_sys::Uint8Array::from(img.png().map_err(err)?.as_slice()))),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets the conversation (and its KV cache).
+    pub fn reset(&mut self) {
+        self.conv = Conversation::new();
+    }
+}
+
+use serde::Serialize as _;

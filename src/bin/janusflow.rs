@@ -109,6 +109,9 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value = "q4")]
         quant: String,
+        /// Largest shard in bytes (default and maximum 32 MiB).
+        #[arg(long, default_value_t = janusflow::weights::pack::MAX_SHARD)]
+        shard_size: usize,
     },
     /// Write a random checkpoint in the Hugging Face layout for any config (e.g. the real sizes).
     Synth {
@@ -283,11 +286,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Convert { model, out, quant } => {
+        Cmd::Convert { model, out, quant, shard_size } => {
             let preset = Quant::parse(&quant)?;
             let src = ModelSource::open(&model)?;
             let pb = bar(1, "converting");
-            let manifest = source::convert(&src, preset, &out, |i, n, name| {
+            let manifest = source::convert_with_shard_size(&src, preset, &out, shard_size, |i, n, name| {
                 pb.set_length(n as u64);
                 pb.set_position(i as u64);
                 pb.set_message(name.to_string());

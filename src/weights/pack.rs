@@ -96,6 +96,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// While writing, a part names its shard by number (`#n`); `finish` puts in the real names.
 pub struct PackWriter<F: FnMut(&str, &[u8]) -> Result<()>> {
     sink: F,
+    /// Shard size limit (MAX_SHARD; smaller in tests so that tiny packs have several shards).
+    pub shard_size: usize,
     current: Vec<u8>,
     pub files: Vec<FileEntry>,
     pub tensors: Vec<TensorEntry>,
@@ -104,16 +106,16 @@ pub struct PackWriter<F: FnMut(&str, &[u8]) -> Result<()>> {
 
 impl<F: FnMut(&str, &[u8]) -> Result<()>> PackWriter<F> {
     pub fn new(sink: F) -> Self {
-        PackWriter { sink, current: Vec::new(), files: Vec::new(), tensors: Vec::new(), shards: Vec::new() }
+        PackWriter { sink, shard_size: MAX_SHARD, current: Vec::new(), files: Vec::new(), tensors: Vec::new(), shards: Vec::new() }
     }
 
     fn write_parts(&mut self, mut data: &[u8]) -> Result<Vec<Part>> {
         let mut parts = Vec::new();
         while !data.is_empty() {
-            if self.current.len() == MAX_SHARD {
+            if self.current.len() >= self.shard_size {
                 self.seal()?;
             }
-            let n = data.len().min(MAX_SHARD - self.current.len());
+            let n = data.len().min(self.shard_size - self.current.len());
             parts.push(Part { shard: format!("#{}", self.shards.len()), offset: self.current.len() as u64, length: n as u64 });
             self.current.extend_from_slice(&data[..n]);
             data = &data[n..];

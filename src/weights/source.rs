@@ -216,7 +216,22 @@ impl DirShards {
 /// Writes a pack of `src` under `preset` into `out` (shards then manifest.json, so that a folder
 /// with a manifest is always complete). Returns the manifest.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut progress: impl FnMut(usize, usize, &str)) -> Result<Manifest> {
+pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, progress: impl FnMut(usize, usize, &str)) -> Result<Manifest> {
+    convert_with_shard_size(src, preset, out, super::pack::MAX_SHARD, progress)
+}
+
+/// [`convert`] with a smaller shard limit (tests of multi-shard downloads on tiny models).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn convert_with_shard_size(
+    src: &ModelSource,
+    preset: Quant,
+    out: &std::path::Path,
+    shard_size: usize,
+    mut progress: impl FnMut(usize, usize, &str),
+) -> Result<Manifest> {
+    if shard_size == 0 || shard_size > super::pack::MAX_SHARD {
+        bail!("the shard size must be between 1 byte and {} bytes", super::pack::MAX_SHARD);
+    }
     use super::pack::PackWriter;
     let cfg = src.config()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -228,6 +243,7 @@ pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, mut prog
         std::fs::rename(&tmp, out2.join(name))?;
         Ok(())
     });
+    w.shard_size = shard_size;
     for name in SIDE_FILES {
         if let Some(bytes) = pollster::block_on(src.file(name))? {
             w.add_file(name, &bytes)?;

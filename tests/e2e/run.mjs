@@ -1,0 +1,190 @@
+// End-to-end tests of the browser app in Debian's Chromium (headless, WebGPU on SwiftShader),
+// driven by playwright-core against a local server that stands in for the CDN. Run by
+// `./build.sh test` after it has built www/pkg and prepared E2E_DIR (a tiny weight pack plus the
+// native CLI's answers on the same checkpoint and preset).
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+import assert from 'node:assert/strict';
+import { startServer } from './server.mjs';
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+const e2e = path.resolve(process.env.E2E_DIR || path.join(root, 'target/e2e'));
+const artifacts = path.join(root, 'artifacts');
+fs.mkdirSync(artifacts, { recursive: true });
+
+const expected = JSON.parse(fs.readFileSync(path.join(e2e, 'expected.json'), 'utf8'));
+const manifest = JSON.parse(fs.readFileSync(path.join(e2e, 'pack/manifest.json'), 'utf8'));
+const shardFiles = manifest.shards.map((s) => s.file);
+assert.ok(shardFiles.length >= 3, 'the test pack should have several shards');
+
+const { server, state, url } = await startServer({
+  '/pack/': path.join(e2e, 'pack'),
+  '/native/': e2e,
+  '/fixtures/': path.join(root, 'tests/fixtures'),
+  '/e2e/': path.join(root, 'tests/e2e'),
+  '/': path.join(root, 'www'),
+});
+const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+const browser = await chromium.launch({
+  executablePath: chromiumPath,
+  headless: true,
+  args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+
+const results = [];
+async function test(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true, ms: Date.now() - t0 });
+    console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    results.push({ name, ok: false, error: e });
+    console.log(`FAIL ${name}\n${e && e.stack ? e.stack : e}`);
+  }
+}
+
+const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+const page = await context.newPage();
+page.on('console', (m) => process.env.E2E_VERBOSE && console.log(`[page] ${m.text()}`));
+page.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
+await page.goto(`${url}/e2e/test.html`);
+
+const shardCount = () => shardFiles.reduce((a, f) => a + (state.counts.get(`/pack/${f}`) || 0), 0);
+
+/** Runs `body` (a function source) in the page with the janus module as `J`. */
+function inPage(body, arg) {
+  return page.evaluate(
+    async ([src, a]) => {
+      const J = await import('/janus.js');
+      // eslint-disable-next-line no-new-func
+      return new Function('J', 'arg', `return (async () => { ${src} })()`)(J, a);
+    },
+    [body, arg],
+  );
+}
+
+const clearStore = () => page.evaluate(() => new Promise((res, rej) => {
+  const r = indexedDB.deleteDatabase('janusflow');
+  r.onsuccess = () => res();
+  r.onerror = () => rej(r.error);
+  r.onblocked = () => res();
+}));
+
+await test('WebGPU adapter is available in the test browser', async () => {
+  const has = await page.evaluate(async () => !!(navigator.gpu && (await navigator.gpu.requestAdapter())));
+  assert.ok(has, 'navigator.gpu.requestAdapter() gave no adapter');
+});
+
+await test('first load stores every shard in IndexedDB with progress events', async () => {
+  await clearStore();
+  const before = shardCount();
+  const r = await inPage(`
+    const phases = new Set(); let last = null;
+    const e = await J.create({ source: { pack: '/pack/' }, onprogress: (p) => { phases.add(p.phase); if (p.phase === 'download') last = p; } });
+    window.__engine = e;
+    const db = await new Promise((res, rej) => { const q = indexedDB.open('janusflow'); q.onsuccess = () => res(q.result); q.onerror = () => rej(q.error); });
+    const keys = await new Promise((res) => { const q = db.transaction('shards').objectStore('shards').getAllKeys(); q.onsuccess = () => res(q.result); });
+    db.close();
+    return { phases: [...phases], last, keys, info: e.info };
+  `);
+  assert.deepEqual(new Set(r.keys), new Set(shardFiles));
+  assert.ok(r.phases.includes('download') && r.phases.includes('upload'), `phases: ${r.phases}`);
+  assert.equal(r.last.loaded, r.last.total);
+  assert.equal(shardCount() - before, shardFiles.length, 'each shard fetched once');
+});
+
+await test('chat reply equals the native CLI greedy reply', async () => {
+  const text = await inPage(`return window.__engine.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });`, expected.chat.prompt);
+  assert.equal(text, expected.chat.reply);
+});
+
+await test('image question equals the native CLI', async () => {
+  const text = await inPage(`
+    const blob = await (await fetch('/fixtures/images/square_80.png')).blob();
+    await window.__engine.reset();
+    return window.__engine.chat([{ role: 'user', content: arg, images: [blob] }], { temperature: 0, maxTokens: 24 });
+  `, expected.image.prompt);
+  assert.equal(text, expected.image.reply);
+});
+
+await test('generated image equals the native one within ±2 levels', async () => {
+  const r = await inPage(`
+    const buf = await (await fetch('/fixtures/tiny-ref-gen/noise.npy')).arrayBuffer();
+    const header = new DataView(buf).getUint16(8, true);
+    const noise = new Float32Array(buf.slice(10 + header));
+    const steps = [];
+    const png = await window.__engine.generate(arg.prompt, { steps: arg.steps, cfg: arg.cfg, noise, onstep: (s) => steps.push(s.step) });
+    const pixels = async (blob) => { const bm = await createImageBitmap(blob); const c = new OffscreenCanvas(bm.width, bm.height); const g = c.getContext('2d'); g.drawImage(bm, 0, 0); return [bm.width, g.getImageData(0, 0, bm.width, bm.height).data]; };
+    const [w, a] = await pixels(png);
+    const [, b] = await pixels(await (await fetch('/native/fox.png')).blob());
+    let worst = 0; for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+    const url = URL.createObjectURL(png); const img = document.createElement('img'); img.src = url; img.width = 256; img.style.imageRendering = 'pixelated'; document.body.append(img); await img.decode();
+    return { steps, worst, w };
+  `, expected.generate);
+  assert.deepEqual(r.steps, Array.from({ length: expected.generate.steps }, (_, i) => i + 1));
+  assert.ok(r.worst <= 2, `differs by up to ${r.worst} levels`);
+  await page.screenshot({ path: path.join(artifacts, 'e2e-generated.png') });
+});
+
+await test('Stop ends generation promptly', async () => {
+  const r = await inPage(`
+    const ctl = new AbortController(); let n = 0; const t0 = performance.now();
+    const png = await window.__engine.generate('a slow picture', { steps: 200, onstep: (s) => { n = s.step; if (s.step === 2) ctl.abort(); }, signal: ctl.signal });
+    return { png, n, ms: performance.now() - t0 };
+  `);
+  assert.equal(r.png, null);
+  assert.ok(r.n <= 4, `ran ${r.n} steps after Stop`);
+});
+
+await test('reload with the network off still loads from IndexedDB', async () => {
+  await page.reload();
+  state.packOffline = true;
+  const before = shardCount();
+  try {
+    const text = await inPage(`
+      const e = await J.create({ source: { pack: '/pack/' } });
+      window.__engine = e;
+      return e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+    `, expected.chat.prompt);
+    assert.equal(text, expected.chat.reply);
+    assert.equal(shardCount(), before, 'no shard requested');
+  } finally {
+    state.packOffline = false;
+  }
+});
+
+await test('a download cut mid-way resumes without re-fetching committed shards', async () => {
+  await page.reload();
+  await clearStore();
+  const counts0 = new Map(shardFiles.map((f) => [f, state.counts.get(`/pack/${f}`) || 0]));
+  state.shardBudget = 2;
+  const err = await inPage(`try { await J.create({ source: { pack: '/pack/' } }); return null; } catch (e) { return e.message; }`);
+  assert.ok(err, 'the interrupted load must fail');
+  state.shardBudget = Infinity;
+  await inPage(`window.__engine = await J.create({ source: { pack: '/pack/' } });`);
+  const fetched = shardFiles.map((f) => (state.counts.get(`/pack/${f}`) || 0) - counts0.get(f));
+  // The two shards delivered before the cut were committed and never requested again.
+  assert.equal(fetched.filter((n) => n === 1).length, shardFiles.length - 1, `fetch counts ${fetched}`);
+});
+
+await test('a corrupted shard is rejected and fetched again', async () => {
+  await page.reload();
+  await clearStore();
+  const victim = shardFiles[1];
+  const n0 = state.counts.get(`/pack/${victim}`) || 0;
+  state.corruptOnce.add(victim);
+  const text = await inPage(`
+    const e = await J.create({ source: { pack: '/pack/' } });
+    return e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+  `, expected.chat.prompt);
+  assert.equal(text, expected.chat.reply);
+  assert.equal((state.counts.get(`/pack/${victim}`) || 0) - n0, 2, 'fetched twice');
+});
+
+await browser.close();
+server.close();
+const failed = results.filter((r) => !r.ok);
+console.log(`${results.length - failed.length} passed, ${failed.length} failed`);
+process.exit(failed.length ? 1 : 0);

@@ -1,0 +1,408 @@
+// <janus-flow>: the whole app as one embeddable element (the app page is just this element).
+//   <script type="module" src="https://host/janus-flow.js"></script>
+//   <janus-flow pack="https://cdn.example/janusflow-q4/" mode="chat"></janus-flow>
+// Attributes: pack (weight-pack URL), quant, mode (chat | draw), autoload (skip the consent
+// screen when the weights are already stored; always skipped then). Model output is only ever
+// inserted as text, never as HTML.
+import { create, defaults, hasWebGPU, storageInfo } from './janus.js';
+import { mib } from './store.js';
+
+const CSS = `
+:host { display: block; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f; background: #fff; border: 1px solid #d8d8de; border-radius: 12px; overflow: hidden; min-height: 420px; }
+* { box-sizing: border-box; }
+.wrap { display: flex; flex-direction: column; height: 100%; min-height: inherit; }
+header { display: flex; gap: .75rem; align-items: center; padding: .6rem 1rem; border-bottom: 1px solid #ececf0; flex-wrap: wrap; }
+header h2 { font-size: 1rem; margin: 0; flex: 1; }
+.status { font-size: .85rem; color: #555; }
+.screen { padding: 1.25rem; }
+.error { color: #b00020; }
+.log { flex: 1; overflow-y: auto; padding: 1rem; display: flex; flex-direction: column; gap: .75rem; min-height: 200px; }
+.msg { max-width: 85%; padding: .55rem .8rem; border-radius: 10px; white-space: pre-wrap; word-wrap: break-word; }
+.msg.user { align-self: flex-end; background: #0a66c2; color: #fff; }
+.msg.assistant { align-self: flex-start; background: #f1f1f4; }
+.msg img { max-width: 160px; max-height: 160px; border-radius: 6px; display: block; margin-bottom: .4rem; }
+.result img, .result canvas { width: min(384px, 100%); image-rendering: auto; border-radius: 8px; display: block; }
+.composer { border-top: 1px solid #ececf0; padding: .6rem; display: flex; flex-direction: column; gap: .5rem; }
+.row { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; }
+textarea { flex: 1; min-height: 2.6rem; max-height: 10rem; resize: vertical; font: inherit; padding: .45rem .6rem; border: 1px solid #c9c9d1; border-radius: 8px; min-width: 0; }
+button, .btn { font: inherit; padding: .45rem .9rem; border-radius: 8px; border: 1px solid #c9c9d1; background: #fafafa; cursor: pointer; color: inherit; text-decoration: none; }
+button.primary { background: #0a66c2; color: #fff; border-color: #0a66c2; }
+button:disabled { opacity: .5; cursor: default; }
+button:focus-visible, textarea:focus-visible, input:focus-visible, .btn:focus-visible { outline: 3px solid #7ab3ef; outline-offset: 1px; }
+.thumbs { display: flex; gap: .4rem; flex-wrap: wrap; }
+.thumbs figure { margin: 0; position: relative; }
+.thumbs img { width: 56px; height: 56px; object-fit: cover; border-radius: 6px; }
+.thumbs button { position: absolute; top: -6px; right: -6px; padding: 0 .35rem; border-radius: 50%; font-size: .8rem; }
+progress { width: 100%; height: .8rem; }
+details { font-size: .9rem; }
+details label { display: inline-flex; gap: .3rem; align-items: center; margin: .2rem .8rem .2rem 0; }
+details input { width: 5.5rem; font: inherit; }
+fieldset { border: 0; padding: 0; margin: 0; display: flex; gap: .6rem; }
+.drop { outline: 3px dashed #0a66c2; outline-offset: -6px; }
+.sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
+@media (max-width: 560px) { .msg { max-width: 95%; } header h2 { flex-basis: 100%; } }
+`;
+
+const LICENCES = `<ul>
+<li>JanusFlow-1.3B weights: <a href="https://github.com/deepseek-ai/DeepSeek-LLM/blob/HEAD/LICENSE-MODEL" target="_blank" rel="noopener">DeepSeek License Agreement</a> (use-based restrictions apply)</li>
+<li>SDXL VAE weights: <a href="https://huggingface.co/stabilityai/sdxl-vae" target="_blank" rel="noopener">MIT</a></li></ul>`;
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (v === true) e.setAttribute(k, '');
+    else if (v !== false && v != null) e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+class JanusFlowElement extends HTMLElement {
+  static get observedAttributes() {
+    return ['mode'];
+  }
+
+  constructor() {
+    super();
+    this.root = this.attachShadow({ mode: 'open' });
+    this.messages = [];
+    this.pending = [];
+    this.engine = null;
+    this.busy = null;
+  }
+
+  get source() {
+    return { pack: new URL(this.getAttribute('pack') || './weights/', document.baseURI).href };
+  }
+
+  get mode() {
+    return this.getAttribute('mode') === 'draw' ? 'draw' : 'chat';
+  }
+
+  attributeChangedCallback() {
+    if (this.modeInputs) for (const r of this.modeInputs) r.checked = r.value === this.mode;
+    if (this.input) this.input.placeholder = this.mode === 'draw' ? 'Describe the picture to draw…' : 'Ask anything, or attach an image…';
+  }
+
+  connectedCallback() {
+    if (this.started) return;
+    this.started = true;
+    this.root.innerHTML = `<style>${CSS}</style>`;
+    this.wrap = el('div', { class: 'wrap' });
+    this.statusEl = el('span', { class: 'status', role: 'status', 'aria-live': 'polite' });
+    this.wrap.append(el('header', {}, el('h2', {}, 'JanusFlow'), this.statusEl));
+    this.body = el('div', { class: 'screen' });
+    this.wrap.append(this.body);
+    this.root.append(this.wrap);
+    this.start();
+  }
+
+  setStatus(text) {
+    this.statusEl.textContent = text;
+  }
+
+  screen(...children) {
+    const s = el('div', { class: 'screen' }, ...children);
+    this.body.replaceWith(s);
+    this.body = s;
+    return s;
+  }
+
+  async start() {
+    if (!hasWebGPU()) {
+      this.screen(el('h3', {}, 'WebGPU is not available'), el('p', {}, 'JanusFlow runs on your GPU through WebGPU. Use Chrome or Edge 113+, Safari 26, or Firefox 141+ on Windows, with hardware acceleration on.'));
+      this.setStatus('no WebGPU');
+      return;
+    }
+    let stored = null;
+    try {
+      stored = (await storageInfo(this.source)).stored;
+    } catch {
+      stored = null;
+    }
+    if (stored && stored.complete) return this.load();
+    let size = '';
+    try {
+      const m = await (await fetch(new URL('manifest.json', this.source.pack))).json();
+      size = mib(m.shards.reduce((a, s) => a + s.size, 0));
+    } catch (e) {
+      this.screen(el('p', { class: 'error' }, `Cannot reach the weights at ${this.source.pack}: ${e.message}`));
+      return;
+    }
+    const s = this.screen(el('h3', {}, 'Download the model once'), el('p', {}, `The weights (${size}) are stored in this browser and used offline from then on. Their licences:`));
+    s.insertAdjacentHTML('beforeend', LICENCES);
+    s.append(el('button', { class: 'primary', onclick: () => this.load() }, `Download ${size} and start`));
+    this.setStatus('not downloaded');
+  }
+
+  async load() {
+    const bar = el('progress', { max: 1, value: 0, 'aria-label': 'loading progress' });
+    const line = el('p', {});
+    this.screen(el('h3', {}, 'Loading JanusFlow'), bar, line);
+    const t0 = performance.now();
+    try {
+      this.engine = await create({
+        source: this.source,
+        quant: this.getAttribute('quant') || undefined,
+        onprogress: (p) => {
+          if (p.total) {
+            bar.max = p.total;
+            bar.value = p.loaded;
+          } else if (p.steps) {
+            bar.max = p.steps;
+            bar.value = p.step;
+          }
+          const pct = p.total ? ` ${((100 * p.loaded) / p.total).toFixed(1)} %` : '';
+          const speed = p.speed ? `, ${mib(p.speed)}/s, ${Math.ceil(p.remaining)} s left` : '';
+          line.textContent = `${p.phase}${pct}${p.total ? ` (${mib(p.loaded)} of ${mib(p.total)}${speed})` : ''}${p.detail ? ` — ${p.detail}` : ''}`;
+          this.setStatus(p.phase);
+        },
+      });
+    } catch (e) {
+      this.screen(el('p', { class: 'error' }, `Could not start: ${e.message}`), el('button', { onclick: () => this.load() }, 'Try again'));
+      this.setStatus('error');
+      return;
+    }
+    this.setStatus(`ready on ${this.engine.info.adapter.name || 'WebGPU'} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    this.buildUi();
+  }
+
+  buildUi() {
+    const log = el('div', { class: 'log', role: 'log', 'aria-live': 'polite', 'aria-label': 'conversation' });
+    this.log = log;
+    this.input = el('textarea', { 'aria-label': 'message', rows: 2 });
+    this.input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey) {
+        e.preventDefault();
+        this.send();
+      }
+    });
+    this.input.addEventListener('paste', (e) => {
+      const files = [...(e.clipboardData?.files || [])].filter((f) => f.type.startsWith('image/'));
+      if (files.length) this.attach(files);
+    });
+    const file = el('input', { type: 'file', accept: 'image/*', multiple: true, class: 'sr', 'aria-label': 'attach images' });
+    file.addEventListener('change', () => {
+      this.attach([...file.files]);
+      file.value = '';
+    });
+    this.thumbs = el('div', { class: 'thumbs', 'aria-label': 'attached images' });
+    this.sendBtn = el('button', { class: 'primary', onclick: () => this.send() }, 'Send');
+    this.stopBtn = el('button', { onclick: () => this.stop(), disabled: true }, 'Stop');
+    this.modeInputs = ['chat', 'draw'].map((m) => el('input', { type: 'radio', name: 'mode', value: m, checked: this.mode === m, onchange: () => this.setAttribute('mode', m) }));
+    const modes = el('fieldset', { 'aria-label': 'mode' }, el('label', {}, this.modeInputs[0], ' Chat'), el('label', {}, this.modeInputs[1], ' Draw'));
+    const num = (name, label, value, step) => {
+      const i = el('input', { type: 'number', name, value, step, 'aria-label': label });
+      return [el('label', {}, label, i), i];
+    };
+    const s = {};
+    const fields = [
+      ['temperature', 'Temperature', defaults.temperature, 0.05],
+      ['topP', 'Top-p', defaults.topP, 0.05],
+      ['maxTokens', 'Max tokens', defaults.maxTokens, 1],
+      ['seed', 'Chat seed', defaults.seed, 1],
+      ['steps', 'Steps', defaults.steps, 1],
+      ['cfg', 'CFG weight', defaults.cfg, 0.5],
+      ['imageSeed', 'Image seed', defaults.imageSeed, 1],
+    ].map(([n, l, v, st]) => {
+      const [lab, inp] = num(n, l, v, st);
+      s[n] = inp;
+      return lab;
+    });
+    this.settings = s;
+    const storageLine = el('p', {});
+    const storage = el('details', {}, el('summary', {}, 'Storage'), storageLine, el('button', { onclick: () => this.deleteModel() }, 'Delete the stored model'));
+    storage.addEventListener('toggle', async () => {
+      if (!storage.open) return;
+      const st = await this.engine.storage();
+      storageLine.textContent = `${mib(st.usage)} used of ${mib(st.quota)} available to this site; storage is ${st.persisted ? 'persistent' : 'best-effort (the browser may evict it)'}.`;
+    });
+    const composer = el(
+      'div',
+      { class: 'composer' },
+      this.thumbs,
+      el('div', { class: 'row' }, this.input),
+      el('div', { class: 'row' }, modes, el('label', { class: 'btn', tabindex: 0, role: 'button', onkeydown: (e) => (e.key === 'Enter' || e.key === ' ') && file.click() }, 'Attach image', file), this.sendBtn, this.stopBtn),
+      el('details', {}, el('summary', {}, 'Settings'), ...fields, el('button', { onclick: () => this.newChat() }, 'New conversation')),
+      storage,
+    );
+    const ui = el('div', { class: 'wrap' }, log, composer);
+    this.body.replaceWith(ui);
+    this.body = ui;
+    this.attributeChangedCallback();
+    ui.addEventListener('dragover', (e) => {
+      e.preventDefault();
+      ui.classList.add('drop');
+    });
+    ui.addEventListener('dragleave', () => ui.classList.remove('drop'));
+    ui.addEventListener('drop', (e) => {
+      e.preventDefault();
+      ui.classList.remove('drop');
+      this.attach([...e.dataTransfer.files].filter((f) => f.type.startsWith('image/')));
+    });
+    this.input.focus();
+  }
+
+  attach(files) {
+    for (const f of files) {
+      this.pending.push(f);
+      const url = URL.createObjectURL(f);
+      const fig = el('figure', {}, el('img', { src: url, alt: `attached image ${f.name || ''}` }));
+      fig.append(
+        el('button', {
+          'aria-label': 'remove image',
+          onclick: () => {
+            this.pending.splice(this.pending.indexOf(f), 1);
+            fig.remove();
+          },
+        }, '×'),
+      );
+      this.thumbs.append(fig);
+    }
+    if (files.length && this.mode === 'draw') this.setAttribute('mode', 'chat');
+  }
+
+  bubble(role, text, images = []) {
+    const b = el('div', { class: `msg ${role}` });
+    for (const img of images) b.append(el('img', { src: URL.createObjectURL(img), alt: 'image sent with the message' }));
+    const t = el('span', {});
+    t.textContent = text;
+    b.append(t);
+    this.log.append(b);
+    this.log.scrollTop = this.log.scrollHeight;
+    return t;
+  }
+
+  setBusy(on) {
+    this.sendBtn.disabled = on;
+    this.stopBtn.disabled = !on;
+  }
+
+  num(name) {
+    const v = Number(this.settings[name].value);
+    return Number.isFinite(v) ? v : defaults[name];
+  }
+
+  async send() {
+    const text = this.input.value.trim();
+    if (this.busy || (!text && !this.pending.length)) return;
+    this.input.value = '';
+    if (this.mode === 'draw') return this.draw(text);
+    const images = this.pending.splice(0);
+    this.thumbs.replaceChildren();
+    this.messages.push({ role: 'user', content: text, images });
+    this.bubble('user', text, images);
+    const out = this.bubble('assistant', '');
+    this.busy = new AbortController();
+    this.setBusy(true);
+    try {
+      const reply = await this.withRecovery(() =>
+        this.engine.chat(this.messages, {
+          temperature: this.num('temperature'),
+          topP: this.num('topP'),
+          maxTokens: this.num('maxTokens'),
+          seed: this.num('seed'),
+          signal: this.busy.signal,
+          ontoken: (t) => {
+            out.textContent += t;
+            this.log.scrollTop = this.log.scrollHeight;
+          },
+        }),
+      );
+      out.textContent = reply;
+      this.messages.push({ role: 'assistant', content: reply });
+    } catch (e) {
+      this.messages.pop();
+      out.textContent = `⚠ ${e.message}`;
+      out.parentElement.classList.add('error');
+    } finally {
+      this.busy = null;
+      this.setBusy(false);
+    }
+  }
+
+  async draw(prompt) {
+    if (!prompt) return;
+    this.bubble('user', `Draw: ${prompt}`);
+    const box = el('div', { class: 'msg assistant result' });
+    const bar = el('progress', { max: this.num('steps'), value: 0, 'aria-label': 'drawing progress' });
+    const canvas = el('canvas', { width: 48, height: 48, 'aria-label': 'preview of the picture forming' });
+    box.append(bar, canvas);
+    this.log.append(box);
+    this.busy = new AbortController();
+    this.setBusy(true);
+    try {
+      const png = await this.withRecovery(() =>
+        this.engine.generate(prompt, {
+          steps: this.num('steps'),
+          cfg: this.num('cfg'),
+          seed: this.num('imageSeed'),
+          signal: this.busy.signal,
+          onstep: ({ step, preview }) => {
+            bar.value = step;
+            if (preview) {
+              canvas.width = preview.width;
+              canvas.height = preview.height;
+              canvas.getContext('2d').putImageData(preview, 0, 0);
+            }
+          },
+        }),
+      );
+      box.replaceChildren();
+      if (!png) {
+        box.textContent = 'Stopped.';
+        return;
+      }
+      const url = URL.createObjectURL(png);
+      box.append(
+        el('img', { src: url, alt: `generated image: ${prompt}` }),
+        el('div', { class: 'row' },
+          el('a', { class: 'btn', href: url, download: 'janusflow.png' }, 'Download PNG'),
+          el('button', { onclick: () => this.attach([new File([png], 'generated.png', { type: 'image/png' })]) }, 'Ask about this image')),
+      );
+    } catch (e) {
+      box.textContent = `⚠ ${e.message}`;
+      box.classList.add('error');
+    } finally {
+      this.busy = null;
+      this.setBusy(false);
+      this.log.scrollTop = this.log.scrollHeight;
+    }
+  }
+
+  /** Runs `fn`; if the GPU device was lost, reloads the engine from IndexedDB and retries once. */
+  async withRecovery(fn) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (e.kind !== 'device-lost') throw e;
+      this.setStatus('GPU device lost — reloading the engine from storage…');
+      this.engine.terminate();
+      this.engine = await create({ source: this.source, quant: this.getAttribute('quant') || undefined });
+      this.setStatus('recovered after a lost GPU device');
+      return fn();
+    }
+  }
+
+  stop() {
+    if (this.busy) this.busy.abort();
+  }
+
+  async newChat() {
+    this.messages = [];
+    this.log.replaceChildren();
+    await this.engine.reset();
+  }
+
+  async deleteModel() {
+    if (!confirm('Delete the stored model from this browser? It will be downloaded again next time.')) return;
+    await this.engine.delete();
+    this.engine.terminate();
+    this.engine = null;
+    this.start();
+  }
+}
+
+if (!customElements.get('janus-flow')) customElements.define('janus-flow', JanusFlowElement);
+export { JanusFlowElement };
