@@ -146,6 +146,8 @@ class Engine {
 export async function create({ source, quant, onprogress } = {}) {
   if (!hasWebGPU()) throw new JanusError('this browser has no WebGPU (use Chrome or Edge 113+, Safari 26, or Firefox 141+ on Windows)', 'webgpu');
   if (!source) throw new JanusError('no weight source given: create({source: {pack: URL}})', 'config');
+  // Ask the browser to keep the weights (only a page can ask; best-effort, no prompt in most browsers).
+  if (typeof navigator !== 'undefined' && navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
   const worker = new Worker(new URL('worker.js', here), { type: 'module', name: 'janusflow-engine' });
   const engine = new Engine(worker, source);
   try {

@@ -51,6 +51,26 @@ page.on('console', (m) => process.env.E2E_VERBOSE && console.log(`[page] ${m.tex
 page.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
 await page.goto(`${url}/e2e/test.html`);
 
+/** Waits for the app's chat interface; the consent screen is accepted only when `consent`. */
+async function appReady(app, consent = true) {
+  const ready = app.locator('textarea');
+  const download = app.locator('button.primary', { hasText: 'Download' });
+  try {
+    await Promise.race([ready.waitFor({ timeout: 120000 }), download.waitFor({ timeout: 120000 })]);
+  } catch (e) {
+    const shown = await app.evaluate((el) => el.shadowRoot.querySelector('.wrap')?.innerText).catch(() => '?');
+    throw new Error(`the app did not become ready; it shows: ${shown}`);
+  }
+  if (await download.count()) {
+    assert.ok(consent, 'the stored model should load without asking again');
+    const text = await app.locator('.screen').innerText();
+    assert.match(text, /DeepSeek License/);
+    assert.match(text, /MIT/);
+    await download.click();
+    await ready.waitFor({ timeout: 120000 });
+  }
+}
+
 const shardCount = () => shardFiles.reduce((a, f) => a + (state.counts.get(`/pack/${f}`) || 0), 0);
 
 /** Runs `body` (a function source) in the page with the janus module as `J`. */
@@ -181,6 +201,54 @@ await test('a corrupted shard is rejected and fetched again', async () => {
   `, expected.chat.prompt);
   assert.equal(text, expected.chat.reply);
   assert.equal((state.counts.get(`/pack/${victim}`) || 0) - n0, 2, 'fetched twice');
+});
+
+await test('the app page: chat and drawing through the interface (screenshots in artifacts/)', async () => {
+  await page.goto(`${url}/index.html?pack=/pack/`);
+  const app = page.locator('janus-flow');
+  await appReady(app);
+  await app.locator('summary', { hasText: 'Settings' }).click();
+  await app.locator('input[name=temperature]').fill('0');
+  await app.locator('input[name=maxTokens]').fill('24');
+  await app.locator('textarea').fill(expected.chat.prompt);
+  await app.locator('textarea').press('Enter');
+  const bubble = app.locator('.msg.assistant').last();
+  await page.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
+  assert.equal(await bubble.textContent(), expected.chat.reply);
+  await page.screenshot({ path: path.join(artifacts, 'app-chat.png') });
+  await app.locator('input[value=draw]').check();
+  await app.locator('input[name=steps]').fill('4');
+  await app.locator('textarea').fill('a red fox in snow');
+  await app.locator('button.primary').click();
+  await app.locator('.result img').waitFor({ timeout: 120000 });
+  assert.ok(await app.locator('a[download]').count(), 'download link');
+  await page.screenshot({ path: path.join(artifacts, 'app-generated.png') });
+});
+
+await test('offline: after a complete load the app starts and runs with the network off', async () => {
+  await page.evaluate(async () => {
+    await navigator.serviceWorker.ready;
+  });
+  await page.reload();
+  await page.waitForFunction(() => !!navigator.serviceWorker.controller, null, { timeout: 30000 });
+  await context.setOffline(true);
+  state.offline = true;
+  try {
+    await page.reload();
+    const app = page.locator('janus-flow');
+    await appReady(app, false);
+    await app.locator('summary', { hasText: 'Settings' }).click();
+    await app.locator('input[name=temperature]').fill('0');
+    await app.locator('input[name=maxTokens]').fill('24');
+    await app.locator('textarea').fill(expected.chat.prompt);
+    await app.locator('textarea').press('Enter');
+    await page.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
+    assert.equal(await app.locator('.msg.assistant').last().textContent(), expected.chat.reply);
+    await page.screenshot({ path: path.join(artifacts, 'app-offline.png') });
+  } finally {
+    state.offline = false;
+    await context.setOffline(false);
+  }
 });
 
 await browser.close();
