@@ -251,6 +251,15 @@ await test('offline: after a complete load the app starts and runs with the netw
   }
 });
 
+await test('the browser benchmark page reports its figures (artifacts/browser-bench.json)', async () => {
+  await page.goto(`${url}/bench.html?pack=/pack/`);
+  const f = await page.evaluate(() => window.runBenchmark({ tokens: 16, steps: 3 }));
+  fs.writeFileSync(path.join(artifacts, 'browser-bench.json'), JSON.stringify(f, null, 1));
+  console.log('     ', JSON.stringify(f));
+  assert.equal(f.load_from, 'IndexedDB');
+  for (const k of ['load_s', 'chat_first_token_s', 'image_question_first_token_s', 'seconds_per_flow_step']) assert.ok(f[k] > 0, `${k} = ${f[k]}`);
+});
+
 await browser.close();
 server.close();
 const failed = results.filter((r) => !r.ok);
