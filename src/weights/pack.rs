@@ -174,15 +174,3 @@ impl<F: FnMut(&str, &[u8]) -> Result<()>> PackWriter<F> {
         Ok(Manifest { format: FORMAT.into(), version: VERSION, preset, config, files: self.files, tensors: self.tensors, shards, total_bytes })
     }
 }
-
-/// Concatenates the parts of an entry, reading shard ranges through `read(shard, offset, len)`.
-pub fn gather(parts: &[Part], length: u64, mut read: impl FnMut(&str, u64, u64) -> Result<Vec<u8>>) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(length as usize);
-    for p in parts {
-        out.extend_from_slice(&read(&p.shard, p.offset, p.length)?);
-    }
-    if out.len() as u64 != length {
-        bail!("pack entry has {} bytes, manifest says {length}", out.len());
-    }
-    Ok(out)
-}
