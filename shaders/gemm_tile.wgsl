@@ -1,0 +1,66 @@
+// The 128×128-tile matrix-product body shared by matmul.wgsl and conv.wgsl (included, not
+// dispatched): each 16×16 workgroup stages 8-deep slices of x and of the (dequantized) weights in
+// workgroup memory and accumulates 8×8 outputs per invocation in f32. The includer defines
+// `load_x4(m, k)` (four activations of row m from column k; a plain read or a convolution's gather),
+// and includes quant.wgsl (`load_w4`) and linear_out.wgsl (`store_out`) first.
+
+const BK: u32 = 8u;
+const TILE: u32 = 128u;
+var<workgroup> As: array<f32, 1024>; // [BK][128] slice of x, k-major
+var<workgroup> Bs: array<f32, 1024>; // [BK][128] slice of W, k-major
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+    let m0 = wid.y * TILE;
+    let n0 = wid.x * TILE;
+    // Loader coordinates: 128 rows × 2 quads of k.
+    let lr = tid / 2u;
+    let kq = (tid % 2u) * 4u;
+    var acc: array<vec4<f32>, 16>; // row i: acc[2i] = cols 0..4, acc[2i+1] = cols 4..8
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var k0 = 0u; k0 < p.K; k0 += BK) {
+        let k = k0 + kq;
+        var a = vec4<f32>(0.0);
+        if (m0 + lr < p.M && k < p.K) {
+            a = load_x4(m0 + lr, k);
+        }
+        var b = vec4<f32>(0.0);
+        if (n0 + lr < p.N && k < p.K) {
+            b = load_w4(n0 + lr, k, p.K, p.soff);
+        }
+        for (var j = 0u; j < 4u; j++) {
+            As[(kq + j) * TILE + lr] = a[j];
+            Bs[(kq + j) * TILE + lr] = b[j];
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let ai = kk * TILE + ty * 8u;
+            let bi = kk * TILE + tx * 8u;
+            let b0 = vec4<f32>(Bs[bi], Bs[bi + 1u], Bs[bi + 2u], Bs[bi + 3u]);
+            let b1 = vec4<f32>(Bs[bi + 4u], Bs[bi + 5u], Bs[bi + 6u], Bs[bi + 7u]);
+            for (var i = 0u; i < 8u; i++) {
+                let av = As[ai + i];
+                acc[2u * i] += av * b0;
+                acc[2u * i + 1u] += av * b1;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        let m = m0 + ty * 8u + i;
+        if (m >= p.M) {
+            break;
+        }
+        for (var j = 0u; j < 8u; j++) {
+            let n = n0 + tx * 8u + j;
+            if (n < p.N) {
+                store_out(m, n, acc[2u * i + j / 4u][j % 4u]);
+            }
+        }
+    }
+}
