@@ -109,6 +109,9 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value = "q4")]
         quant: String,
+        /// SDXL-VAE folder in the diffusers layout to include (default: MODEL/vae when present).
+        #[arg(long)]
+        vae: Option<PathBuf>,
         /// Largest shard in bytes (default and maximum 32 MiB).
         #[arg(long, default_value_t = janusflow::weights::pack::MAX_SHARD)]
         shard_size: usize,
@@ -286,13 +289,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Convert { model, out, quant, shard_size } => {
+        Cmd::Convert { model, out, quant, vae, shard_size } => {
             let preset = Quant::parse(&quant)?;
             let src = ModelSource::open(&model)?;
             let pb = bar(1, "converting");
-            let manifest = source::convert_with_shard_size(&src, preset, &out, shard_size, |i, n, name| {
-                pb.set_length(n as u64);
-                pb.set_position(i as u64);
+            pb.set_style(ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}").unwrap().progress_chars("=> "));
+            let manifest = source::convert_with(&src, vae.as_deref(), preset, &out, shard_size, |done, total, name| {
+                pb.set_length(total);
+                pb.set_position(done);
                 pb.set_message(name.to_string());
             })?;
             pb.finish_and_clear();

@@ -46,6 +46,11 @@ impl SafetensorsFiles {
         Ok(SafetensorsFiles { files, index })
     }
 
+    /// Each file's path and bytes, in file order (the streaming converter reads these).
+    pub fn raw(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.files.iter().map(|(p, m)| (p.as_str(), &m[..]))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

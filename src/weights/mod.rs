@@ -6,6 +6,7 @@ pub mod pack;
 pub mod preset;
 pub mod quant;
 pub mod source;
+pub mod stream;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod synth;
 

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::quant::{Quant, QuantBlob};
+use super::quant::Quant;
 
 pub const FORMAT: &str = "janusflow-pack";
 pub const VERSION: u32 = 1;
@@ -89,88 +89,4 @@ impl Manifest {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-/// Builds a pack: bytes are appended to the current shard, which is sealed (hashed and handed to
-/// `sink`) when full. Shard contents are a pure function of the input, so packs are reproducible.
-/// While writing, a part names its shard by number (`#n`); `finish` puts in the real names.
-pub struct PackWriter<F: FnMut(&str, &[u8]) -> Result<()>> {
-    sink: F,
-    /// Shard size limit (MAX_SHARD; smaller in tests so that tiny packs have several shards).
-    pub shard_size: usize,
-    current: Vec<u8>,
-    pub files: Vec<FileEntry>,
-    pub tensors: Vec<TensorEntry>,
-    pub shards: Vec<ShardEntry>,
-}
-
-impl<F: FnMut(&str, &[u8]) -> Result<()>> PackWriter<F> {
-    pub fn new(sink: F) -> Self {
-        PackWriter { sink, shard_size: MAX_SHARD, current: Vec::new(), files: Vec::new(), tensors: Vec::new(), shards: Vec::new() }
-    }
-
-    fn write_parts(&mut self, mut data: &[u8]) -> Result<Vec<Part>> {
-        let mut parts = Vec::new();
-        while !data.is_empty() {
-            if self.current.len() >= self.shard_size {
-                self.seal()?;
-            }
-            let n = data.len().min(self.shard_size - self.current.len());
-            parts.push(Part { shard: format!("#{}", self.shards.len()), offset: self.current.len() as u64, length: n as u64 });
-            self.current.extend_from_slice(&data[..n]);
-            data = &data[n..];
-        }
-        Ok(parts)
-    }
-
-    pub fn add_file(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let parts = self.write_parts(data)?;
-        self.files.push(FileEntry { name: name.into(), length: data.len() as u64, parts });
-        Ok(())
-    }
-
-    pub fn add_tensor(&mut self, name: &str, dtype: &str, shape: &[usize], blob: &QuantBlob) -> Result<()> {
-        let parts = self.write_parts(&blob.data)?;
-        self.tensors.push(TensorEntry {
-            name: name.into(),
-            dtype: dtype.into(),
-            shape: shape.to_vec(),
-            quant: blob.quant,
-            length: blob.data.len() as u64,
-            parts,
-        });
-        Ok(())
-    }
-
-    fn seal(&mut self) -> Result<()> {
-        if self.current.is_empty() {
-            return Ok(());
-        }
-        let sha = sha256_hex(&self.current);
-        let file = format!("{sha}.bin");
-        (self.sink)(&file, &self.current)?;
-        self.shards.push(ShardEntry { file, sha256: sha, size: self.current.len() as u64 });
-        self.current.clear();
-        Ok(())
-    }
-
-    /// Seals the last shard and returns the manifest.
-    pub fn finish(mut self, preset: Quant, config: serde_json::Value) -> Result<Manifest> {
-        self.seal()?;
-        let shards = self.shards;
-        let resolve = |parts: &mut Vec<Part>| {
-            for p in parts {
-                let i: usize = p.shard[1..].parse().expect("shard number");
-                p.shard = shards[i].file.clone();
-            }
-        };
-        for f in &mut self.files {
-            resolve(&mut f.parts);
-        }
-        for t in &mut self.tensors {
-            resolve(&mut t.parts);
-        }
-        let total_bytes = shards.iter().map(|s| s.size).sum();
-        Ok(Manifest { format: FORMAT.into(), version: VERSION, preset, config, files: self.files, tensors: self.tensors, shards, total_bytes })
-    }
 }

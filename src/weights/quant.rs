@@ -111,9 +111,14 @@ impl QuantBlob {
     }
 
     pub fn byte_len(quant: Quant, rows: usize, cols: usize) -> usize {
+        Self::byte_len_unpadded(quant, rows, cols).next_multiple_of(4)
+    }
+
+    /// Payload plus scales, before the final padding to a whole word.
+    pub fn byte_len_unpadded(quant: Quant, rows: usize, cols: usize) -> usize {
         let n = rows * cols;
         let s = if quant.is_grouped() { n / GROUP * 2 } else { 0 };
-        (quant.payload_bytes(n) + s).next_multiple_of(4)
+        quant.payload_bytes(n) + s
     }
 
     /// Wraps bytes read from a weight pack, checking the length.

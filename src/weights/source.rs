@@ -213,85 +213,98 @@ impl DirShards {
     }
 }
 
-/// Writes a pack of `src` under `preset` into `out` (shards then manifest.json, so that a folder
-/// with a manifest is always complete). Returns the manifest.
+/// Writes a pack of the Hugging Face folder `src` under `preset` into `out`, with the VAE of
+/// `MODEL/vae` when present. Returns the manifest. See [`convert_with`].
 #[cfg(not(target_arch = "wasm32"))]
-pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, progress: impl FnMut(usize, usize, &str)) -> Result<Manifest> {
-    convert_with_shard_size(src, preset, out, super::pack::MAX_SHARD, progress)
+pub fn convert(src: &ModelSource, preset: Quant, out: &std::path::Path, progress: impl FnMut(u64, u64, &str)) -> Result<Manifest> {
+    convert_with(src, None, preset, out, super::pack::MAX_SHARD, progress)
 }
 
-/// [`convert`] with a smaller shard limit (tests of multi-shard downloads on tiny models).
+/// Writes a pack through the same streaming converter the browser uses (so both make identical
+/// packs): shards first, each written whole then renamed, and `manifest.json` last, so a folder
+/// with a manifest is always complete. `vae` defaults to `MODEL/vae` when that exists; a smaller
+/// `shard_size` gives tiny models several shards (tests of multi-shard downloads).
+/// `progress(bytes read, bytes to read, tensor)`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn convert_with_shard_size(
+pub fn convert_with(
     src: &ModelSource,
+    vae: Option<&std::path::Path>,
     preset: Quant,
     out: &std::path::Path,
     shard_size: usize,
-    mut progress: impl FnMut(usize, usize, &str),
+    mut progress: impl FnMut(u64, u64, &str),
 ) -> Result<Manifest> {
-    if shard_size == 0 || shard_size > super::pack::MAX_SHARD {
-        bail!("the shard size must be between 1 byte and {} bytes", super::pack::MAX_SHARD);
+    use super::stream::{header_len, Header, Sealed, StreamConverter, SIDE_FILES};
+    let ModelSource::Hf { dir, files } = src else {
+        bail!("the model is already a weight pack; convert reads a Hugging Face checkpoint folder");
+    };
+    let vae_dir = vae.map(|p| p.to_path_buf()).or_else(|| Some(dir.join("vae")).filter(|d| d.join("config.json").exists()));
+    let vae = vae_dir.as_deref().map(VaeFolder::open).transpose()?;
+    let read = |p: std::path::PathBuf| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()));
+    let config = read(dir.join("config.json"))?;
+    let mut side = Vec::new();
+    for &name in SIDE_FILES {
+        let path = match (name, &vae_dir) {
+            ("vae/config.json", Some(v)) => v.join("config.json"),
+            ("vae/config.json", None) => continue,
+            _ => dir.join(name),
+        };
+        if path.exists() {
+            side.push((name.to_string(), read(path)?));
+        }
     }
-    use super::pack::PackWriter;
-    let cfg = src.config()?;
+    let mut inputs: Vec<(&str, &[u8])> = files.raw().collect();
+    let header = |(label, map): (&str, &[u8])| -> Result<Header> {
+        let n = header_len(label, map)? as usize;
+        let json = map.get(8..8 + n).ok_or_else(|| anyhow!("{label}: not a valid safetensors file (truncated header)"))?;
+        Header::parse(label, json, Some(map.len() as u64))
+    };
+    let model: Vec<Header> = inputs.iter().map(|&i| header(i)).collect::<Result<_>>()?;
+    let vae_header = match &vae {
+        Some(v) => {
+            let raw: Vec<(&str, &[u8])> = v.files.raw().collect();
+            if raw.len() != 1 {
+                bail!("the VAE must be one diffusion_pytorch_model.safetensors file");
+            }
+            inputs.push(raw[0]);
+            Some(header(raw[0])?)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let _ = std::fs::remove_file(out.join("manifest.json"));
-    let out2 = out.to_path_buf();
-    let mut w = PackWriter::new(move |name: &str, data: &[u8]| {
-        let tmp = out2.join(format!("{name}.partial"));
-        std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, out2.join(name))?;
+    let write = |sealed: Vec<Sealed>| -> Result<()> {
+        for s in sealed {
+            let tmp = out.join(format!("{}.partial", s.file));
+            std::fs::write(&tmp, &s.data).with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, out.join(&s.file))?;
+        }
         Ok(())
-    });
-    w.shard_size = shard_size;
-    for name in SIDE_FILES {
-        if let Some(bytes) = pollster::block_on(src.file(name))? {
-            w.add_file(name, &bytes)?;
+    };
+    let mut conv = StreamConverter::new(preset, shard_size, &config, side, &model, vae_header.as_ref(), None)?;
+    while let Some(span) = conv.next_span()? {
+        let data = &inputs[span.input].1[span.start as usize..span.end as usize];
+        for (k, chunk) in data.chunks(4 << 20).enumerate() {
+            conv.push(span.input, span.start + (k << 22) as u64, chunk)?;
+            write(conv.take_sealed())?;
+            let (total, done) = conv.input_bytes();
+            progress(done, total, conv.current_tensor().unwrap_or(""));
         }
     }
-    let table: Vec<_> = cfg.expected_tensors().into_iter().filter(|(n, _)| !super::preset::skipped(n)).collect();
-    let total = table.len();
-    for (i, (name, shape)) in table.iter().enumerate() {
-        progress(i, total, name);
-        let dtype = match src {
-            ModelSource::Hf { files, .. } => files.dtype(name)?,
-            ModelSource::Pack(p) => p.manifest.tensor(name).map(|t| t.dtype.clone()).unwrap_or_default(),
-        };
-        let blob = pollster::block_on(src.blob(name, shape, preset))?;
-        w.add_tensor(name, &dtype, shape, &blob)?;
-    }
-    // The VAE decoder (MODEL/vae), under `vae.` names in its canonical diffusers form.
-    if let ModelSource::Hf { dir, .. } = src {
-        if dir.join("vae/config.json").exists() {
-            let vae = VaeFolder::open(&dir.join("vae"))?;
-            for (name, shape) in vae.cfg.decoder_tensors() {
-                progress(total, total, &name);
-                let vals = vae.canonical(&name, &shape)?;
-                let (rows, cols) = matrix_dims(&shape);
-                let full = format!("vae.{name}");
-                let blob = QuantBlob::quantize(quant_for(preset, &full, &shape), rows, cols, &vals).with_context(|| format!("VAE tensor '{name}'"))?;
-                w.add_tensor(&full, "F32", &shape, &blob)?;
-            }
-        }
-    }
-    progress(total, total, "");
-    let manifest = w.finish(preset, cfg.raw.clone())?;
+    let manifest = conv.finish()?;
+    write(conv.take_sealed())?;
     let tmp = out.join("manifest.json.partial");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&manifest)?)?;
     std::fs::rename(&tmp, out.join("manifest.json"))?;
     Ok(manifest)
 }
 
-/// Side files carried into a pack.
-pub const SIDE_FILES: &[&str] =
-    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json", "processor_config.json", "vae/config.json"];
-
 /// A VAE in the diffusers layout (`config.json` + `diffusion_pytorch_model.safetensors`), e.g.
 /// `MODEL/vae` or a separate `stabilityai/sdxl-vae` folder.
 #[cfg(not(target_arch = "wasm32"))]
 pub struct VaeFolder {
     pub cfg: crate::config::VaeConfig,
-    files: super::hf::SafetensorsFiles,
+    pub files: super::hf::SafetensorsFiles,
 }
 
 #[cfg(not(target_arch = "wasm32"))]

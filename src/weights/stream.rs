@@ -1,0 +1,613 @@
+//! Converting a Hugging Face checkpoint into a weight pack while its bytes stream in.
+//!
+//! The browser cannot hold a 4 GB checkpoint, and a converter that needs whole files could not
+//! resume a dropped download. So conversion is a pure function from the checkpoint's bytes, read
+//! in file order, to the pack's bytes, cut into shards:
+//!
+//! - the safetensors headers (a few kB, fetched first) fix the whole plan: which tensors are
+//!   kept, in which format, and where each lands in the pack's byte stream;
+//! - tensor bytes are consumed row by row (a row is all the source bytes one output row needs), so
+//!   the converter holds one row, one shard being filled and the current tensor's group scales;
+//! - bytes the pack does not need (SigLIP's `attn_pool`, the VAE encoder) are never requested;
+//! - every sealed shard carries a checkpoint (where to restart reading, plus the scales of the
+//!   rows already written), stored with the shard, so a reload resumes at the last shard.
+//!
+//! Natively `janusflow convert` feeds the same converter from memory-mapped files, so a pack made
+//! in the browser is byte-identical to one made by the CLI.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::pack::{sha256_hex, FileEntry, Manifest, Part, ShardEntry, TensorEntry, FORMAT, MAX_SHARD, VERSION};
+use super::preset::{matrix_dims, quant_for, skipped};
+use super::quant::{Quant, QuantBlob, GROUP};
+use crate::config::{JanusConfig, VaeConfig};
+
+/// The largest safetensors header accepted (the real checkpoint's is about 100 kB).
+pub const MAX_HEADER: u64 = 16 << 20;
+
+/// Side files carried into a pack, in pack order (`config.json` goes into the manifest itself).
+pub const SIDE_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json", "processor_config.json", "vae/config.json"];
+
+/// Gaps between needed tensors up to this size are read through rather than split into requests.
+const MERGE_GAP: u64 = 1 << 20;
+
+/// The JSON header length, from a safetensors file's first 8 bytes.
+pub fn header_len(label: &str, first8: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = first8.get(..8).and_then(|s| s.try_into().ok()).ok_or_else(|| anyhow!("{label}: not a safetensors file (shorter than 8 bytes)"))?;
+    let n = u64::from_le_bytes(b);
+    if n < 2 || n > MAX_HEADER {
+        bail!("{label}: not a valid safetensors file (header length {n})");
+    }
+    Ok(n)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SrcDtype {
+    Bf16,
+    F16,
+    F32,
+}
+
+impl SrcDtype {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "BF16" => Some(SrcDtype::Bf16),
+            "F16" => Some(SrcDtype::F16),
+            "F32" => Some(SrcDtype::F32),
+            _ => None,
+        }
+    }
+    fn size(self) -> usize {
+        if self == SrcDtype::F32 {
+            4
+        } else {
+            2
+        }
+    }
+    fn decode(self, bytes: &[u8], out: &mut Vec<f32>) {
+        out.clear();
+        match self {
+            SrcDtype::Bf16 => out.extend(bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))),
+            SrcDtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
+            SrcDtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        }
+    }
+}
+
+/// One tensor of a safetensors header; offsets are absolute positions in the file.
+#[derive(Clone, Debug)]
+struct HeaderTensor {
+    dtype: String,
+    shape: Vec<usize>,
+    begin: u64,
+    end: u64,
+}
+
+/// A parsed and checked safetensors header.
+pub struct Header {
+    label: String,
+    tensors: HashMap<String, HeaderTensor>,
+}
+
+impl Header {
+    /// Parses the JSON header of `label` (which starts at byte 8); `file_size`, when known, is
+    /// checked against the data the header describes (a truncated file is refused up front).
+    pub fn parse(label: &str, json: &[u8], file_size: Option<u64>) -> Result<Self> {
+        let bad = |why: String| anyhow!("{label}: not a valid safetensors file ({why})");
+        let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| bad("header is not an object".into()))?;
+        let data_start = 8 + json.len() as u64;
+        let mut tensors = HashMap::new();
+        let mut data_end = data_start;
+        for (name, t) in obj {
+            if name == "__metadata__" {
+                continue;
+            }
+            let dtype = t.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad(format!("tensor '{name}' has no dtype")))?;
+            let shape: Vec<usize> = t
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+                .ok_or_else(|| bad(format!("tensor '{name}' has no valid shape")))?;
+            let offs: Vec<u64> = t
+                .get("data_offsets")
+                .and_then(|s| s.as_array())
+                .and_then(|a| a.iter().map(|d| d.as_u64()).collect())
+                .filter(|o: &Vec<u64>| o.len() == 2 && o[0] <= o[1])
+                .ok_or_else(|| bad(format!("tensor '{name}' has bad data_offsets")))?;
+            if let Some(d) = SrcDtype::parse(dtype) {
+                let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+                if numel.and_then(|n| n.checked_mul(d.size() as u64)) != Some(offs[1] - offs[0]) {
+                    return Err(bad(format!("tensor '{name}': {} data bytes for shape {shape:?} {dtype}", offs[1] - offs[0])));
+                }
+            }
+            let (begin, end) = (data_start + offs[0], data_start + offs[1]);
+            data_end = data_end.max(end);
+            tensors.insert(name.clone(), HeaderTensor { dtype: dtype.to_string(), shape, begin, end });
+        }
+        if let Some(size) = file_size {
+            if size < data_end {
+                bail!("{label} is truncated: its header describes {data_end} bytes, the file has {size}");
+            }
+        }
+        Ok(Header { label: label.to_string(), tensors })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// One tensor to convert: where its source bytes are and where its output goes.
+#[derive(Clone, Debug, Serialize)]
+struct Job {
+    input: usize,
+    /// Name in the pack.
+    name: String,
+    /// Name in the source file.
+    src: String,
+    dtype: SrcDtype,
+    shape: Vec<usize>,
+    quant: Quant,
+    rows: usize,
+    cols: usize,
+    begin: u64,
+    end: u64,
+    /// Position of the converted tensor in the pack's byte stream, and its length.
+    out: u64,
+    len: u64,
+}
+
+impl Job {
+    fn in_row(&self) -> usize {
+        self.cols * self.dtype.size()
+    }
+    /// Output payload bytes per row (without scales).
+    fn payload_row(&self) -> u64 {
+        (QuantBlob::byte_len_unpadded(self.quant, 1, self.cols) - self.scale_row()) as u64
+    }
+    fn scale_row(&self) -> usize {
+        if self.quant.is_grouped() {
+            self.cols / GROUP * 2
+        } else {
+            0
+        }
+    }
+}
+
+/// Where to restart after the shards already committed (stored with each sealed shard).
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    fingerprint: String,
+    shards: Vec<ShardEntry>,
+    job: usize,
+    row: usize,
+}
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"JFCKPT01";
+
+/// A sealed shard, ready to be committed together with its checkpoint.
+pub struct Sealed {
+    pub file: String,
+    pub sha256: String,
+    pub data: Vec<u8>,
+    /// Opaque bytes: hand them to [`StreamConverter::new`] to resume after this shard.
+    pub checkpoint: Vec<u8>,
+}
+
+/// A contiguous byte range of one input file that the converter wants next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Span {
+    pub input: usize,
+    pub start: u64,
+    pub end: u64,
+}
+
+pub struct StreamConverter {
+    preset: Quant,
+    shard_size: usize,
+    config: serde_json::Value,
+    files: Vec<(String, Vec<u8>)>,
+    jobs: Vec<Job>,
+    fingerprint: String,
+    total_out: u64,
+    // Reading position: the next row of `jobs[job]`, partially gathered in `pending`.
+    job: usize,
+    row: usize,
+    pending: Vec<u8>,
+    scales: Vec<u8>,
+    // Writing position in the pack's byte stream; bytes before `committed` are already stored.
+    pos: u64,
+    committed: u64,
+    current: Vec<u8>,
+    shards: Vec<ShardEntry>,
+    sealed: Vec<Sealed>,
+    consumed: u64,
+    row_f32: Vec<f32>,
+}
+
+impl StreamConverter {
+    /// Plans the conversion of `model` (one header per safetensors file, in file order) and of an
+    /// optional VAE (`vae/config.json` must then be among `files`). `files` are the side files
+    /// present, in [`SIDE_FILES`] order. With `checkpoint` (from a [`Sealed`] shard of the same
+    /// plan) it resumes after that shard; a checkpoint of another plan is refused.
+    pub fn new(
+        preset: Quant,
+        shard_size: usize,
+        config_json: &[u8],
+        files: Vec<(String, Vec<u8>)>,
+        model: &[Header],
+        vae: Option<&Header>,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<Self> {
+        if shard_size == 0 || shard_size > MAX_SHARD || shard_size % 4 != 0 {
+            bail!("the shard size must be a multiple of 4 bytes between 4 and {MAX_SHARD}");
+        }
+        let cfg = JanusConfig::from_json_str(std::str::from_utf8(config_json).context("config.json is not UTF-8")?)?;
+        if !files.iter().any(|(n, _)| n == "tokenizer.json") {
+            bail!("the checkpoint has no tokenizer.json");
+        }
+        let mut jobs = Vec::new();
+        let find = |name: &str| model.iter().enumerate().find_map(|(i, h)| h.tensors.get(name).map(|t| (i, h, t)));
+        for (name, shape) in cfg.expected_tensors().into_iter().filter(|(n, _)| !skipped(n)) {
+            let (i, h, t) = find(&name).ok_or_else(|| anyhow!("the checkpoint has no tensor '{name}'"))?;
+            if t.shape != shape {
+                bail!("tensor '{name}' has shape {:?}, but config.json implies {shape:?}", t.shape);
+            }
+            jobs.push(job(i, h, &name, &name, t, shape, quant_for(preset, &name, &t.shape))?);
+        }
+        if let Some(h) = vae {
+            let bytes = files.iter().find(|(n, _)| n == "vae/config.json").map(|(_, b)| b).ok_or_else(|| anyhow!("the VAE has no config.json"))?;
+            let vcfg = VaeConfig::from_json(bytes)?;
+            for (name, shape) in vcfg.decoder_tensors() {
+                // Legacy attention names and 1×1-conv attention weights are accepted (same bytes).
+                let legacy = name.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.").replace(".to_out.0.", ".proj_attn.");
+                let (src, t) = [&name, &legacy]
+                    .into_iter()
+                    .find_map(|n| h.tensors.get(n.as_str()).map(|t| (n.clone(), t)))
+                    .ok_or_else(|| anyhow!("the VAE has no tensor '{name}'"))?;
+                let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+                if t.shape != shape && squeeze(&t.shape) != squeeze(&shape) {
+                    bail!("VAE tensor '{src}' has shape {:?}, expected {shape:?}", t.shape);
+                }
+                let full = format!("vae.{name}");
+                let q = quant_for(preset, &full, &shape);
+                jobs.push(job(model.len(), h, &full, &src, t, shape, q)?);
+            }
+        }
+        // File order: one pass over each input, never backwards.
+        jobs.sort_by_key(|j| (j.input, j.begin));
+        let mut pos: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+        for j in &mut jobs {
+            j.out = pos;
+            j.len = QuantBlob::byte_len(j.quant, j.rows, j.cols) as u64;
+            pos += j.len;
+        }
+        let mut fp = Sha256::new();
+        fp.update(format!("{FORMAT} {VERSION} {preset} {shard_size}\n").as_bytes());
+        fp.update(config_json);
+        for (n, b) in &files {
+            fp.update(format!("\n{n} {}\n", sha256_hex(b)).as_bytes());
+        }
+        fp.update(serde_json::to_vec(&jobs)?);
+        let mut c = StreamConverter {
+            preset,
+            shard_size,
+            config: cfg.raw.clone(),
+            files,
+            jobs,
+            fingerprint: hex::encode(fp.finalize()),
+            total_out: pos,
+            job: 0,
+            row: 0,
+            pending: Vec::new(),
+            scales: Vec::new(),
+            pos: 0,
+            committed: 0,
+            current: Vec::new(),
+            shards: Vec::new(),
+            sealed: Vec::new(),
+            consumed: 0,
+            row_f32: Vec::new(),
+        };
+        if let Some(cp) = checkpoint {
+            c.restore(cp)?;
+        }
+        if c.job == 0 && c.row == 0 {
+            for i in 0..c.files.len() {
+                let data = std::mem::take(&mut c.files[i].1);
+                c.emit(&data);
+                c.files[i].1 = data;
+            }
+        }
+        Ok(c)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        let bad = || anyhow!("the stored conversion checkpoint is damaged");
+        if bytes.len() < 12 || &bytes[..8] != CHECKPOINT_MAGIC {
+            return Err(bad());
+        }
+        let n = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let json = bytes.get(12..12 + n).ok_or_else(bad)?;
+        let cp: Checkpoint = serde_json::from_slice(json).map_err(|_| bad())?;
+        if cp.fingerprint != self.fingerprint {
+            bail!("the stored conversion checkpoint belongs to other files or settings");
+        }
+        let scales = &bytes[12 + n..];
+        let done = cp.job >= self.jobs.len();
+        let full = cp.shards.iter().all(|s| s.size as usize == self.shard_size);
+        if cp.job > self.jobs.len() || (!done && (!full || cp.row > self.jobs[cp.job].rows)) {
+            return Err(bad());
+        }
+        if !done && scales.len() != cp.row * self.jobs[cp.job].scale_row() {
+            return Err(bad());
+        }
+        self.committed = cp.shards.iter().map(|s| s.size).sum();
+        self.shards = cp.shards;
+        self.job = cp.job;
+        self.row = cp.row;
+        self.scales = scales.to_vec();
+        self.pos = match (done, self.job, self.row) {
+            (true, ..) => self.total_out,
+            // Restarting at the very beginning: the side files are written again first.
+            (false, 0, 0) => 0,
+            (false, k, r) => self.jobs[k].out + r as u64 * self.jobs[k].payload_row(),
+        };
+        self.consumed =
+            self.jobs[..self.job].iter().map(|j| j.end - j.begin).sum::<u64>() + if done { 0 } else { self.row as u64 * self.jobs[self.job].in_row() as u64 };
+        Ok(())
+    }
+
+    /// Bytes of the finished pack.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_out
+    }
+
+    /// Source bytes the conversion reads in all (needed tensors only), and how many are done.
+    pub fn input_bytes(&self) -> (u64, u64) {
+        (self.jobs.iter().map(|j| j.end - j.begin).sum(), self.consumed)
+    }
+
+    /// The tensor being converted (for progress), if any.
+    pub fn current_tensor(&self) -> Option<&str> {
+        self.jobs.get(self.job).map(|j| j.name.as_str())
+    }
+
+    /// Number of committed shards so far (after a resume: those from before).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The next byte range to read: from where reading stands to the end of a run of needed
+    /// tensors in the same file. `None` when everything has been read.
+    pub fn next_span(&mut self) -> Result<Option<Span>> {
+        self.advance()?;
+        let Some(j) = self.jobs.get(self.job) else { return Ok(None) };
+        let start = self.need();
+        let mut end = j.end;
+        for k in &self.jobs[self.job + 1..] {
+            if k.input != j.input || k.begin > end + MERGE_GAP {
+                break;
+            }
+            end = end.max(k.end);
+        }
+        Ok(Some(Span { input: j.input, start, end }))
+    }
+
+    /// Input position of the next needed byte.
+    fn need(&self) -> u64 {
+        let j = &self.jobs[self.job];
+        j.begin + (self.row * j.in_row() + self.pending.len()) as u64
+    }
+
+    /// Feeds bytes of input `input` starting at file offset `offset`. Bytes before the next needed
+    /// one (a server that ignored a Range request, a gap between tensors) and after the last are
+    /// skipped; a gap in what is needed is an error.
+    pub fn push(&mut self, input: usize, mut offset: u64, mut data: &[u8]) -> Result<()> {
+        loop {
+            self.advance()?;
+            let Some(j) = self.jobs.get(self.job) else { return Ok(()) };
+            if data.is_empty() || j.input > input {
+                return Ok(());
+            }
+            if j.input < input {
+                bail!("bytes of input {input} arrived while input {} is being read", j.input);
+            }
+            let need = self.need();
+            if offset > need {
+                bail!("{}: bytes missing at offset {need} (got bytes from {offset})", self.jobs[self.job].src);
+            }
+            if offset < need {
+                let skip = (need - offset).min(data.len() as u64);
+                offset += skip;
+                data = &data[skip as usize..];
+                continue;
+            }
+            let in_row = j.in_row();
+            let take = (in_row - self.pending.len()).min(data.len());
+            if self.pending.is_empty() && take == in_row {
+                self.convert_row(&data[..take]);
+            } else {
+                self.pending.extend_from_slice(&data[..take]);
+                if self.pending.len() == in_row {
+                    let row = std::mem::take(&mut self.pending);
+                    self.convert_row(&row);
+                    self.pending = row;
+                    self.pending.clear();
+                }
+            }
+            self.consumed += take as u64;
+            offset += take as u64;
+            data = &data[take..];
+        }
+    }
+
+    /// Shards sealed since the last call; commit them in order.
+    pub fn take_sealed(&mut self) -> Vec<Sealed> {
+        std::mem::take(&mut self.sealed)
+    }
+
+    /// Converts one source row of the current job and writes its payload; keeps its scales.
+    fn convert_row(&mut self, bytes: &[u8]) {
+        let j = &self.jobs[self.job];
+        let (quant, cols, dtype, sr) = (j.quant, j.cols, j.dtype, j.scale_row());
+        let mut vals = std::mem::take(&mut self.row_f32);
+        dtype.decode(bytes, &mut vals);
+        // Same code as whole-tensor quantization: groups never straddle rows.
+        let blob = QuantBlob::quantize(quant, 1, cols, &vals).expect("grouped formats are only planned for whole groups");
+        self.row_f32 = vals;
+        let payload = QuantBlob::byte_len_unpadded(quant, 1, cols) - sr;
+        self.scales.extend_from_slice(&blob.data[payload..payload + sr]);
+        self.row += 1;
+        self.emit(&blob.data[..payload]);
+    }
+
+    /// Finishes jobs whose rows are all read: writes their scales and padding.
+    fn advance(&mut self) -> Result<()> {
+        while let Some(j) = self.jobs.get(self.job) {
+            if self.row < j.rows {
+                return Ok(());
+            }
+            let pad = (j.out + j.len - self.pos) as usize - self.scales.len();
+            // A copy: a shard sealed while the scales are written checkpoints them.
+            let mut tail = self.scales.clone();
+            tail.resize(tail.len() + pad, 0);
+            self.emit(&tail);
+            self.scales.clear();
+            debug_assert_eq!(self.pos, self.jobs[self.job].out + self.jobs[self.job].len);
+            self.job += 1;
+            self.row = 0;
+        }
+        Ok(())
+    }
+
+    /// Appends to the pack's byte stream (dropping what is already committed), sealing full shards.
+    fn emit(&mut self, mut data: &[u8]) {
+        if self.pos < self.committed {
+            let skip = (self.committed - self.pos).min(data.len() as u64);
+            self.pos += skip;
+            data = &data[skip as usize..];
+        }
+        while !data.is_empty() {
+            let n = data.len().min(self.shard_size - self.current.len());
+            self.current.extend_from_slice(&data[..n]);
+            self.pos += n as u64;
+            data = &data[n..];
+            if self.current.len() == self.shard_size {
+                self.seal();
+            }
+        }
+    }
+
+    fn seal(&mut self) {
+        if self.current.is_empty() {
+            return;
+        }
+        let data = std::mem::take(&mut self.current);
+        let sha = sha256_hex(&data);
+        let file = format!("{sha}.bin");
+        self.shards.push(ShardEntry { file: file.clone(), sha256: sha.clone(), size: data.len() as u64 });
+        self.committed = self.pos;
+        let checkpoint = self.checkpoint();
+        self.sealed.push(Sealed { file, sha256: sha, data, checkpoint });
+    }
+
+    /// The restart point after everything up to `committed`: the first job not wholly written,
+    /// from its first row not wholly written, with the scales of the rows before it.
+    fn checkpoint(&self) -> Vec<u8> {
+        let c = self.committed;
+        let (job, row) = match self.jobs.iter().position(|j| j.out + j.len > c) {
+            None => (self.jobs.len(), 0),
+            Some(k) => {
+                let j = &self.jobs[k];
+                (k, if c <= j.out { 0 } else { (((c - j.out) / j.payload_row().max(1)) as usize).min(j.rows) })
+            }
+        };
+        // Seals happen while job `self.job` writes, so the restart job is this one (or the next).
+        let scales: &[u8] = match self.jobs.get(job) {
+            Some(j) if job == self.job => &self.scales[..row * j.scale_row()],
+            _ => &[],
+        };
+        debug_assert!(job == self.job || row == 0);
+        let cp = Checkpoint { fingerprint: self.fingerprint.clone(), shards: self.shards.clone(), job, row };
+        let json = serde_json::to_vec(&cp).expect("checkpoint serializes");
+        let mut out = Vec::with_capacity(12 + json.len() + scales.len());
+        out.extend_from_slice(CHECKPOINT_MAGIC);
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(scales);
+        out
+    }
+
+    /// Seals the last shard (if any) and returns the manifest; an error if input is missing.
+    pub fn finish(&mut self) -> Result<Manifest> {
+        self.advance()?;
+        if let Some(j) = self.jobs.get(self.job) {
+            bail!("the checkpoint data ended early: tensor '{}' in {} is incomplete", j.src, j.name);
+        }
+        self.seal();
+        debug_assert_eq!(self.pos, self.total_out);
+        let shard_size = self.shard_size as u64;
+        let shards = &self.shards;
+        let parts = |mut o: u64, len: u64| -> Vec<Part> {
+            let (mut left, mut v) = (len, Vec::new());
+            while left > 0 {
+                let (i, off) = ((o / shard_size) as usize, o % shard_size);
+                let n = left.min(shard_size - off);
+                v.push(Part { shard: shards[i].file.clone(), offset: off, length: n });
+                o += n;
+                left -= n;
+            }
+            v
+        };
+        let mut o = 0;
+        let mut files = Vec::new();
+        for (name, data) in &self.files {
+            files.push(FileEntry { name: name.clone(), length: data.len() as u64, parts: parts(o, data.len() as u64) });
+            o += data.len() as u64;
+        }
+        let dtype_name = |d: SrcDtype| format!("{d:?}").to_lowercase();
+        let tensors = self
+            .jobs
+            .iter()
+            .map(|j| TensorEntry {
+                name: j.name.clone(),
+                dtype: dtype_name(j.dtype),
+                shape: j.shape.clone(),
+                quant: j.quant,
+                length: j.len,
+                parts: parts(j.out, j.len),
+            })
+            .collect();
+        Ok(Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            preset: self.preset,
+            config: self.config.clone(),
+            files,
+            tensors,
+            shards: self.shards.clone(),
+            total_bytes: self.total_out,
+        })
+    }
+}
+
+fn job(input: usize, h: &Header, name: &str, src: &str, t: &HeaderTensor, shape: Vec<usize>, quant: Quant) -> Result<Job> {
+    let dtype = SrcDtype::parse(&t.dtype).ok_or_else(|| anyhow!("{}: tensor '{src}' has dtype {}; expected BF16, F16 or F32", h.label, t.dtype))?;
+    let (rows, cols) = matrix_dims(&shape);
+    if rows * cols == 0 {
+        bail!("{}: tensor '{src}' is empty", h.label);
+    }
+    Ok(Job { input, name: name.into(), src: src.into(), dtype, shape, quant, rows, cols, begin: t.begin, end: t.end, out: 0, len: 0 })
+}
