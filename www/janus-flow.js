@@ -4,7 +4,7 @@
 // Attributes: pack (weight-pack URL), quant, mode (chat | draw), autoload (skip the consent
 // screen when the weights are already stored; always skipped then). Model output is only ever
 // inserted as text, never as HTML.
-import { create, defaults, hasWebGPU, storageInfo } from './janus.js';
+import { create, defaults, describe, hasWebGPU, hfSource, officialSource, storageInfo } from './janus.js';
 import { mib } from './store.js';
 
 const CSS = `
@@ -72,8 +72,24 @@ class JanusFlowElement extends HTMLElement {
     this.busy = null;
   }
 
+  /**
+   * Attributes: `pack` (a weight pack URL), else the Hugging Face layout: `hf-model` / `hf-vae`
+   * (checkpoint folder URLs) or `hf-endpoint` (a Hub mirror); the official checkpoints by default.
+   */
   get source() {
-    return { pack: new URL(this.getAttribute('pack') || './weights/', document.baseURI).href };
+    const abs = (u) => new URL(u, document.baseURI).href;
+    const pack = this.getAttribute('pack');
+    if (pack) return { pack: abs(pack) };
+    const hub = this.getAttribute('hf-endpoint');
+    const base = hub ? hfSource(hub) : officialSource;
+    const model = this.getAttribute('hf-model');
+    const vae = this.getAttribute('hf-vae');
+    return { hf: { model: model ? abs(model) : base.hf.model, vae: vae ? abs(vae) : base.hf.vae } };
+  }
+
+  get sourceLabel() {
+    const s = this.source;
+    return s.pack || `${s.hf.model} + ${s.hf.vae}`;
   }
 
   get mode() {
@@ -122,15 +138,16 @@ class JanusFlowElement extends HTMLElement {
       stored = null;
     }
     if (stored && stored.complete) return this.load();
-    let size = '';
+    let sizes;
     try {
-      const m = await (await fetch(new URL('manifest.json', this.source.pack))).json();
-      size = mib(m.shards.reduce((a, s) => a + s.size, 0));
+      sizes = await describe(this.source, { quant: this.getAttribute('quant') || undefined });
     } catch (e) {
-      this.screen(el('p', { class: 'error' }, `Cannot reach the weights at ${this.source.pack}: ${e.message}`));
+      this.screen(el('p', { class: 'error' }, `Cannot reach the weights at ${this.sourceLabel}: ${e.message}`));
       return;
     }
-    const s = this.screen(el('h3', {}, 'Download the model once'), el('p', {}, `The weights (${size}) are stored in this browser and used offline from then on. Their licences:`));
+    const size = mib(sizes.download);
+    const what = sizes.store === sizes.download ? `The weights (${size})` : `The weights (${size} to download, converted to ${mib(sizes.store)} as they arrive)`;
+    const s = this.screen(el('h3', {}, 'Download the model once'), el('p', {}, `${what} are stored in this browser and used offline from then on. Their licences:`));
     s.insertAdjacentHTML('beforeend', LICENCES);
     s.append(el('button', { class: 'primary', onclick: () => this.load() }, `Download ${size} and start`));
     this.setStatus('not downloaded');

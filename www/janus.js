@@ -10,6 +10,29 @@
 
 const here = new URL('.', import.meta.url);
 
+/**
+ * The default weight source: the official checkpoints in their Hugging Face layout, converted in
+ * the browser while they download (about 4.4 GB read, 1.4 GB stored for q4).
+ */
+export const officialSource = Object.freeze({
+  hf: Object.freeze({ model: 'https://huggingface.co/deepseek-ai/JanusFlow-1.3B/resolve/main/', vae: 'https://huggingface.co/stabilityai/sdxl-vae/resolve/main/' }),
+});
+
+/** The same checkpoints under another Hugging Face endpoint (a mirror such as https://hf-mirror.com). */
+export function hfSource(endpoint) {
+  const base = endpoint.replace(/\/+$/, '');
+  return { hf: { model: `${base}/deepseek-ai/JanusFlow-1.3B/resolve/main/`, vae: `${base}/stabilityai/sdxl-vae/resolve/main/` } };
+}
+
+/** Absolute URLs (the worker resolves against its own location otherwise). */
+function normalize(source) {
+  const abs = (u) => (u ? new URL(u, globalThis.location ? globalThis.location.href : here).href : u);
+  if (!source) return officialSource;
+  if (source.pack) return { ...source, pack: abs(source.pack) };
+  if (source.hf) return { ...source, hf: { ...source.hf, model: abs(source.hf.model), vae: abs(source.hf.vae) } };
+  throw new JanusError('the weight source must be {pack: URL} or {hf: {model: URL, vae: URL}}', 'config');
+}
+
 /** Spec defaults (JanusFlow demo): chat temperature 0.1, top-p 0.95, 512 tokens; 30 steps, cfg 2. */
 export const defaults = Object.freeze({ temperature: 0.1, topP: 0.95, maxTokens: 512, seed: 42, steps: 30, cfg: 2.0, imageSeed: 12345 });
 
@@ -140,12 +163,14 @@ class Engine {
 
 /**
  * Starts the engine: downloads (or finds in IndexedDB) the weights of `source` and loads them
- * onto the GPU. `source`: {pack: URL} (a weight pack) or {hf: {model: URL, vae: URL}}.
- * `onprogress({phase, loaded, total, speed, remaining, detail})`, phase ∈ download | verify | upload.
+ * onto the GPU. `source`: {pack: URL} (a weight pack) or {hf: {model: URL, vae: URL}} (the
+ * Hugging Face layout, converted while downloading; the default is `officialSource`).
+ * `onprogress({phase, loaded, total, speed, remaining, detail})`, phase ∈ download | convert |
+ * verify | upload.
  */
 export async function create({ source, quant, onprogress } = {}) {
   if (!hasWebGPU()) throw new JanusError('this browser has no WebGPU (use Chrome or Edge 113+, Safari 26, or Firefox 141+ on Windows)', 'webgpu');
-  if (!source) throw new JanusError('no weight source given: create({source: {pack: URL}})', 'config');
+  source = normalize(source);
   // Ask the browser to keep the weights (only a page can ask; best-effort, no prompt in most browsers).
   if (typeof navigator !== 'undefined' && navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
   const worker = new Worker(new URL('worker.js', here), { type: 'module', name: 'janusflow-engine' });
@@ -159,13 +184,23 @@ export async function create({ source, quant, onprogress } = {}) {
   return engine;
 }
 
-/** Storage facts without loading a model. */
-export async function storageInfo(source) {
+/** Runs one worker operation in a short-lived worker (no model loaded). */
+async function oneShot(op, args) {
   const worker = new Worker(new URL('worker.js', here), { type: 'module' });
-  const e = new Engine(worker, source);
+  const e = new Engine(worker, args.source);
   try {
-    return await e.call('storage', { source });
+    return await e.call(op, args);
   } finally {
     worker.terminate();
   }
+}
+
+/** Storage facts without loading a model. */
+export function storageInfo(source) {
+  return oneShot('storage', { source: normalize(source) });
+}
+
+/** What loading `source` would cost before anything is downloaded: {download, store} bytes. */
+export function describe(source, { quant } = {}) {
+  return oneShot('describe', { source: normalize(source), quant });
 }

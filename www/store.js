@@ -68,15 +68,20 @@ export async function getShard(name) {
   return request(db.transaction('shards').objectStore('shards').get(name));
 }
 
-/** Verifies and commits one shard; a shard is stored only if its bytes hash to its name. */
-export async function putShard(name, buffer) {
+/**
+ * Verifies and commits one shard; a shard is stored only if its bytes hash to its name. With
+ * `key`, the source's record (e.g. a conversion checkpoint) is written in the same transaction,
+ * so the record never claims a shard that is not there.
+ */
+export async function putShard(name, buffer, key, record) {
   const sha = await sha256Hex(buffer);
   if (`${sha}.bin` !== name) {
     throw Object.assign(new Error(`shard ${name} failed verification (its SHA-256 is ${sha})`), { kind: 'corrupt' });
   }
   const db = await openDb();
-  const tx = db.transaction('shards', 'readwrite');
+  const tx = db.transaction(['shards', 'packs'], 'readwrite');
   tx.objectStore('shards').put(buffer, name);
+  if (key) tx.objectStore('packs').put(record, key);
   try {
     await done(tx);
   } catch (e) {
@@ -96,13 +101,28 @@ export async function deletePack(key) {
   const keep = new Set();
   keys.forEach((k, i) => {
     if (k === key) return;
-    for (const s of JSON.parse(all[i].manifestText).shards) keep.add(s.file);
+    for (const f of shardsOf(all[i])) keep.add(f);
   });
   const tx = db.transaction(['packs', 'shards'], 'readwrite');
   tx.objectStore('packs').delete(key);
   const shards = tx.objectStore('shards');
   for (const name of await shardNamesIn(tx)) if (!keep.has(name)) shards.delete(name);
   await done(tx);
+}
+
+/** Shards a record uses: its manifest's, or those a partial conversion has committed. */
+function shardsOf(rec) {
+  if (rec.manifestText) return JSON.parse(rec.manifestText).shards.map((s) => s.file);
+  return rec.shards || [];
+}
+
+/** Throws a 'quota' error when the browser's estimate leaves less than `need` bytes. */
+export async function checkSpace(need) {
+  if (!(need > 0) || !navigator.storage || !navigator.storage.estimate) return;
+  const est = await navigator.storage.estimate();
+  if (est.quota != null && est.usage != null && est.quota - est.usage < need) {
+    throw Object.assign(new Error(`not enough storage for the weights: ${mib(need)} to store, ${mib(est.quota - est.usage)} available (${mib(est.usage)} used of ${mib(est.quota)})`), { kind: 'quota' });
+  }
 }
 
 function shardNamesIn(tx) {

@@ -1,8 +1,8 @@
 // Offline app shell: the HTML, JS, CSS and wasm are cached on install and served cache-first
 // (refreshed in the background), so after the first complete load the app starts with the
 // network off. Weights are not here: they live in IndexedDB (see store.js).
-const CACHE = 'janusflow-shell-v1';
-const SHELL = ['./', 'index.html', 'style.css', 'janus-flow.js', 'janus.js', 'store.js', 'worker.js', 'pkg/janusflow.js', 'pkg/janusflow_bg.wasm', 'embed-example.html', 'bench.html'];
+const CACHE = 'janusflow-shell-v2';
+const SHELL = ['./', 'index.html', 'style.css', 'janus-flow.js', 'janus.js', 'store.js', 'hf.js', 'worker.js', 'pkg/janusflow.js', 'pkg/janusflow_bg.wasm', 'embed-example.html', 'bench.html'];
 
 self.addEventListener('install', (e) => {
   e.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));

@@ -5,6 +5,7 @@
 
 import init, { loadEngine, adapterInfo } from './pkg/janusflow.js';
 import * as store from './store.js';
+import { importHf, hfKey, describe as describeHf } from './hf.js';
 
 let engine = null;
 let canceller = null;
@@ -61,12 +62,7 @@ async function download(id, base, manifest) {
   const total = manifest.shards.reduce((a, s) => a + s.size, 0);
   const need = missing.reduce((a, s) => a + s.size, 0);
   let loaded = total - need;
-  if (need > 0 && navigator.storage && navigator.storage.estimate) {
-    const est = await navigator.storage.estimate();
-    if (est.quota != null && est.usage != null && est.quota - est.usage < need) {
-      throw Object.assign(new Error(`not enough storage for the weights: ${store.mib(need)} to download, ${store.mib(est.quota - est.usage)} available (${store.mib(est.usage)} used of ${store.mib(est.quota)})`), { kind: 'quota' });
-    }
-  }
+  await store.checkSpace(need);
   const t0 = performance.now();
   let fetched = 0;
   for (const s of missing) {
@@ -140,19 +136,39 @@ function shardReader(id, total) {
   };
 }
 
-async function load(id, { source, quant }) {
-  await ensureWasm();
-  if (!source || !source.pack) {
-    throw new Error(source && source.hf ? 'loading straight from the Hugging Face layout is not available in this build yet; use a weight pack ({pack: URL})' : 'no weight source given ({pack: URL})');
-  }
+/** The IndexedDB key of a source: a pack's base URL, or the HF model and VAE URLs. */
+function sourceKey(source) {
+  if (source && source.pack) return packBase(source.pack);
+  if (source && source.hf && source.hf.model) return hfKey(source.hf);
+  throw new Error('no weight source given ({pack: URL} or {hf: {model: URL, vae: URL}})');
+}
+
+/** A pack's manifest text, after making sure every shard is stored (downloading what is missing). */
+async function packManifest(id, source) {
   const base = packBase(source.pack);
-  if (engine && engineKey === base) return engine.info();
-  if (navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
   const { text, offline } = await manifestFor(base, id);
   const manifest = JSON.parse(text);
   const total = manifest.shards.reduce((a, s) => a + s.size, 0);
   const stats = offline ? { total, downloaded: 0 } : await download(id, base, manifest);
   await store.putPack(base, { manifestText: text, complete: true, bytes: total, storedAt: Date.now() });
+  return { text, total, downloaded: stats.downloaded, offline };
+}
+
+async function load(id, { source, quant }) {
+  await ensureWasm();
+  const key = sourceKey(source);
+  if (engine && engineKey === key) return engine.info();
+  if (navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
+  let text, total, downloaded, offline;
+  if (source.pack) {
+    ({ text, total, downloaded, offline } = await packManifest(id, source));
+  } else {
+    // Converted in this worker while downloading; afterwards it is a pack like any other.
+    ({ text, downloaded } = await importHf(source.hf, quant, (p) => post(id, 'progress', p)));
+    total = JSON.parse(text).total_bytes;
+    quant = '';
+    offline = downloaded === 0;
+  }
   if (engine) {
     engine.free();
     engine = null;
@@ -161,10 +177,10 @@ async function load(id, { source, quant }) {
   const t0 = performance.now();
   const read = shardReader(id, total);
   engine = await loadEngine(text, read, quant || '', (done, all, what) => post(id, 'progress', { phase: 'upload', detail: what, step: done, steps: all }));
-  engineKey = base;
+  engineKey = key;
   canceller = engine.cancelHandle();
   const info = engine.info();
-  return { ...info, downloaded: stats.downloaded, bytes: total, loadSeconds: (performance.now() - t0) / 1000, offline: !!offline };
+  return { ...info, downloaded, bytes: total, loadSeconds: (performance.now() - t0) / 1000, offline: !!offline };
 }
 
 const ops = {
@@ -202,15 +218,25 @@ const ops = {
     return true;
   },
   async delete(id, { source }) {
-    const base = packBase(source.pack);
-    if (engineKey === base) await ops.unload();
-    await store.deletePack(base);
+    const key = sourceKey(source);
+    if (engineKey === key) await ops.unload();
+    await store.deletePack(key);
     return true;
+  },
+  /** Sizes before downloading: {download, store} bytes (the consent screen shows them). */
+  async describe(id, { source, quant }) {
+    if (source.pack) {
+      const { text } = await manifestFor(packBase(source.pack), id);
+      const bytes = JSON.parse(text).shards.reduce((a, s) => a + s.size, 0);
+      return { download: bytes, store: bytes };
+    }
+    await ensureWasm();
+    return describeHf(source.hf, quant);
   },
   async storage(id, { source }) {
     const est = navigator.storage && navigator.storage.estimate ? await navigator.storage.estimate() : {};
     const persisted = navigator.storage && navigator.storage.persisted ? await navigator.storage.persisted() : false;
-    const rec = source && source.pack ? await store.getPack(packBase(source.pack)) : null;
+    const rec = source ? await store.getPack(sourceKey(source)) : null;
     return { usage: est.usage, quota: est.quota, persisted, stored: rec ? { bytes: rec.bytes, complete: rec.complete } : null };
   },
 };

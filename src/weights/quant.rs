@@ -202,7 +202,9 @@ fn quantize_q4(g: &[f32]) -> (f16, Vec<u8>) {
         if sqq == 0.0 {
             continue;
         }
-        let d = f16::from_f64(sxq / sqq);
+        // Through f32 on purpose: `half` converts f64 via f32 where the CPU has F16C and directly
+        // elsewhere (wasm); one rounding path keeps browser-made packs identical to native ones.
+        let d = f16::from_f32((sxq / sqq) as f32);
         let df = d.to_f32();
         // Re-round with the stored (f16) scale so the levels are optimal for what the GPU sees.
         let q: Vec<i32> = g.iter().map(|&v| if df == 0.0 { 0 } else { ((v / df).round() as i32).clamp(-8, 7) }).collect();

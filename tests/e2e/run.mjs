@@ -20,6 +20,8 @@ assert.ok(shardFiles.length >= 3, 'the test pack should have several shards');
 
 const { server, state, url } = await startServer({
   '/pack/': path.join(e2e, 'pack'),
+  '/hf/model/': path.join(root, 'tests/fixtures/tiny'),
+  '/hf/vae/': path.join(root, 'tests/fixtures/tiny/vae'),
   '/native/': e2e,
   '/fixtures/': path.join(root, 'tests/fixtures'),
   '/e2e/': path.join(root, 'tests/e2e'),
@@ -258,6 +260,74 @@ await test('the browser benchmark page reports its figures (artifacts/browser-be
   console.log('     ', JSON.stringify(f));
   assert.equal(f.load_from, 'IndexedDB');
   for (const k of ['load_s', 'chat_first_token_s', 'image_question_first_token_s', 'seconds_per_flow_step']) assert.ok(f[k] > 0, `${k} = ${f[k]}`);
+});
+
+// The Hugging Face layout, converted in the worker while it downloads (the same Rust converter as
+// `janusflow convert`, so the stored pack must be byte-identical to the CLI's pack).
+const hfSource = { hf: { model: '/hf/model/', vae: '/hf/vae/', shardSize: 262144, retries: 1 } };
+const hfRecord = () => page.evaluate(async (key) => {
+  const db = await new Promise((res, rej) => { const q = indexedDB.open('janusflow'); q.onsuccess = () => res(q.result); q.onerror = () => rej(q.error); });
+  const rec = await new Promise((res) => { const q = db.transaction('packs').objectStore('packs').get(key); q.onsuccess = () => res(q.result); });
+  db.close();
+  return rec ? { complete: rec.complete, shards: rec.shards, manifest: rec.manifestText ? JSON.parse(rec.manifestText) : null } : null;
+}, `hf:${url}/hf/model/|${url}/hf/vae/`);
+const hfBytes = ['model.safetensors', 'vae/diffusion_pytorch_model.safetensors'].reduce((a, f) => a + fs.statSync(path.join(root, 'tests/fixtures/tiny', f)).size, 0);
+const dataStart = 8 + Number(fs.readFileSync(path.join(root, 'tests/fixtures/tiny/model.safetensors')).readBigUInt64LE(0));
+const dataRanges = (file) => state.ranges.filter((r) => r.path === file && r.start >= dataStart);
+
+await test('Hugging Face layout: converted while downloading into the CLI pack, then answers the same', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  await clearStore();
+  state.ranges = [];
+  const r = await inPage(`
+    const phases = new Set();
+    const sizes = await J.describe(arg.source);
+    const e = await J.create({ source: arg.source, onprogress: (p) => phases.add(p.phase) });
+    const text = await e.chat([{ role: 'user', content: arg.prompt }], { temperature: 0, maxTokens: 24 });
+    e.terminate();
+    return { phases: [...phases], text, sizes };
+  `, { source: hfSource, prompt: expected.chat.prompt });
+  const rec = await hfRecord();
+  assert.ok(rec && rec.complete, 'a complete record is stored');
+  assert.deepEqual(rec.manifest.shards, manifest.shards, 'same shards as janusflow convert');
+  assert.deepEqual(rec.manifest.tensors, manifest.tensors);
+  assert.equal(r.text, expected.chat.reply);
+  assert.ok(r.phases.includes('convert'), `phases: ${r.phases}`);
+  assert.equal(r.sizes.store, manifest.total_bytes);
+  assert.ok(state.ranges.some((x) => x.path === '/hf/vae/diffusion_pytorch_model.safetensors'), 'the VAE was read by Range');
+});
+
+await test('an interrupted Hugging Face download resumes by Range: at the byte within a load, after the last shard across loads', async () => {
+  await clearStore();
+  // (a) One connection drops inside the model file: the same load continues from that byte.
+  state.ranges = [];
+  state.cutOnce = 300000;
+  await inPage(`(await J.create({ source: arg })).terminate();`, hfSource);
+  const d = dataRanges('/hf/model/model.safetensors');
+  assert.ok(d.length === 2 && d[1].start > d[0].start, `ranges: ${JSON.stringify(state.ranges)}`);
+  assert.deepEqual((await hfRecord()).manifest.shards, manifest.shards);
+  // (b) The network fails for good mid-way: the load fails, keeping the shards committed so far
+  // with their checkpoint; the next load (a fresh worker, as after a reload) resumes after them.
+  await clearStore();
+  state.budget = 700000;
+  const err = await inPage(`try { await J.create({ source: arg }); return null; } catch (e) { return e.message; }`, hfSource);
+  assert.match(err || '', /keeps failing|cannot reach/);
+  const partial = await hfRecord();
+  assert.ok(partial && !partial.complete && partial.shards.length >= 1, `partial record: ${JSON.stringify(partial)}`);
+  state.budget = Infinity;
+  state.ranges = [];
+  const served0 = state.served;
+  const text = await inPage(`
+    const e = await J.create({ source: arg.source });
+    const t = await e.chat([{ role: 'user', content: arg.prompt }], { temperature: 0, maxTokens: 24 });
+    e.terminate();
+    return t;
+  `, { source: hfSource, prompt: expected.chat.prompt });
+  const first = dataRanges('/hf/model/model.safetensors')[0];
+  assert.ok(first && first.start > dataStart, `resumed at ${JSON.stringify(first)} (data starts at ${dataStart})`);
+  assert.ok(state.served - served0 < hfBytes - (first.start - dataStart), `read ${state.served - served0} bytes again`);
+  assert.deepEqual((await hfRecord()).manifest.shards, manifest.shards);
+  assert.equal(text, expected.chat.reply);
 });
 
 await browser.close();

@@ -20,6 +20,8 @@ use crate::weights::quant::Quant;
 use crate::weights::source::{Pack, ReadFuture, ShardStore};
 use crate::weights::ModelSource;
 
+pub mod convert;
+
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
