@@ -29,7 +29,7 @@ build_wasm() {
   local opt=""
   if [ -x node_modules/.bin/wasm-opt ]; then opt=node_modules/.bin/wasm-opt; fi
   if [ -n "$opt" ]; then
-    "$opt" -O3 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals \
+    "$opt" -O3 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-simd \
       www/pkg/janusflow_bg.wasm -o www/pkg/janusflow_bg.wasm.opt && mv www/pkg/janusflow_bg.wasm.opt www/pkg/janusflow_bg.wasm
   else
     echo "note: no current wasm-opt found (npm install binaryen); shipping the unoptimised wasm" >&2

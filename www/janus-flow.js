@@ -149,7 +149,10 @@ class JanusFlowElement extends HTMLElement {
     const what = sizes.store === sizes.download ? `The weights (${size})` : `The weights (${size} to download, converted to ${mib(sizes.store)} as they arrive)`;
     const s = this.screen(el('h3', {}, 'Download the model once'), el('p', {}, `${what} are stored in this browser and used offline from then on. Their licences:`));
     s.insertAdjacentHTML('beforeend', LICENCES);
-    s.append(el('button', { class: 'primary', onclick: () => this.load() }, `Download ${size} and start`));
+    // A conversion stopped earlier (closed tab, lost network) resumes after its last stored shard.
+    const resume = stored && !stored.complete && stored.shards > 0;
+    if (resume) s.append(el('p', {}, `${stored.shards} parts (up to ${mib(stored.shards * 32 * 1048576)}) are already stored; the download resumes from there.`));
+    s.append(el('button', { class: 'primary', onclick: () => this.load() }, resume ? 'Resume the download' : `Download ${size} and start`));
     this.setStatus('not downloaded');
   }
 

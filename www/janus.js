@@ -166,7 +166,7 @@ class Engine {
  * onto the GPU. `source`: {pack: URL} (a weight pack) or {hf: {model: URL, vae: URL}} (the
  * Hugging Face layout, converted while downloading; the default is `officialSource`).
  * `onprogress({phase, loaded, total, speed, remaining, detail})`, phase ∈ download | convert |
- * verify | upload.
+ * verify | upload | compile.
  */
 export async function create({ source, quant, onprogress } = {}) {
   if (!hasWebGPU()) throw new JanusError('this browser has no WebGPU (use Chrome or Edge 113+, Safari 26, or Firefox 141+ on Windows)', 'webgpu');

@@ -155,7 +155,7 @@ async function packManifest(id, source) {
 }
 
 async function load(id, { source, quant }) {
-  await ensureWasm();
+  const wasm = await ensureWasm();
   const key = sourceKey(source);
   if (engine && engineKey === key) return engine.info();
   if (navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
@@ -177,10 +177,15 @@ async function load(id, { source, quant }) {
   const t0 = performance.now();
   const read = shardReader(id, total);
   engine = await loadEngine(text, read, quant || '', (done, all, what) => post(id, 'progress', { phase: 'upload', detail: what, step: done, steps: all }));
+  post(id, 'progress', { phase: 'compile', detail: 'compiling shaders' });
+  const c0 = performance.now();
+  const pipelines = engine.compileKernels();
+  const compileSeconds = (performance.now() - c0) / 1000;
   engineKey = key;
   canceller = engine.cancelHandle();
   const info = engine.info();
-  return { ...info, downloaded, bytes: total, loadSeconds: (performance.now() - t0) / 1000, offline: !!offline };
+  // The wasm heap only grows, so its size now is the high-water mark of conversion and loading.
+  return { ...info, downloaded, bytes: total, loadSeconds: (performance.now() - t0) / 1000, offline: !!offline, pipelines, compileSeconds, wasmHeapBytes: wasm.memory.buffer.byteLength };
 }
 
 const ops = {
@@ -237,7 +242,7 @@ const ops = {
     const est = navigator.storage && navigator.storage.estimate ? await navigator.storage.estimate() : {};
     const persisted = navigator.storage && navigator.storage.persisted ? await navigator.storage.persisted() : false;
     const rec = source ? await store.getPack(sourceKey(source)) : null;
-    return { usage: est.usage, quota: est.quota, persisted, stored: rec ? { bytes: rec.bytes, complete: rec.complete } : null };
+    return { usage: est.usage, quota: est.quota, persisted, stored: rec ? { bytes: rec.bytes, complete: rec.complete, shards: rec.complete ? undefined : (rec.shards || []).length } : null };
   },
 };
 

@@ -234,6 +234,25 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Compiles the shaders of a chat turn and of an image question ahead of first use, by
+    /// recording one prefill chunk, one decode step, the logits and the image encoder without
+    /// submitting anything (pipelines are created while recording). Generation and VAE kernels
+    /// compile on their first step. Returns the number of pipelines now compiled.
+    pub fn compile_kernels(&self) -> Result<usize> {
+        let chunk = self.opts.prefill_chunk.min(self.opts.context - 1).max(2);
+        let cache = self.llm.new_cache(&self.gpu, chunk + 1)?;
+        let mut rec = Recorder::new(&self.gpu);
+        self.llm.forward(&mut rec, &self.scratch, &cache, Input::Ids(&self.ids, 0), chunk, 0);
+        self.llm.forward(&mut rec, &self.scratch, &cache, Input::Ids(&self.ids, chunk), 1, chunk);
+        self.llm.logits_of_row(&mut rec, &self.scratch, 0, &self.logits);
+        kernels::topk(&mut rec, &self.logits, 0, self.cfg.llm.vocab, 64, &self.topk_scratch, &self.topk_out);
+        if self.preprocess.is_some() {
+            self.encode_image(&mut rec, &Picture::from_rgb8(2, 2, vec![128; 12])?, None)?;
+        }
+        rec.discard();
+        Ok(self.gpu.pipeline_count())
+    }
+
     /// Attaches the VAE of a diffusers-layout folder.
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn attach_vae_dir(&mut self, dir: &std::path::Path) -> Result<()> {

@@ -135,6 +135,13 @@ impl<'a> Recorder<'a> {
     pub fn finish(mut self) {
         self.flush();
     }
+
+    /// Drops everything recorded without submitting it. Recording alone creates the pipelines,
+    /// which is how shaders are compiled ahead of first use.
+    pub fn discard(mut self) {
+        self.ops.clear();
+        self.params.clear();
+    }
 }
 
 impl Drop for Recorder<'_> {

@@ -162,6 +162,13 @@ impl WebEngine {
         info.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
     }
 
+    /// Compiles the chat and image-question shaders now (the load's last phase), so the first
+    /// message does not wait for them; returns the number of pipelines compiled.
+    #[wasm_bindgen(js_name = compileKernels)]
+    pub fn compile_kernels(&self) -> Result<u32, JsError> {
+        self.engine.compile_kernels().map(|n| n as u32).map_err(err)
+    }
+
     /// A handle whose `cancel()` stops the running chat or generation at its next step. (The
     /// engine itself is borrowed while a call runs, so cancelling goes through this handle.)
     #[wasm_bindgen(js_name = cancelHandle)]

@@ -91,17 +91,31 @@ impl QuantBlob {
                 }
             }
             Quant::Q8 | Quant::Q4 => {
-                let mut scales = Vec::with_capacity(n / GROUP * 2);
-                for g in x.chunks_exact(GROUP) {
+                // Each group: its scale and its packed levels (16 or 32 bytes).
+                let group = |g: &[f32]| -> (f16, Vec<u8>) {
                     if quant == Quant::Q8 {
                         let (d, q) = quantize_q8(g);
-                        scales.extend_from_slice(&d.to_le_bytes());
-                        data.extend(q.iter().map(|&v| v as u8));
+                        (d, q.iter().map(|&v| v as u8).collect())
                     } else {
                         let (d, q) = quantize_q4(g);
-                        scales.extend_from_slice(&d.to_le_bytes());
-                        data.extend(q.chunks_exact(2).map(|p| p[0] | (p[1] << 4)));
+                        (d, q.chunks_exact(2).map(|p| p[0] | (p[1] << 4)).collect())
                     }
+                };
+                // Whole tensors (loading an HF folder) use every core natively; results are
+                // the same as in order.
+                #[cfg(not(target_arch = "wasm32"))]
+                let groups: Vec<(f16, Vec<u8>)> = if n >= 1 << 16 {
+                    use rayon::prelude::*;
+                    x.par_chunks_exact(GROUP).map(group).collect()
+                } else {
+                    x.chunks_exact(GROUP).map(group).collect()
+                };
+                #[cfg(target_arch = "wasm32")]
+                let groups: Vec<(f16, Vec<u8>)> = x.chunks_exact(GROUP).map(group).collect();
+                let mut scales = Vec::with_capacity(n / GROUP * 2);
+                for (d, q) in groups {
+                    scales.extend_from_slice(&d.to_le_bytes());
+                    data.extend_from_slice(&q);
                 }
                 data.extend_from_slice(&scales);
             }
@@ -186,34 +200,71 @@ fn quantize_q8(g: &[f32]) -> (f16, Vec<i8>) {
     (d, q)
 }
 
+/// Round half away from zero, without a libm call (`f32::round` is one on baseline x86-64 and
+/// dominated conversion time). The same IEEE operations give the same levels natively and in wasm.
+#[inline]
+fn round_level(x: f32) -> i32 {
+    (x + 0.5f32.copysign(x)) as i32
+}
+
+/// Independent partial sums per group (in a fixed order, so results are the same everywhere):
+/// they break the add-latency chain and let the compiler use SIMD for the whole search.
+const LANES: usize = 8;
+
 /// Symmetric 4-bit with a least-squares scale: several candidate scales around Q4_0's
 /// (largest-magnitude value → −8) are tried, and for each the rounded levels are refitted with the
 /// scale that minimises the squared error; the best candidate wins. Stored level = q + 8.
-fn quantize_q4(g: &[f32]) -> (f16, Vec<u8>) {
+fn quantize_q4(g: &[f32]) -> (f16, [u8; GROUP]) {
+    let g: &[f32; GROUP] = g.try_into().expect("a whole group");
     let mx = g.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     if mx == 0.0 {
-        return (f16::ZERO, vec![8; g.len()]);
+        return (f16::ZERO, [8; GROUP]);
     }
-    let mut best = (f32::MAX, f16::ZERO, Vec::new());
+    let (mut best_err, mut best_d, mut best_q) = (f32::MAX, f16::ZERO, [0i32; GROUP]);
+    let mut q = [0i32; GROUP];
     for step in -10..=10 {
         let iscale = -(8.0 + step as f32 * 0.1) / mx;
-        let q: Vec<i32> = g.iter().map(|&v| ((v * iscale).round() as i32).clamp(-8, 7)).collect();
-        let (sxq, sqq) = g.iter().zip(&q).fold((0f64, 0f64), |(a, b), (&v, &l)| (a + v as f64 * l as f64, b + (l * l) as f64));
-        if sqq == 0.0 {
+        let (mut sx, mut sq) = ([0f32; LANES], [0i32; LANES]);
+        for (c, lanes) in g.chunks_exact(LANES).enumerate() {
+            for (k, &v) in lanes.iter().enumerate() {
+                let l = round_level(v * iscale).clamp(-8, 7);
+                q[c * LANES + k] = l;
+                sx[k] += v * l as f32;
+                sq[k] += l * l;
+            }
+        }
+        let sqq: i32 = sq.iter().sum();
+        if sqq == 0 {
             continue;
         }
-        // Through f32 on purpose: `half` converts f64 via f32 where the CPU has F16C and directly
+        let sxq: f32 = sx.iter().sum();
+        // f32 → f16 on purpose: `half` converts f64 via f32 where the CPU has F16C and directly
         // elsewhere (wasm); one rounding path keeps browser-made packs identical to native ones.
-        let d = f16::from_f32((sxq / sqq) as f32);
+        let d = f16::from_f32(sxq / sqq as f32);
         let df = d.to_f32();
+        if df == 0.0 {
+            continue;
+        }
         // Re-round with the stored (f16) scale so the levels are optimal for what the GPU sees.
-        let q: Vec<i32> = g.iter().map(|&v| if df == 0.0 { 0 } else { ((v / df).round() as i32).clamp(-8, 7) }).collect();
-        let err: f32 = g.iter().zip(&q).map(|(&v, &l)| (v - l as f32 * df).powi(2)).sum();
-        if err < best.0 {
-            best = (err, d, q);
+        let mut e = [0f32; LANES];
+        for (c, lanes) in g.chunks_exact(LANES).enumerate() {
+            for (k, &v) in lanes.iter().enumerate() {
+                let l = round_level(v / df).clamp(-8, 7);
+                q[c * LANES + k] = l;
+                let r = v - l as f32 * df;
+                e[k] += r * r;
+            }
+        }
+        let err: f32 = e.iter().sum();
+        if err < best_err {
+            (best_err, best_d, best_q) = (err, d, q);
         }
     }
-    (best.1, best.2.iter().map(|&l| (l + 8) as u8).collect())
+    if best_err == f32::MAX {
+        // Every candidate scale underflowed f16: the group is all but zero.
+        return (f16::ZERO, [8; GROUP]);
+    }
+    (best_d, best_q.map(|l| (l + 8) as u8))
 }
 
 #[cfg(test)]

@@ -233,7 +233,6 @@ pub struct StreamConverter {
     shards: Vec<ShardEntry>,
     sealed: Vec<Sealed>,
     consumed: u64,
-    row_f32: Vec<f32>,
 }
 
 impl StreamConverter {
@@ -318,7 +317,6 @@ impl StreamConverter {
             shards: Vec::new(),
             sealed: Vec::new(),
             consumed: 0,
-            row_f32: Vec::new(),
         };
         if let Some(cp) = checkpoint {
             c.restore(cp)?;
@@ -435,14 +433,17 @@ impl StreamConverter {
                 continue;
             }
             let in_row = j.in_row();
-            let take = (in_row - self.pending.len()).min(data.len());
+            let mut take = (in_row - self.pending.len()).min(data.len());
             if self.pending.is_empty() && take == in_row {
-                self.convert_row(&data[..take]);
+                // As many whole rows as arrived (converted in parallel natively).
+                let n = (data.len() / in_row).min(j.rows - self.row);
+                take = n * in_row;
+                self.convert_rows(&data[..take]);
             } else {
                 self.pending.extend_from_slice(&data[..take]);
                 if self.pending.len() == in_row {
                     let row = std::mem::take(&mut self.pending);
-                    self.convert_row(&row);
+                    self.convert_rows(&row);
                     self.pending = row;
                     self.pending.clear();
                 }
@@ -458,19 +459,30 @@ impl StreamConverter {
         std::mem::take(&mut self.sealed)
     }
 
-    /// Converts one source row of the current job and writes its payload; keeps its scales.
-    fn convert_row(&mut self, bytes: &[u8]) {
+    /// Converts whole source rows of the current job, then writes them in order: each row's
+    /// payload goes to the pack, its scales are kept for the tensor's end.
+    fn convert_rows(&mut self, bytes: &[u8]) {
         let j = &self.jobs[self.job];
-        let (quant, cols, dtype, sr) = (j.quant, j.cols, j.dtype, j.scale_row());
-        let mut vals = std::mem::take(&mut self.row_f32);
-        dtype.decode(bytes, &mut vals);
+        let (quant, cols, dtype, sr, in_row) = (j.quant, j.cols, j.dtype, j.scale_row(), j.in_row());
         // Same code as whole-tensor quantization: groups never straddle rows.
-        let blob = QuantBlob::quantize(quant, 1, cols, &vals).expect("grouped formats are only planned for whole groups");
-        self.row_f32 = vals;
+        let row = |b: &[u8]| {
+            let mut vals = Vec::with_capacity(cols);
+            dtype.decode(b, &mut vals);
+            QuantBlob::quantize(quant, 1, cols, &vals).expect("grouped formats are only planned for whole groups").data
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        let blobs: Vec<Vec<u8>> = {
+            use rayon::prelude::*;
+            bytes.par_chunks(in_row).map(row).collect()
+        };
+        #[cfg(target_arch = "wasm32")]
+        let blobs: Vec<Vec<u8>> = bytes.chunks(in_row).map(row).collect();
         let payload = QuantBlob::byte_len_unpadded(quant, 1, cols) - sr;
-        self.scales.extend_from_slice(&blob.data[payload..payload + sr]);
-        self.row += 1;
-        self.emit(&blob.data[..payload]);
+        for b in blobs {
+            self.scales.extend_from_slice(&b[payload..payload + sr]);
+            self.row += 1;
+            self.emit(&b[..payload]);
+        }
     }
 
     /// Finishes jobs whose rows are all read: writes their scales and padding.

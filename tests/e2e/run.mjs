@@ -112,7 +112,8 @@ await test('first load stores every shard in IndexedDB with progress events', as
     return { phases: [...phases], last, keys, info: e.info };
   `);
   assert.deepEqual(new Set(r.keys), new Set(shardFiles));
-  assert.ok(r.phases.includes('download') && r.phases.includes('upload'), `phases: ${r.phases}`);
+  assert.ok(['download', 'upload', 'compile'].every((p) => r.phases.includes(p)), `phases: ${r.phases}`);
+  assert.ok(r.info.pipelines >= 12 && r.info.wasmHeapBytes > 0, JSON.stringify(r.info));
   assert.equal(r.last.loaded, r.last.total);
   assert.equal(shardCount() - before, shardFiles.length, 'each shard fetched once');
 });

@@ -38,52 +38,59 @@ export function startServer(mounts) {
     if (!file.startsWith(mounts[mount])) return notFound(res);
     if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
     if (!fs.existsSync(file)) return notFound(res);
-    let body = fs.readFileSync(file);
+    const type = MIME[path.extname(file)] || 'application/octet-stream';
+    const headers = { 'content-type': type, 'cache-control': 'no-cache', 'accept-ranges': 'bytes' };
     if (p.endsWith('.bin')) {
       if (state.shardBudget <= 0) {
         req.socket.destroy();
         return;
       }
       state.shardBudget -= 1;
+      let body = fs.readFileSync(file);
       const name = path.basename(p);
       if (state.corruptOnce.has(name)) {
         state.corruptOnce.delete(name);
         body = Buffer.from(body);
         body[body.length >> 1] ^= 0xff;
       }
+      res.writeHead(200, { ...headers, 'content-length': body.length });
+      return res.end(body);
     }
-    const type = MIME[path.extname(file)] || 'application/octet-stream';
+    // Everything else is streamed from disk (checkpoints can be gigabytes), honouring one Range.
+    const size = fs.statSync(file).size;
+    let [start, end, status] = [0, size - 1, 200];
     const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range || '');
-    let status = 200;
-    const headers = { 'content-type': type, 'cache-control': 'no-cache', 'accept-ranges': 'bytes' };
     if (range) {
-      const start = Number(range[1]);
-      const end = range[2] ? Math.min(Number(range[2]), body.length - 1) : body.length - 1;
+      start = Number(range[1]);
+      end = range[2] ? Math.min(Number(range[2]), size - 1) : size - 1;
       state.ranges.push({ path: p, start, end });
-      if (start >= body.length) {
-        res.writeHead(416, { 'content-range': `bytes */${body.length}` });
+      if (start >= size) {
+        res.writeHead(416, { 'content-range': `bytes */${size}` });
         return res.end();
       }
-      headers['content-range'] = `bytes ${start}-${end}/${body.length}`;
-      body = body.subarray(start, end + 1);
+      headers['content-range'] = `bytes ${start}-${end}/${size}`;
       status = 206;
     }
-    headers['content-length'] = body.length;
+    const length = end - start + 1;
+    headers['content-length'] = length;
+    let cut = Infinity;
     if (p.endsWith('.safetensors')) {
-      const cut = Math.min(state.cutOnce > 0 ? state.cutOnce : Infinity, state.budget);
-      state.served += Math.min(cut, body.length);
-      state.budget -= Math.min(cut, body.length);
-      if (cut < body.length) {
-        state.cutOnce = 0;
-        if (cut === 0) return req.socket.destroy();
-        // Headers and the first `cut` bytes, then the connection drops.
-        res.writeHead(status, headers);
-        res.write(body.subarray(0, cut), () => setTimeout(() => req.socket.destroy(), 20));
-        return;
-      }
+      cut = Math.min(state.cutOnce > 0 ? state.cutOnce : Infinity, state.budget);
+      if (cut < length) state.cutOnce = 0;
+      state.served += Math.min(cut, length);
+      state.budget -= Math.min(cut, length);
+      if (cut === 0) return req.socket.destroy();
     }
     res.writeHead(status, headers);
-    res.end(body);
+    if (length === 0) return res.end();
+    const stream = fs.createReadStream(file, { start, end: start + Math.min(cut, length) - 1 });
+    if (cut < length) {
+      // The first `cut` bytes, then the connection drops.
+      stream.on('end', () => setTimeout(() => req.socket.destroy(), 20));
+      stream.pipe(res, { end: false });
+    } else {
+      stream.pipe(res);
+    }
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, state, url: `http://127.0.0.1:${server.address().port}` })));
 }
