@@ -1,12 +1,20 @@
-// The 128×128-tile matrix-product body shared by matmul.wgsl and conv.wgsl (included, not
-// dispatched): each 16×16 workgroup stages 8-deep slices of x and of the (dequantized) weights in
-// workgroup memory and accumulates 8×8 outputs per invocation in f32. The includer defines
+// The tiled matrix-product body shared by matmul.wgsl and conv.wgsl (included, not dispatched):
+// each 16×16 workgroup stages 8-deep slices of x and of the (dequantized) weights in workgroup
+// memory and accumulates TM×8 outputs per invocation in f32, for a TILE_M×128 output tile:
+// 128×128 by default, 32×128 with SMALL_M (a short prefill chunk would otherwise pay for 128
+// rows of arithmetic). The includer defines
 // `load_x4(m, k)` (four activations of row m from column k; a plain read or a convolution's gather),
 // and includes quant.wgsl (`load_w4`) and linear_out.wgsl (`store_out`) first.
 
 const BK: u32 = 8u;
 const TILE: u32 = 128u;
-var<workgroup> As: array<f32, 1024>; // [BK][128] slice of x, k-major
+#if SMALL_M
+const TM: u32 = 2u; // output rows per invocation
+#else
+const TM: u32 = 8u;
+#endif
+const TILE_M: u32 = 16u * TM;
+var<workgroup> As: array<f32, 1024>; // [BK][TILE_M] slice of x, k-major
 var<workgroup> Bs: array<f32, 1024>; // [BK][128] slice of W, k-major
 
 @compute @workgroup_size(16, 16)
@@ -14,9 +22,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let tx = lid.x;
     let ty = lid.y;
     let tid = ty * 16u + tx;
-    let m0 = wid.y * TILE;
+    let m0 = wid.y * TILE_M;
     let n0 = wid.x * TILE;
-    // Loader coordinates: 128 rows × 2 quads of k.
+    // Loader coordinates: 128 rows × 2 quads of k (only the first TILE_M rows of x).
     let lr = tid / 2u;
     let kq = (tid % 2u) * 4u;
     var acc: array<vec4<f32>, 16>; // row i: acc[2i] = cols 0..4, acc[2i+1] = cols 4..8
@@ -26,7 +34,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         let k = k0 + kq;
         var a = vec4<f32>(0.0);
-        if (m0 + lr < p.M && k < p.K) {
+        if (lr < TILE_M && m0 + lr < p.M && k < p.K) {
             a = load_x4(m0 + lr, k);
         }
         var b = vec4<f32>(0.0);
@@ -34,16 +42,18 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             b = load_w4(n0 + lr, k, p.K, p.soff);
         }
         for (var j = 0u; j < 4u; j++) {
-            As[(kq + j) * TILE + lr] = a[j];
+            if (lr < TILE_M) {
+                As[(kq + j) * TILE_M + lr] = a[j];
+            }
             Bs[(kq + j) * TILE + lr] = b[j];
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let ai = kk * TILE + ty * 8u;
+            let ai = kk * TILE_M + ty * TM;
             let bi = kk * TILE + tx * 8u;
             let b0 = vec4<f32>(Bs[bi], Bs[bi + 1u], Bs[bi + 2u], Bs[bi + 3u]);
             let b1 = vec4<f32>(Bs[bi + 4u], Bs[bi + 5u], Bs[bi + 6u], Bs[bi + 7u]);
-            for (var i = 0u; i < 8u; i++) {
+            for (var i = 0u; i < TM; i++) {
                 let av = As[ai + i];
                 acc[2u * i] += av * b0;
                 acc[2u * i + 1u] += av * b1;
@@ -51,8 +61,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 8u; i++) {
-        let m = m0 + ty * 8u + i;
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty * TM + i;
         if (m >= p.M) {
             break;
         }

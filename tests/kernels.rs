@@ -52,7 +52,8 @@ fn linear_all_formats_and_shapes() {
     for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4] {
         let ks: &[usize] = if quant.is_grouped() { &[96, 160] } else { &[44, 96] };
         for &k in ks {
-            for &(m, n) in &[(1usize, 67usize), (3, 130), (37, 67), (70, 131)] {
+            // matvec (≤ 4 rows), the 32-row tile (≤ 32), the 128-row tile (one and two row tiles).
+            for &(m, n) in &[(1usize, 67usize), (3, 130), (9, 67), (32, 131), (37, 67), (150, 131)] {
                 let x = rng.vec(m * k);
                 let wv = rng.vec(n * k);
                 let bias = rng.vec(n);

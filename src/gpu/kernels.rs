@@ -15,6 +15,9 @@ fn pipeline(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipelin
 /// Activation rows at or below this use the matrix–vector kernel.
 pub const MATVEC_MAX_ROWS: usize = 4;
 
+/// Activation rows at or below this (and above MATVEC_MAX_ROWS) use the 32-row matmul tile.
+pub const SMALL_TILE_MAX_ROWS: usize = 32;
+
 /// Where a matrix product writes: `y[y_off + m·y_stride + n]`, overwritten or accumulated.
 #[derive(Clone, Copy)]
 pub struct Out<'a> {
@@ -44,7 +47,11 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
 pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out, act: Act) {
     assert!(x_off % 4 == 0, "activation offsets must be multiples of 4");
     let vec = rows <= MATVEC_MAX_ROWS;
+    let small = !vec && rows <= SMALL_TILE_MAX_ROWS;
     let mut defines = vec![w.quant.define()];
+    if small {
+        defines.push("SMALL_M");
+    }
     if out.add {
         defines.push("ADD");
     }
@@ -63,7 +70,8 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
         if let Some(b) = bias {
             bufs.push(b);
         }
-        let wg = if vec { [(c.rows as u32).div_ceil(8), rows as u32, 1] } else { [(c.rows as u32).div_ceil(128), (rows as u32).div_ceil(128), 1] };
+        let tile_m = if small { 32 } else { 128 };
+        let wg = if vec { [(c.rows as u32).div_ceil(8), rows as u32, 1] } else { [(c.rows as u32).div_ceil(128), (rows as u32).div_ceil(tile_m), 1] };
         rec.dispatch(p.clone(), &params, &bufs, wg);
     }
 }
