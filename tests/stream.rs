@@ -144,3 +144,19 @@ fn streaming_rejects_bad_input_clearly() {
     let e = format!("{:#}", StreamConverter::new(Quant::Q4, SHARD, &inp.config, side, &[ok], None, None).err().unwrap());
     assert!(e.contains("tokenizer.json"), "{e}");
 }
+
+#[test]
+fn a_checkpoint_is_refused_when_a_file_changed_upstream() {
+    // Same shapes, new bytes (a re-upload): the server's ETag is part of the plan's fingerprint.
+    let inp = inputs();
+    let with_etag = |etag: &str| -> anyhow::Result<StreamConverter> {
+        let model = header("model.safetensors", &inp.files[0])?.with_identity(etag);
+        StreamConverter::new(Quant::Q4, SHARD, &inp.config, inp.side.clone(), &[model], None, None)
+    };
+    let (sealed, _) = run(&inp, with_etag("\"aaaa\"").unwrap(), 1 << 20, 0);
+    let model = header("model.safetensors", &inp.files[0]).unwrap().with_identity("\"bbbb\"");
+    let e = StreamConverter::new(Quant::Q4, SHARD, &inp.config, inp.side.clone(), &[model], None, Some(&sealed[0].checkpoint)).err().expect("should fail");
+    assert!(format!("{e:#}").contains("other files"), "{e:#}");
+    let model = header("model.safetensors", &inp.files[0]).unwrap().with_identity("\"aaaa\"");
+    assert!(StreamConverter::new(Quant::Q4, SHARD, &inp.config, inp.side.clone(), &[model], None, Some(&sealed[0].checkpoint)).is_ok());
+}

@@ -68,7 +68,12 @@ async function openRange(url, start, end, once = false) {
   throw Object.assign(new Error(`HTTP ${r.status} for ${url}`), { fatal: r.status >= 400 && r.status < 500 });
 }
 
-/** Bytes [start, end) of `url`, and the file's size when the server tells it. */
+/** The file's identity when the server exposes it (the Hub's X-Linked-ETag is its SHA-256). */
+function etagOf(r) {
+  return r.headers.get('x-linked-etag') || r.headers.get('etag') || '';
+}
+
+/** Bytes [start, end) of `url`, the file's size and identity when the server tells them. */
 async function rangeBytes(url, start, end) {
   const { r, offset } = await openRange(url, start, end);
   const out = new Uint8Array(end - start);
@@ -91,7 +96,7 @@ async function rangeBytes(url, start, end) {
     reader.cancel().catch(() => {});
   }
   if (got !== end - start) throw new Error(`${url}: the connection closed early`);
-  return { bytes: out, size: totalSize(r) };
+  return { bytes: out, size: totalSize(r), etag: etagOf(r) };
 }
 
 /** The safetensors header of `url`: its first 8 bytes give the JSON length. */
@@ -99,7 +104,7 @@ async function header(url, label) {
   const first = await rangeBytes(url, 0, 8);
   const n = safetensorsHeaderLength(label, first.bytes);
   const json = await rangeBytes(url, 8, 8 + n);
-  return { label, header: json.bytes, size: first.size ?? json.size };
+  return { label, header: json.bytes, size: first.size ?? json.size, etag: first.etag };
 }
 
 /** The safetensors files of `base` (`stem.safetensors`, or the shards of its index). */

@@ -23,11 +23,12 @@ fn bytes(v: &JsValue, what: &str) -> Result<Vec<u8>, JsError> {
     }
 }
 
-/// `{label, header: Uint8Array (the JSON after the first 8 bytes), size?: number}`.
+/// `{label, header: Uint8Array (the JSON after the first 8 bytes), size?: number, etag?: string}`.
 fn header(v: &JsValue) -> Result<Header, JsError> {
     let label = get(v, "label").as_string().unwrap_or_else(|| "safetensors file".into());
     let json = bytes(&get(v, "header"), "header")?;
-    Header::parse(&label, &json, get(v, "size").as_f64().map(|s| s as u64)).map_err(err)
+    let h = Header::parse(&label, &json, get(v, "size").as_f64().map(|s| s as u64)).map_err(err)?;
+    Ok(h.with_identity(&get(v, "etag").as_string().unwrap_or_default()))
 }
 
 /// Side files a pack carries, in pack order (the worker fetches these that exist).

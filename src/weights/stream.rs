@@ -93,6 +93,9 @@ struct HeaderTensor {
 pub struct Header {
     label: String,
     tensors: HashMap<String, HeaderTensor>,
+    /// What the server says the file is (the Hub's ETag is its SHA-256), if known: part of a
+    /// checkpoint's fingerprint, so a file re-uploaded with the same shapes is not mixed in.
+    identity: String,
 }
 
 impl Header {
@@ -136,7 +139,13 @@ impl Header {
                 bail!("{label} is truncated: its header describes {data_end} bytes, the file has {size}");
             }
         }
-        Ok(Header { label: label.to_string(), tensors })
+        Ok(Header { label: label.to_string(), tensors, identity: String::new() })
+    }
+
+    /// Records the file's identity (an ETag), see [`Header`].
+    pub fn with_identity(mut self, identity: &str) -> Self {
+        self.identity = identity.to_string();
+        self
     }
 
     pub fn label(&self) -> &str {
@@ -299,6 +308,9 @@ impl StreamConverter {
             fp.update(format!("\n{n} {}\n", sha256_hex(b)).as_bytes());
         }
         fp.update(serde_json::to_vec(&jobs)?);
+        for h in model.iter().chain(vae) {
+            fp.update(format!("\n{}", h.identity).as_bytes());
+        }
         let mut c = StreamConverter {
             preset,
             shard_size,

@@ -41,7 +41,10 @@ try {
     });
     const secs = (performance.now() - t0) / 1000;
     const m = JSON.parse(text);
-    return { quant, seconds: +secs.toFixed(1), read_mb: +(sizes.download / 1e6).toFixed(1), stored_mib: +(m.total_bytes / 1048576).toFixed(1), shards: m.shards.length, mb_per_s: +(sizes.download / 1e6 / secs).toFixed(1), wasm_heap_mib: +(wasm.memory.buffer.byteLength / 1048576).toFixed(1), agent: navigator.userAgent.match(/Chrom\w+\/[\d.]+/)?.[0] };
+    // Compare with a native pack: sha256 of manifest.json's shard file names, in order.
+    const names = new TextEncoder().encode(m.shards.map((s) => s.file).join('\n'));
+    const shardsSha = Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', names)), (b) => b.toString(16).padStart(2, '0')).join('');
+    return { quant, seconds: +secs.toFixed(1), read_mb: +(sizes.download / 1e6).toFixed(1), stored_mib: +(m.total_bytes / 1048576).toFixed(1), shards: m.shards.length, mb_per_s: +(sizes.download / 1e6 / secs).toFixed(1), wasm_heap_mib: +(wasm.memory.buffer.byteLength / 1048576).toFixed(1), shards_sha256: shardsSha, agent: navigator.userAgent.match(/Chrom\w+\/[\d.]+/)?.[0] };
   }, quant);
   console.log(JSON.stringify(r));
 } finally {
