@@ -61,7 +61,7 @@ fn prompt_ids_match_reference() {
 fn f32_logits_within_1e4_and_greedy_replies_identical() {
     let mut e = engine(Quant::F32);
     // Shaders compiled ahead of use (the browser's "compile" phase) change nothing below.
-    let compiled = e.compile_kernels().unwrap();
+    let compiled = pollster::block_on(e.compile_kernels()).unwrap();
     assert!(compiled >= 12, "only {compiled} pipelines compiled ahead");
     let mut longest = 0;
     for c in cases() {

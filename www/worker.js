@@ -179,7 +179,7 @@ async function load(id, { source, quant }) {
   engine = await loadEngine(text, read, quant || '', (done, all, what) => post(id, 'progress', { phase: 'upload', detail: what, step: done, steps: all }));
   post(id, 'progress', { phase: 'compile', detail: 'compiling shaders' });
   const c0 = performance.now();
-  const pipelines = engine.compileKernels();
+  const pipelines = await engine.compileKernels();
   const compileSeconds = (performance.now() - c0) / 1000;
   engineKey = key;
   canceller = engine.cancelHandle();

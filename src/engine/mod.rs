@@ -236,9 +236,10 @@ impl Engine {
 
     /// Compiles the shaders of a chat turn and of an image question ahead of first use, by
     /// recording one prefill chunk, one decode step, the logits and the image encoder without
-    /// submitting anything (pipelines are created while recording). Generation and VAE kernels
-    /// compile on their first step. Returns the number of pipelines now compiled.
-    pub fn compile_kernels(&self) -> Result<usize> {
+    /// submitting anything (pipelines are created while recording), then waits for the device
+    /// (browsers compile in another process; a 4-byte readback waits for it). Generation and VAE
+    /// kernels compile on their first step. Returns the number of pipelines now compiled.
+    pub async fn compile_kernels(&self) -> Result<usize> {
         let chunk = self.opts.prefill_chunk.min(self.opts.context - 1).max(2);
         let cache = self.llm.new_cache(&self.gpu, chunk + 1)?;
         let mut rec = Recorder::new(&self.gpu);
@@ -250,6 +251,7 @@ impl Engine {
             self.encode_image(&mut rec, &Picture::from_rgb8(2, 2, vec![128; 12])?, None)?;
         }
         rec.discard();
+        Recorder::new(&self.gpu).finish_and_read(&self.ids, 0, 4).await?;
         Ok(self.gpu.pipeline_count())
     }
 

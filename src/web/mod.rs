@@ -165,8 +165,8 @@ impl WebEngine {
     /// Compiles the chat and image-question shaders now (the load's last phase), so the first
     /// message does not wait for them; returns the number of pipelines compiled.
     #[wasm_bindgen(js_name = compileKernels)]
-    pub fn compile_kernels(&self) -> Result<u32, JsError> {
-        self.engine.compile_kernels().map(|n| n as u32).map_err(err)
+    pub async fn compile_kernels(&self) -> Result<u32, JsError> {
+        self.engine.compile_kernels().await.map(|n| n as u32).map_err(err)
     }
 
     /// A handle whose `cancel()` stops the running chat or generation at its next step. (The

@@ -331,6 +331,25 @@ await test('an interrupted Hugging Face download resumes by Range: at the byte w
   assert.equal(text, expected.chat.reply);
 });
 
+await test('the app page with the Hugging Face layout: consent shows both sizes, then it converts and chats', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  await clearStore();
+  await page.goto(`${url}/index.html?model=/hf/model/&vae=/hf/vae/`);
+  const app = page.locator('janus-flow');
+  const download = app.locator('button.primary', { hasText: 'Download' });
+  await download.waitFor({ timeout: 120000 });
+  const text = await app.locator('.screen').innerText();
+  assert.match(text, /to download, converted to .* as they arrive/);
+  await appReady(app);
+  await app.locator('summary', { hasText: 'Settings' }).click();
+  await app.locator('input[name=temperature]').fill('0');
+  await app.locator('input[name=maxTokens]').fill('24');
+  await app.locator('textarea').fill(expected.chat.prompt);
+  await app.locator('textarea').press('Enter');
+  await page.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
+  assert.equal(await app.locator('.msg.assistant').last().textContent(), expected.chat.reply);
+});
+
 await browser.close();
 server.close();
 const failed = results.filter((r) => !r.ok);
