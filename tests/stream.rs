@@ -44,7 +44,7 @@ fn converter(inp: &Inputs, preset: Quant, checkpoint: Option<&[u8]>) -> anyhow::
 /// (as a retried request would resend them). Returns the sealed shards and the manifest.
 fn run(inp: &Inputs, mut c: StreamConverter, chunk: usize, overlap: u64) -> (Vec<Sealed>, Manifest) {
     let mut sealed = c.take_sealed();
-    while let Some(span) = c.next_span().unwrap() {
+    while let Some(span) = c.next_span() {
         let mut at = span.start;
         while at < span.end {
             let from = at.saturating_sub(overlap);
@@ -79,7 +79,7 @@ fn streaming_matches_convert_and_resumes_after_any_shard() {
     for (k, s) in sealed.iter().enumerate() {
         let mut c = converter(&inp, Quant::Q4, Some(&s.checkpoint)).unwrap();
         assert_eq!(c.shard_count(), k + 1);
-        let start = c.next_span().unwrap().map(|sp| (sp.input as u64) << 40 | sp.start).unwrap_or(u64::MAX);
+        let start = c.next_span().map(|sp| (sp.input as u64) << 40 | sp.start).unwrap_or(u64::MAX);
         assert!(start >= last_start, "shard {k}: resumes at {start:#x}, before {last_start:#x}");
         last_start = start;
         let (rest, m) = run(&inp, c, 4096, 0);
@@ -92,7 +92,7 @@ fn streaming_matches_convert_and_resumes_after_any_shard() {
     let mut c = converter(&inp, Quant::Q4, None).unwrap();
     let (total, _) = c.input_bytes();
     let mut requested = 0;
-    while let Some(sp) = c.next_span().unwrap() {
+    while let Some(sp) = c.next_span() {
         requested += sp.end - sp.start;
         c.push(sp.input, sp.start, &inp.files[sp.input][sp.start as usize..sp.end as usize]).unwrap();
     }
@@ -116,13 +116,13 @@ fn streaming_rejects_bad_input_clearly() {
     let e = format!("{:#}", Header::parse("model.safetensors", &m[8..8 + n], Some(m.len() as u64 / 2)).err().unwrap());
     assert!(e.contains("model.safetensors is truncated"), "{e}");
     let mut c = converter(&inp, Quant::Q4, None).unwrap();
-    let sp = c.next_span().unwrap().unwrap();
+    let sp = c.next_span().unwrap();
     c.push(sp.input, sp.start, &inp.files[sp.input][sp.start as usize..(sp.start + sp.end) as usize / 2]).unwrap();
     let e = format!("{:#}", c.finish().err().unwrap());
     assert!(e.contains("ended early"), "{e}");
     // A gap in what was pushed.
     let mut c = converter(&inp, Quant::Q4, None).unwrap();
-    let sp = c.next_span().unwrap().unwrap();
+    let sp = c.next_span().unwrap();
     let e = format!("{:#}", c.push(sp.input, sp.start + 10, &inp.files[0][sp.start as usize + 10..sp.start as usize + 20]).err().unwrap());
     assert!(e.contains("bytes missing"), "{e}");
     // Garbage header, missing tensor, wrong shape, missing tokenizer.

@@ -157,7 +157,7 @@ export async function describe(hf, quant) {
   const c = converter(p, quant || 'q4', undefined, null);
   try {
     const small = p.files.reduce((a, [, b]) => a + b.byteLength, p.config.byteLength);
-    return { download: c.inputBytes()[0] + small, store: c.packBytes(), licences: true };
+    return { download: c.inputBytes()[0] + small, store: c.packBytes() };
   } finally {
     c.free();
   }

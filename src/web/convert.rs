@@ -96,8 +96,8 @@ impl HfConverter {
 
     /// The next byte range to fetch, `{input, start, end}` (end exclusive), or null when done.
     #[wasm_bindgen(js_name = nextSpan)]
-    pub fn next_span(&mut self) -> Result<JsValue, JsError> {
-        Ok(match self.0.next_span().map_err(err)? {
+    pub fn next_span(&mut self) -> JsValue {
+        match self.0.next_span() {
             Some(s) => {
                 let o = js_sys::Object::new();
                 js_sys::Reflect::set(&o, &"input".into(), &(s.input as u32).into()).unwrap();
@@ -106,7 +106,7 @@ impl HfConverter {
                 o.into()
             }
             None => JsValue::NULL,
-        })
+        }
     }
 
     /// Bytes of input `input` that start at file offset `offset`.

@@ -282,7 +282,7 @@ pub fn convert_with(
         Ok(())
     };
     let mut conv = StreamConverter::new(preset, shard_size, &config, side, &model, vae_header.as_ref(), None)?;
-    while let Some(span) = conv.next_span()? {
+    while let Some(span) = conv.next_span() {
         let data = &inputs[span.input].1[span.start as usize..span.end as usize];
         for (k, chunk) in data.chunks(4 << 20).enumerate() {
             conv.push(span.input, span.start + (k << 22) as u64, chunk)?;

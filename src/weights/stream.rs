@@ -215,7 +215,7 @@ pub struct Sealed {
 }
 
 /// A contiguous byte range of one input file that the converter wants next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
     pub input: usize,
     pub start: u64,
@@ -401,9 +401,9 @@ impl StreamConverter {
 
     /// The next byte range to read: from where reading stands to the end of a run of needed
     /// tensors in the same file. `None` when everything has been read.
-    pub fn next_span(&mut self) -> Result<Option<Span>> {
-        self.advance()?;
-        let Some(j) = self.jobs.get(self.job) else { return Ok(None) };
+    pub fn next_span(&mut self) -> Option<Span> {
+        self.advance();
+        let j = self.jobs.get(self.job)?;
         let start = self.need();
         let mut end = j.end;
         for k in &self.jobs[self.job + 1..] {
@@ -412,7 +412,7 @@ impl StreamConverter {
             }
             end = end.max(k.end);
         }
-        Ok(Some(Span { input: j.input, start, end }))
+        Some(Span { input: j.input, start, end })
     }
 
     /// Input position of the next needed byte.
@@ -426,7 +426,7 @@ impl StreamConverter {
     /// skipped; a gap in what is needed is an error.
     pub fn push(&mut self, input: usize, mut offset: u64, mut data: &[u8]) -> Result<()> {
         loop {
-            self.advance()?;
+            self.advance();
             let Some(j) = self.jobs.get(self.job) else { return Ok(()) };
             if data.is_empty() || j.input > input {
                 return Ok(());
@@ -471,37 +471,28 @@ impl StreamConverter {
         std::mem::take(&mut self.sealed)
     }
 
-    /// Converts whole source rows of the current job, then writes them in order: each row's
-    /// payload goes to the pack, its scales are kept for the tensor's end.
+    /// Converts whole source rows of the current job as one matrix (the same code as loading a
+    /// whole tensor, parallel natively; groups never straddle rows) and writes their payload; their
+    /// scales are kept for the tensor's end.
     fn convert_rows(&mut self, bytes: &[u8]) {
         let j = &self.jobs[self.job];
-        let (quant, cols, dtype, sr, in_row) = (j.quant, j.cols, j.dtype, j.scale_row(), j.in_row());
-        // Same code as whole-tensor quantization: groups never straddle rows.
-        let row = |b: &[u8]| {
-            let mut vals = Vec::with_capacity(cols);
-            dtype.decode(b, &mut vals);
-            QuantBlob::quantize(quant, 1, cols, &vals).expect("grouped formats are only planned for whole groups").data
-        };
-        #[cfg(not(target_arch = "wasm32"))]
-        let blobs: Vec<Vec<u8>> = {
-            use rayon::prelude::*;
-            bytes.par_chunks(in_row).map(row).collect()
-        };
-        #[cfg(target_arch = "wasm32")]
-        let blobs: Vec<Vec<u8>> = bytes.chunks(in_row).map(row).collect();
-        let payload = QuantBlob::byte_len_unpadded(quant, 1, cols) - sr;
-        for b in blobs {
-            self.scales.extend_from_slice(&b[payload..payload + sr]);
-            self.row += 1;
-            self.emit(&b[..payload]);
-        }
+        let (quant, cols, sr) = (j.quant, j.cols, j.scale_row());
+        let n = bytes.len() / j.in_row();
+        let mut vals = Vec::with_capacity(n * cols);
+        j.dtype.decode(bytes, &mut vals);
+        let blob = QuantBlob::quantize(quant, n, cols, &vals).expect("grouped formats are only planned for whole groups");
+        let payload = QuantBlob::byte_len_unpadded(quant, n, cols) - n * sr;
+        // Scales first: a shard sealed while the payload is written checkpoints them.
+        self.scales.extend_from_slice(&blob.data[payload..payload + n * sr]);
+        self.row += n;
+        self.emit(&blob.data[..payload]);
     }
 
     /// Finishes jobs whose rows are all read: writes their scales and padding.
-    fn advance(&mut self) -> Result<()> {
+    fn advance(&mut self) {
         while let Some(j) = self.jobs.get(self.job) {
             if self.row < j.rows {
-                return Ok(());
+                return;
             }
             let pad = (j.out + j.len - self.pos) as usize - self.scales.len();
             // A copy: a shard sealed while the scales are written checkpoints them.
@@ -513,7 +504,6 @@ impl StreamConverter {
             self.job += 1;
             self.row = 0;
         }
-        Ok(())
     }
 
     /// Appends to the pack's byte stream (dropping what is already committed), sealing full shards.
@@ -576,7 +566,7 @@ impl StreamConverter {
 
     /// Seals the last shard (if any) and returns the manifest; an error if input is missing.
     pub fn finish(&mut self) -> Result<Manifest> {
-        self.advance()?;
+        self.advance();
         if let Some(j) = self.jobs.get(self.job) {
             bail!("the checkpoint data ended early: tensor '{}' in {} is incomplete", j.src, j.name);
         }
