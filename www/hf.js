@@ -11,6 +11,7 @@ import * as store from './store.js';
 /** Attempts per request without progress (a connection that keeps making progress is kept up). */
 const RETRIES = 6;
 
+/** An absolute folder URL (trailing slash), resolved against the worker's location. */
 export function baseUrl(url) {
   const u = new URL(url, self.location.href);
   if (!u.pathname.endsWith('/')) u.pathname += '/';

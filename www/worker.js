@@ -5,7 +5,7 @@
 
 import init, { loadEngine, adapterInfo } from './pkg/janusflow.js';
 import * as store from './store.js';
-import { importHf, hfKey, describe as describeHf } from './hf.js';
+import { importHf, hfKey, baseUrl, describe as describeHf } from './hf.js';
 
 let engine = null;
 let canceller = null;
@@ -32,12 +32,6 @@ function classify(message) {
 function ensureWasm() {
   if (!wasmReady) wasmReady = init();
   return wasmReady;
-}
-
-function packBase(url) {
-  const u = new URL(url, self.location.href);
-  if (!u.pathname.endsWith('/')) u.pathname += '/';
-  return u.href;
 }
 
 /** Manifest: from the network when reachable, else the stored copy (offline start). */
@@ -138,14 +132,14 @@ function shardReader(id, total) {
 
 /** The IndexedDB key of a source: a pack's base URL, or the HF model and VAE URLs. */
 function sourceKey(source) {
-  if (source && source.pack) return packBase(source.pack);
+  if (source && source.pack) return baseUrl(source.pack);
   if (source && source.hf && source.hf.model) return hfKey(source.hf);
   throw new Error('no weight source given ({pack: URL} or {hf: {model: URL, vae: URL}})');
 }
 
 /** A pack's manifest text, after making sure every shard is stored (downloading what is missing). */
 async function packManifest(id, source) {
-  const base = packBase(source.pack);
+  const base = baseUrl(source.pack);
   const { text, offline } = await manifestFor(base, id);
   const manifest = JSON.parse(text);
   const total = manifest.shards.reduce((a, s) => a + s.size, 0);
@@ -231,7 +225,7 @@ const ops = {
   /** Sizes before downloading: {download, store} bytes (the consent screen shows them). */
   async describe(id, { source, quant }) {
     if (source.pack) {
-      const { text } = await manifestFor(packBase(source.pack), id);
+      const { text } = await manifestFor(baseUrl(source.pack), id);
       const bytes = JSON.parse(text).shards.reduce((a, s) => a + s.size, 0);
       return { download: bytes, store: bytes };
     }
