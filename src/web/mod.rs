@@ -91,6 +91,14 @@ fn messages_from_js(messages: &JsValue) -> Result<Vec<Message>, JsError> {
     Ok(out)
 }
 
+/// An options object, or the defaults when it is undefined or null.
+fn options_from_js<T: serde::de::DeserializeOwned + Default>(options: JsValue) -> Result<T, JsError> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(T::default());
+    }
+    serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad options: {e}")))
+}
+
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct ChatOptions {
@@ -181,11 +189,7 @@ impl WebEngine {
     /// `{text, finish, promptTokens, reusedTokens}`.
     pub async fn chat(&mut self, messages: JsValue, options: JsValue, on_token: js_sys::Function) -> Result<JsValue, JsError> {
         let out = messages_from_js(&messages)?;
-        let o: ChatOptions = if options.is_undefined() || options.is_null() {
-            ChatOptions::default()
-        } else {
-            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad options: {e}")))?
-        };
+        let o: ChatOptions = options_from_js(options)?;
         let d = SamplingParams::default();
         let params = SamplingParams {
             temperature: o.temperature.unwrap_or(d.temperature),
@@ -219,11 +223,7 @@ impl WebEngine {
         noise: Option<js_sys::Float32Array>,
         on_step: js_sys::Function,
     ) -> Result<Option<js_sys::Uint8Array>, JsError> {
-        let o: GenerateOptions = if options.is_undefined() || options.is_null() {
-            GenerateOptions::default()
-        } else {
-            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad options: {e}")))?
-        };
+        let o: GenerateOptions = options_from_js(options)?;
         let d = GenerateParams::default();
         let params = GenerateParams {
             steps: o.steps.unwrap_or(d.steps),

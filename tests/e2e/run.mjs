@@ -73,6 +73,17 @@ async function appReady(app, consent = true) {
   }
 }
 
+/** Sets greedy decoding in the app's settings, sends the chat prompt and checks the native reply. */
+async function greedyChatInApp(app) {
+  await app.locator('summary', { hasText: 'Settings' }).click();
+  await app.locator('input[name=temperature]').fill('0');
+  await app.locator('input[name=maxTokens]').fill('24');
+  await app.locator('textarea').fill(expected.chat.prompt);
+  await app.locator('textarea').press('Enter');
+  await page.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
+  assert.equal(await app.locator('.msg.assistant').last().textContent(), expected.chat.reply);
+}
+
 const shardCount = () => shardFiles.reduce((a, f) => a + (state.counts.get(`/pack/${f}`) || 0), 0);
 
 /** Runs `body` (a function source) in the page with the janus module as `J`. */
@@ -210,14 +221,7 @@ await test('the app page: chat and drawing through the interface (screenshots in
   await page.goto(`${url}/index.html?pack=/pack/`);
   const app = page.locator('janus-flow');
   await appReady(app);
-  await app.locator('summary', { hasText: 'Settings' }).click();
-  await app.locator('input[name=temperature]').fill('0');
-  await app.locator('input[name=maxTokens]').fill('24');
-  await app.locator('textarea').fill(expected.chat.prompt);
-  await app.locator('textarea').press('Enter');
-  const bubble = app.locator('.msg.assistant').last();
-  await page.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
-  assert.equal(await bubble.textContent(), expected.chat.reply);
+  await greedyChatInApp(app);
   await page.screenshot({ path: path.join(artifacts, 'app-chat.png') });
   await app.locator('input[value=draw]').check();
   await app.locator('input[name=steps]').fill('4');
@@ -240,13 +244,7 @@ await test('offline: after a complete load the app starts and runs with the netw
     await page.reload();
     const app = page.locator('janus-flow');
     await appReady(app, false);
-    await app.locator('summary', { hasText: 'Settings' }).click();
-    await app.locator('input[name=temperature]').fill('0');
-    await app.locator('input[name=maxTokens]').fill('24');
-    await app.locator('textarea').fill(expected.chat.prompt);
-    await app.locator('textarea').press('Enter');
-    await page.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
-    assert.equal(await app.locator('.msg.assistant').last().textContent(), expected.chat.reply);
+    await greedyChatInApp(app);
     await page.screenshot({ path: path.join(artifacts, 'app-offline.png') });
   } finally {
     state.offline = false;
@@ -341,13 +339,7 @@ await test('the app page with the Hugging Face layout: consent shows both sizes,
   const text = await app.locator('.screen').innerText();
   assert.match(text, /to download, converted to .* as they arrive/);
   await appReady(app);
-  await app.locator('summary', { hasText: 'Settings' }).click();
-  await app.locator('input[name=temperature]').fill('0');
-  await app.locator('input[name=maxTokens]').fill('24');
-  await app.locator('textarea').fill(expected.chat.prompt);
-  await app.locator('textarea').press('Enter');
-  await page.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
-  assert.equal(await app.locator('.msg.assistant').last().textContent(), expected.chat.reply);
+  await greedyChatInApp(app);
 });
 
 await browser.close();
