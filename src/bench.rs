@@ -30,6 +30,8 @@ pub fn matmul_f32(gpu: &Gpu, m: usize, k: usize, n: usize) -> Result<f64> {
 }
 
 pub struct LlmBench {
+    /// Prompt tokens prefilled (the request, shortened to fit the model's context).
+    pub prompt: usize,
     pub prefill_s: f64,
     pub decode_s: f64,
     pub decoded: usize,
@@ -39,6 +41,8 @@ pub struct LlmBench {
 
 /// Prefills `prompt` pseudo-random token ids, then decodes `steps` tokens greedily (EOS ignored).
 pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBench> {
+    let steps = steps.min(engine.opts.context.saturating_sub(2));
+    let prompt = prompt.clamp(1, engine.opts.context - steps - 1);
     let n = engine.tok.vocab_size().min(engine.cfg.llm.vocab) as u32;
     let ids: Vec<u32> = (0..prompt as u32).map(|i| if i == 0 { engine.tok.bos } else { (i * 7919) % n.min(engine.tok.bos) }).collect();
     let mut cache = engine.llm.new_cache(&engine.gpu, prompt + steps + 1)?;
@@ -53,6 +57,7 @@ pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBenc
     let decode_s = t1.elapsed().as_secs_f64();
     let after = engine.counters.lock().unwrap().clone();
     Ok(LlmBench {
+        prompt,
         prefill_s,
         decode_s,
         decoded: steps,
@@ -90,8 +95,11 @@ pub async fn understand(engine: &mut Engine) -> Result<UnderstandBench> {
 }
 
 pub struct GenerateBench {
-    /// Seconds of the second flow step (the first one also compiles pipelines).
+    /// Mean seconds of the flow steps after the first (the first one also compiles pipelines).
     pub step_s: f64,
+    /// Flow steps run, and seconds from the prompt to the decoded image (all steps + VAE).
+    pub steps: usize,
+    pub total_s: f64,
     /// The batched language-model pass of one step alone (both guidance rows).
     pub llm_s: f64,
     /// FLOPs of that pass's matrix products.
@@ -102,13 +110,14 @@ pub struct GenerateBench {
     pub memory_bytes: u64,
 }
 
-/// Times guided generation on `engine`: two flow steps, a standalone batched LLM pass, the VAE.
-pub async fn generate(engine: &Engine) -> Result<GenerateBench> {
+/// Times guided generation on `engine`: `steps` (≥ 2) flow steps, a standalone batched LLM pass, the VAE.
+pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
     use crate::engine::GenerateParams;
     use crate::model::llm::{Input, Seq};
     let before = engine.counters.lock().unwrap().clone();
+    let steps = steps.max(2);
     let mut stamps = vec![Instant::now()];
-    let params = GenerateParams { steps: 2, ..Default::default() };
+    let params = GenerateParams { steps, ..Default::default() };
     let latent = engine
         .generate_latent("a red fox in the snow, photograph", &params, None, |_| {
             stamps.push(Instant::now());
@@ -117,7 +126,8 @@ pub async fn generate(engine: &Engine) -> Result<GenerateBench> {
         .await?
         .expect("not cancelled");
     let after = engine.counters.lock().unwrap().clone();
-    let step_s = (stamps[2] - stamps[1]).as_secs_f64();
+    let step_s = (stamps[steps] - stamps[1]).as_secs_f64() / (steps - 1) as f64;
+    let flow_s = (stamps[steps] - stamps[0]).as_secs_f64();
 
     let c = &engine.cfg;
     let (h, n) = (c.llm.hidden, c.gen.tokens());
@@ -148,10 +158,12 @@ pub async fn generate(engine: &Engine) -> Result<GenerateBench> {
     let weights = engine.llm.weight_bytes() + engine.siglip.weight_bytes() + engine.gen_enc.weight_bytes() + engine.gen_dec.weight_bytes();
     Ok(GenerateBench {
         step_s,
+        steps,
+        total_s: flow_s + vae_s,
         llm_s,
         llm_flops,
         vae_s,
-        submits_per_step: (after.submits - before.submits) as f64 / 2.0,
+        submits_per_step: (after.submits - before.submits) as f64 / steps as f64,
         memory_bytes: weights + vae_mem + kv(64 + n + 1) + kv(n + 2) + scratch_bytes,
     })
 }

@@ -408,6 +408,7 @@ impl Engine {
     /// Images whose slots start before `from` are already in the cache and are not encoded again.
     pub(crate) async fn prefill(&self, cache: &mut KvCache, p: &Prompt, from: usize, k: usize) -> Result<Vec<(f32, u32)>> {
         let ids = &p.ids;
+        self.check_fits(ids.len())?;
         self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(ids));
         cache.keys.truncate(from);
         let span = self.image_tokens() + 1;
@@ -461,6 +462,9 @@ impl Engine {
     /// Feeds one token at `pos` and returns the next candidates.
     pub(crate) async fn decode_step(&self, cache: &mut KvCache, id: u32, k: usize) -> Result<Vec<(f32, u32)>> {
         let pos = cache.len();
+        if pos >= self.opts.context.min(cache.capacity) {
+            bail!("the context of {} tokens is full", self.opts.context.min(cache.capacity));
+        }
         self.gpu.queue.write_buffer(&self.ids, pos as u64 * 4, bytemuck::bytes_of(&id));
         let mut rec = Recorder::new(&self.gpu);
         self.llm.forward(&mut rec, &self.scratch, cache, Input::Ids(&self.ids, pos), 1, pos);

@@ -72,6 +72,19 @@ pub fn write_checkpoint(config_json: &str, out: &Path, seed: u64, mut progress: 
     std::fs::write(out.join("tokenizer.json"), TOKENIZER)?;
     std::fs::write(out.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
     std::fs::write(out.join("special_tokens_map.json"), SPECIAL_TOKENS)?;
+    // The image processor's settings as upstream writes them, sized for this config's encoder.
+    let preprocessor = serde_json::json!({
+        "background_color": [127, 127, 127], "do_normalize": true, "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "VLMImageProcessor", "image_size": cfg.siglip.image_size, "image_std": [0.5, 0.5, 0.5],
+        "min_size": 14, "processor_class": "VLChatProcessor", "rescale_factor": 1.0 / 255.0,
+    });
+    let processor = serde_json::json!({
+        "add_special_token": false, "ignore_id": -100, "image_end_tag": "<end_of_image>",
+        "image_gen_tag": "<｜begin▁of▁generation｜>", "image_start_tag": "<begin_of_image>", "image_tag": "<image_placeholder>",
+        "mask_prompt": true, "num_image_tokens": cfg.siglip.tokens(), "processor_class": "VLChatProcessor", "sft_format": "deepseek",
+    });
+    std::fs::write(out.join("preprocessor_config.json"), serde_json::to_string_pretty(&preprocessor)?)?;
+    std::fs::write(out.join("processor_config.json"), serde_json::to_string_pretty(&processor)?)?;
     params += write_vae(&out.join("vae"), &VaeConfig::sdxl(), seed ^ 0x5eed)?;
     Ok(params)
 }
