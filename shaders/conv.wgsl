@@ -1,6 +1,6 @@
 // 2-D convolution (stride 1, zero padding) as an implicit matrix product over channels-last maps,
 // for the VAE decoder: y[pixel, n] (+)= Σ_k x̃[pixel, k] · W[n, k] (+ bias), k = (dy·ks + dx)·Cin + ci,
-// with x̃ gathered on the fly (no im2col buffer). Same 128×128 tiling as matmul.wgsl.
+// with x̃ gathered on the fly (no im2col buffer). Same tilings as matmul.wgsl.
 // Works on a band of output rows so that no binding exceeds the device limit: x and y are
 // bound as windows starting at input row `in_row0` and output row `out_row0`.
 // Defines: one of F32/F16/Q8/Q4 (weights [Cout, ks·ks·Cin]); BIAS (always); ADD (residual accumulate);
@@ -69,4 +69,8 @@ fn load_x4(m: u32, k: u32) -> vec4<f32> {
     return v;
 }
 
+#if GPU_TILE
+//#include gemm_tile64.wgsl
+#else
 //#include gemm_tile.wgsl
+#endif

@@ -1,8 +1,7 @@
 // Tiled matrix–matrix product for prefill and batched work: y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
-// Each 16×16 workgroup computes a 128×128 output tile, 8×8 outputs per invocation, staging
-// 8-deep slices of x and of the (dequantized) weights in workgroup memory (8 KiB). Every
-// invocation loads one vec4 of x and one of W per slice. Accumulation is f32.
-// Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD; BIAS.
+// The tiling is in gemm_tile.wgsl (128×128 tiles, for CPU adapters) or gemm_tile64.wgsl
+// (64×64 tiles, GPU_TILE, for real GPUs). Accumulation is f32.
+// Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD; BIAS; SMALL_M; GPU_TILE.
 
 struct Params {
     M: u32,        // activation rows
@@ -30,4 +29,8 @@ fn load_x4(m: u32, k: u32) -> vec4<f32> {
     return x[(p.x_off + m * p.K + k) / 4u];
 }
 
+#if GPU_TILE
+//#include gemm_tile64.wgsl
+#else
 //#include gemm_tile.wgsl
+#endif

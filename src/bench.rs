@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use crate::engine::Engine;
 use crate::gpu::kernels::{self, Out};
+use crate::gpu::profile::Profile;
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
 use crate::weights::quant::{Quant, QuantBlob};
 
@@ -37,6 +38,9 @@ pub struct LlmBench {
     pub decoded: usize,
     pub submits_per_token: f64,
     pub readback_per_token: f64,
+    /// Per-kernel GPU times of the prefill and of all decode steps (when profiling).
+    pub prefill_profile: Option<Profile>,
+    pub decode_profile: Option<Profile>,
 }
 
 /// Prefills `prompt` pseudo-random token ids, then decodes `steps` tokens greedily (EOS ignored).
@@ -46,9 +50,11 @@ pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBenc
     let n = engine.tok.vocab_size().min(engine.cfg.llm.vocab) as u32;
     let ids: Vec<u32> = (0..prompt as u32).map(|i| if i == 0 { engine.tok.bos } else { (i * 7919) % n.min(engine.tok.bos) }).collect();
     let mut cache = engine.llm.new_cache(&engine.gpu, prompt + steps + 1)?;
+    engine.gpu.take_profile();
     let t0 = Instant::now();
     let mut cands = engine.prefill(&mut cache, &crate::engine::Prompt::from_ids(ids), 0, 1).await?;
     let prefill_s = t0.elapsed().as_secs_f64();
+    let prefill_profile = engine.gpu.take_profile();
     let before = engine.counters.lock().unwrap().clone();
     let t1 = Instant::now();
     for _ in 0..steps {
@@ -63,6 +69,8 @@ pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBenc
         decoded: steps,
         submits_per_token: (after.submits - before.submits) as f64 / steps as f64,
         readback_per_token: (after.bytes_read_back - before.bytes_read_back) as f64 / steps as f64,
+        prefill_profile,
+        decode_profile: engine.gpu.take_profile(),
     })
 }
 
@@ -106,6 +114,11 @@ pub struct GenerateBench {
     pub llm_flops: f64,
     pub vae_s: f64,
     pub submits_per_step: f64,
+    /// Per-kernel GPU times of the flow steps after the first, of the batched LLM pass and of the
+    /// VAE (when profiling).
+    pub step_profile: Option<Profile>,
+    pub llm_profile: Option<Profile>,
+    pub vae_profile: Option<Profile>,
     /// Weights plus the buffers one generation allocates (bytes).
     pub memory_bytes: u64,
 }
@@ -118,14 +131,19 @@ pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
     let steps = steps.max(2);
     let mut stamps = vec![Instant::now()];
     let params = GenerateParams { steps, ..Default::default() };
+    let gpu = &engine.gpu;
     let latent = engine
         .generate_latent("a red fox in the snow, photograph", &params, None, |_| {
             stamps.push(Instant::now());
+            if stamps.len() == 2 {
+                gpu.take_profile(); // the prompt and the first step (compiles)
+            }
             true
         })
         .await?
         .expect("not cancelled");
     let after = engine.counters.lock().unwrap().clone();
+    let step_profile = engine.gpu.take_profile();
     let step_s = (stamps[steps] - stamps[1]).as_secs_f64() / (steps - 1) as f64;
     let flow_s = (stamps[steps] - stamps[0]).as_secs_f64();
 
@@ -141,6 +159,7 @@ pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
     engine.llm.forward_seqs(&mut rec, &scratch, Input::Embeds(&embeds, 0), &seqs);
     rec.finish_and_read(&scratch.x, 0, 4).await?;
     let llm_s = t0.elapsed().as_secs_f64();
+    let llm_profile = engine.gpu.take_profile();
     let per_row: u64 =
         engine.llm.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| (w.n * w.k) as u64).sum::<u64>()).sum();
     let llm_flops = 2.0 * per_row as f64 * rows as f64;
@@ -164,6 +183,9 @@ pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
         llm_flops,
         vae_s,
         submits_per_step: (after.submits - before.submits) as f64 / steps as f64,
+        step_profile,
+        llm_profile,
+        vae_profile: engine.gpu.take_profile(),
         memory_bytes: weights + vae_mem + kv(64 + n + 1) + kv(n + 2) + scratch_bytes,
     })
 }

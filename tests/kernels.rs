@@ -49,11 +49,13 @@ fn cpu_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 fn linear_all_formats_and_shapes() {
     let gpu = gpu();
     let mut rng = Rng(1);
-    for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4] {
+    // Both tilings on any adapter: 128×128 / 32×128 (CPU adapters) and 64×64 / 16×64 (GPUs).
+    for (gpu_tile, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4].map(|q| (t, q))) {
+        gpu.set_gpu_tile(gpu_tile);
         let ks: &[usize] = if quant.is_grouped() { &[96, 160] } else { &[44, 96] };
         for &k in ks {
-            // matvec (≤ 4 rows), the 32-row tile (≤ 32), the 128-row tile (one and two row tiles).
-            for &(m, n) in &[(1usize, 67usize), (3, 130), (9, 67), (32, 131), (37, 67), (150, 131)] {
+            // matvec (≤ 4 rows), the small tiles (≤ 32 rows: one or two), the large ones (one to three row tiles).
+            for &(m, n) in &[(1usize, 67usize), (3, 130), (9, 67), (17, 67), (32, 131), (37, 67), (70, 131), (150, 131)] {
                 let x = rng.vec(m * k);
                 let wv = rng.vec(n * k);
                 let bias = rng.vec(n);
@@ -73,7 +75,7 @@ fn linear_all_formats_and_shapes() {
                 for i in 0..m * n {
                     want[i] += bias[i % n] + resid[i];
                 }
-                assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("linear {quant} m{m} n{n} k{k}"));
+                assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("linear {quant} m{m} n{n} k{k} gpu tile {gpu_tile}"));
             }
         }
     }
@@ -352,12 +354,15 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
     let gpu = gpu();
     let mut rng = Rng(11);
     let groups = 4;
-    for &(h, w, cin, cout, ks, up, norm, add, quant) in &[
+    let cases = [
         (40usize, 32usize, 8usize, 12usize, 3usize, false, true, false, Quant::F32),
         (20, 16, 8, 8, 3, true, false, false, Quant::F16),
         (40, 32, 8, 5, 1, false, false, true, Quant::F32),
         (9, 7, 4, 3, 3, false, true, true, Quant::F16),
-    ] {
+        (12, 10, 4, 70, 3, false, true, false, Quant::F16),
+    ];
+    for (gpu_tile, &(h, w, cin, cout, ks, up, norm, add, quant)) in [false, true].into_iter().flat_map(|t| cases.iter().map(move |c| (t, c))) {
+        gpu.set_gpu_tile(gpu_tile);
         gpu.set_binding_cap(if h * w >= 1000 || up { 32 * 1024 } else { u64::MAX });
         let (oh, ow) = if up { (2 * h, 2 * w) } else { (h, w) };
         let x = rng.vec(h * w * cin).iter().map(|v| v * 3.0 + 0.5).collect::<Vec<_>>();
@@ -404,7 +409,7 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
         if add {
             want.iter_mut().zip(&prior).for_each(|(a, b)| *a += b);
         }
-        assert_close(&read(&gpu, &yt), &want, 2e-5, &format!("conv {h}x{w} {cin}->{cout} k{ks} up {up} norm {norm} add {add} {quant}"));
+        assert_close(&read(&gpu, &yt), &want, 2e-5, &format!("conv {h}x{w} {cin}->{cout} k{ks} up {up} norm {norm} add {add} {quant} gpu tile {gpu_tile}"));
         if norm {
             let got: Vec<f32> = pollster::block_on(gpu.read_f32(&stats, 0, groups * 2)).unwrap();
             for (g, (m, r)) in st.iter().enumerate() {

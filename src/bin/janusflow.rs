@@ -152,6 +152,9 @@ enum Cmd {
         /// Flow steps the generation timing runs (at least 2; 30 gives the real total).
         #[arg(long, default_value_t = 2)]
         flow_steps: usize,
+        /// Also print per-kernel GPU times (timestamp queries; slows the run a little).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -339,8 +342,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps } => {
-            bench(model.as_deref(), &quant, prompt_tokens, decode_tokens, no_matmul, image, generate.then_some(flow_steps))
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, profile } => {
+            let opts = BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), profile };
+            bench(model.as_deref(), &opts)
         }
     }
 }
@@ -380,12 +384,33 @@ fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {
     Ok(())
 }
 
-fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens: usize, no_matmul: bool, image: bool, flow_steps: Option<usize>) -> Result<()> {
-    let gpu = gpu()?;
+struct BenchOpts {
+    quant: String,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    no_matmul: bool,
+    image: bool,
+    flow_steps: Option<usize>,
+    profile: bool,
+}
+
+fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: f64, per_name: &str) {
+    if let Some(p) = p {
+        println!("GPU time per kernel, {what}:\n{}", p.table(per, per_name));
+    }
+}
+
+fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
+    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, profile } = *o;
+    let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     println!("device: {} ({}, {})", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
+    if profile && !gpu.profiling() {
+        println!("(this adapter has no timestamp queries: no per-kernel times)");
+    }
     if !no_matmul {
         let secs = janusflow::bench::matmul_f32(&gpu, 512, 2048, 2048)?;
         println!("matmul f32 [512,2048]x[2048,2048]: {secs:.3} s ({:.1} GFLOP/s)", 2.0 * 512.0 * 2048.0 * 2048.0 / secs / 1e9);
+        print_profile("f32 matmul (4 runs)", &gpu.take_profile(), 4.0, "run");
     }
     let Some(dir) = model else { return Ok(()) };
     let preset = Quant::parse(quant)?;
@@ -408,6 +433,8 @@ fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens:
     println!("decode: {} tokens in {:.3} s = {:.2} tokens/s", r.decoded, r.decode_s, r.decoded as f64 / r.decode_s);
     println!("submits per decoded token: {:.2}", r.submits_per_token);
     println!("bytes read back per decoded token: {:.0}", r.readback_per_token);
+    print_profile("prefill", &r.prefill_profile, 1.0, "prefill");
+    print_profile("decode", &r.decode_profile, r.decoded as f64, "token");
     println!(
         "weight bytes read per decoded token / resident weight bytes: {:.3} ({:.1} MiB / {:.1} MiB)",
         engine.llm.weight_bytes_per_token() as f64 / engine.llm.weight_bytes() as f64,
@@ -440,6 +467,9 @@ fn bench(model: Option<&Path>, quant: &str, prompt_tokens: usize, decode_tokens:
             println!("generation: VAE decode {:.3} s; 30 steps + VAE ≈ {:.1} s (from {} steps)", g.vae_s, 30.0 * g.step_s + g.vae_s, g.steps);
         }
         println!("generation: GPU memory (weights + one generation's buffers) ≈ {:.0} MiB", g.memory_bytes as f64 / (1 << 20) as f64);
+        print_profile("flow steps", &g.step_profile, (g.steps - 1) as f64, "step");
+        print_profile("batched LLM pass", &g.llm_profile, 1.0, "pass");
+        print_profile("VAE decode", &g.vae_profile, 1.0, "decode");
     }
     Ok(())
 }

@@ -44,12 +44,29 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<String>>>,
     /// Extra cap on bindings (tests force splitting and banding on small data with it).
     binding_cap: std::sync::atomic::AtomicU64,
+    /// Matrix products use the 64×64 GPU tiling (gemm_tile64.wgsl) rather than the 128×128 one
+    /// that suits CPU adapters (lavapipe, SwiftShader).
+    gpu_tile: std::sync::atomic::AtomicBool,
+    /// Pipeline key by pipeline address, so that profiles can name what they time.
+    names: Mutex<HashMap<usize, Arc<str>>>,
+    /// Per-kernel timestamps, when opened with [`Gpu::new_profiling`] on an adapter that has them.
+    pub(crate) profile: Option<Mutex<super::profile::Profile>>,
 }
 
 impl Gpu {
     /// Picks the best adapter (high performance) and opens a device with the adapter's own
     /// maximum buffer and binding sizes, plus `shader-f16` / `subgroups` when offered.
     pub async fn new() -> Result<Self> {
+        Self::open(false).await
+    }
+
+    /// [`Gpu::new`] with per-kernel GPU timing (timestamp queries), when the adapter offers it
+    /// (native only). See [`Gpu::take_profile`].
+    pub async fn new_profiling() -> Result<Self> {
+        Self::open(true).await
+    }
+
+    async fn open(profile: bool) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -65,10 +82,14 @@ impl Gpu {
                      Mesa's lavapipe (apt-get install mesa-vulkan-drivers)"
                 )
             })?;
-        Self::from_adapter(adapter).await
+        Self::from_adapter_with(adapter, profile).await
     }
 
     pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        Self::from_adapter_with(adapter, false).await
+    }
+
+    async fn from_adapter_with(adapter: wgpu::Adapter, profile: bool) -> Result<Self> {
         let info = adapter.get_info();
         let alimits = adapter.limits();
         let afeatures = adapter.features();
@@ -81,6 +102,10 @@ impl Gpu {
         if afeatures.contains(wgpu::Features::SUBGROUP) {
             features |= wgpu::Features::SUBGROUP;
             gf.subgroups = true;
+        }
+        let profile = profile && !cfg!(target_arch = "wasm32") && afeatures.contains(wgpu::Features::TIMESTAMP_QUERY);
+        if profile {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
         }
         let mut limits = wgpu::Limits::downlevel_defaults();
         // Ask for what the adapter has: big vocab tensors and KV caches want large buffers,
@@ -130,7 +155,19 @@ impl Gpu {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         };
-        Ok(Self { device, queue, summary, limits, pipelines: Mutex::new(HashMap::new()), arenas: Mutex::new(Vec::new()), lost, binding_cap: u64::MAX.into() })
+        Ok(Self {
+            device,
+            queue,
+            summary,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            arenas: Mutex::new(Vec::new()),
+            lost,
+            binding_cap: u64::MAX.into(),
+            gpu_tile: (info.device_type != wgpu::DeviceType::Cpu).into(),
+            names: Mutex::new(HashMap::new()),
+            profile: profile.then(Default::default),
+        })
     }
 
     /// The largest storage binding the engine will create.
@@ -141,6 +178,16 @@ impl Gpu {
     /// Lowers the binding size the engine uses (for tests of the splitting paths).
     pub fn set_binding_cap(&self, bytes: u64) {
         self.binding_cap.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether matrix products use the GPU tiling (64×64) instead of the CPU one (128×128).
+    pub fn gpu_tile(&self) -> bool {
+        self.gpu_tile.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chooses the matrix-product tiling (tests run both on any adapter).
+    pub fn set_gpu_tile(&self, on: bool) {
+        self.gpu_tile.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.
@@ -172,7 +219,23 @@ impl Gpu {
         });
         let p = Arc::new(pipeline);
         self.pipelines.lock().unwrap().insert(key.to_string(), p.clone());
+        self.names.lock().unwrap().insert(Arc::as_ptr(&p) as usize, key.into());
         p
+    }
+
+    /// The key `pipeline` was compiled under.
+    pub(crate) fn pipeline_name(&self, pipeline: &Arc<wgpu::ComputePipeline>) -> Arc<str> {
+        self.names.lock().unwrap().get(&(Arc::as_ptr(pipeline) as usize)).cloned().unwrap_or_else(|| "?".into())
+    }
+
+    /// Whether per-kernel timing is on.
+    pub fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+
+    /// The per-kernel GPU times gathered since the last call (None unless profiling).
+    pub fn take_profile(&self) -> Option<super::profile::Profile> {
+        self.profile.as_ref().map(|p| std::mem::take(&mut *p.lock().unwrap()))
     }
 
     pub(crate) fn take_arena(&self) -> Option<wgpu::Buffer> {

@@ -37,6 +37,16 @@ pub enum Act {
     Silu,
 }
 
+/// Output rows × columns of one matrix-product workgroup (see gemm_tile.wgsl, gemm_tile64.wgsl).
+fn gemm_tile(gpu: &Gpu, small: bool) -> (u32, u32) {
+    match (gpu.gpu_tile(), small) {
+        (true, true) => (16, 64),
+        (true, false) => (64, 64),
+        (false, true) => (32, 128),
+        (false, false) => (128, 128),
+    }
+}
+
 /// y[m, :] (+)= x[m, :] · Wᵀ (+ bias) for m in 0..rows; `x` holds rows of `w.k` elements.
 pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out) {
     linear_act(rec, w, bias, x, x_off, rows, out, Act::None)
@@ -51,6 +61,10 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
     let mut defines = vec![w.quant.define()];
     if small {
         defines.push("SMALL_M");
+    }
+    let (tile_m, tile_n) = gemm_tile(rec.gpu, small);
+    if rec.gpu.gpu_tile() {
+        defines.push("GPU_TILE");
     }
     if out.add {
         defines.push("ADD");
@@ -70,8 +84,7 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
         if let Some(b) = bias {
             bufs.push(b);
         }
-        let tile_m = if small { 32 } else { 128 };
-        let wg = if vec { [(c.rows as u32).div_ceil(8), rows as u32, 1] } else { [(c.rows as u32).div_ceil(128), (rows as u32).div_ceil(tile_m), 1] };
+        let wg = if vec { [(c.rows as u32).div_ceil(8), rows as u32, 1] } else { [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1] };
         rec.dispatch(p.clone(), &params, &bufs, wg);
     }
 }
@@ -367,6 +380,9 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
     if norm.is_some() {
         defines.push("NORM");
     }
+    if rec.gpu.gpu_tile() {
+        defines.push("GPU_TILE");
+    }
     let p = pipeline(rec.gpu, "conv.wgsl", &defines);
     let mut r0 = 0;
     while r0 < y.h {
@@ -400,7 +416,8 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
             if let Some(g) = norm {
                 bufs.extend([(g.stats, 0, None), (g.gamma, 0, None), (g.beta, 0, None)]);
             }
-            rec.dispatch_ranges(p.clone(), &params, &bufs, [(c.rows as u32).div_ceil(128), (m as u32).div_ceil(128), 1]);
+            let (tile_m, tile_n) = gemm_tile(rec.gpu, false);
+            rec.dispatch_ranges(p.clone(), &params, &bufs, [(c.rows as u32).div_ceil(tile_n), (m as u32).div_ceil(tile_m), 1]);
         }
         r0 = r1;
     }

@@ -2,6 +2,7 @@
 
 pub mod context;
 pub mod kernels;
+pub mod profile;
 pub mod recorder;
 pub mod shader;
 pub mod tensor;

@@ -100,6 +100,11 @@ impl<'a> Recorder<'a> {
         self.params.clear();
         let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         let ops = std::mem::take(&mut self.ops);
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.gpu.profiling() {
+            self.flush_profiled(enc, ops);
+            return;
+        }
         let mut i = 0;
         while i < ops.len() {
             if let Op::Copy { src, src_off, dst, dst_off, size } = &ops[i] {
@@ -117,6 +122,49 @@ impl<'a> Recorder<'a> {
         }
         self.gpu.queue.submit([enc.finish()]);
         self.submits += 1;
+    }
+
+    /// [`Recorder::flush`] with each dispatch in its own pass between two timestamps; waits for
+    /// the GPU and adds the times to the device's profile.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn flush_profiled(&mut self, mut enc: wgpu::CommandEncoder, ops: Vec<Op>) {
+        let n = ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count() as u32;
+        let queries =
+            self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: 2 * n.max(1) });
+        let mut names = Vec::new();
+        for op in &ops {
+            match op {
+                Op::Copy { src, src_off, dst, dst_off, size } => enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size),
+                Op::Dispatch { pipeline, bind, wg } => {
+                    let i = 2 * names.len() as u32;
+                    let writes =
+                        wgpu::ComputePassTimestampWrites { query_set: &queries, beginning_of_pass_write_index: Some(i), end_of_pass_write_index: Some(i + 1) };
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: Some(writes) });
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, bind, &[]);
+                    pass.dispatch_workgroups(wg[0], wg[1], wg[2]);
+                    names.push(self.gpu.pipeline_name(pipeline));
+                }
+            }
+        }
+        let bytes = 16 * n.max(1) as u64;
+        let usage = wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC;
+        let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("profile-resolve"), size: bytes, usage, mapped_at_creation: false });
+        let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("profile-read"), size: bytes, usage, mapped_at_creation: false });
+        enc.resolve_query_set(&queries, 0..2 * n, &resolved, 0);
+        enc.copy_buffer_to_buffer(&resolved, 0, &staging, 0, bytes);
+        self.gpu.queue.submit([enc.finish()]);
+        self.submits += 1;
+        let Ok(data) = pollster::block_on(super::context::map_read(self.gpu, &staging)) else { return };
+        let stamps: &[u64] = bytemuck::cast_slice(&data);
+        let period = self.gpu.queue.get_timestamp_period() as f64;
+        if let Some(profile) = &self.gpu.profile {
+            let mut profile = profile.lock().unwrap();
+            for (i, name) in names.iter().enumerate() {
+                profile.add(name, stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * period);
+            }
+        }
     }
 
     /// Submits, then copies `size` bytes of `src` back to the CPU (the only readback of a step).

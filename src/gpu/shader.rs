@@ -8,6 +8,7 @@ const FILES: &[(&str, &str)] = &[
     ("linear_out.wgsl", include_str!("../../shaders/linear_out.wgsl")),
     ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
     ("gemm_tile.wgsl", include_str!("../../shaders/gemm_tile.wgsl")),
+    ("gemm_tile64.wgsl", include_str!("../../shaders/gemm_tile64.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("norm.wgsl", include_str!("../../shaders/norm.wgsl")),
     ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),

@@ -1,0 +1,104 @@
+// The tiled matrix-product body for real GPUs (included by matmul.wgsl and conv.wgsl with
+// GPU_TILE; CPU adapters such as lavapipe and SwiftShader keep the 128×128 gemm_tile.wgsl).
+//
+// Why a second shape: a 128×128 tile gives a 2048-wide projection over ~1000 rows only ~130
+// workgroups, one per SM of a large GPU, and one resident workgroup cannot hide the latency of
+// its own loads. Here each 16×16 workgroup owns a 64×64 output tile (16×64 with SMALL_M),
+// 4×4 outputs per invocation (1×4 with SMALL_M), so the grid has 4× more workgroups and each
+// one needs little shared memory and few registers. The next 16-deep slices of x and W are
+// fetched into registers while the current ones are multiplied out of workgroup memory.
+// Workgroup reads are vec4 and conflict-free: B by column quad, A broadcast per row quad.
+// The includer defines `load_x4(m, k)` and includes quant.wgsl (`load_w4`) and
+// linear_out.wgsl (`store_out`) first.
+
+const BK: u32 = 16u;
+const TN: u32 = 64u; // output columns per workgroup
+#if SMALL_M
+const TM: u32 = 1u; // output rows per invocation
+#else
+const TM: u32 = 4u;
+#endif
+const TILE_M: u32 = 16u * TM;
+// Bs[k][c] = W[n0 + 4c .. n0 + 4c + 4, k0 + k] (16 column quads per k).
+var<workgroup> Bs: array<vec4<f32>, 256>;
+#if SMALL_M
+var<workgroup> As: array<f32, 256>;        // As[k·16 + r] = x[m0 + r, k0 + k]
+#else
+var<workgroup> As: array<vec4<f32>, 256>;  // As[k·16 + q] = x[m0 + 4q .. 4q + 4, k0 + k]
+#endif
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x; // column quad
+    let ty = lid.y; // row (quad)
+    let tid = ty * 16u + tx;
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TN;
+    // Loader coordinates: 64 rows × 4 quads of k per slice.
+    let lr = tid / 4u;
+    let kq = (tid % 4u) * 4u;
+    let a_row = m0 + lr;
+    let b_row = n0 + lr;
+    var acc: array<vec4<f32>, TM>;
+    for (var i = 0u; i < TM; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    if (lr < TILE_M && a_row < p.M && kq < p.K) {
+        a = load_x4(a_row, kq);
+    }
+    if (b_row < p.N && kq < p.K) {
+        b = load_w4(b_row, kq, p.K, p.soff);
+    }
+    for (var k0 = 0u; k0 < p.K; k0 += BK) {
+        for (var j = 0u; j < 4u; j++) {
+            Bs[(kq + j) * 16u + lr / 4u][lr % 4u] = b[j];
+        }
+        if (lr < TILE_M) {
+            for (var j = 0u; j < 4u; j++) {
+#if SMALL_M
+                As[(kq + j) * 16u + lr] = a[j];
+#else
+                As[(kq + j) * 16u + lr / 4u][lr % 4u] = a[j];
+#endif
+            }
+        }
+        workgroupBarrier();
+        // Fetch the next slices while this one is multiplied.
+        let kn = k0 + BK + kq;
+        a = vec4<f32>(0.0);
+        b = vec4<f32>(0.0);
+        if (lr < TILE_M && a_row < p.M && kn < p.K) {
+            a = load_x4(a_row, kn);
+        }
+        if (b_row < p.N && kn < p.K) {
+            b = load_w4(b_row, kn, p.K, p.soff);
+        }
+        for (var kk = 0u; kk < BK; kk++) {
+            let bv = Bs[kk * 16u + tx];
+#if SMALL_M
+            acc[0] += As[kk * 16u + ty] * bv;
+#else
+            let av = As[kk * 16u + ty];
+            acc[0] += av.x * bv;
+            acc[1] += av.y * bv;
+            acc[2] += av.z * bv;
+            acc[3] += av.w * bv;
+#endif
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty * TM + i;
+        if (m >= p.M) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + tx * 4u + j;
+            if (n < p.N) {
+                store_out(m, n, acc[i][j]);
+            }
+        }
+    }
+}
