@@ -2,6 +2,11 @@
 // One workgroup per (query row, head); 64 lanes score 64 keys at a time, then each lane
 // accumulates its own output dimensions. Serves causal prefill (query t sees keys
 // 0 ..= pos0 + t), decode (T = 1 over the KV cache) and bidirectional encoders (causal = 0).
+// Defines:
+//   SPLIT: decoding has too few (row, head) pairs to fill a GPU, so the keys are also split into
+//          chunks of `chunk` keys, one workgroup each, which write their unnormalised partial
+//          output with its running max and sum to `part`;
+//   COMBINE: one workgroup per (row, head) rescales and sums the chunks' partials into `o`.
 
 struct Params {
     T: u32,         // query rows
@@ -18,15 +23,52 @@ struct Params {
     v_off: u32,     // element offset of value row 0
     scale: f32,     // 1/sqrt(D)
     o_stride: u32,  // elements per output row (≥ H·D)
+    chunk: u32,     // SPLIT/COMBINE: keys per chunk (multiple of 64)
+    chunks: u32,    // SPLIT/COMBINE: chunks per (row, head)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if COMBINE
+@group(0) @binding(1) var<storage, read> part: array<f32>;        // [T, H, chunks, D + 2] (acc, max, sum)
+@group(0) @binding(2) var<storage, read_write> o: array<f32>;     // [T, o_stride]
+#else
 @group(0) @binding(1) var<storage, read> q: array<f32>;           // [T, q_stride]
 @group(0) @binding(2) var<storage, read> k: array<f32>;           // [keys, kv_stride]
 @group(0) @binding(3) var<storage, read> v: array<f32>;           // [keys, kv_stride]
+#if SPLIT
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;  // [T, H, chunks, D + 2] (acc, max, sum)
+#else
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;     // [T, o_stride]
+#endif
+#endif
 
 const NEG: f32 = -1.0e30;
+#if COMBINE
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = wid.x;
+    let h = wid.y;
+    let base = (t * p.H + h) * p.chunks;
+    let w = p.D + 2u;
+    var mx = NEG;
+    for (var c = 0u; c < p.chunks; c++) {
+        mx = max(mx, part[(base + c) * w + p.D]);
+    }
+    var l = 0.0;
+    for (var c = 0u; c < p.chunks; c++) {
+        l += part[(base + c) * w + p.D + 1u] * exp(part[(base + c) * w + p.D] - mx);
+    }
+    let ob = p.o_off + t * p.o_stride + h * p.D;
+    for (var d = li; d < p.D; d += 64u) {
+        var s = 0.0;
+        for (var c = 0u; c < p.chunks; c++) {
+            s += part[(base + c) * w + d] * exp(part[(base + c) * w + p.D] - mx);
+        }
+        o[ob + d] = s / l;
+    }
+}
+#else
 var<workgroup> qs: array<f32, 512>;
 var<workgroup> ps: array<f32, 64>;
 var<workgroup> red: array<f32, 64>;
@@ -72,33 +114,41 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     if (p.causal != 0u) {
         nk = p.pos0 + t + 1u;
     }
+#if SPLIT
+    let jbeg = wid.z * p.chunk;
+    let jend = min(nk, jbeg + p.chunk);
+#else
+    let jbeg = 0u;
+    let jend = nk;
+#endif
     var acc: array<f32, 8>;
     for (var i = 0u; i < 8u; i++) {
         acc[i] = 0.0;
     }
     var m_run = NEG;
     var l_run = 0.0;
-    for (var j0 = 0u; j0 < nk; j0 += 64u) {
+    for (var j0 = jbeg; j0 < jend; j0 += 64u) {
         let j = j0 + li;
         var s = NEG;
-        if (j < nk) {
+        if (j < jend) {
             let kb = p.k_off + j * p.kv_stride + h * p.D;
-            var dotv = 0.0;
-            for (var d = 0u; d < p.D; d++) {
-                dotv += qs[d] * k[kb + d];
+            // Four independent sums (D % 4 == 0) so that the loads overlap.
+            var dv = vec4<f32>(0.0);
+            for (var d = 0u; d < p.D; d += 4u) {
+                dv += vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]) * vec4<f32>(k[kb + d], k[kb + d + 1u], k[kb + d + 2u], k[kb + d + 3u]);
             }
-            s = dotv * p.scale;
+            s = (dv.x + dv.y + dv.z + dv.w) * p.scale;
         }
         let m_new = max(m_run, reduce_max(li, s));
         var pj = 0.0;
-        if (j < nk) {
+        if (j < jend) {
             pj = exp(s - m_new);
         }
         ps[li] = pj;
         let tile_sum = reduce_sum(li, pj); // also orders the ps[] writes before the reads below
         let corr = exp(m_run - m_new);
         l_run = l_run * corr + tile_sum;
-        let jn = min(64u, nk - j0);
+        let jn = min(64u, jend - j0);
         for (var i = 0u; i < 8u; i++) {
             let d = li + i * 64u;
             if (d < p.D) {
@@ -113,6 +163,19 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         m_run = m_new;
         workgroupBarrier();
     }
+#if SPLIT
+    let pb = ((t * p.H + h) * p.chunks + wid.z) * (p.D + 2u);
+    for (var i = 0u; i < 8u; i++) {
+        let d = li + i * 64u;
+        if (d < p.D) {
+            part[pb + d] = acc[i];
+        }
+    }
+    if (li == 0u) {
+        part[pb + p.D] = m_run;
+        part[pb + p.D + 1u] = l_run;
+    }
+#else
     let ob = p.o_off + t * p.o_stride + h * p.D;
     for (var i = 0u; i < 8u; i++) {
         let d = li + i * 64u;
@@ -120,4 +183,6 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
             o[ob + d] = acc[i] / l_run;
         }
     }
+#endif
 }
+#endif

@@ -47,6 +47,8 @@ pub struct Gpu {
     /// Matrix products use the 64×64 GPU tiling (gemm_tile64.wgsl) rather than the 128×128 one
     /// that suits CPU adapters (lavapipe, SwiftShader).
     gpu_tile: std::sync::atomic::AtomicBool,
+    /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
+    scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
     /// Pipeline key by pipeline address, so that profiles can name what they time.
     names: Mutex<HashMap<usize, Arc<str>>>,
     /// Per-kernel timestamps, when opened with [`Gpu::new_profiling`] on an adapter that has them.
@@ -166,6 +168,7 @@ impl Gpu {
             binding_cap: u64::MAX.into(),
             gpu_tile: (info.device_type != wgpu::DeviceType::Cpu).into(),
             names: Mutex::new(HashMap::new()),
+            scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
         })
     }
@@ -257,6 +260,21 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
+    }
+
+    /// A storage buffer of at least `bytes` private to one kernel family, reused by every call:
+    /// dispatches run in recording order, so one call's use ends before the next one's begins.
+    /// A larger request replaces it (bind groups already recorded keep the old one alive).
+    pub fn scratch(&self, name: &'static str, bytes: u64) -> wgpu::Buffer {
+        let mut map = self.scratch.lock().unwrap();
+        match map.get(name) {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let b = self.storage_buffer(name, bytes.next_power_of_two());
+                map.insert(name, b.clone());
+                b
+            }
+        }
     }
 
     pub fn storage_buffer_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {

@@ -167,9 +167,13 @@ pub fn attention(
     o: &wgpu::Buffer,
     o_off: usize,
 ) {
-    assert!(s.head_dim <= 512);
-    let p = pipeline(rec.gpu, "attention.wgsl", &[]);
+    assert!(s.head_dim <= 512 && s.head_dim % 4 == 0);
     let scale = 1.0 / (s.head_dim as f32).sqrt();
+    // Decoding gives only t·heads workgroups, far too few for a GPU, while each scans the whole
+    // cache: then the keys are split into chunks too and the chunks' partials combined.
+    let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
+    let chunks = keys.div_ceil(ATTN_CHUNK);
+    let split = s.t * s.heads < 256 && chunks > 1;
     let params = [
         s.t as u32,
         s.heads as u32,
@@ -185,9 +189,20 @@ pub fn attention(
         v_off as u32,
         scale.to_bits(),
         s.o_stride as u32,
+        ATTN_CHUNK as u32,
+        chunks as u32,
     ];
-    rec.dispatch(p, &params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]);
+    if split {
+        let part = rec.gpu.scratch("attention-partials", (s.t * s.heads * chunks * (s.head_dim + 2) * 4) as u64);
+        rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["SPLIT"]), &params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
+        rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["COMBINE"]), &params, &[&part, o], [s.t as u32, s.heads as u32, 1]);
+    } else {
+        rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &[]), &params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]);
+    }
 }
+
+/// Keys per workgroup when attention is split over the keys (a multiple of 64).
+const ATTN_CHUNK: usize = 128;
 
 /// y = silu(a) · b over `n` elements.
 pub fn swiglu(rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) {
