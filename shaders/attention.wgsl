@@ -33,7 +33,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> o: array<f32>;     // [T, o_stride]
 #else
 @group(0) @binding(1) var<storage, read> q: array<f32>;           // [T, q_stride]
-@group(0) @binding(2) var<storage, read> k: array<f32>;           // [keys, kv_stride]
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;     // [keys, kv_stride / 4] (k_off, kv_stride, D % 4 == 0)
 @group(0) @binding(3) var<storage, read> v: array<f32>;           // [keys, kv_stride]
 #if SPLIT
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;  // [T, H, chunks, D + 2] (acc, max, sum)
@@ -69,7 +69,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }
 }
 #else
-var<workgroup> qs: array<f32, 512>;
+var<workgroup> qs: array<vec4<f32>, 128>; // the query row, D / 4 quads
 var<workgroup> ps: array<f32, 64>;
 var<workgroup> red: array<f32, 64>;
 
@@ -106,8 +106,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let t = wid.x;
     let h = wid.y;
     let qb = p.q_off + t * p.q_stride + h * p.D;
-    for (var d = li; d < p.D; d += 64u) {
-        qs[d] = q[qb + d];
+    for (var d = li; d < p.D / 4u; d += 64u) {
+        qs[d] = vec4<f32>(q[qb + 4u * d], q[qb + 4u * d + 1u], q[qb + 4u * d + 2u], q[qb + 4u * d + 3u]);
     }
     workgroupBarrier();
     var nk = p.n_keys;
@@ -131,12 +131,20 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         let j = j0 + li;
         var s = NEG;
         if (j < jend) {
-            let kb = p.k_off + j * p.kv_stride + h * p.D;
-            // Four independent sums (D % 4 == 0) so that the loads overlap.
-            var dv = vec4<f32>(0.0);
-            for (var d = 0u; d < p.D; d += 4u) {
-                dv += vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]) * vec4<f32>(k[kb + d], k[kb + d + 1u], k[kb + d + 2u], k[kb + d + 3u]);
+            let kb = (p.k_off + j * p.kv_stride + h * p.D) / 4u;
+            // vec4 loads and two independent sums, so that several loads are in flight per lane.
+            let d4 = p.D / 4u;
+            var s0 = vec4<f32>(0.0);
+            var s1 = vec4<f32>(0.0);
+            var d = 0u;
+            for (; d + 2u <= d4; d += 2u) {
+                s0 += qs[d] * k[kb + d];
+                s1 += qs[d + 1u] * k[kb + d + 1u];
             }
+            if (d < d4) {
+                s0 += qs[d] * k[kb + d];
+            }
+            let dv = s0 + s1;
             s = (dv.x + dv.y + dv.z + dv.w) * p.scale;
         }
         let m_new = max(m_run, reduce_max(li, s));
@@ -154,8 +162,15 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
             if (d < p.D) {
                 var a = acc[i] * corr;
                 let vb = p.v_off + j0 * p.kv_stride + h * p.D + d;
-                for (var jj = 0u; jj < jn; jj++) {
-                    a += ps[jj] * v[vb + jj * p.kv_stride];
+                let st = p.kv_stride;
+                // Four keys per iteration: independent loads (neighbouring lanes read neighbouring d).
+                var jj = 0u;
+                for (; jj + 4u <= jn; jj += 4u) {
+                    let b = vb + jj * st;
+                    a += ps[jj] * v[b] + ps[jj + 1u] * v[b + st] + ps[jj + 2u] * v[b + 2u * st] + ps[jj + 3u] * v[b + 3u * st];
+                }
+                for (; jj < jn; jj++) {
+                    a += ps[jj] * v[vb + jj * st];
                 }
                 acc[i] = a;
             }

@@ -227,6 +227,7 @@ impl Gpu {
     }
 
     /// The key `pipeline` was compiled under.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn pipeline_name(&self, pipeline: &Arc<wgpu::ComputePipeline>) -> Arc<str> {
         self.names.lock().unwrap().get(&(Arc::as_ptr(pipeline) as usize)).cloned().unwrap_or_else(|| "?".into())
     }

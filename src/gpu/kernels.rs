@@ -167,7 +167,7 @@ pub fn attention(
     o: &wgpu::Buffer,
     o_off: usize,
 ) {
-    assert!(s.head_dim <= 512 && s.head_dim % 4 == 0);
+    assert!(s.head_dim <= 512 && s.head_dim % 4 == 0 && s.kv_stride % 4 == 0 && k_off % 4 == 0, "attention reads keys as vec4");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     // Decoding gives only t·heads workgroups, far too few for a GPU, while each scans the whole
     // cache: then the keys are split into chunks too and the chunks' partials combined.
@@ -202,7 +202,7 @@ pub fn attention(
 }
 
 /// Keys per workgroup when attention is split over the keys (a multiple of 64).
-const ATTN_CHUNK: usize = 128;
+const ATTN_CHUNK: usize = 64;
 
 /// y = silu(a) · b over `n` elements.
 pub fn swiglu(rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) {
