@@ -1,8 +1,6 @@
 // Matrix–vector product for decoding (few activation rows): y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
 // Memory-bound: each weight word is read exactly once per activation row. A workgroup owns 8
-// output rows; each of 32 lanes takes runs of 32 consecutive weights (one q4/q8 group, one
-// scale) and issues their eight loads together, so that a warp keeps ~0.5 KiB per row in flight
-// (a GPU needs megabytes in flight to reach its bandwidth).
+// output rows; 32 lanes stride along K so that neighbouring lanes read neighbouring words.
 // Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD (accumulate into y); BIAS.
 
 struct Params {
@@ -37,13 +35,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     var acc = 0.0;
     if (n < p.N) {
         let xb = (p.x_off + m * p.K) / 4u;
-        for (var k0 = lane * 32u; k0 < p.K; k0 += 1024u) {
-            for (var j = 0u; j < 32u; j += 4u) {
-                let k = k0 + j;
-                if (k < p.K) {
-                    acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
-                }
-            }
+        for (var k = lane * 4u; k < p.K; k += 128u) {
+            acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
     }
     partial[li] = acc;

@@ -50,9 +50,9 @@ fn linear_all_formats_and_shapes() {
     let gpu = gpu();
     let mut rng = Rng(1);
     // Both tilings on any adapter: 128×128 / 32×128 (CPU adapters) and 64×64 / 16×64 (GPUs).
-    for (gpu_tile, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4].map(|q| (t, q))) {
-        gpu.set_gpu_tile(gpu_tile);
-        // K above 1024 makes matvec lanes take a second run of 32 weights.
+    for (gpu_tuned, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4].map(|q| (t, q))) {
+        gpu.set_gpu_tuned(gpu_tuned);
+        // Large K: many matrix-tile slices, many matvec strides.
         let ks: &[usize] = if quant.is_grouped() { &[96, 160, 1056] } else { &[44, 96, 1060] };
         for &k in ks {
             // matvec (≤ 4 rows), the small tiles (≤ 32 rows: one or two), the large ones (one to three row tiles).
@@ -76,7 +76,7 @@ fn linear_all_formats_and_shapes() {
                 for i in 0..m * n {
                     want[i] += bias[i % n] + resid[i];
                 }
-                assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("linear {quant} m{m} n{n} k{k} gpu tile {gpu_tile}"));
+                assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("linear {quant} m{m} n{n} k{k} gpu-tuned {gpu_tuned}"));
             }
         }
     }
@@ -198,8 +198,10 @@ fn cpu_attention(q: &[f32], k: &[f32], v: &[f32], t: usize, h: usize, d: usize, 
 fn attention_causal_with_cache_and_bidirectional() {
     let gpu = gpu();
     let mut rng = Rng(5);
-    // The last three split the keys into chunks (few rows); in (3, 2, 32, 126) row 0 has an empty chunk.
-    for &(t, h, d, pos0) in &[(9usize, 2usize, 40usize, 0usize), (3, 3, 128, 70), (70, 1, 64, 5), (1, 2, 16, 150), (2, 2, 64, 400), (3, 2, 32, 126)] {
+    // GPU-tuned, the last three split the keys into chunks (few rows); in (3, 2, 32, 126) row 0 has an empty chunk.
+    let shapes = [(9usize, 2usize, 40usize, 0usize), (3, 3, 128, 70), (70, 1, 64, 5), (1, 2, 16, 150), (2, 2, 64, 400), (3, 2, 32, 126)];
+    for (gpu_tuned, &(t, h, d, pos0)) in [false, true].into_iter().flat_map(|g| shapes.iter().map(move |s| (g, s))) {
+        gpu.set_gpu_tuned(gpu_tuned);
         let keys = pos0 + t;
         let q: Vec<f32> = rng.vec(t * h * d).iter().map(|v| v * 2.0).collect();
         let k: Vec<f32> = rng.vec(keys * h * d).iter().map(|v| v * 2.0).collect();
@@ -214,7 +216,7 @@ fn attention_causal_with_cache_and_bidirectional() {
             kernels::attention(&mut rec, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0);
             rec.finish();
             let want = if causal { cpu_attention(&q, &k, &v, t, h, d, |ti| pos0 + ti + 1) } else { cpu_attention(&q, &k, &v, t, h, d, |_| keys) };
-            assert_close(&read(&gpu, &ot), &want, 1e-5, &format!("attention t{t} h{h} d{d} pos0 {pos0} causal {causal}"));
+            assert_close(&read(&gpu, &ot), &want, 1e-5, &format!("attention t{t} h{h} d{d} pos0 {pos0} causal {causal} gpu-tuned {gpu_tuned}"));
         }
     }
 }
@@ -363,8 +365,8 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
         (9, 7, 4, 3, 3, false, true, true, Quant::F16),
         (12, 10, 4, 70, 3, false, true, false, Quant::F16),
     ];
-    for (gpu_tile, &(h, w, cin, cout, ks, up, norm, add, quant)) in [false, true].into_iter().flat_map(|t| cases.iter().map(move |c| (t, c))) {
-        gpu.set_gpu_tile(gpu_tile);
+    for (gpu_tuned, &(h, w, cin, cout, ks, up, norm, add, quant)) in [false, true].into_iter().flat_map(|t| cases.iter().map(move |c| (t, c))) {
+        gpu.set_gpu_tuned(gpu_tuned);
         gpu.set_binding_cap(if h * w >= 1000 || up { 32 * 1024 } else { u64::MAX });
         let (oh, ow) = if up { (2 * h, 2 * w) } else { (h, w) };
         let x = rng.vec(h * w * cin).iter().map(|v| v * 3.0 + 0.5).collect::<Vec<_>>();
@@ -411,7 +413,7 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
         if add {
             want.iter_mut().zip(&prior).for_each(|(a, b)| *a += b);
         }
-        assert_close(&read(&gpu, &yt), &want, 2e-5, &format!("conv {h}x{w} {cin}->{cout} k{ks} up {up} norm {norm} add {add} {quant} gpu tile {gpu_tile}"));
+        assert_close(&read(&gpu, &yt), &want, 2e-5, &format!("conv {h}x{w} {cin}->{cout} k{ks} up {up} norm {norm} add {add} {quant} gpu-tuned {gpu_tuned}"));
         if norm {
             let got: Vec<f32> = pollster::block_on(gpu.read_f32(&stats, 0, groups * 2)).unwrap();
             for (g, (m, r)) in st.iter().enumerate() {

@@ -171,6 +171,7 @@ async function load(id, { source, quant }) {
   const t0 = performance.now();
   const read = shardReader(id, total);
   engine = await loadEngine(text, read, quant || '', (done, all, what) => post(id, 'progress', { phase: 'upload', detail: what, step: done, steps: all }));
+  if (await isCpuAdapter()) engine.setGpuTuning(false);
   post(id, 'progress', { phase: 'compile', detail: 'compiling shaders' });
   const c0 = performance.now();
   const pipelines = await engine.compileKernels();
@@ -180,6 +181,19 @@ async function load(id, { source, quant }) {
   const info = engine.info();
   // The wasm heap only grows, so its size now is the high-water mark of conversion and loading.
   return { ...info, downloaded, bytes: total, loadSeconds: (performance.now() - t0) / 1000, offline: !!offline, pipelines, compileSeconds, wasmHeapBytes: wasm.memory.buffer.byteLength };
+}
+
+// wgpu cannot see what the browser's adapter is. A CPU rasteriser (SwiftShader, WARP, llvmpipe)
+// runs kernels shaped for few large workgroups faster than those shaped for a real GPU.
+async function isCpuAdapter() {
+  try {
+    const a = await navigator.gpu?.requestAdapter();
+    const i = a?.info || {};
+    const text = [i.vendor, i.architecture, i.device, i.description].join(' ');
+    return !!(a?.isFallbackAdapter || i.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe|warp|basic render/i.test(text));
+  } catch {
+    return false;
+  }
 }
 
 const ops = {

@@ -44,9 +44,10 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<String>>>,
     /// Extra cap on bindings (tests force splitting and banding on small data with it).
     binding_cap: std::sync::atomic::AtomicU64,
-    /// Matrix products use the 64×64 GPU tiling (gemm_tile64.wgsl) rather than the 128×128 one
-    /// that suits CPU adapters (lavapipe, SwiftShader).
-    gpu_tile: std::sync::atomic::AtomicBool,
+    /// Kernels are shaped for a real GPU (many small workgroups: 64×64 matrix tiles, decode
+    /// attention split over the keys) rather than for a CPU rasteriser such as lavapipe or
+    /// SwiftShader, where a few large workgroups already fill the cores and run faster.
+    gpu_tuned: std::sync::atomic::AtomicBool,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
     scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
     /// Pipeline key by pipeline address, so that profiles can name what they time.
@@ -166,7 +167,7 @@ impl Gpu {
             arenas: Mutex::new(Vec::new()),
             lost,
             binding_cap: u64::MAX.into(),
-            gpu_tile: (info.device_type != wgpu::DeviceType::Cpu).into(),
+            gpu_tuned: (info.device_type != wgpu::DeviceType::Cpu).into(),
             names: Mutex::new(HashMap::new()),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -183,14 +184,15 @@ impl Gpu {
         self.binding_cap.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether matrix products use the GPU tiling (64×64) instead of the CPU one (128×128).
-    pub fn gpu_tile(&self) -> bool {
-        self.gpu_tile.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether kernels are shaped for a real GPU (see the field) rather than a CPU rasteriser.
+    pub fn gpu_tuned(&self) -> bool {
+        self.gpu_tuned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Chooses the matrix-product tiling (tests run both on any adapter).
-    pub fn set_gpu_tile(&self, on: bool) {
-        self.gpu_tile.store(on, std::sync::atomic::Ordering::Relaxed);
+    /// Chooses the kernel shapes (the browser knows its adapter better than wgpu does there;
+    /// tests run both shapes on any adapter).
+    pub fn set_gpu_tuned(&self, on: bool) {
+        self.gpu_tuned.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.

@@ -39,7 +39,7 @@ pub enum Act {
 
 /// Output rows × columns of one matrix-product workgroup (see gemm_tile.wgsl, gemm_tile64.wgsl).
 fn gemm_tile(gpu: &Gpu, small: bool) -> (u32, u32) {
-    match (gpu.gpu_tile(), small) {
+    match (gpu.gpu_tuned(), small) {
         (true, true) => (16, 64),
         (true, false) => (64, 64),
         (false, true) => (32, 128),
@@ -63,7 +63,7 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
         defines.push("SMALL_M");
     }
     let (tile_m, tile_n) = gemm_tile(rec.gpu, small);
-    if rec.gpu.gpu_tile() {
+    if rec.gpu.gpu_tuned() {
         defines.push("GPU_TILE");
     }
     if out.add {
@@ -170,10 +170,11 @@ pub fn attention(
     assert!(s.head_dim <= 512 && s.head_dim % 4 == 0 && s.kv_stride % 4 == 0 && k_off % 4 == 0, "attention reads keys as vec4");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     // Decoding gives only t·heads workgroups, far too few for a GPU, while each scans the whole
-    // cache: then the keys are split into chunks too and the chunks' partials combined.
+    // cache: then the keys are split into chunks too and the chunks' partials combined. (A CPU
+    // rasteriser is already busy with that many workgroups; the extra pass would only cost.)
     let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
     let chunks = keys.div_ceil(ATTN_CHUNK);
-    let split = s.t * s.heads < 256 && chunks > 1;
+    let split = rec.gpu.gpu_tuned() && s.t * s.heads < 256 && chunks > 1;
     let params = [
         s.t as u32,
         s.heads as u32,
@@ -395,7 +396,7 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
     if norm.is_some() {
         defines.push("NORM");
     }
-    if rec.gpu.gpu_tile() {
+    if rec.gpu.gpu_tuned() {
         defines.push("GPU_TILE");
     }
     let p = pipeline(rec.gpu, "conv.wgsl", &defines);

@@ -166,8 +166,16 @@ impl WebEngine {
             "imageSize": c.gen.image_size,
             "latent": self.engine.latent_shape(),
             "hasVae": self.engine.vae.is_some(),
+            "gpuTuning": self.engine.gpu.gpu_tuned(),
         });
         info.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// Chooses kernel shapes for a real GPU (the default) or for a CPU rasteriser such as
+    /// SwiftShader, which wgpu cannot recognise from inside the browser. Call before `compileKernels`.
+    #[wasm_bindgen(js_name = setGpuTuning)]
+    pub fn set_gpu_tuning(&self, on: bool) {
+        self.engine.gpu.set_gpu_tuned(on);
     }
 
     /// Compiles the chat and image-question shaders now (the load's last phase), so the first

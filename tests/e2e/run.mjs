@@ -259,6 +259,8 @@ await test('the browser benchmark page reports its figures (artifacts/browser-be
   console.log('     ', JSON.stringify(f));
   assert.equal(f.load_from, 'IndexedDB');
   for (const k of ['load_s', 'chat_first_token_s', 'image_question_first_token_s', 'seconds_per_flow_step']) assert.ok(f[k] > 0, `${k} = ${f[k]}`);
+  // SwiftShader is a CPU rasteriser: the worker must have chosen the CPU kernel shapes.
+  if (/swiftshader/i.test(f.adapter)) assert.equal(f.gpu_tuning, false);
 });
 
 // The Hugging Face layout, converted in the worker while it downloads (the same Rust converter as

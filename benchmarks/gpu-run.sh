@@ -1,0 +1,17 @@
+#!/bin/bash
+# Real-size figures on a GPU machine: a random checkpoint with the real shapes, its q4 pack,
+# a profiled bench (per-kernel GPU times) and a plain one (30 measured flow steps).
+#   benchmarks/gpu-run.sh [janusflow binary] [real config.json]   (writes to $OUT or ./bench-out)
+set -u
+B=${1:-target/release/janusflow}
+CONFIG=${2:-../shared/fixtures/janusflow-1.3b-configs/config.json}
+W=${WORK:-/tmp/janusflow-bench}
+OUT=${OUT:-bench-out}
+mkdir -p "$W" "$OUT"
+L=$OUT/log.txt
+timeout 60 "$B" synth --config "$CONFIG" --out "$W/real" --seed 1 2>&1 | tail -1 | tee -a "$L"
+timeout 300 "$B" convert --model "$W/real" --out "$W/pack" --quant q4 2>&1 | tail -1 | tee -a "$L"
+echo "=== bench profile $(date +%T)" | tee -a "$L"
+timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile 2>&1 | tee -a "$L"
+echo "=== bench plain $(date +%T)" | tee -a "$L"
+timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --image --generate --flow-steps 30 2>&1 | tee -a "$L"
