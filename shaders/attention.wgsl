@@ -1,5 +1,5 @@
 // Scaled dot-product attention with an online softmax (the T×T score matrix is never stored).
-// One workgroup per (query row, head); 64 lanes score 64 keys at a time, then each lane
+// One workgroup per (query row, head) (and key chunk with SPLIT); 64 lanes score 64 keys at a time, then each lane
 // accumulates its own output dimensions. Serves causal prefill (query t sees keys
 // 0 ..= pos0 + t), decode (T = 1 over the KV cache) and bidirectional encoders (causal = 0).
 // Defines:
@@ -11,7 +11,7 @@
 struct Params {
     T: u32,         // query rows
     H: u32,         // heads
-    D: u32,         // head dim (≤ 512)
+    D: u32,         // head dim (≤ 512, multiple of 4)
     pos0: u32,      // causal: position of query row 0 (keys before it come from the cache)
     n_keys: u32,    // bidirectional: number of keys
     causal: u32,    // 1 = causal mask, 0 = attend to all n_keys

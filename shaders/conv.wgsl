@@ -5,7 +5,8 @@
 // bound as windows starting at input row `in_row0` and output row `out_row0`.
 // Defines: one of F32/F16/Q8/Q4 (weights [Cout, ks·ks·Cin]); BIAS (always); ADD (residual accumulate);
 //   NORM: apply GroupNorm then SiLU to each input value as it is loaded (zero padding stays 0);
-//   UPSAMPLE: the conv reads a nearest-neighbour ×2 upsampling of x (x is H/2 × W/2).
+//   UPSAMPLE: the conv reads a nearest-neighbour ×2 upsampling of x (x is H/2 × W/2);
+//   GPU_TILE: the 64×64 tiling of gemm_tile64.wgsl (real GPUs) instead of gemm_tile.wgsl's 128×128.
 
 struct Params {
     M: u32,        // output pixels in this band (rows × W_out)

@@ -45,8 +45,8 @@ pub struct LlmBench {
 
 /// Prefills `prompt` pseudo-random token ids, then decodes `steps` tokens greedily (EOS ignored).
 pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBench> {
-    let steps = steps.min(engine.opts.context.saturating_sub(2));
-    let prompt = prompt.clamp(1, engine.opts.context - steps - 1);
+    let steps = steps.min(engine.opts.context.saturating_sub(2)).max(1);
+    let prompt = prompt.min(engine.opts.context.saturating_sub(steps + 1)).max(1);
     let n = engine.tok.vocab_size().min(engine.cfg.llm.vocab) as u32;
     let ids: Vec<u32> = (0..prompt as u32).map(|i| if i == 0 { engine.tok.bos } else { (i * 7919) % n.min(engine.tok.bos) }).collect();
     let mut cache = engine.llm.new_cache(&engine.gpu, prompt + steps + 1)?;

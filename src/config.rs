@@ -251,8 +251,8 @@ impl JanusConfig {
             );
         }
         let head_dim = hidden / heads;
-        if head_dim % 2 != 0 || head_dim > 256 {
-            bail!("config.json: head dim {head_dim} must be even and at most 256");
+        if head_dim % 4 != 0 || head_dim > 256 {
+            bail!("config.json: head dim {head_dim} must be a multiple of 4 (the attention kernel reads keys as vec4) and at most 256");
         }
         let llm = LlmConfig {
             hidden,
@@ -290,7 +290,7 @@ impl JanusConfig {
         let image_size = opt_usize(&raw, &format!("{u}.image_size"))?.unwrap_or(384);
         let select_layer = get(&raw, &format!("{u}.select_layer")).and_then(Value::as_i64).unwrap_or(-1);
         let layers = if select_layer <= 0 { (total_layers as i64).min(total_layers as i64 + select_layer + 1) } else { select_layer };
-        if layers <= 0 || image_size % patch != 0 || width % sheads != 0 {
+        if layers <= 0 || image_size % patch != 0 || width % sheads != 0 || (width / sheads) % 4 != 0 {
             bail!("config.json: inconsistent SigLIP settings (image_size {image_size}, patch {patch}, width {width}, heads {sheads}, select_layer {select_layer})");
         }
         let siglip = SiglipConfig { image_size, patch, width, layers: layers as usize, heads: sheads, mlp_hidden: (width as f64 * mlp_ratio) as usize };

@@ -409,7 +409,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
     }
     if !no_matmul {
         let secs = janusflow::bench::matmul_f32(&gpu, 512, 2048, 2048)?;
-        println!("matmul f32 [512,2048]x[2048,2048]: {secs:.3} s ({:.1} GFLOP/s)", 2.0 * 512.0 * 2048.0 * 2048.0 / secs / 1e9);
+        println!("matmul f32 [512,2048]x[2048,2048]: {:.2} ms ({:.1} GFLOP/s)", secs * 1e3, 2.0 * 512.0 * 2048.0 * 2048.0 / secs / 1e9);
         print_profile("f32 matmul (4 runs)", &gpu.take_profile(), 4.0, "run");
     }
     let Some(dir) = model else { return Ok(()) };

@@ -265,7 +265,8 @@ impl Gpu {
         })
     }
 
-    /// A storage buffer of at least `bytes` private to one kernel family, reused by every call:
+    /// A storage buffer of at least `bytes` private to one kernel family, reused by every call and
+    /// kept for the device's lifetime (it is small: attention partials are ~0.5 MiB at 4096 keys):
     /// dispatches run in recording order, so one call's use ends before the next one's begins.
     /// A larger request replaces it (bind groups already recorded keep the old one alive).
     pub fn scratch(&self, name: &'static str, bytes: u64) -> wgpu::Buffer {

@@ -38,8 +38,8 @@ pub enum Act {
 }
 
 /// Output rows × columns of one matrix-product workgroup (see gemm_tile.wgsl, gemm_tile64.wgsl).
-fn gemm_tile(gpu: &Gpu, small: bool) -> (u32, u32) {
-    match (gpu.gpu_tuned(), small) {
+fn gemm_tile(gpu_tuned: bool, small: bool) -> (u32, u32) {
+    match (gpu_tuned, small) {
         (true, true) => (16, 64),
         (true, false) => (64, 64),
         (false, true) => (32, 128),
@@ -62,8 +62,10 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
     if small {
         defines.push("SMALL_M");
     }
-    let (tile_m, tile_n) = gemm_tile(rec.gpu, small);
-    if rec.gpu.gpu_tuned() {
+    // One read of the tuning flag: the shader and the grid must agree.
+    let tuned = rec.gpu.gpu_tuned();
+    let (tile_m, tile_n) = gemm_tile(tuned, small);
+    if tuned && !vec {
         defines.push("GPU_TILE");
     }
     if out.add {
@@ -396,9 +398,11 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
     if norm.is_some() {
         defines.push("NORM");
     }
-    if rec.gpu.gpu_tuned() {
+    let tuned = rec.gpu.gpu_tuned();
+    if tuned {
         defines.push("GPU_TILE");
     }
+    let (tile_m, tile_n) = gemm_tile(tuned, false);
     let p = pipeline(rec.gpu, "conv.wgsl", &defines);
     let mut r0 = 0;
     while r0 < y.h {
@@ -432,7 +436,6 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
             if let Some(g) = norm {
                 bufs.extend([(g.stats, 0, None), (g.gamma, 0, None), (g.beta, 0, None)]);
             }
-            let (tile_m, tile_n) = gemm_tile(rec.gpu, false);
             rec.dispatch_ranges(p.clone(), &params, &bufs, [(c.rows as u32).div_ceil(tile_n), (m as u32).div_ceil(tile_m), 1]);
         }
         r0 = r1;

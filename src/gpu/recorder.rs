@@ -101,7 +101,7 @@ impl<'a> Recorder<'a> {
         let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         let ops = std::mem::take(&mut self.ops);
         #[cfg(not(target_arch = "wasm32"))]
-        if self.gpu.profiling() {
+        if self.gpu.profiling() && ops.iter().any(|o| matches!(o, Op::Dispatch { .. })) {
             self.flush_profiled(enc, ops);
             return;
         }
@@ -128,9 +128,9 @@ impl<'a> Recorder<'a> {
     /// the GPU and adds the times to the device's profile.
     #[cfg(not(target_arch = "wasm32"))]
     fn flush_profiled(&mut self, mut enc: wgpu::CommandEncoder, ops: Vec<Op>) {
+        // At most SLOTS dispatches per flush, so at most 4096 queries (wgpu's limit per set).
         let n = ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count() as u32;
-        let queries =
-            self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: 2 * n.max(1) });
+        let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: 2 * n });
         let mut names = Vec::new();
         for op in &ops {
             match op {
@@ -147,7 +147,7 @@ impl<'a> Recorder<'a> {
                 }
             }
         }
-        let bytes = 16 * n.max(1) as u64;
+        let bytes = 16 * n as u64;
         let usage = wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC;
         let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("profile-resolve"), size: bytes, usage, mapped_at_creation: false });
         let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
@@ -157,7 +157,7 @@ impl<'a> Recorder<'a> {
         self.gpu.queue.submit([enc.finish()]);
         self.submits += 1;
         let Ok(data) = pollster::block_on(super::context::map_read(self.gpu, &staging)) else { return };
-        let stamps: &[u64] = bytemuck::cast_slice(&data);
+        let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&data);
         let period = self.gpu.queue.get_timestamp_period() as f64;
         if let Some(profile) = &self.gpu.profile {
             let mut profile = profile.lock().unwrap();
