@@ -64,11 +64,14 @@ fn f32_logits_within_1e4_and_greedy_replies_identical() {
     let compiled = pollster::block_on(e.compile_kernels()).unwrap();
     assert!(compiled >= 12, "only {compiled} pipelines compiled ahead");
     let mut longest = 0;
-    for c in cases() {
+    // Both kernel shapes on any adapter: the CPU one, and the GPU one (64×64 tiles, decode
+    // attention split over key chunks once the cache passes 64 keys).
+    for (gpu_tuned, c) in [false, true].into_iter().flat_map(|g| cases().into_iter().map(move |c| (g, c))) {
+        e.gpu.set_gpu_tuned(gpu_tuned);
         let want = read_npy(&fixture(&format!("tiny-ref/logits_{}.npy", c.name)));
         let got = pollster::block_on(e.logits(system(&c), &messages(&c))).unwrap();
         let rel = max_rel(&got, &want);
-        assert!(rel <= 1e-4, "case {}: logits max rel diff {rel}", c.name);
+        assert!(rel <= 1e-4, "case {} (gpu-tuned {gpu_tuned}): logits max rel diff {rel}", c.name);
 
         let mut conv = Conversation::new();
         conv.system = system(&c).map(String::from);
@@ -76,7 +79,7 @@ fn f32_logits_within_1e4_and_greedy_replies_identical() {
         let reply = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(c.greedy_ids.len()), |_| true)).unwrap();
         let eos = e.tok.eos;
         let upto = c.greedy_ids.iter().position(|&t| t == eos).unwrap_or(c.greedy_ids.len());
-        assert_eq!(reply.ids, c.greedy_ids[..upto], "case {}: greedy reply", c.name);
+        assert_eq!(reply.ids, c.greedy_ids[..upto], "case {} (gpu-tuned {gpu_tuned}): greedy reply", c.name);
         if upto < c.greedy_ids.len() {
             assert_eq!(reply.finish, janusflow::engine::FinishReason::Stop, "case {}: should stop at EOS", c.name);
         }
