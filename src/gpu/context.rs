@@ -50,8 +50,6 @@ pub struct Gpu {
     gpu_tuned: std::sync::atomic::AtomicBool,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
     scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
-    /// Pipeline key by pipeline address, so that profiles can name what they time.
-    names: Mutex<HashMap<usize, Arc<str>>>,
     /// Per-kernel timestamps, when opened with [`Gpu::new_profiling`] on an adapter that has them.
     pub(crate) profile: Option<Mutex<super::profile::Profile>>,
 }
@@ -168,7 +166,6 @@ impl Gpu {
             lost,
             binding_cap: u64::MAX.into(),
             gpu_tuned: (info.device_type != wgpu::DeviceType::Cpu).into(),
-            names: Mutex::new(HashMap::new()),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
         })
@@ -224,14 +221,15 @@ impl Gpu {
         });
         let p = Arc::new(pipeline);
         self.pipelines.lock().unwrap().insert(key.to_string(), p.clone());
-        self.names.lock().unwrap().insert(Arc::as_ptr(&p) as usize, key.into());
         p
     }
 
     /// The key `pipeline` was compiled under.
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn pipeline_name(&self, pipeline: &Arc<wgpu::ComputePipeline>) -> Arc<str> {
-        self.names.lock().unwrap().get(&(Arc::as_ptr(pipeline) as usize)).cloned().unwrap_or_else(|| "?".into())
+        // A scan of the cache (a few dozen entries), only ever done while profiling.
+        let cache = self.pipelines.lock().unwrap();
+        cache.iter().find(|(_, p)| Arc::ptr_eq(p, pipeline)).map(|(k, _)| k.as_str().into()).unwrap_or_else(|| "?".into())
     }
 
     /// Whether per-kernel timing is on.
