@@ -38,6 +38,9 @@ pub struct LlmBench {
     pub decoded: usize,
     pub submits_per_token: f64,
     pub readback_per_token: f64,
+    pub dispatches_per_token: f64,
+    /// Bind groups created per decoded token after the first (0 when they are all reused).
+    pub bind_groups_per_token: f64,
     /// Per-kernel GPU times of the prefill and of all decode steps (when profiling).
     pub prefill_profile: Option<Profile>,
     pub decode_profile: Option<Profile>,
@@ -56,12 +59,17 @@ pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBenc
     let prefill_s = t0.elapsed().as_secs_f64();
     let prefill_profile = engine.gpu.take_profile();
     let before = engine.counters.lock().unwrap().clone();
+    let mut binds = 0;
     let t1 = Instant::now();
-    for _ in 0..steps {
+    for i in 0..steps {
+        if i == 1 {
+            binds = engine.gpu.bind_groups_created();
+        }
         cands = engine.decode_step(&mut cache, cands[0].1, 1).await?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
     let after = engine.counters.lock().unwrap().clone();
+    let bind_groups_per_token = if steps > 1 { (engine.gpu.bind_groups_created() - binds) as f64 / (steps - 1) as f64 } else { f64::NAN };
     Ok(LlmBench {
         prompt,
         prefill_s,
@@ -69,6 +77,8 @@ pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBenc
         decoded: steps,
         submits_per_token: (after.submits - before.submits) as f64 / steps as f64,
         readback_per_token: (after.bytes_read_back - before.bytes_read_back) as f64 / steps as f64,
+        dispatches_per_token: (after.dispatches - before.dispatches) as f64 / steps as f64,
+        bind_groups_per_token,
         prefill_profile,
         decode_profile: engine.gpu.take_profile(),
     })

@@ -156,6 +156,28 @@ fn multi_turn_reuses_cache_and_matches_fresh_prefill() {
     assert_eq!(again.ids, second.ids);
 }
 
+/// Decode steps reuse the bind groups made for the first token of a KV cache: decoding more
+/// tokens creates no more of them (each would be a call into the GPU process in a browser).
+#[test]
+fn decode_reuses_bind_groups() {
+    let mut e = engine(Quant::F32);
+    let c = &cases()[0];
+    assert_eq!(c.name, "short"); // 32 greedy tokens without EOS
+    let mut created = |n: usize| {
+        let before = e.gpu.bind_groups_created();
+        let mut conv = Conversation::new();
+        conv.system = system(c).map(str::to_string);
+        conv.messages = messages(c);
+        let r = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(n), |_| true)).unwrap();
+        assert_eq!(r.ids.len(), n);
+        e.gpu.bind_groups_created() - before
+    };
+    created(24); // grows any scratch buffer first
+    let (few, many) = (created(4), created(24));
+    assert!(few > 0);
+    assert_eq!(few, many, "bind groups created for 4 vs 24 decoded tokens");
+}
+
 #[test]
 fn sampling_is_reproducible_and_streams_all_text() {
     let mut e = engine(Quant::Q4);

@@ -433,6 +433,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
     println!("decode: {} tokens in {:.3} s = {:.2} tokens/s", r.decoded, r.decode_s, r.decoded as f64 / r.decode_s);
     println!("submits per decoded token: {:.2}", r.submits_per_token);
     println!("bytes read back per decoded token: {:.0}", r.readback_per_token);
+    println!("dispatches per decoded token: {:.0}, bind groups created per token after the first: {:.1}", r.dispatches_per_token, r.bind_groups_per_token);
     print_profile("prefill", &r.prefill_profile, 1.0, "prefill");
     print_profile("decode", &r.decode_profile, r.decoded as f64, "token");
     println!(

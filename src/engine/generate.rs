@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::Engine;
 use crate::gpu::kernels;
-use crate::gpu::Recorder;
+use crate::gpu::{BindCache, Recorder};
 use crate::model::llm::{Input, Seq};
 use crate::model::uvit::time_projection;
 use crate::text::template::{chat_pieces, Message};
@@ -193,12 +193,14 @@ impl Engine {
         rec.finish();
 
         let dt = 1.0 / params.steps as f32;
+        // Every step binds the same buffers: its bind groups are made once, at step 0.
+        let binds = BindCache::default();
         for k in 0..params.steps {
             // τ as the reference forms it: k/N·1000 in double precision, then f32.
             let tau = (k as f64 / params.steps as f64 * 1000.0) as f32;
             let t = k as f32 / params.steps as f32;
             gpu.queue.write_buffer(&proj, 0, bytemuck::cast_slice(&time_projection(tau, c_enc)));
-            let mut rec = Recorder::new(gpu);
+            let mut rec = Recorder::with_binds(gpu, &binds);
             self.gen_enc.time_embed(&mut rec, &proj, &mid, &temb, &silu_t);
             kernels::patchify(&mut rec, &z, s, cz, &patches);
             self.gen_enc.forward(&mut rec, &self.uvit_scratch, &patches, &silu_t, &x_emb);

@@ -466,7 +466,7 @@ impl Engine {
             bail!("the context of {} tokens is full", self.opts.context.min(cache.capacity));
         }
         self.gpu.queue.write_buffer(&self.ids, pos as u64 * 4, bytemuck::bytes_of(&id));
-        let mut rec = Recorder::new(&self.gpu);
+        let mut rec = Recorder::with_binds(&self.gpu, &cache.binds);
         self.llm.forward(&mut rec, &self.scratch, cache, Input::Ids(&self.ids, pos), 1, pos);
         cache.keys.push(id as u64);
         self.finish_step(rec, 0, k).await

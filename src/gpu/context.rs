@@ -48,6 +48,8 @@ pub struct Gpu {
     /// attention split over the keys) rather than for a CPU rasteriser such as lavapipe or
     /// SwiftShader, where a few large workgroups already fill the cores and run faster.
     gpu_tuned: std::sync::atomic::AtomicBool,
+    /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
+    pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
     scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
     /// Per-kernel timestamps, when opened with [`Gpu::new_profiling`] on an adapter that has them.
@@ -166,6 +168,7 @@ impl Gpu {
             lost,
             binding_cap: u64::MAX.into(),
             gpu_tuned: (info.device_type != wgpu::DeviceType::Cpu).into(),
+            bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
         })
@@ -210,10 +213,20 @@ impl Gpu {
             return p.clone();
         }
         let src = source();
+        // An explicit layout (not the shader's automatic one) so that the parameter block can be
+        // a dynamic offset: a bind group then stays valid from one token to the next and can be
+        // reused (see `Recorder`), instead of one being created per dispatch.
+        let entries = super::shader::layout_entries(&src);
+        let bind_layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(key), entries: &entries });
+        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(key),
+            bind_group_layouts: &[Some(&bind_layout)],
+            immediate_size: 0,
+        });
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(key), source: wgpu::ShaderSource::Wgsl(src.into()) });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(key),
-            layout: None,
+            layout: Some(&layout),
             module: &module,
             entry_point: Some("main"),
             compilation_options: Default::default(),
@@ -248,6 +261,11 @@ impl Gpu {
 
     pub(crate) fn return_arena(&self, b: wgpu::Buffer) {
         self.arenas.lock().unwrap().push(b);
+    }
+
+    /// How many bind groups this device has created (a host-overhead figure for the benchmark).
+    pub fn bind_groups_created(&self) -> u64 {
+        self.bind_groups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn pipeline_count(&self) -> usize {

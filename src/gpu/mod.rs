@@ -8,5 +8,5 @@ pub mod shader;
 pub mod tensor;
 
 pub use context::{Gpu, GpuFeatures};
-pub use recorder::Recorder;
+pub use recorder::{BindCache, Recorder};
 pub use tensor::{Tensor, Weight};

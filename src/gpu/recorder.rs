@@ -3,8 +3,15 @@
 //! Every dispatch gets its small uniform parameter block from one arena buffer: the blocks are
 //! collected on the CPU and written with a single `write_buffer` just before the submit. Queue
 //! ordering makes it safe to reuse the arena for the next submit.
+//!
+//! The block is bound with a dynamic offset, so a bind group depends only on the pipeline and the
+//! buffers. A recorder given a [`BindCache`] reuses the bind groups of earlier submits: a decoded
+//! token or a flow step binds the same buffers as the one before, and creating ~300 bind groups
+//! per token was most of the host's recording time (and in a browser, each is a call into the
+//! GPU process).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 
@@ -16,8 +23,25 @@ pub type Range<'b> = (&'b wgpu::Buffer, u64, Option<u64>);
 const SLOT: u64 = 256; // minUniformBufferOffsetAlignment on every WebGPU device
 const SLOTS: u64 = 2048;
 
+/// What a bind group binds: the pipeline (its layout), the arena, and each buffer window.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    pipeline: usize,
+    arena: wgpu::Buffer,
+    buffers: Vec<(wgpu::Buffer, u64, Option<u64>)>,
+}
+
+/// Bind groups kept for reuse. They hold their buffers alive, so a cache belongs to the owner of
+/// the buffers that change (a KV cache, one generation run) and is dropped with it.
+#[derive(Clone, Default)]
+pub struct BindCache(Arc<Mutex<HashMap<BindKey, wgpu::BindGroup>>>);
+
+/// Past this many entries the cache starts over (a recording whose windows change every time
+/// would otherwise grow it without bound).
+const BIND_CACHE_MAX: usize = 4096;
+
 enum Op {
-    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, bind: wgpu::BindGroup, wg: [u32; 3] },
+    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, bind: wgpu::BindGroup, offset: u32, wg: [u32; 3] },
     Copy { src: wgpu::Buffer, src_off: u64, dst: wgpu::Buffer, dst_off: u64, size: u64 },
 }
 
@@ -26,6 +50,7 @@ pub struct Recorder<'a> {
     arena: Option<wgpu::Buffer>,
     params: Vec<u8>,
     ops: Vec<Op>,
+    binds: Option<BindCache>,
     /// Submits made by this recorder (for the benchmark's submits-per-token figure).
     pub submits: usize,
     pub dispatches: usize,
@@ -33,7 +58,14 @@ pub struct Recorder<'a> {
 
 impl<'a> Recorder<'a> {
     pub fn new(gpu: &'a Gpu) -> Self {
-        Recorder { gpu, arena: None, params: Vec::new(), ops: Vec::new(), submits: 0, dispatches: 0 }
+        Recorder { gpu, arena: None, params: Vec::new(), ops: Vec::new(), binds: None, submits: 0, dispatches: 0 }
+    }
+
+    /// A recorder that takes bind groups from `binds` and adds the ones it creates.
+    pub fn with_binds(gpu: &'a Gpu, binds: &BindCache) -> Self {
+        let mut rec = Self::new(gpu);
+        rec.binds = Some(binds.clone());
+        rec
     }
 
     fn arena(&mut self) -> wgpu::Buffer {
@@ -70,19 +102,45 @@ impl<'a> Recorder<'a> {
         let off = self.params.len() as u64;
         self.params.extend_from_slice(bytemuck::cast_slice(params));
         self.params.resize((off + SLOT) as usize, 0);
+        let bind = match &self.binds {
+            Some(cache) => {
+                let key = BindKey {
+                    pipeline: Arc::as_ptr(&pipeline) as usize,
+                    arena: arena.clone(),
+                    buffers: buffers.iter().map(|&(b, offset, size)| (b.clone(), offset, size)).collect(),
+                };
+                let mut map = cache.0.lock().unwrap();
+                if let Some(b) = map.get(&key) {
+                    b.clone()
+                } else {
+                    if map.len() >= BIND_CACHE_MAX {
+                        map.clear();
+                    }
+                    let b = self.create_bind_group(&pipeline, &arena, buffers);
+                    map.insert(key, b.clone());
+                    b
+                }
+            }
+            None => self.create_bind_group(&pipeline, &arena, buffers),
+        };
+        self.ops.push(Op::Dispatch { pipeline, bind, offset: off as u32, wg });
+        self.dispatches += 1;
+    }
+
+    /// Binding 0 is the arena's first slot; the dispatch adds its slot as the dynamic offset.
+    fn create_bind_group(&self, pipeline: &wgpu::ComputePipeline, arena: &wgpu::Buffer, buffers: &[Range]) -> wgpu::BindGroup {
         let layout = pipeline.get_bind_group_layout(0);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &arena, offset: off, size: wgpu::BufferSize::new(SLOT) }),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: arena, offset: 0, size: wgpu::BufferSize::new(SLOT) }),
         }];
         for (i, &(b, offset, size)) in buffers.iter().enumerate() {
             debug_assert!(offset % 256 == 0, "unaligned binding offset {offset}");
             let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size: size.and_then(wgpu::BufferSize::new) });
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
-        let bind = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        self.ops.push(Op::Dispatch { pipeline, bind, wg });
-        self.dispatches += 1;
+        self.gpu.bind_groups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries })
     }
 
     pub fn copy(&mut self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, size: u64) {
@@ -113,9 +171,9 @@ impl<'a> Recorder<'a> {
                 continue;
             }
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-            while let Some(Op::Dispatch { pipeline, bind, wg }) = ops.get(i) {
+            while let Some(Op::Dispatch { pipeline, bind, offset, wg }) = ops.get(i) {
                 pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, bind, &[]);
+                pass.set_bind_group(0, bind, &[*offset]);
                 pass.dispatch_workgroups(wg[0], wg[1], wg[2]);
                 i += 1;
             }
@@ -135,13 +193,13 @@ impl<'a> Recorder<'a> {
         for op in &ops {
             match op {
                 Op::Copy { src, src_off, dst, dst_off, size } => enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size),
-                Op::Dispatch { pipeline, bind, wg } => {
+                Op::Dispatch { pipeline, bind, offset, wg } => {
                     let i = 2 * names.len() as u32;
                     let writes =
                         wgpu::ComputePassTimestampWrites { query_set: &queries, beginning_of_pass_write_index: Some(i), end_of_pass_write_index: Some(i + 1) };
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: Some(writes) });
                     pass.set_pipeline(pipeline);
-                    pass.set_bind_group(0, bind, &[]);
+                    pass.set_bind_group(0, bind, &[*offset]);
                     pass.dispatch_workgroups(wg[0], wg[1], wg[2]);
                     names.push(self.gpu.pipeline_name(pipeline));
                 }

@@ -55,6 +55,36 @@ pub fn source(name: &str, defines: &[&str]) -> String {
     out
 }
 
+/// The bind group layout a specialised source declares: every `@group(0) @binding(N) var<…>` line,
+/// the `var<uniform>` parameter block at binding 0 with a dynamic offset (the recorder's arena
+/// slot), storage buffers read-only or read-write as declared.
+pub fn layout_entries(src: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let mut entries = Vec::new();
+    for line in src.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
+        let Some(rest) = line.split_once("@binding(").map(|(_, r)| r) else { continue };
+        assert!(line.starts_with("@group(0)"), "only bind group 0 is used: {line}");
+        let binding: u32 = rest.split(')').next().and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("bad binding: {line}"));
+        let ty = if line.contains("var<uniform>") {
+            assert_eq!(binding, 0, "the parameter block is binding 0: {line}");
+            wgpu::BufferBindingType::Uniform
+        } else if line.contains("var<storage, read_write>") {
+            wgpu::BufferBindingType::Storage { read_only: false }
+        } else if line.contains("var<storage, read>") || line.contains("var<storage>") {
+            wgpu::BufferBindingType::Storage { read_only: true }
+        } else {
+            panic!("unsupported binding: {line}")
+        };
+        let has_dynamic_offset = ty == wgpu::BufferBindingType::Uniform;
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset, min_binding_size: None },
+            count: None,
+        });
+    }
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -65,5 +95,21 @@ mod tests {
         let q = super::source("matvec.wgsl", &["Q4", "ADD"]);
         assert!(q.contains("nibble") || q.contains("15u"));
         assert!(!q.contains("#if"));
+    }
+
+    #[test]
+    fn layouts_follow_the_declarations() {
+        let e = super::layout_entries(&super::source("matvec.wgsl", &["Q4", "ADD"]));
+        let kinds: Vec<_> = e
+            .iter()
+            .map(|e| match e.ty {
+                wgpu::BindingType::Buffer { ty, has_dynamic_offset, .. } => (e.binding, ty, has_dynamic_offset),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(kinds[0], (0, wgpu::BufferBindingType::Uniform, true));
+        assert!(kinds[1..].iter().all(|&(_, _, dynamic)| !dynamic));
+        assert!(kinds.iter().any(|&(_, ty, _)| ty == wgpu::BufferBindingType::Storage { read_only: true }));
+        assert!(kinds.iter().any(|&(_, ty, _)| ty == wgpu::BufferBindingType::Storage { read_only: false }));
     }
 }

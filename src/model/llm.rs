@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use super::Loader;
 use crate::config::LlmConfig;
 use crate::gpu::kernels::{self, AttnShape, Out};
-use crate::gpu::{Gpu, Recorder, Tensor, Weight};
+use crate::gpu::{BindCache, Gpu, Recorder, Tensor, Weight};
 
 pub struct Layer {
     pub input_norm: Tensor,
@@ -41,6 +41,9 @@ pub struct KvCache {
     /// Identity of each cached position: the token id, or for image slots a fingerprint of the
     /// image and the slot (placeholder ids alone would make different images look equal).
     pub keys: Vec<u64>,
+    /// Bind groups of decode steps over this cache, reused token after token (they bind its
+    /// buffers, so they live and die with it).
+    pub binds: BindCache,
 }
 
 impl KvCache {
@@ -146,7 +149,7 @@ impl Llm {
             bail!("a context of {capacity} tokens needs {bytes} bytes per layer cache, over the GPU's binding limit");
         }
         let mk = |kind: &str| (0..self.cfg.layers).map(|l| gpu.storage_buffer(&format!("{kind}{l}"), bytes)).collect();
-        Ok(KvCache { k: mk("k"), v: mk("v"), capacity, keys: Vec::new() })
+        Ok(KvCache { k: mk("k"), v: mk("v"), capacity, keys: Vec::new(), binds: BindCache::default() })
     }
 
     pub fn new_scratch(&self, gpu: &Gpu, rows: usize) -> Scratch {
