@@ -1,7 +1,10 @@
 // Matrix–vector product for decoding (few activation rows): y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
 // Memory-bound: each weight word is read exactly once per activation row. A workgroup owns 8
 // output rows; 32 lanes stride along K so that neighbouring lanes read neighbouring words.
-// Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD (accumulate into y); BIAS.
+// Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD (accumulate into y); BIAS;
+// ROWS4: each workgroup takes 4 activation rows (grid y = ceil(M / 4)) and applies every weight it
+// decodes to all of them. That is the short-prompt kernel on CPU adapters, where decoding q4 costs
+// more than the multiply and a 32-row matmul tile spends most of its work on padding rows.
 
 struct Params {
     M: u32,        // activation rows
@@ -25,6 +28,43 @@ struct Params {
 //#include quant.wgsl
 //#include linear_out.wgsl
 
+#if ROWS4
+var<workgroup> partial: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let lane = li % 32u;
+    let n = wid.x * 8u + li / 32u;
+    let m0 = wid.y * 4u;
+    let rows = min(4u, p.M - m0);
+    var acc = vec4<f32>(0.0);
+    if (n < p.N) {
+        let xb = (p.x_off + m0 * p.K) / 4u;
+        let kq = p.K / 4u;
+        for (var k = lane * 4u; k < p.K; k += 128u) {
+            let wv = load_w4(n, k, p.K, p.soff);
+            let xi = xb + k / 4u;
+            // Rows past M read row m0 again (always in bounds) and are never stored.
+            acc += vec4<f32>(dot(wv, x[xi]), dot(wv, x[xi + select(0u, kq, rows > 1u)]),
+                             dot(wv, x[xi + select(0u, 2u * kq, rows > 2u)]), dot(wv, x[xi + select(0u, 3u * kq, rows > 3u)]));
+        }
+    }
+    partial[li] = acc;
+    workgroupBarrier();
+    for (var s = 16u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            partial[li] += partial[li + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && n < p.N) {
+        let sum = partial[li];
+        for (var r = 0u; r < rows; r++) {
+            store_out(m0 + r, n, sum[r]);
+        }
+    }
+}
+#else
 var<workgroup> partial: array<f32, 256>;
 
 @compute @workgroup_size(256)
@@ -51,3 +91,4 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         store_out(m, n, partial[li]);
     }
 }
+#endif

@@ -55,8 +55,9 @@ fn linear_all_formats_and_shapes() {
         // Large K: many matrix-tile slices, many matvec strides.
         let ks: &[usize] = if quant.is_grouped() { &[96, 160, 1056] } else { &[44, 96, 1060] };
         for &k in ks {
-            // matvec (≤ 4 rows), the small tiles (≤ 32 rows: one or two), the large ones (one to three row tiles).
-            for &(m, n) in &[(1usize, 67usize), (3, 130), (9, 67), (17, 67), (32, 131), (37, 67), (70, 131), (150, 131)] {
+            // matvec (≤ 4 rows); 5–32 rows: the small tiles (one or two) on GPUs, the 4-row matvec on
+            // CPU adapters (last block of 1, 2, 3 or 4 rows); the large tiles (one to three row tiles).
+            for &(m, n) in &[(1usize, 67usize), (3, 130), (6, 67), (9, 67), (17, 67), (31, 131), (32, 131), (37, 67), (70, 131), (150, 131)] {
                 let x = rng.vec(m * k);
                 let wv = rng.vec(n * k);
                 let bias = rng.vec(n);

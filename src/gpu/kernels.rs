@@ -15,7 +15,8 @@ fn pipeline(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipelin
 /// Activation rows at or below this use the matrix–vector kernel.
 pub const MATVEC_MAX_ROWS: usize = 4;
 
-/// Activation rows at or below this (and above MATVEC_MAX_ROWS) use the 32-row matmul tile.
+/// Activation rows at or below this (and above MATVEC_MAX_ROWS) use the small matmul tile, or on
+/// CPU adapters the 4-row matrix–vector kernel.
 pub const SMALL_TILE_MAX_ROWS: usize = 32;
 
 /// Where a matrix product writes: `y[y_off + m·y_stride + n]`, overwritten or accumulated.
@@ -56,14 +57,20 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
 #[allow(clippy::too_many_arguments)]
 pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out, act: Act) {
     assert!(x_off % 4 == 0, "activation offsets must be multiples of 4");
-    let vec = rows <= MATVEC_MAX_ROWS;
-    let small = !vec && rows <= SMALL_TILE_MAX_ROWS;
+    // One read of the tuning flag: the shaders and the grid must agree.
+    let tuned = rec.gpu.gpu_tuned();
+    let small = rows > MATVEC_MAX_ROWS && rows <= SMALL_TILE_MAX_ROWS;
+    // On a CPU adapter a 32-row tile for a short prompt costs as much as 20 one-row products
+    // (lavapipe, real-size q4: 407 ms per call against 21 ms), so short prompts take the matvec
+    // kernel 4 rows at a time instead; GPUs keep the 16×64 tile.
+    let rows4 = small && !tuned;
+    let vec = rows <= MATVEC_MAX_ROWS || rows4;
     let mut defines = vec![w.quant.define()];
-    if small {
+    if rows4 {
+        defines.push("ROWS4");
+    } else if small {
         defines.push("SMALL_M");
     }
-    // One read of the tuning flag: the shader and the grid must agree.
-    let tuned = rec.gpu.gpu_tuned();
     let (tile_m, tile_n) = gemm_tile(tuned, small);
     if tuned && !vec {
         defines.push("GPU_TILE");
@@ -86,7 +93,11 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
         if let Some(b) = bias {
             bufs.push(b);
         }
-        let wg = if vec { [(c.rows as u32).div_ceil(8), rows as u32, 1] } else { [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1] };
+        let wg = match (vec, rows4) {
+            (true, true) => [(c.rows as u32).div_ceil(8), (rows as u32).div_ceil(4), 1],
+            (true, false) => [(c.rows as u32).div_ceil(8), rows as u32, 1],
+            _ => [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1],
+        };
         rec.dispatch(p.clone(), &params, &bufs, wg);
     }
 }
