@@ -29,8 +29,23 @@ struct Params {
 //#include linear_out.wgsl
 
 #if ROWS4
-var<workgroup> partial: array<vec4<f32>, 256>;
+var<workgroup> partial: array<vec4<f32>, 256>; // per lane: its sums for the 4 rows
+#else
+var<workgroup> partial: array<f32, 256>;
+#endif
 
+// Adds up the 32 lanes of each output row into its lane 0, once every lane has written its sums.
+fn sum_lanes(li: u32, lane: u32) {
+    workgroupBarrier();
+    for (var s = 16u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            partial[li] += partial[li + s];
+        }
+        workgroupBarrier();
+    }
+}
+
+#if ROWS4
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let lane = li % 32u;
@@ -50,13 +65,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }
     }
     partial[li] = acc;
-    workgroupBarrier();
-    for (var s = 16u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            partial[li] += partial[li + s];
-        }
-        workgroupBarrier();
-    }
+    sum_lanes(li, lane);
     if (lane == 0u && n < p.N) {
         let sum = partial[li];
         for (var r = 0u; r < rows; r++) {
@@ -65,8 +74,6 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }
 }
 #else
-var<workgroup> partial: array<f32, 256>;
-
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let lane = li % 32u;
@@ -80,13 +87,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }
     }
     partial[li] = acc;
-    workgroupBarrier();
-    for (var s = 16u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            partial[li] += partial[li + s];
-        }
-        workgroupBarrier();
-    }
+    sum_lanes(li, lane);
     if (lane == 0u && n < p.N) {
         store_out(m, n, partial[li]);
     }
