@@ -93,10 +93,10 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
         if let Some(b) = bias {
             bufs.push(b);
         }
-        let wg = match (vec, rows4) {
-            (true, true) => [(c.rows as u32).div_ceil(8), (rows as u32).div_ceil(4), 1],
-            (true, false) => [(c.rows as u32).div_ceil(8), rows as u32, 1],
-            _ => [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1],
+        let wg = if vec {
+            [(c.rows as u32).div_ceil(8), (rows as u32).div_ceil(if rows4 { 4 } else { 1 }), 1]
+        } else {
+            [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1]
         };
         rec.dispatch(p.clone(), &params, &bufs, wg);
     }
