@@ -44,6 +44,8 @@ async function test(name, fn) {
   } catch (e) {
     results.push({ name, ok: false, error: e });
     console.log(`FAIL ${name}\n${e && e.stack ? e.stack : e}`);
+    // A test that failed half-way must not leave the network broken for the ones after it.
+    Object.assign(state, { offline: false, packOffline: false, shardBudget: Infinity, budget: Infinity, cutOnce: 0 });
   }
 }
 
