@@ -94,7 +94,11 @@ impl VaeConfig {
         let num = |k: &str, dflt: usize| -> Result<usize> {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(dflt),
-                Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| anyhow!("vae/config.json: `{k}` is not a whole number")),
+                Some(x) => x
+                .as_u64()
+                .filter(|&n| n > 0 && n <= caps::WIDTH as u64)
+                .map(|n| n as usize)
+                .ok_or_else(|| anyhow!("vae/config.json: `{k}` must be a whole number between 1 and {}", caps::WIDTH)),
             }
         };
         let blocks = match v.get("block_out_channels") {
@@ -114,7 +118,15 @@ impl VaeConfig {
             mid_attention: v.get("mid_block_add_attention").and_then(Value::as_bool).unwrap_or(true),
             block_out_channels: blocks,
         };
-        if c.block_out_channels.is_empty() || c.block_out_channels.iter().any(|&b| b == 0 || b % c.norm_groups != 0) || c.scaling_factor <= 0.0 {
+        if c.block_out_channels.is_empty()
+            || c.block_out_channels.len() > caps::VAE_LEVELS
+            || c.block_out_channels.iter().any(|&b| b == 0 || b > caps::WIDTH || b % c.norm_groups != 0)
+            || c.layers_per_block > caps::BLOCKS
+            || c.latent_channels > caps::CHANNELS
+            || c.out_channels > caps::CHANNELS
+            || !(c.scaling_factor.is_finite() && c.scaling_factor > 0.0)
+            || !c.shift_factor.is_finite()
+        {
             bail!(
                 "vae/config.json: inconsistent settings (block_out_channels {:?}, norm_num_groups {}, scaling_factor {})",
                 c.block_out_channels,
@@ -196,26 +208,51 @@ fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, k| v.get(k))
 }
 
-fn usize_at(v: &Value, path: &str) -> Result<usize> {
-    get(v, path)
+/// Upper bounds on every size a config may ask for: generous for any sane variant of the model
+/// (the real one in brackets), small enough that a hostile or mistyped config.json fails here
+/// with a message naming the field, instead of as a huge allocation or a wrapped product later.
+pub mod caps {
+    pub const HIDDEN: usize = 16384; // 2048
+    pub const INTERMEDIATE: usize = 65536; // 5632
+    pub const LAYERS: usize = 256; // 24
+    pub const HEADS: usize = 256; // 16
+    pub const VOCAB: usize = 1 << 20; // 102400
+    pub const POSITIONS: usize = 1 << 20; // 16384
+    pub const IMAGE: usize = 4096; // 384
+    pub const WIDTH: usize = 16384; // SigLIP 1024, UViT 768
+    pub const CHANNELS: usize = 64; // latent 4
+    pub const BLOCKS: usize = 64; // 2
+    pub const KERNEL: usize = 16; // 2
+    pub const VAE_LEVELS: usize = 8; // 4
+    /// The largest single tensor, in elements (the real model's largest holds 210 M); its f32
+    /// bytes still fit wasm32's 32-bit sizes.
+    pub const TENSOR_ELEMENTS: u64 = 1 << 29;
+}
+
+fn usize_at(v: &Value, path: &str, max: usize) -> Result<usize> {
+    let n = get(v, path)
         .ok_or_else(|| anyhow!("config.json: missing '{path}'"))?
         .as_u64()
         .filter(|&n| n > 0)
-        .map(|n| n as usize)
-        .ok_or_else(|| anyhow!("config.json: '{path}' must be a positive integer"))
+        .ok_or_else(|| anyhow!("config.json: '{path}' must be a positive integer"))?;
+    if n > max as u64 {
+        bail!("config.json: '{path}' is {n}, more than this engine supports ({max})");
+    }
+    Ok(n as usize)
 }
 
-fn opt_usize(v: &Value, path: &str) -> Result<Option<usize>> {
+fn opt_usize(v: &Value, path: &str, max: usize) -> Result<Option<usize>> {
     match get(v, path) {
         None | Some(Value::Null) => Ok(None),
-        Some(_) => usize_at(v, path).map(Some),
+        Some(_) => usize_at(v, path, max).map(Some),
     }
 }
 
+/// A finite number greater than zero (epsilons, RoPE base, ratios), or `default` when absent.
 fn opt_f64(v: &Value, path: &str, default: f64) -> Result<f64> {
     match get(v, path) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_f64().ok_or_else(|| anyhow!("config.json: '{path}' must be a number")),
+        Some(x) => x.as_f64().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| anyhow!("config.json: '{path}' must be a finite number > 0")),
     }
 }
 
@@ -236,9 +273,9 @@ impl JanusConfig {
 
     pub fn from_value(raw: Value) -> Result<Self> {
         let l = "language_config";
-        let hidden = usize_at(&raw, &format!("{l}.hidden_size"))?;
-        let heads = usize_at(&raw, &format!("{l}.num_attention_heads"))?;
-        let kv_heads = opt_usize(&raw, &format!("{l}.num_key_value_heads"))?.unwrap_or(heads);
+        let hidden = usize_at(&raw, &format!("{l}.hidden_size"), caps::HIDDEN)?;
+        let heads = usize_at(&raw, &format!("{l}.num_attention_heads"), caps::HEADS)?;
+        let kv_heads = opt_usize(&raw, &format!("{l}.num_key_value_heads"), caps::HEADS)?.unwrap_or(heads);
         if hidden % heads != 0 {
             bail!("config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}");
         }
@@ -256,13 +293,13 @@ impl JanusConfig {
         }
         let llm = LlmConfig {
             hidden,
-            intermediate: usize_at(&raw, &format!("{l}.intermediate_size"))?,
-            layers: usize_at(&raw, &format!("{l}.num_hidden_layers"))?,
+            intermediate: usize_at(&raw, &format!("{l}.intermediate_size"), caps::INTERMEDIATE)?,
+            layers: usize_at(&raw, &format!("{l}.num_hidden_layers"), caps::LAYERS)?,
             heads,
             kv_heads,
             head_dim,
-            vocab: usize_at(&raw, &format!("{l}.vocab_size"))?,
-            max_positions: opt_usize(&raw, &format!("{l}.max_position_embeddings"))?.unwrap_or(2048),
+            vocab: usize_at(&raw, &format!("{l}.vocab_size"), caps::VOCAB)?,
+            max_positions: opt_usize(&raw, &format!("{l}.max_position_embeddings"), caps::POSITIONS)?.unwrap_or(2048),
             rms_eps: opt_f64(&raw, &format!("{l}.rms_norm_eps"), 1e-6)? as f32,
             rope_theta: opt_f64(&raw, &format!("{l}.rope_theta"), 10000.0)?,
         };
@@ -277,7 +314,8 @@ impl JanusConfig {
         let name = get(&raw, &format!("{u}.model_name")).and_then(Value::as_str).unwrap_or("siglip_large_patch16_384");
         let preset = siglip_preset(name);
         let pick = |key: &str, idx: usize| -> Result<usize> {
-            match opt_usize(&raw, &format!("{u}.{key}"))? {
+            let max = [caps::IMAGE, caps::WIDTH, caps::LAYERS, caps::HEADS][idx];
+            match opt_usize(&raw, &format!("{u}.{key}"), max)? {
                 Some(v) => Ok(v),
                 None => preset.map(|p| [p.0, p.1, p.2, p.3][idx]).ok_or_else(|| anyhow!("config.json: unknown SigLIP model '{name}' and no explicit '{key}'")),
             }
@@ -287,13 +325,21 @@ impl JanusConfig {
         let total_layers = pick("layers", 2)?;
         let sheads = pick("heads", 3)?;
         let mlp_ratio = opt_f64(&raw, &format!("{u}.mlp_ratio"), preset.map(|p| p.4).unwrap_or(4.0))?;
-        let image_size = opt_usize(&raw, &format!("{u}.image_size"))?.unwrap_or(384);
-        let select_layer = get(&raw, &format!("{u}.select_layer")).and_then(Value::as_i64).unwrap_or(-1);
-        let layers = if select_layer <= 0 { (total_layers as i64).min(total_layers as i64 + select_layer + 1) } else { select_layer };
-        if layers <= 0 || image_size % patch != 0 || width % sheads != 0 || (width / sheads) % 4 != 0 {
+        let image_size = opt_usize(&raw, &format!("{u}.image_size"), caps::IMAGE)?.unwrap_or(384);
+        if mlp_ratio > 16.0 {
+            bail!("config.json: '{u}.mlp_ratio' is {mlp_ratio}, more than this engine supports (16)");
+        }
+        let select_layer = match get(&raw, &format!("{u}.select_layer")) {
+            None | Some(Value::Null) => -1,
+            Some(v) => v.as_i64().ok_or_else(|| anyhow!("config.json: '{u}.select_layer' must be a whole number"))?,
+        };
+        // Negative counts from the end (−1: all blocks); positive is a block count.
+        let total = total_layers as i64;
+        let layers = if select_layer <= 0 { total.min(total.saturating_add(select_layer).saturating_add(1)) } else { select_layer };
+        if layers <= 0 || layers > total || patch > image_size || image_size % patch != 0 || width % sheads != 0 || (width / sheads) % 4 != 0 {
             bail!("config.json: inconsistent SigLIP settings (image_size {image_size}, patch {patch}, width {width}, heads {sheads}, select_layer {select_layer})");
         }
-        let siglip = SiglipConfig { image_size, patch, width, layers: layers as usize, heads: sheads, mlp_hidden: (width as f64 * mlp_ratio) as usize };
+        let siglip = SiglipConfig { image_size, patch, width, layers: layers as usize, heads: sheads, mlp_hidden: ((width as f64 * mlp_ratio) as usize).max(1) };
 
         let e = "vision_gen_enc_config.params";
         let d = "vision_gen_dec_config.params";
@@ -302,31 +348,40 @@ impl JanusConfig {
                 .and_then(Value::as_array)
                 .and_then(|a| a.last())
                 .and_then(Value::as_u64)
+                .filter(|&v| v > 0 && v <= caps::WIDTH as u64)
                 .map(|v| v as usize)
-                .ok_or_else(|| anyhow!("config.json: missing '{path}'"))
+                .ok_or_else(|| anyhow!("config.json: '{path}' must be a list ending in a positive integer ≤ {}", caps::WIDTH))
         };
         let enc_channels = last(&format!("{e}.block_out_channels"))?;
-        let dec_in = usize_at(&raw, &format!("{d}.in_channels"))?;
-        let kernel = opt_usize(&raw, &format!("{e}.kernel_size"))?.unwrap_or(2);
+        let dec_in = usize_at(&raw, &format!("{d}.in_channels"), caps::WIDTH)?;
+        let kernel = opt_usize(&raw, &format!("{e}.kernel_size"), caps::KERNEL)?.unwrap_or(2);
         for (who, p) in [("vision_gen_enc_config", e), ("vision_gen_dec_config", d)] {
-            if let Some(h) = opt_usize(&raw, &format!("{p}.hidden_size"))? {
+            if let Some(h) = opt_usize(&raw, &format!("{p}.hidden_size"), caps::HIDDEN)? {
                 if h != hidden {
                     bail!("config.json: {who}.params.hidden_size {h} differs from the language model's {hidden}");
                 }
             }
         }
         let gen = GenConfig {
-            in_channels: opt_usize(&raw, &format!("{e}.input_channels"))?.unwrap_or(4),
+            in_channels: opt_usize(&raw, &format!("{e}.input_channels"), caps::CHANNELS)?.unwrap_or(4),
             enc_channels,
             dec_in,
             dec_channels: dec_in + enc_channels,
-            out_channels: opt_usize(&raw, &format!("{d}.out_channels"))?.unwrap_or(4),
-            blocks: opt_usize(&raw, &format!("{e}.layers_in_middle"))?.unwrap_or(2),
+            out_channels: opt_usize(&raw, &format!("{d}.out_channels"), caps::CHANNELS)?.unwrap_or(4),
+            blocks: opt_usize(&raw, &format!("{e}.layers_in_middle"), caps::BLOCKS)?.unwrap_or(2),
             kernel,
-            image_size: opt_usize(&raw, "gen_image_size")?.unwrap_or(384),
+            image_size: opt_usize(&raw, "gen_image_size", caps::IMAGE)?.unwrap_or(384),
             vae_factor: 8,
         };
-        Ok(JanusConfig { llm, siglip, gen, raw })
+        let c = JanusConfig { llm, siglip, gen, raw };
+        // Every shape product checked once here, so later size arithmetic cannot wrap.
+        for (name, shape) in c.expected_tensors() {
+            let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            if n.is_none_or(|n| n > caps::TENSOR_ELEMENTS) {
+                bail!("config.json: tensor '{name}' would have shape {shape:?}, more than this engine supports");
+            }
+        }
+        Ok(c)
     }
 
     /// Every tensor of `model.safetensors` with its shape, in upstream names (spec §1.3–1.5),

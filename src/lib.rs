@@ -7,9 +7,12 @@
 pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod gpu;
 pub mod image_io;
 pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod npy;
 pub mod text;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

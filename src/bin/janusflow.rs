@@ -57,6 +57,7 @@ enum Cmd {
         top_k: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// At least 1.
         #[arg(long, default_value_t = 512)]
         max_tokens: usize,
     },
@@ -97,9 +98,9 @@ enum Cmd {
         /// Also write the final latent as float32 .npy.
         #[arg(long)]
         latent_out: Option<PathBuf>,
-        /// Images to draw, with seeds seed, seed+1, ...
-        #[arg(long, default_value_t = 1)]
-        count: usize,
+        /// Images to draw, with seeds seed, seed+1, ... (1 to 1000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
     },
     /// Convert a checkpoint into a web weight pack (manifest.json + SHA-256-named shards ≤ 32 MiB).
     Convert {
@@ -270,11 +271,19 @@ fn run(cli: Cli) -> Result<()> {
                 pollster::block_on(engine.attach_vae_dir(&dir))?;
             }
             let noise = match noise {
-                Some(p) => Some(read_npy_f32(&p)?),
+                Some(p) => {
+                    let (shape, values) = read_npy_f32(&p)?;
+                    // The latent's layout matters, not just its size: [C, S, S] (or [1, C, S, S]).
+                    let want: Vec<u64> = engine.latent_shape().iter().map(|&d| d as u64).collect();
+                    if shape != want && shape[..] != [&[1][..], &want[..]].concat()[..] {
+                        anyhow::bail!("{}: the noise has shape {shape:?}; this model's latent is {want:?}", p.display());
+                    }
+                    Some(values)
+                }
                 None => None,
             };
-            for i in 0..count.max(1) {
-                let params = GenerateParams { steps, cfg, seed: seed + i as u64, noise: noise.clone(), preview: false };
+            for i in 0..count {
+                let params = GenerateParams { steps, cfg, seed: seed.wrapping_add(i as u64), noise: noise.clone(), preview: false };
                 let pb = bar(steps as u64, "drawing");
                 let t0 = Instant::now();
                 let img = pollster::block_on(engine.generate_image(&prompt, &params, |s| {
@@ -284,10 +293,10 @@ fn run(cli: Cli) -> Result<()> {
                 }))?
                 .expect("not cancelled");
                 pb.finish_and_clear();
-                let path = if count > 1 { numbered(&out, i) } else { out.clone() };
+                let path = if count > 1 { numbered(&out, i as usize) } else { out.clone() };
                 std::fs::write(&path, img.png()?).with_context(|| format!("cannot write {}", path.display()))?;
                 if let Some(l) = &latent_out {
-                    let lp = if count > 1 { numbered(l, i) } else { l.clone() };
+                    let lp = if count > 1 { numbered(l, i as usize) } else { l.clone() };
                     let [c, h, w] = engine.latent_shape();
                     write_npy(&lp, &img.latent, &[c as u64, h as u64, w as u64])?;
                 }
@@ -369,10 +378,9 @@ fn numbered(path: &Path, i: usize) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn read_npy_f32(path: &Path) -> Result<Vec<f32>> {
+fn read_npy_f32(path: &Path) -> Result<(Vec<u64>, Vec<f32>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| format!("{} is not a .npy file", path.display()))?;
-    npy.into_vec::<f32>().with_context(|| format!("{}: expected float32 values", path.display()))
+    janusflow::npy::read_f32(&bytes).with_context(|| path.display().to_string())
 }
 
 fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {

@@ -8,6 +8,9 @@
 //!   v = Decoder(LLM out, skip x, t_emb) for both rows · z ← z + dt·(w·v_c − (w−1)·v_u).
 
 use anyhow::{bail, Result};
+
+use crate::error::Kind;
+use crate::fail;
 use image::ImageEncoder;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,6 +35,9 @@ pub struct GenerateParams {
     /// Produce an RGBA preview of the clean-image estimate after every step.
     pub preview: bool,
 }
+
+/// The largest guidance weight accepted (the demo's default is 2).
+pub const MAX_CFG: f32 = 20.0;
 
 impl Default for GenerateParams {
     fn default() -> Self {
@@ -113,7 +119,7 @@ impl Engine {
     /// Prompt ids of a generation request (BOS, `User: …\n\nAssistant:`; the tag is dropped).
     pub fn gen_prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
         if prompt.trim().is_empty() {
-            bail!("the prompt is empty");
+            fail!(Kind::BadInput, "the prompt is empty");
         }
         self.tok.encode_pieces(&chat_pieces(&self.tok, None, &[Message::user(prompt)]))
     }
@@ -147,18 +153,20 @@ impl Engine {
         let n = grid * grid; // generation tokens
         let (c_enc, d) = (g.enc_channels, g.dec_channels);
         if params.steps == 0 || params.steps > 1000 {
-            bail!("steps must be between 1 and 1000 (got {})", params.steps);
+            fail!(Kind::BadInput, "steps must be between 1 and 1000 (got {})", params.steps);
         }
-        if !params.cfg.is_finite() || params.cfg < 0.0 {
-            bail!("the guidance weight must be a finite number ≥ 0 (got {})", params.cfg);
+        // Far past any useful guidance (the demo uses 2) the update overflows to a black picture.
+        if !(params.cfg.is_finite() && (0.0..=MAX_CFG).contains(&params.cfg)) {
+            fail!(Kind::BadInput, "the guidance weight must be a number between 0 and {MAX_CFG} (got {})", params.cfg);
         }
         let ids = self.gen_prompt_ids(prompt)?;
         let l = ids.len();
         if l > self.opts.context || l + 1 + n > self.cfg.llm.max_positions {
-            bail!("the prompt is {l} tokens; with the {} image tokens it exceeds the model's {} positions", n + 1, self.cfg.llm.max_positions);
+            fail!(Kind::BadInput, "the prompt is {l} tokens; with the {} image tokens it exceeds the model's {} positions", n + 1, self.cfg.llm.max_positions);
         }
         let z0 = match &params.noise {
-            Some(z) if z.len() != cz * s * s => bail!("the noise must hold [{cz}, {s}, {s}] = {} values, got {}", cz * s * s, z.len()),
+            Some(z) if z.len() != cz * s * s => fail!(Kind::BadInput, "the noise must hold [{cz}, {s}, {s}] = {} values, got {}", cz * s * s, z.len()),
+            Some(z) if z.iter().any(|v| !v.is_finite()) => fail!(Kind::BadInput, "the noise holds NaN or infinite values"),
             Some(z) => z.clone(),
             None => seeded_noise(params.seed, cz * s * s),
         };
@@ -242,7 +250,11 @@ impl Engine {
                 return Ok(None);
             }
         }
-        Ok(Some(gpu.read_f32(&z, 0, cz * s * s).await?))
+        let latent = gpu.read_f32(&z, 0, cz * s * s).await?;
+        if latent.iter().any(|v| !v.is_finite()) {
+            bail!("the generation diverged (the latent holds NaN or infinite values); the weights may be damaged");
+        }
+        Ok(Some(latent))
     }
 }
 

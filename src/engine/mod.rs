@@ -9,6 +9,8 @@ mod generate;
 pub use generate::{seeded_noise, GenTrace, GenerateParams, GeneratedImage, StepInfo};
 
 use crate::config::{JanusConfig, VaeConfig};
+use crate::error::{Kind, WithKind as _};
+use crate::fail;
 use crate::gpu::kernels;
 use crate::gpu::{Gpu, Recorder};
 use crate::image_io::{Picture, Preprocess};
@@ -144,10 +146,28 @@ pub struct Engine {
 
 impl Engine {
     /// Loads the language model and tokenizer from `src` onto `gpu`. `progress(done, total, what)`.
-    pub async fn load(gpu: Gpu, src: &ModelSource, opts: EngineOptions, mut progress: impl FnMut(usize, usize, &str)) -> Result<Self> {
+    /// GPU failures while loading (out of memory, sizes over the adapter's limits) are caught in
+    /// error scopes and reported as such; anything else that fails is the weights' fault.
+    pub async fn load(gpu: Gpu, src: &ModelSource, opts: EngineOptions, progress: impl FnMut(usize, usize, &str)) -> Result<Self> {
+        let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let loaded = Self::load_unchecked(gpu, src, opts, progress).await.kind(Kind::BadWeights);
+        let invalid = invalid.pop().await;
+        if let Some(e) = oom.pop().await {
+            fail!(Kind::OutOfMemory, "the GPU ran out of memory while loading the model ({e})");
+        }
+        if let Some(e) = invalid {
+            fail!(Kind::Limits, "the model does not fit this GPU adapter's limits: {e}");
+        }
+        let engine = loaded?;
+        engine.gpu.check_alive()?;
+        Ok(engine)
+    }
+
+    async fn load_unchecked(gpu: Gpu, src: &ModelSource, opts: EngineOptions, mut progress: impl FnMut(usize, usize, &str)) -> Result<Self> {
         if let Some(p) = src.fixed_preset() {
             if p != opts.preset {
-                bail!("this weight pack holds the {p} preset; run with --quant {p} (or convert again)");
+                fail!(Kind::BadInput, "this weight pack holds the {p} preset; run with --quant {p} (or convert again)");
             }
         }
         let mut cfg = src.config()?;
@@ -157,7 +177,7 @@ impl Engine {
         };
         cfg.gen.vae_factor = vae_cfg.factor();
         let g = &cfg.gen;
-        if g.image_size % g.vae_factor != 0 || g.latent_size() % g.kernel != 0 || vae_cfg.latent_channels != g.in_channels {
+        if g.image_size % g.vae_factor != 0 || g.latent_size() < g.kernel || g.latent_size() % g.kernel != 0 || vae_cfg.latent_channels != g.in_channels {
             bail!(
                 "the generation image size {} does not fit the VAE (factor {}, {} latent channels) and the patch size {} (model latent channels {})",
                 g.image_size,
@@ -394,7 +414,8 @@ impl Engine {
 
     fn check_fits(&self, n: usize) -> Result<()> {
         if n >= self.opts.context {
-            bail!(
+            fail!(
+                Kind::BadInput,
                 "the conversation is {n} tokens long, which does not fit the context of {} tokens (with room for a reply); \
                  start a new conversation or shorten the messages",
                 self.opts.context
@@ -476,7 +497,8 @@ impl Engine {
     /// stop), and appends the reply to the conversation. K/V of the shared prefix are reused.
     pub async fn chat(&mut self, conv: &mut Conversation, params: &SamplingParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
         self.gpu.check_alive()?;
-        let prompt = self.prompt(conv.system.as_deref(), &conv.messages)?;
+        params.validate()?;
+        let prompt = self.prompt(conv.system.as_deref(), &conv.messages).kind(Kind::BadInput)?;
         self.check_fits(prompt.ids.len())?;
         let mut cache = match conv.cache.take() {
             Some(c) => c,

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, Result};
+
+use crate::error::{tagged, Kind};
 
 /// The portable per-binding budget: every storage binding the engine creates stays at or below
 /// this size, whatever the adapter allows, so the same weight layout works on every WebGPU device.
@@ -42,6 +44,9 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     arenas: Mutex<Vec<wgpu::Buffer>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// The first GPU error nobody caught (validation, out of memory, a buffer over the limits):
+    /// reported by the next `check_alive`, so no GPU error passes silently or panics.
+    failed: Arc<Mutex<Option<(Kind, String)>>>,
     /// Extra cap on bindings (tests force splitting and banding on small data with it).
     binding_cap: std::sync::atomic::AtomicU64,
     /// Kernels are shaped for a real GPU (many small workgroups: 64×64 matrix tiles, decode
@@ -80,9 +85,12 @@ impl Gpu {
             })
             .await
             .map_err(|e| {
-                anyhow!(
+                tagged(
+                    Kind::Webgpu,
+                    format!(
                     "no WebGPU/Vulkan/Metal/DX12 adapter found ({e}); on Linux without a GPU install \
                      Mesa's lavapipe (apt-get install mesa-vulkan-drivers)"
+                    ),
                 )
             })?;
         Self::from_adapter_with(adapter, profile).await
@@ -123,13 +131,13 @@ impl Gpu {
         limits.max_compute_workgroups_per_dimension = alimits.max_compute_workgroups_per_dimension;
         limits.max_bind_groups = alimits.max_bind_groups.min(4);
         if limits.max_compute_workgroup_storage_size < 16384 || limits.max_compute_invocations_per_workgroup < 256 {
-            return Err(anyhow!(
+            return Err(tagged(Kind::Webgpu, format!(
                 "the GPU adapter '{}' is too limited: needs 16 KiB workgroup storage and 256 invocations \
                  per workgroup (has {} B, {})",
                 info.name,
                 limits.max_compute_workgroup_storage_size,
                 limits.max_compute_invocations_per_workgroup
-            ));
+            )));
         }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -140,12 +148,24 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .context("could not open the GPU device")?;
+            .map_err(|e| tagged(Kind::Webgpu, format!("could not open the GPU device: {e}")))?;
         let lost = Arc::new(Mutex::new(None));
         let lost2 = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
             *lost2.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
         });
+        // wgpu's default handler panics; keep the first error for the next check instead.
+        let failed = Arc::new(Mutex::new(None));
+        let failed2 = failed.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let kind = match &e {
+                wgpu::Error::OutOfMemory { .. } => Kind::OutOfMemory,
+                // A size over the adapter's limits is the one validation error bad input can cause.
+                wgpu::Error::Validation { description, .. } if description.contains("max") || description.contains("limit") => Kind::Limits,
+                _ => Kind::Internal,
+            };
+            failed2.lock().unwrap().get_or_insert((kind, e.to_string()));
+        }));
         let summary = AdapterSummary {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
@@ -166,6 +186,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             arenas: Mutex::new(Vec::new()),
             lost,
+            failed,
             binding_cap: u64::MAX.into(),
             gpu_tuned: (info.device_type != wgpu::DeviceType::Cpu).into(),
             bind_groups: 0.into(),
@@ -200,11 +221,22 @@ impl Gpu {
         self.lost.lock().unwrap().clone()
     }
 
+    /// Fails once the device is lost or a GPU error went uncaught (see `failed`).
     pub fn check_alive(&self) -> Result<()> {
-        match self.lost_reason() {
-            Some(r) => Err(anyhow!("the GPU device was lost ({r}); reload the engine")),
+        if let Some(r) = self.lost_reason() {
+            return Err(tagged(Kind::DeviceLost, format!("the GPU device was lost ({r}); reload the engine")));
+        }
+        match self.failed.lock().unwrap().clone() {
+            Some((Kind::OutOfMemory, e)) => Err(tagged(Kind::OutOfMemory, format!("the GPU ran out of memory ({e})"))),
+            Some((Kind::Limits, e)) => Err(tagged(Kind::Limits, format!("the model needs more than this GPU adapter allows: {e}"))),
+            Some((kind, e)) => Err(tagged(kind, format!("GPU error: {e}"))),
             None => Ok(()),
         }
+    }
+
+    /// Records a GPU failure found on the host side (reported by the next `check_alive`).
+    fn fail(&self, kind: Kind, message: String) {
+        self.failed.lock().unwrap().get_or_insert((kind, message));
     }
 
     /// Compiles (once) the pipeline for `key`; `source` is only called on a cache miss.
@@ -272,10 +304,21 @@ impl Gpu {
         self.pipelines.lock().unwrap().len()
     }
 
+    /// A storage buffer. One larger than the adapter allows is not created (wgpu would report a
+    /// validation error for it and every use): the failure is recorded for `check_alive` and a
+    /// placeholder is returned, so the caller's next check fails with a clear message.
     pub fn storage_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
+        let mut size = size.max(16).next_multiple_of(4);
+        if size > self.limits.max_buffer_size {
+            self.fail(
+                Kind::Limits,
+                format!("buffer '{label}' needs {} MiB, the adapter's largest buffer is {} MiB", size >> 20, self.limits.max_buffer_size >> 20),
+            );
+            size = 16;
+        }
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: size.max(16).next_multiple_of(4),
+            size,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
@@ -339,8 +382,10 @@ pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
     });
     #[cfg(not(target_arch = "wasm32"))]
     gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
-    rx.await.map_err(|_| anyhow!("GPU readback was cancelled"))?.map_err(|e| anyhow!("GPU readback failed: {e}"))?;
+    // A readback fails when the device is lost mid-call: report the loss, not a generic failure.
+    let mapped = rx.await.map_err(|_| anyhow!("GPU readback was cancelled")).and_then(|r| r.map_err(|e| anyhow!("GPU readback failed: {e}")));
     gpu.check_alive()?;
+    mapped?;
     let data = staging.slice(..).get_mapped_range().map_err(|e| anyhow!("GPU readback failed: {e:?}"))?.to_vec();
     staging.unmap();
     Ok(data)

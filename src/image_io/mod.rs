@@ -68,6 +68,10 @@ impl Picture {
             Ok(r)
         };
         let fmt = reader()?.format().unwrap();
+        if fmt == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+            // The JPEG decoder fills a cut-off file with grey and reports success.
+            bail!("the JPEG file is truncated or damaged (it ends before its image data does)");
+        }
         let (w, h) = reader()?.into_dimensions().map_err(|e| anyhow!("cannot read the {fmt:?} header: {e}"))?;
         if w == 0 || h == 0 {
             bail!("the image is empty ({w}×{h} pixels)");
@@ -91,6 +95,29 @@ impl Picture {
         let (width, height) = (img.width() as usize, img.height() as usize);
         Picture::from_rgb8(width, height, to_rgb8(img))
     }
+}
+
+/// Whether a JPEG holds its whole image: its marker segments lead to a scan, and an end-of-image
+/// marker follows it. (Scan data never contains a bare 0xFFD9: a 0xFF data byte is stuffed as
+/// 0xFF00. Segments are walked by their lengths, so an EXIF thumbnail's markers do not count.)
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= b.len() {
+        if b[i] != 0xFF {
+            return false;
+        }
+        let marker = b[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        if marker == 0xDA {
+            return b[i + 2 + len.min(b.len() - i - 2)..].windows(2).any(|w| w == [0xFF, 0xD9]);
+        }
+        i += 2 + len;
+    }
+    false
 }
 
 /// `PIL.Image.convert("RGB")`: drop alpha, replicate grey, 16-bit → high byte.

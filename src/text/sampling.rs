@@ -31,6 +31,22 @@ impl SamplingParams {
     pub fn greedy(max_tokens: usize) -> Self {
         SamplingParams { temperature: 0.0, max_tokens, ..Default::default() }
     }
+    /// Refuses values that would sample nonsense instead of failing: NaN or infinite temperature
+    /// or top-p (a NaN probability picks a fixed candidate), top-p outside (0, 1], no tokens.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::error::Kind;
+        if !(self.temperature.is_finite() && (0.0..=100.0).contains(&self.temperature)) {
+            crate::fail!(Kind::BadInput, "the temperature must be a number between 0 and 100 (got {})", self.temperature);
+        }
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            crate::fail!(Kind::BadInput, "top-p must be a number in (0, 1] (got {})", self.top_p);
+        }
+        if self.max_tokens == 0 {
+            crate::fail!(Kind::BadInput, "the reply needs room for at least one token (max tokens is 0)");
+        }
+        Ok(())
+    }
+
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }

@@ -4,27 +4,29 @@
 
 use wasm_bindgen::prelude::*;
 
+use crate::error::{Kind, WithKind as _};
 use crate::weights::quant::Quant;
 use crate::weights::stream::{header_len, Header, StreamConverter, SIDE_FILES};
 
-fn err(e: anyhow::Error) -> JsError {
-    JsError::new(&format!("{e:#}"))
+/// Conversion fails on what the checkpoint holds (headers, shapes, damaged values): bad weights.
+fn err(e: anyhow::Error) -> JsValue {
+    super::err(Err::<(), _>(e).kind(Kind::BadWeights).unwrap_err())
 }
 
 fn get(o: &JsValue, k: &str) -> JsValue {
     js_sys::Reflect::get(o, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED)
 }
 
-fn bytes(v: &JsValue, what: &str) -> Result<Vec<u8>, JsError> {
+fn bytes(v: &JsValue, what: &str) -> Result<Vec<u8>, JsValue> {
     if v.is_instance_of::<js_sys::Uint8Array>() {
         Ok(js_sys::Uint8Array::from(v.clone()).to_vec())
     } else {
-        Err(JsError::new(&format!("{what} must be a Uint8Array")))
+        Err(super::bad_input(&format!("{what} must be a Uint8Array")))
     }
 }
 
 /// `{label, header: Uint8Array (the JSON after the first 8 bytes), size?: number, etag?: string}`.
-fn header(v: &JsValue) -> Result<Header, JsError> {
+fn header(v: &JsValue) -> Result<Header, JsValue> {
     let label = get(v, "label").as_string().unwrap_or_else(|| "safetensors file".into());
     let json = bytes(&get(v, "header"), "header")?;
     let h = Header::parse(&label, &json, get(v, "size").as_f64().map(|s| s as u64)).map_err(err)?;
@@ -39,7 +41,7 @@ pub fn side_files() -> Vec<String> {
 
 /// The JSON header length of a safetensors file from its first 8 bytes (a clear error otherwise).
 #[wasm_bindgen(js_name = safetensorsHeaderLength)]
-pub fn safetensors_header_length(label: &str, first8: &[u8]) -> Result<f64, JsError> {
+pub fn safetensors_header_length(label: &str, first8: &[u8]) -> Result<f64, JsValue> {
     header_len(label, first8).map(|n| n as f64).map_err(err)
 }
 
@@ -52,14 +54,14 @@ impl HfConverter {
     /// [header], vae: header | null, checkpoint: Uint8Array | null}`; a header is `{label, header,
     /// size}`. Rejects a checkpoint of other files or settings (start again without it).
     #[wasm_bindgen(constructor)]
-    pub fn new(spec: JsValue) -> Result<HfConverter, JsError> {
+    pub fn new(spec: JsValue) -> Result<HfConverter, JsValue> {
         let quant = Quant::parse(&get(&spec, "quant").as_string().unwrap_or_else(|| "q4".into())).map_err(err)?;
         let shard = get(&spec, "shardSize").as_f64().map(|s| s as usize).unwrap_or(crate::weights::pack::MAX_SHARD);
         let config = bytes(&get(&spec, "config"), "config")?;
         let mut files = Vec::new();
         for f in js_sys::Array::from(&get(&spec, "files")).iter() {
             let pair = js_sys::Array::from(&f);
-            let name = pair.get(0).as_string().ok_or_else(|| JsError::new("file names must be strings"))?;
+            let name = pair.get(0).as_string().ok_or_else(|| super::bad_input("file names must be strings"))?;
             files.push((name.clone(), bytes(&pair.get(1), &name)?));
         }
         let model = js_sys::Array::from(&get(&spec, "model")).iter().map(|h| header(&h)).collect::<Result<Vec<_>, _>>()?;
@@ -110,7 +112,7 @@ impl HfConverter {
     }
 
     /// Bytes of input `input` that start at file offset `offset`.
-    pub fn push(&mut self, input: usize, offset: f64, data: &[u8]) -> Result<(), JsError> {
+    pub fn push(&mut self, input: usize, offset: f64, data: &[u8]) -> Result<(), JsValue> {
         self.0.push(input, offset as u64, data).map_err(err)
     }
 
@@ -130,8 +132,8 @@ impl HfConverter {
     }
 
     /// Seals the last shard (collect it with `takeSealed`) and returns manifest.json's text.
-    pub fn finish(&mut self) -> Result<String, JsError> {
+    pub fn finish(&mut self) -> Result<String, JsValue> {
         let m = self.0.finish().map_err(err)?;
-        serde_json::to_string_pretty(&m).map_err(|e| JsError::new(&e.to_string()))
+        serde_json::to_string_pretty(&m).map_err(|e| err(e.into()))
     }
 }

@@ -11,6 +11,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
 use crate::engine::{Conversation, Engine, EngineOptions, GenerateParams};
+use crate::error::{kind_of, Kind, WithKind as _};
 use crate::gpu::Gpu;
 use crate::image_io::Picture;
 use crate::text::sampling::SamplingParams;
@@ -24,19 +25,72 @@ pub mod convert;
 
 #[wasm_bindgen(start)]
 pub fn start() {
-    console_error_panic_hook::set_once();
+    // A panic traps the wasm instance, and the promise of the call that panicked never settles:
+    // tell the worker (`globalThis.__janusPanic(message)`) so it can fail every pending call and
+    // be replaced, instead of the page waiting forever.
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info);
+        let report = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("__janusPanic")).ok();
+        if let Some(f) = report.as_ref().and_then(|f| f.dyn_ref::<js_sys::Function>()) {
+            let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&info.to_string()));
+        }
+    }));
 }
 
-fn err(e: anyhow::Error) -> JsError {
-    JsError::new(&format!("{e:#}"))
+/// Panics on purpose, so the tests can check that a trapped engine never hangs the page.
+#[wasm_bindgen(js_name = debugPanic)]
+pub fn debug_panic() {
+    panic!("debugPanic: a deliberate panic (tests of the worker's recovery)");
+}
+
+/// An error for JavaScript: an `Error` whose `kind` says what failed (see [`Kind`]); a kind that
+/// came from a JS callback (a failed shard read, say) is passed through unchanged.
+fn err(e: anyhow::Error) -> JsValue {
+    let kind = e.chain().find_map(|c| c.downcast_ref::<JsFailure>().map(|f| f.kind.clone())).unwrap_or_else(|| kind_of(&e).as_str().to_string());
+    js_error(&format!("{e:#}"), &kind)
+}
+
+fn js_error(message: &str, kind: &str) -> JsValue {
+    let js = js_sys::Error::new(message);
+    let _ = js_sys::Reflect::set(&js, &JsValue::from_str("kind"), &JsValue::from_str(kind));
+    js.into()
+}
+
+/// A request the engine refuses (bad options, messages or images).
+fn bad_input(message: &str) -> JsValue {
+    js_error(message, Kind::BadInput.as_str())
+}
+
+/// A JS callback's rejection, keeping the `kind` it carried.
+#[derive(Debug)]
+struct JsFailure {
+    kind: String,
+    message: String,
+}
+
+impl std::fmt::Display for JsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for JsFailure {}
+
+fn js_failure(context: &str, v: &JsValue) -> anyhow::Error {
+    let kind = js_sys::Reflect::get(v, &JsValue::from_str("kind")).ok().and_then(|k| k.as_string()).unwrap_or_else(|| Kind::Internal.as_str().into());
+    anyhow::Error::new(JsFailure { kind, message: format!("{context}: {}", js_message(v)) })
+}
+
+fn to_js<T: serde::Serialize + ?Sized>(v: &T) -> Result<JsValue, JsValue> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_error(&e.to_string(), Kind::Internal.as_str()))
 }
 
 /// Opens the WebGPU device and describes the adapter (name, limits, optional features).
 /// Rejects with a readable message when WebGPU is missing or too limited.
 #[wasm_bindgen(js_name = adapterInfo)]
-pub async fn adapter_info() -> Result<JsValue, JsError> {
+pub async fn adapter_info() -> Result<JsValue, JsValue> {
     let gpu = Gpu::new().await.map_err(err)?;
-    serde_wasm_bindgen::to_value(&gpu.summary).map_err(|e| JsError::new(&e.to_string()))
+    to_js(&gpu.summary)
 }
 
 /// Shard reads through `read(file, offset, length) → Promise<Uint8Array>` (IndexedDB in the worker).
@@ -48,11 +102,11 @@ impl ShardStore for JsShards {
     fn read<'a>(&'a self, shard: &'a str, offset: u64, len: u64) -> ReadFuture<'a> {
         Box::pin(async move {
             let call = self.read.call3(&JsValue::NULL, &JsValue::from_str(shard), &JsValue::from_f64(offset as f64), &JsValue::from_f64(len as f64));
-            let promise = call.map_err(|e| anyhow::anyhow!("reading shard {shard}: {}", js_message(&e)))?;
-            let value = JsFuture::from(js_sys::Promise::from(promise)).await.map_err(|e| anyhow::anyhow!("reading shard {shard}: {}", js_message(&e)))?;
+            let promise = call.map_err(|e| js_failure(&format!("reading shard {shard}"), &e))?;
+            let value = JsFuture::from(js_sys::Promise::from(promise)).await.map_err(|e| js_failure(&format!("reading shard {shard}"), &e))?;
             let bytes = js_sys::Uint8Array::new(&value).to_vec();
             if bytes.len() as u64 != len {
-                anyhow::bail!("shard {shard}: got {} bytes at {offset}, expected {len}", bytes.len());
+                crate::fail!(Kind::BadWeights, "shard {shard}: got {} bytes at {offset}, expected {len}", bytes.len());
             }
             Ok(bytes)
         })
@@ -64,39 +118,39 @@ fn js_message(v: &JsValue) -> String {
 }
 
 /// `[{role, content, images?: Uint8Array[]}]` → messages (images decoded here).
-fn messages_from_js(messages: &JsValue) -> Result<Vec<Message>, JsError> {
+fn messages_from_js(messages: &JsValue) -> Result<Vec<Message>, JsValue> {
     if !js_sys::Array::is_array(messages) {
-        return Err(JsError::new("messages must be an array of {role, content, images?}"));
+        return Err(bad_input("messages must be an array of {role, content, images?}"));
     }
     let get = |o: &JsValue, k: &str| js_sys::Reflect::get(o, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
     let mut out = Vec::new();
     for (i, m) in js_sys::Array::from(messages).iter().enumerate() {
         let role = get(&m, "role").as_string().unwrap_or_default();
-        let content = get(&m, "content").as_string().ok_or_else(|| JsError::new(&format!("message {}: content must be a string", i + 1)))?;
+        let content = get(&m, "content").as_string().ok_or_else(|| bad_input(&format!("message {}: content must be a string", i + 1)))?;
         let mut images = Vec::new();
         let imgs = get(&m, "images");
         if js_sys::Array::is_array(&imgs) {
             for (j, b) in js_sys::Array::from(&imgs).iter().enumerate() {
                 let bytes = js_sys::Uint8Array::new(&b).to_vec();
-                let pic = Picture::decode(&bytes).map_err(|e| JsError::new(&format!("message {}, image {}: {e:#}", i + 1, j + 1)))?;
+                let pic = Picture::decode(&bytes).map_err(|e| bad_input(&format!("message {}, image {}: {e:#}", i + 1, j + 1)))?;
                 images.push(Arc::new(pic));
             }
         }
         out.push(match role.to_ascii_lowercase().as_str() {
             "user" => Message::user_with_images(&content, images),
             "assistant" => Message::assistant(content),
-            r => return Err(JsError::new(&format!("message {}: unknown role '{r}' (use 'user' or 'assistant')", i + 1))),
+            r => return Err(bad_input(&format!("message {}: unknown role '{r}' (use 'user' or 'assistant')", i + 1))),
         });
     }
     Ok(out)
 }
 
 /// An options object, or the defaults when it is undefined or null.
-fn options_from_js<T: serde::de::DeserializeOwned + Default>(options: JsValue) -> Result<T, JsError> {
+fn options_from_js<T: serde::de::DeserializeOwned + Default>(options: JsValue) -> Result<T, JsValue> {
     if options.is_undefined() || options.is_null() {
         return Ok(T::default());
     }
-    serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad options: {e}")))
+    serde_wasm_bindgen::from_value(options).map_err(|e| bad_input(&format!("bad options: {e}")))
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -140,9 +194,9 @@ impl CancelHandle {
 /// Loads the engine from a pack: `manifest` is manifest.json's text, `read_shard(file, offset,
 /// length)` returns a Promise of the bytes, `on_progress(done, total, what)` reports the upload.
 #[wasm_bindgen(js_name = loadEngine)]
-pub async fn load_engine(manifest: String, read_shard: js_sys::Function, quant: String, on_progress: js_sys::Function) -> Result<WebEngine, JsError> {
-    let manifest = Manifest::parse(manifest.as_bytes()).map_err(err)?;
-    let preset = if quant.is_empty() { manifest.preset } else { Quant::parse(&quant).map_err(err)? };
+pub async fn load_engine(manifest: String, read_shard: js_sys::Function, quant: String, on_progress: js_sys::Function) -> Result<WebEngine, JsValue> {
+    let manifest = Manifest::parse(manifest.as_bytes()).kind(Kind::BadWeights).map_err(err)?;
+    let preset = if quant.is_empty() { manifest.preset } else { Quant::parse(&quant).kind(Kind::BadInput).map_err(err)? };
     let src = ModelSource::Pack(Pack::new(manifest, Box::new(JsShards { read: read_shard })));
     let gpu = Gpu::new().await.map_err(err)?;
     let opts = EngineOptions { preset, ..Default::default() };
@@ -157,7 +211,7 @@ pub async fn load_engine(manifest: String, read_shard: js_sys::Function, quant: 
 #[wasm_bindgen]
 impl WebEngine {
     /// Adapter and model facts for the UI.
-    pub fn info(&self) -> Result<JsValue, JsError> {
+    pub fn info(&self) -> Result<JsValue, JsValue> {
         let c = &self.engine.cfg;
         let info = serde_json::json!({
             "adapter": self.engine.gpu.summary,
@@ -168,7 +222,7 @@ impl WebEngine {
             "hasVae": self.engine.vae.is_some(),
             "gpuTuning": self.engine.gpu.gpu_tuned(),
         });
-        info.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
+        to_js(&info)
     }
 
     /// Chooses kernel shapes for a real GPU (the default) or for a CPU rasteriser such as
@@ -181,7 +235,7 @@ impl WebEngine {
     /// Compiles the chat and image-question shaders now (the load's last phase), so the first
     /// message does not wait for them; returns the number of pipelines compiled.
     #[wasm_bindgen(js_name = compileKernels)]
-    pub async fn compile_kernels(&self) -> Result<u32, JsError> {
+    pub async fn compile_kernels(&self) -> Result<u32, JsValue> {
         self.engine.compile_kernels().await.map(|n| n as u32).map_err(err)
     }
 
@@ -195,7 +249,7 @@ impl WebEngine {
     /// Answers the last user message of `messages` ([{role: 'user'|'assistant', content,
     /// images?: Uint8Array[]}]), calling `on_token(text)` as text arrives. Resolves to
     /// `{text, finish, promptTokens, reusedTokens}`.
-    pub async fn chat(&mut self, messages: JsValue, options: JsValue, on_token: js_sys::Function) -> Result<JsValue, JsError> {
+    pub async fn chat(&mut self, messages: JsValue, options: JsValue, on_token: js_sys::Function) -> Result<JsValue, JsValue> {
         let out = messages_from_js(&messages)?;
         let o: ChatOptions = options_from_js(options)?;
         let d = SamplingParams::default();
@@ -218,7 +272,7 @@ impl WebEngine {
             .await
             .map_err(err)?;
         let v = serde_json::json!({"text": reply.text, "finish": reply.finish, "promptTokens": reply.prompt_tokens, "reusedTokens": reply.reused_tokens});
-        v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
+        to_js(&v)
     }
 
     /// Draws an image; `noise` (Float32Array of the latent shape, or undefined) overrides the
@@ -230,7 +284,7 @@ impl WebEngine {
         options: JsValue,
         noise: Option<js_sys::Float32Array>,
         on_step: js_sys::Function,
-    ) -> Result<Option<js_sys::Uint8Array>, JsError> {
+    ) -> Result<Option<js_sys::Uint8Array>, JsValue> {
         let o: GenerateOptions = options_from_js(options)?;
         let d = GenerateParams::default();
         let params = GenerateParams {
@@ -264,4 +318,3 @@ impl WebEngine {
     }
 }
 
-use serde::Serialize as _;

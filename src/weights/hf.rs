@@ -24,9 +24,20 @@ impl SafetensorsFiles {
             let idx: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(&index_path)?).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
             let map = idx.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
-            let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+            let mut files = Vec::new();
+            for (tensor, v) in map {
+                let f = v.as_str().ok_or_else(|| anyhow!("{}: weight_map entry '{tensor}' is not a file name", index_path.display()))?;
+                // Shards live beside the index: a path elsewhere is refused, never opened.
+                if !plain_file_name(f) {
+                    bail!("{}: weight_map entry '{tensor}' names '{f}', which is not a plain file name in the same folder", index_path.display());
+                }
+                files.push(f.to_string());
+            }
             files.sort();
             files.dedup();
+            if files.is_empty() {
+                bail!("{}: the weight_map is empty", index_path.display());
+            }
             files.into_iter().map(|f| dir.join(f)).collect()
         } else {
             bail!("{}: neither {stem}.safetensors nor {stem}.safetensors.index.json found", dir.display());
@@ -89,4 +100,9 @@ impl SafetensorsFiles {
         let dtype = format!("{:?}", t.dtype()).to_lowercase();
         Ok((dtype, shape, vals))
     }
+}
+
+/// A file name without any path: no separators, not `.`/`..`, no drive or NUL.
+pub fn plain_file_name(f: &str) -> bool {
+    !f.is_empty() && f != "." && f != ".." && !f.contains(['/', '\\', ':', '\0'])
 }

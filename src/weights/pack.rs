@@ -6,11 +6,16 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::quant::Quant;
+use super::quant::{Quant, QuantBlob};
 
 pub const FORMAT: &str = "janusflow-pack";
 pub const VERSION: u32 = 1;
 pub const MAX_SHARD: usize = 32 << 20;
+/// The smallest shard a converter writes (tests use a few hundred KiB to get several shards; far
+/// smaller ones would only multiply requests and manifest entries).
+pub const MIN_SHARD: usize = 64 << 10;
+/// The largest side file (tokenizer.json, configs) a pack may carry; the real tokenizer is ~5 MB.
+pub const MAX_FILE: u64 = 64 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Part {
@@ -66,12 +71,70 @@ impl Manifest {
         if m.version != VERSION {
             bail!("manifest.json: pack version {} is not supported (this engine reads version {VERSION})", m.version);
         }
-        for s in &m.shards {
-            if s.file != format!("{}.bin", s.sha256) || s.size as usize > MAX_SHARD {
-                bail!("manifest.json: bad shard entry {}", s.file);
+        m.validate().map_err(|e| anyhow!("manifest.json: {e}"))?;
+        Ok(m)
+    }
+
+    /// Every size and reference checked before anything is allocated or fetched: shard names are
+    /// content hashes (never paths or URLs), each entry's parts lie inside their shard and add up
+    /// to its length, shapes cannot overflow, and the totals agree.
+    fn validate(&self) -> Result<()> {
+        if self.shards.is_empty() {
+            bail!("the pack lists no shards");
+        }
+        let mut sizes = std::collections::HashMap::new();
+        let mut total = 0u64;
+        for s in &self.shards {
+            let hash_ok = s.sha256.len() == 64 && s.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hash_ok || s.file != format!("{}.bin", s.sha256) {
+                bail!("bad shard name '{}' (must be the SHA-256 of its contents, as <64 hex digits>.bin)", s.file);
+            }
+            if s.size == 0 || s.size > MAX_SHARD as u64 {
+                bail!("shard {} has size {}, not between 1 and {MAX_SHARD}", s.file, s.size);
+            }
+            if sizes.insert(s.file.as_str(), s.size).is_some() {
+                bail!("shard {} is listed twice", s.file);
+            }
+            total += s.size;
+        }
+        if total != self.total_bytes {
+            bail!("the shards hold {total} bytes, total_bytes says {}", self.total_bytes);
+        }
+        let check_parts = |what: &str, name: &str, length: u64, parts: &[Part]| -> Result<()> {
+            let mut sum = 0u64;
+            for p in parts {
+                let size = sizes.get(p.shard.as_str()).ok_or_else(|| anyhow!("{what} '{name}' refers to shard '{}', which is not listed", p.shard))?;
+                if p.offset.checked_add(p.length).is_none_or(|end| end > *size) {
+                    bail!("{what} '{name}' reads past the end of shard {}", p.shard);
+                }
+                sum += p.length;
+            }
+            if sum != length || length > total {
+                bail!("{what} '{name}' has length {length}, its parts hold {sum}");
+            }
+            Ok(())
+        };
+        for f in &self.files {
+            check_parts("file", &f.name, f.length, &f.parts)?;
+            if f.length > MAX_FILE {
+                bail!("file '{}' has {} bytes, more than a side file may ({MAX_FILE})", f.name, f.length);
             }
         }
-        Ok(m)
+        for t in &self.tensors {
+            check_parts("tensor", &t.name, t.length, &t.parts)?;
+            let n = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            if t.shape.len() > 4 || n.is_none_or(|n| n == 0 || n > crate::config::caps::TENSOR_ELEMENTS) {
+                bail!("tensor '{}' has shape {:?}, which this engine cannot hold", t.name, t.shape);
+            }
+            let (rows, cols) = super::preset::matrix_dims(&t.shape);
+            if t.quant.is_grouped() && cols % super::quant::GROUP != 0 {
+                bail!("tensor '{}' is {} with rows of {cols} values, not whole groups", t.name, t.quant);
+            }
+            if t.length != QuantBlob::byte_len(t.quant, rows, cols) as u64 {
+                bail!("tensor '{}' has length {}, but a {:?} {} tensor takes {}", t.name, t.length, t.shape, t.quant, QuantBlob::byte_len(t.quant, rows, cols));
+            }
+        }
+        Ok(())
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorEntry> {

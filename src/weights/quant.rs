@@ -77,7 +77,12 @@ pub struct QuantBlob {
 
 impl QuantBlob {
     pub fn quantize(quant: Quant, rows: usize, cols: usize, x: &[f32]) -> Result<Self> {
-        assert_eq!(x.len(), rows * cols);
+        if rows.checked_mul(cols) != Some(x.len()) {
+            bail!("{} values for a {rows}×{cols} matrix", x.len());
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            bail!("value {} of {} is {} (the weights are damaged)", i, x.len(), x[i]);
+        }
         if quant.is_grouped() && cols % GROUP != 0 {
             bail!("{quant} needs rows that are a multiple of {GROUP} elements (got {cols})");
         }
@@ -141,7 +146,28 @@ impl QuantBlob {
         if data.len() != want {
             bail!("expected {want} bytes for a {rows}×{cols} {quant} tensor, found {}", data.len());
         }
-        Ok(QuantBlob { quant, rows, cols, data })
+        let blob = QuantBlob { quant, rows, cols, data };
+        blob.check_finite()?;
+        Ok(blob)
+    }
+
+    /// Fails on a NaN or infinite value (f32, f16) or group scale (q8, q4): damaged weights
+    /// would otherwise turn every answer into garbage without a word.
+    pub fn check_finite(&self) -> Result<()> {
+        let n = self.rows * self.cols;
+        let bad16 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00;
+        let (what, first) = match self.quant {
+            Quant::F32 => ("value", self.data[..n * 4].chunks_exact(4).position(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000)),
+            Quant::F16 => ("value", self.data[..n * 2].chunks_exact(2).position(bad16)),
+            Quant::Q8 | Quant::Q4 => {
+                let payload = self.quant.payload_bytes(n);
+                ("group scale", self.data[payload..payload + n / GROUP * 2].chunks_exact(2).position(bad16))
+            }
+        };
+        match first {
+            Some(i) => bail!("{what} {i} is NaN or infinite (the weights are damaged)"),
+            None => Ok(()),
+        }
     }
 
     /// Bytes per row (payload + scales), for sizing chunks.

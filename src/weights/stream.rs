@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::pack::{sha256_hex, FileEntry, Manifest, Part, ShardEntry, TensorEntry, FORMAT, MAX_SHARD, VERSION};
+use super::pack::{sha256_hex, FileEntry, Manifest, Part, ShardEntry, TensorEntry, FORMAT, MAX_SHARD, MIN_SHARD, VERSION};
 use super::preset::{matrix_dims, quant_for, skipped};
 use super::quant::{Quant, QuantBlob, GROUP};
 use crate::config::{JanusConfig, VaeConfig};
@@ -258,8 +258,8 @@ impl StreamConverter {
         vae: Option<&Header>,
         checkpoint: Option<&[u8]>,
     ) -> Result<Self> {
-        if shard_size == 0 || shard_size > MAX_SHARD || shard_size % 4 != 0 {
-            bail!("the shard size must be a multiple of 4 bytes between 4 and {MAX_SHARD}");
+        if !(MIN_SHARD..=MAX_SHARD).contains(&shard_size) || shard_size % 4 != 0 {
+            bail!("the shard size must be a multiple of 4 bytes between {MIN_SHARD} and {MAX_SHARD} (got {shard_size})");
         }
         let cfg = JanusConfig::from_json_str(std::str::from_utf8(config_json).context("config.json is not UTF-8")?)?;
         if !files.iter().any(|(n, _)| n == "tokenizer.json") {
@@ -450,12 +450,12 @@ impl StreamConverter {
                 // As many whole rows as arrived (converted in parallel natively).
                 let n = (data.len() / in_row).min(j.rows - self.row);
                 take = n * in_row;
-                self.convert_rows(&data[..take]);
+                self.convert_rows(&data[..take])?;
             } else {
                 self.pending.extend_from_slice(&data[..take]);
                 if self.pending.len() == in_row {
                     let row = std::mem::take(&mut self.pending);
-                    self.convert_rows(&row);
+                    self.convert_rows(&row)?;
                     self.pending = row;
                     self.pending.clear();
                 }
@@ -474,18 +474,19 @@ impl StreamConverter {
     /// Converts whole source rows of the current job as one matrix (the same code as loading a
     /// whole tensor, parallel natively; groups never straddle rows) and writes their payload; their
     /// scales are kept for the tensor's end.
-    fn convert_rows(&mut self, bytes: &[u8]) {
+    fn convert_rows(&mut self, bytes: &[u8]) -> Result<()> {
         let j = &self.jobs[self.job];
         let (quant, cols, sr) = (j.quant, j.cols, j.scale_row());
         let n = bytes.len() / j.in_row();
         let mut vals = Vec::with_capacity(n * cols);
         j.dtype.decode(bytes, &mut vals);
-        let blob = QuantBlob::quantize(quant, n, cols, &vals).expect("grouped formats are only planned for whole groups");
+        let blob = QuantBlob::quantize(quant, n, cols, &vals).with_context(|| format!("tensor '{}', row {}", j.src, self.row))?;
         let payload = QuantBlob::byte_len_unpadded(quant, n, cols) - n * sr;
         // Scales first: a shard sealed while the payload is written checkpoints them.
         self.scales.extend_from_slice(&blob.data[payload..payload + n * sr]);
         self.row += n;
         self.emit(&blob.data[..payload]);
+        Ok(())
     }
 
     /// Finishes jobs whose rows are all read: writes their scales and padding.
