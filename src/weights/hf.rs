@@ -21,23 +21,8 @@ impl SafetensorsFiles {
         let names: Vec<PathBuf> = if single.exists() {
             vec![single]
         } else if index_path.exists() {
-            let idx: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&index_path)?).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
-            let map = idx.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
-            let mut files = Vec::new();
-            for (tensor, v) in map {
-                let f = v.as_str().ok_or_else(|| anyhow!("{}: weight_map entry '{tensor}' is not a file name", index_path.display()))?;
-                // Shards live beside the index: a path elsewhere is refused, never opened.
-                if !plain_file_name(f) {
-                    bail!("{}: weight_map entry '{tensor}' names '{f}', which is not a plain file name in the same folder", index_path.display());
-                }
-                files.push(f.to_string());
-            }
-            files.sort();
-            files.dedup();
-            if files.is_empty() {
-                bail!("{}: the weight_map is empty", index_path.display());
-            }
+            let json = std::fs::read(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?;
+            let files = index_files(&json).with_context(|| index_path.display().to_string())?;
             files.into_iter().map(|f| dir.join(f)).collect()
         } else {
             bail!("{}: neither {stem}.safetensors nor {stem}.safetensors.index.json found", dir.display());
@@ -100,6 +85,27 @@ impl SafetensorsFiles {
         let dtype = format!("{:?}", t.dtype()).to_lowercase();
         Ok((dtype, shape, vals))
     }
+}
+
+/// The shard files a `*.safetensors.index.json` names (sorted, each once). Shards must live beside
+/// the index: an entry with a path is refused, never opened.
+pub fn index_files(json: &[u8]) -> Result<Vec<String>> {
+    let idx: serde_json::Value = serde_json::from_slice(json).context("not valid JSON")?;
+    let map = idx.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("no weight_map"))?;
+    let mut files = Vec::new();
+    for (tensor, v) in map {
+        let f = v.as_str().ok_or_else(|| anyhow!("weight_map entry '{tensor}' is not a file name"))?;
+        if !plain_file_name(f) {
+            bail!("weight_map entry '{tensor}' names '{f}', which is not a plain file name in the same folder");
+        }
+        files.push(f.to_string());
+    }
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        bail!("the weight_map is empty");
+    }
+    Ok(files)
 }
 
 /// A file name without any path: no separators, not `.`/`..`, no drive or NUL.
