@@ -424,3 +424,36 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
     }
     gpu.set_binding_cap(u64::MAX);
 }
+
+/// GPU errors neither panic (wgpu's default handler does) nor pass silently: a buffer over the
+/// adapter's limits and an invalid binding are reported by the next check, with their kind.
+#[test]
+fn gpu_errors_are_reported_not_panicked() {
+    use janusflow::error::{kind_of, Kind};
+    let g = gpu();
+    g.check_alive().unwrap();
+    let _huge = g.storage_buffer("huge", g.limits.max_buffer_size + 4);
+    let e = g.check_alive().unwrap_err();
+    assert_eq!(kind_of(&e), Kind::Limits, "{e:#}");
+    assert!(format!("{e:#}").contains("huge"), "{e:#}");
+
+    let g = gpu();
+    let small = g.storage_buffer("small", 16);
+    // A binding past the end of its buffer: a validation error the engine must surface.
+    let layout = g.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: None,
+        entries: &[wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: true }, has_dynamic_offset: false, min_binding_size: None },
+            count: None,
+        }],
+    });
+    let _bg = g.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &layout,
+        entries: &[wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &small, offset: 0, size: std::num::NonZeroU64::new(1 << 20) }) }],
+    });
+    let e = g.check_alive().unwrap_err();
+    assert!(format!("{e:#}").to_lowercase().contains("bind"), "{e:#}");
+}
