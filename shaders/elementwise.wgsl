@@ -1,5 +1,5 @@
 // Element-wise ops on f32 activations. Defines select the op:
-//   SWIGLU:    y[i] = silu(a[i]) · b[i]                   (Llama MLP gate)
+//   SWIGLU_PAIRS: y[i] = silu(a[2i]) · a[2i + 1]           (gate|up rows interleaved, one product)
 //   ADD:       y[i] = y[i] + a[i]                         (residual add)
 //   COPY:      y[i] = a[i]
 //   SILU:      y[i] = silu(a[i])
@@ -9,7 +9,7 @@
 struct Params {
     n: u32,        // elements
     a_off: u32,
-    b_off: u32,
+    b_off: u32,    // (unused: the parameter block keeps one layout for every operation)
     y_off: u32,
     cols: u32,     // FILM, COPY_ROWS: row length
     a_stride: u32, // COPY_ROWS
@@ -18,12 +18,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;           // [n] (FILM: [2·cols]; COPY_ROWS: [rows, a_stride])
-#if SWIGLU
-@group(0) @binding(2) var<storage, read> b: array<f32>;           // [n]
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // [n]
-#else
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [n] (FILM: [rows, cols]; COPY_ROWS: [rows, y_stride])
-#endif
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;     // [n] (FILM: [rows, cols]; COPY_ROWS: [rows, y_stride]; SWIGLU_PAIRS: a is [2n])
 
 //#include activation.wgsl
 
@@ -33,8 +28,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= p.n) {
         return;
     }
-#if SWIGLU
-    y[p.y_off + i] = silu(a[p.a_off + i]) * b[p.b_off + i];
+#if SWIGLU_PAIRS
+    y[p.y_off + i] = silu(a[p.a_off + 2u * i]) * a[p.a_off + 2u * i + 1u];
 #endif
 #if ADD
     y[p.y_off + i] += a[p.a_off + i];

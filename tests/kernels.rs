@@ -223,18 +223,110 @@ fn attention_causal_with_cache_and_bidirectional() {
 }
 
 #[test]
-fn swiglu_and_add() {
+fn swiglu_pairs_and_add() {
     let gpu = gpu();
     let mut rng = Rng(6);
     let n = 1000;
     let (a, b) = (rng.vec(n), rng.vec(n));
-    let (at, bt, yt) = (Tensor::from_f32(&gpu, "a", &[n], &a), Tensor::from_f32(&gpu, "b", &[n], &b), Tensor::zeros(&gpu, "y", &[n]));
+    let ab: Vec<f32> = a.iter().zip(&b).flat_map(|(&g, &u)| [g, u]).collect();
+    let (abt, at, yt) = (Tensor::from_f32(&gpu, "ab", &[2 * n], &ab), Tensor::from_f32(&gpu, "a", &[n], &a), Tensor::zeros(&gpu, "y", &[n]));
     let mut rec = Recorder::new(&gpu);
-    kernels::swiglu(&mut rec, &at.buf, &bt.buf, &yt.buf, n);
+    kernels::swiglu_pairs(&mut rec, &abt.buf, &yt.buf, n);
     kernels::add(&mut rec, &at.buf, 0, &yt.buf, 0, n);
     rec.finish();
     let want: Vec<f32> = a.iter().zip(&b).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u + g).collect();
-    assert_close(&read(&gpu, &yt), &want, 1e-6, "swiglu+add");
+    assert_close(&read(&gpu, &yt), &want, 1e-6, "swiglu pairs + add");
+}
+
+fn cpu_rmsnorm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+    let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps as f64).sqrt();
+    x.iter().zip(g).map(|(v, g)| (*v as f64 * inv) as f32 * g).collect()
+}
+
+/// Rotate-half RoPE of one head vector at angle table row `cs` ([d/2] (cos, sin) pairs).
+fn cpu_rope(v: &mut [f32], cs: &[f32]) {
+    let half = v.len() / 2;
+    for i in 0..half {
+        let (c, s) = (cs[2 * i], cs[2 * i + 1]);
+        let (a, b) = (v[i], v[i + half]);
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+/// The fused decode products (norm prologue; Q|K|V with RoPE into q and the cache, gate|up with
+/// SwiGLU, plain) and the stacked-QKV RoPE scatter of the batched path, against CPU references,
+/// in every format and with weights split into several chunks.
+#[test]
+fn fused_decode_products_and_rope_scatter() {
+    let gpu = gpu();
+    let mut rng = Rng(11);
+    let (heads, d, k, inter, slots, eps) = (3usize, 8usize, 96usize, 40usize, 5usize, 1e-5f32);
+    let hd = heads * d;
+    let pos = 7;
+    let table = janusflow::model::llm::rope_table(16, d, 10000.0);
+    let tt = Tensor::from_f32(&gpu, "rope", &[16, d], &table);
+    let cs = &table[pos * d..(pos + 1) * d];
+    for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4] {
+        let x = rng.vec(2 * k);
+        let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + v * 0.5).collect();
+        let h = cpu_rmsnorm(&x[k..], &g, eps); // row 1 of x
+        let (xt, gt) = (Tensor::from_f32(&gpu, "x", &[2, k], &x), Tensor::from_f32(&gpu, "g", &[k], &g));
+
+        // Q|K|V: three [hd, k] matrices stacked, chunks of whole heads.
+        let parts: Vec<QuantBlob> = (0..3).map(|_| QuantBlob::quantize(quant, hd, k, &rng.vec(hd * k)).unwrap()).collect();
+        let stacked = QuantBlob::from_rows(&[&parts[0], &parts[1], &parts[2]], (0..3).flat_map(|b| (0..hd).map(move |r| (b, r)))).unwrap();
+        let w = Weight::upload_with_budget(&gpu, "qkv", &stacked, (stacked.row_bytes() * 2 * d) as u64).unwrap();
+        assert!(w.chunks.len() > 1);
+        let y = cpu_linear(&h, &stacked.dequantize(), 1, 3 * hd, k);
+        let (mut q, mut kk, v) = (y[..hd].to_vec(), y[hd..2 * hd].to_vec(), y[2 * hd..].to_vec());
+        for hh in 0..heads {
+            cpu_rope(&mut q[hh * d..(hh + 1) * d], cs);
+            cpu_rope(&mut kk[hh * d..(hh + 1) * d], cs);
+        }
+        let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[hd]), Tensor::zeros(&gpu, "k", &[slots, hd]), Tensor::zeros(&gpu, "v", &[slots, hd]));
+        let slot = 3;
+        let f = kernels::Fused::Qkv { heads, head_dim: d, pos, table: &tt.buf, q: &qt.buf, q_off: 0, kc: &kt.buf, vc: &vt.buf, slot };
+        assert!(kernels::fusable(&w, &f));
+        let mut rec = Recorder::new(&gpu);
+        kernels::norm_matvec(&mut rec, &w, &xt.buf, k, &gt.buf, eps, f);
+        rec.finish();
+        let what = format!("fused qkv {quant}");
+        assert_close(&read(&gpu, &qt), &q, 1e-5, &what);
+        assert_close(&read(&gpu, &kt)[slot * hd..(slot + 1) * hd], &kk, 1e-5, &what);
+        assert_close(&read(&gpu, &vt)[slot * hd..(slot + 1) * hd], &v, 1e-5, &what);
+        assert!(read(&gpu, &kt)[..slot * hd].iter().all(|&e| e == 0.0), "{what}: other slots written");
+
+        // The batched path: the same stacked product for 2 rows, then RoPE + scatter.
+        let xs = Tensor::from_f32(&gpu, "hs", &[2, k], &[cpu_rmsnorm(&x[..k], &g, eps), h.clone()].concat());
+        let qkv = Tensor::zeros(&gpu, "qkv", &[2, 3 * hd]);
+        let (q2, k2, v2) = (Tensor::zeros(&gpu, "q2", &[2, hd]), Tensor::zeros(&gpu, "k2", &[slots, hd]), Tensor::zeros(&gpu, "v2", &[slots, hd]));
+        let mut rec = Recorder::new(&gpu);
+        kernels::linear(&mut rec, &w, None, &xs.buf, 0, 2, Out { buf: &qkv.buf, off: 0, stride: 3 * hd, add: false });
+        kernels::rope_scatter(&mut rec, &qkv.buf, 0, 2, heads, d, pos - 1, &tt.buf, &q2.buf, 0, &k2.buf, &v2.buf, slot - 1);
+        rec.finish();
+        let what = format!("rope scatter {quant}");
+        assert_close(&read(&gpu, &q2)[hd..], &q, 1e-5, &what);
+        assert_close(&read(&gpu, &k2)[slot * hd..(slot + 1) * hd], &kk, 1e-5, &what);
+        assert_close(&read(&gpu, &v2)[slot * hd..(slot + 1) * hd], &v, 1e-5, &what);
+
+        // gate|up interleaved → silu(gate) · up, and the plain product.
+        let (gw, uw) = (QuantBlob::quantize(quant, inter, k, &rng.vec(inter * k)).unwrap(), QuantBlob::quantize(quant, inter, k, &rng.vec(inter * k)).unwrap());
+        let gu = QuantBlob::from_rows(&[&gw, &uw], (0..2 * inter).map(|r| (r % 2, r / 2))).unwrap();
+        let w = Weight::upload_with_budget(&gpu, "gu", &gu, (gu.row_bytes() * 14) as u64).unwrap();
+        assert!(w.chunks.len() > 1);
+        let (a, b) = (cpu_linear(&h, &gw.dequantize(), 1, inter, k), cpu_linear(&h, &uw.dequantize(), 1, inter, k));
+        let want: Vec<f32> = a.iter().zip(&b).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+        let yt = Tensor::zeros(&gpu, "y", &[inter]);
+        let pt = Tensor::zeros(&gpu, "p", &[2 * inter]);
+        let mut rec = Recorder::new(&gpu);
+        kernels::norm_matvec(&mut rec, &w, &xt.buf, k, &gt.buf, eps, kernels::Fused::GateUp { y: &yt.buf, y_off: 0 });
+        kernels::norm_matvec(&mut rec, &w, &xt.buf, k, &gt.buf, eps, kernels::Fused::Plain { y: &pt.buf, y_off: 0 });
+        rec.finish();
+        assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("fused gate|up {quant}"));
+        assert_close(&read(&gpu, &pt), &cpu_linear(&h, &gu.dequantize(), 1, 2 * inter, k), 1e-5, &format!("fused plain {quant}"));
+    }
 }
 
 #[test]

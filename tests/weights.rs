@@ -36,7 +36,7 @@ fn read_all_weights(e: &Engine) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut ws = vec![&e.llm.embed, &e.llm.lm_head];
     for l in &e.llm.layers {
-        ws.extend([&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]);
+        ws.extend(l.weights());
     }
     for w in ws {
         for c in &w.chunks {

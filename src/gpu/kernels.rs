@@ -152,6 +152,73 @@ pub fn rope(rec: &mut Recorder, x: &wgpu::Buffer, x_off: usize, t: usize, h: usi
     rec.dispatch(p, &[t as u32, h as u32, d as u32, pos0 as u32, x_off as u32, row_stride as u32], &[x, table], grid(n.div_ceil(256)));
 }
 
+/// Stacked Q|K|V rows ([t, 3·h·d] from one matrix product, at `x_off`) → RoPE on q and k from
+/// position `pos0`; q to `q[q_off..]` ([t, h·d]), k and v into cache slots `slot0..`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_scatter(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    t: usize,
+    h: usize,
+    d: usize,
+    pos0: usize,
+    table: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    q_off: usize,
+    kc: &wgpu::Buffer,
+    vc: &wgpu::Buffer,
+    slot0: usize,
+) {
+    let p = pipeline(rec.gpu, "rope.wgsl", &["SCATTER"]);
+    let n = (t * 3 * h * d / 2) as u32;
+    let params = [t as u32, h as u32, d as u32, pos0 as u32, x_off as u32, (3 * h * d) as u32, q_off as u32, slot0 as u32];
+    rec.dispatch(p, &params, &[x, table, q, kc, vc], grid(n.div_ceil(256)));
+}
+
+/// What a fused decode product does after its RMSNorm prologue (see matvec_fused.wgsl).
+pub enum Fused<'a> {
+    /// Stacked Q|K|V of `heads` heads of `head_dim`: RoPE at `pos` from `table`, q to
+    /// `q[q_off..]`, k and v into cache slot `slot` of `kc` and `vc`.
+    Qkv { heads: usize, head_dim: usize, pos: usize, table: &'a wgpu::Buffer, q: &'a wgpu::Buffer, q_off: usize, kc: &'a wgpu::Buffer, vc: &'a wgpu::Buffer, slot: usize },
+    /// Interleaved gate|up rows: silu(gate) · up into `y[y_off..]`.
+    GateUp { y: &'a wgpu::Buffer, y_off: usize },
+    /// The product itself into `y[y_off..]`.
+    Plain { y: &'a wgpu::Buffer, y_off: usize },
+}
+
+/// Whether `w` can go through [`norm_matvec`] with `f`: Q|K|V chunks must hold whole heads, so
+/// that both halves of every rotation pair land in the same dispatch.
+pub fn fusable(w: &Weight, f: &Fused) -> bool {
+    match f {
+        Fused::Qkv { head_dim, .. } => w.chunks.iter().all(|c| c.row0 % head_dim == 0 && c.rows % head_dim == 0),
+        Fused::GateUp { .. } => w.chunks.iter().all(|c| c.row0 % 2 == 0 && c.rows % 2 == 0),
+        Fused::Plain { .. } => true,
+    }
+}
+
+/// One activation row `x[x_off..]` → RMSNorm (weight `norm`) → `w` → the epilogue of `f`, in one
+/// dispatch per weight chunk. Check [`fusable`] first.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_matvec(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, norm: &wgpu::Buffer, eps: f32, f: Fused) {
+    assert!(x_off % 4 == 0 && fusable(w, &f), "norm_matvec: unaligned activation row or weight chunks");
+    let (mode, hd, d, pos, y_off, kv_off) = match &f {
+        Fused::Qkv { heads, head_dim, pos, q_off, slot, .. } => ("QKV", heads * head_dim, *head_dim, *pos, *q_off, slot * heads * head_dim),
+        Fused::GateUp { y_off, .. } => ("GATE_UP", 0, 0, 0, *y_off, 0),
+        Fused::Plain { y_off, .. } => ("PLAIN", 0, 0, 0, *y_off, 0),
+    };
+    let p = pipeline(rec.gpu, "matvec_fused.wgsl", &[mode, w.quant.define()]);
+    for c in &w.chunks {
+        let params = [w.k as u32, c.rows as u32, c.row0 as u32, c.soff, x_off as u32, eps.to_bits(), hd as u32, d as u32, pos as u32, y_off as u32, kv_off as u32];
+        let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, norm];
+        match &f {
+            Fused::Qkv { table, q, kc, vc, .. } => bufs.extend([*table, *q, *kc, *vc]),
+            Fused::GateUp { y, .. } | Fused::Plain { y, .. } => bufs.push(y),
+        }
+        rec.dispatch(p.clone(), &params, &bufs, [(c.rows as u32).div_ceil(8), 1, 1]);
+    }
+}
+
 /// Geometry of one attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
@@ -219,9 +286,10 @@ pub fn attention(
 const ATTN_CHUNK: usize = 64;
 
 /// y = silu(a) · b over `n` elements.
-pub fn swiglu(rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) {
-    let p = pipeline(rec.gpu, "elementwise.wgsl", &["SWIGLU"]);
-    rec.dispatch(p, &[n as u32, 0, 0, 0, 0, 0, 0], &[a, b, y], grid((n as u32).div_ceil(256)));
+/// y[i] = silu(a[2i]) · a[2i + 1] for i < n: the MLP gate over interleaved gate|up outputs.
+pub fn swiglu_pairs(rec: &mut Recorder, a: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) {
+    let p = pipeline(rec.gpu, "elementwise.wgsl", &["SWIGLU_PAIRS"]);
+    rec.dispatch(p, &[n as u32, 0, 0, 0, 0, 0, 0], &[a, y], grid((n as u32).div_ceil(256)));
 }
 
 /// y[y_off..] += a[a_off..] over `n` elements.

@@ -7,6 +7,7 @@ const FILES: &[(&str, &str)] = &[
     ("activation.wgsl", include_str!("../../shaders/activation.wgsl")),
     ("linear_out.wgsl", include_str!("../../shaders/linear_out.wgsl")),
     ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
+    ("matvec_fused.wgsl", include_str!("../../shaders/matvec_fused.wgsl")),
     ("gemm_tile.wgsl", include_str!("../../shaders/gemm_tile.wgsl")),
     ("gemm_tile64.wgsl", include_str!("../../shaders/gemm_tile64.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),

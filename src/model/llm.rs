@@ -7,19 +7,27 @@ use anyhow::{bail, Result};
 
 use super::Loader;
 use crate::config::LlmConfig;
-use crate::gpu::kernels::{self, AttnShape, Out};
+use crate::gpu::kernels::{self, AttnShape, Fused, Out};
 use crate::gpu::{BindCache, Gpu, Recorder, Tensor, Weight};
+use crate::weights::quant::QuantBlob;
 
 pub struct Layer {
     pub input_norm: Tensor,
-    pub q: Arc<Weight>,
-    pub k: Arc<Weight>,
-    pub v: Arc<Weight>,
+    /// q_proj, k_proj and v_proj stacked [3·hidden, hidden]: one product for all three.
+    pub qkv: Arc<Weight>,
     pub o: Arc<Weight>,
     pub post_norm: Tensor,
-    pub gate: Arc<Weight>,
-    pub up: Arc<Weight>,
+    /// gate_proj and up_proj rows interleaved [2·intermediate, hidden] (gate_j, up_j): one
+    /// product whose neighbouring outputs meet in the SwiGLU.
+    pub gate_up: Arc<Weight>,
     pub down: Arc<Weight>,
+}
+
+impl Layer {
+    /// The layer's matrices (for byte counts and tests).
+    pub fn weights(&self) -> [&Arc<Weight>; 4] {
+        [&self.qkv, &self.o, &self.gate_up, &self.down]
+    }
 }
 
 pub struct Llm {
@@ -63,11 +71,11 @@ pub struct Scratch {
     pub rows: usize,
     pub x: wgpu::Buffer,    // [rows, hidden] residual stream
     pub h: wgpu::Buffer,    // [rows, hidden] normed
+    pub qkv: wgpu::Buffer,  // [rows, 3·hidden] stacked q|k|v before RoPE
     pub q: wgpu::Buffer,    // [rows, hidden]
     pub attn: wgpu::Buffer, // [rows, hidden]
-    pub g: wgpu::Buffer,    // [rows, intermediate]
-    pub u: wgpu::Buffer,    // [rows, intermediate]
-    pub m: wgpu::Buffer,    // [rows, intermediate] silu(g)·u
+    pub gu: wgpu::Buffer,   // [rows, 2·intermediate] interleaved gate|up
+    pub m: wgpu::Buffer,    // [rows, intermediate] silu(gate)·up
 }
 
 /// One sequence of a batched forward pass: `rows` new tokens with RoPE positions `pos0..`,
@@ -108,18 +116,26 @@ impl Llm {
         progress("embed_tokens");
         let embed = l.mat(&format!("{p}.embed_tokens.weight"), &[cfg.vocab, h]).await?;
         let mut layers = Vec::with_capacity(cfg.layers);
+        let blob = |name: String, shape: [usize; 2]| async move { l.src.blob(&name, &shape, l.preset).await };
         for li in 0..cfg.layers {
             progress(&format!("layer {li}"));
             let q = format!("{p}.layers.{li}");
+            let (wq, wk, wv) = (
+                blob(format!("{q}.self_attn.q_proj.weight"), [h, h]).await?,
+                blob(format!("{q}.self_attn.k_proj.weight"), [h, h]).await?,
+                blob(format!("{q}.self_attn.v_proj.weight"), [h, h]).await?,
+            );
+            let qkv = QuantBlob::from_rows(&[&wq, &wk, &wv], (0..3).flat_map(|b| (0..h).map(move |r| (b, r))))?;
+            drop((wq, wk, wv));
+            let (wg, wu) = (blob(format!("{q}.mlp.gate_proj.weight"), [i, h]).await?, blob(format!("{q}.mlp.up_proj.weight"), [i, h]).await?);
+            let gate_up = QuantBlob::from_rows(&[&wg, &wu], (0..2 * i).map(|r| (r % 2, r / 2)))?;
+            drop((wg, wu));
             layers.push(Layer {
                 input_norm: l.vector(&format!("{q}.input_layernorm.weight"), h).await?,
-                q: l.mat(&format!("{q}.self_attn.q_proj.weight"), &[h, h]).await?,
-                k: l.mat(&format!("{q}.self_attn.k_proj.weight"), &[h, h]).await?,
-                v: l.mat(&format!("{q}.self_attn.v_proj.weight"), &[h, h]).await?,
+                qkv: Weight::upload(gpu, &format!("{q}.self_attn.qkv"), &qkv)?,
                 o: l.mat(&format!("{q}.self_attn.o_proj.weight"), &[h, h]).await?,
                 post_norm: l.vector(&format!("{q}.post_attention_layernorm.weight"), h).await?,
-                gate: l.mat(&format!("{q}.mlp.gate_proj.weight"), &[i, h]).await?,
-                up: l.mat(&format!("{q}.mlp.up_proj.weight"), &[i, h]).await?,
+                gate_up: Weight::upload(gpu, &format!("{q}.mlp.gate_up"), &gate_up)?,
                 down: l.mat(&format!("{q}.mlp.down_proj.weight"), &[h, i]).await?,
             });
         }
@@ -132,7 +148,7 @@ impl Llm {
 
     /// Resident weight bytes.
     pub fn weight_bytes(&self) -> u64 {
-        let l: u64 = self.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| w.bytes()).sum::<u64>()).sum();
+        let l: u64 = self.layers.iter().map(|l| l.weights().iter().map(|w| w.bytes()).sum::<u64>()).sum();
         l + self.embed.bytes() + self.lm_head.bytes() + (self.cfg.layers as u64 * 2 + 1) * self.cfg.hidden as u64 * 4
     }
 
@@ -159,10 +175,10 @@ impl Llm {
             rows,
             x: gpu.storage_buffer("x", r * h),
             h: gpu.storage_buffer("h", r * h),
+            qkv: gpu.storage_buffer("qkv", r * 3 * h),
             q: gpu.storage_buffer("q", r * h),
             attn: gpu.storage_buffer("attn", r * h),
-            g: gpu.storage_buffer("g", r * i),
-            u: gpu.storage_buffer("u", r * i),
+            gu: gpu.storage_buffer("gate-up", r * 2 * i),
             m: gpu.storage_buffer("m", r * i),
         }
     }
@@ -183,15 +199,17 @@ impl Llm {
         assert!(t <= s.rows && seqs.iter().all(|q| q.slot0 + q.rows <= q.cache.capacity && q.pos0 + q.rows <= c.max_positions));
         self.embed(rec, &input, t, &s.x, 0);
         for (l, layer) in self.layers.iter().enumerate() {
+            if let [q] = seqs {
+                if t == 1 && self.decode_layer(rec, s, layer, &q.cache.k[l], &q.cache.v[l], q.slot0, q.pos0) {
+                    continue;
+                }
+            }
             kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.input_norm.buf, c.rms_eps, &s.h, 0);
-            kernels::linear(rec, &layer.q, None, &s.h, 0, t, Out { buf: &s.q, off: 0, stride: hd, add: false });
+            kernels::linear(rec, &layer.qkv, None, &s.h, 0, t, Out { buf: &s.qkv, off: 0, stride: 3 * hd, add: false });
             let mut row0 = 0;
             for q in seqs {
                 let (kc, vc, n) = (&q.cache.k[l], &q.cache.v[l], q.rows);
-                kernels::linear(rec, &layer.k, None, &s.h, row0 * hd, n, Out { buf: kc, off: q.slot0 * hd, stride: hd, add: false });
-                kernels::linear(rec, &layer.v, None, &s.h, row0 * hd, n, Out { buf: vc, off: q.slot0 * hd, stride: hd, add: false });
-                kernels::rope(rec, &s.q, row0 * hd, n, c.heads, c.head_dim, q.pos0, hd, &self.rope.buf);
-                kernels::rope(rec, kc, q.slot0 * hd, n, c.heads, c.head_dim, q.pos0, hd, &self.rope.buf);
+                kernels::rope_scatter(rec, &s.qkv, row0 * 3 * hd, n, c.heads, c.head_dim, q.pos0, &self.rope.buf, &s.q, row0 * hd, kc, vc, q.slot0);
                 // The causal mask is over cache slots: row i sees slots 0 ..= slot0 + i.
                 let shape = AttnShape {
                     t: n,
@@ -208,11 +226,31 @@ impl Llm {
             }
             kernels::linear(rec, &layer.o, None, &s.attn, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
             kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.post_norm.buf, c.rms_eps, &s.h, 0);
-            kernels::linear(rec, &layer.gate, None, &s.h, 0, t, Out { buf: &s.g, off: 0, stride: id, add: false });
-            kernels::linear(rec, &layer.up, None, &s.h, 0, t, Out { buf: &s.u, off: 0, stride: id, add: false });
-            kernels::swiglu(rec, &s.g, &s.u, &s.m, t * id);
+            kernels::linear(rec, &layer.gate_up, None, &s.h, 0, t, Out { buf: &s.gu, off: 0, stride: 2 * id, add: false });
+            kernels::swiglu_pairs(rec, &s.gu, &s.m, t * id);
             kernels::linear(rec, &layer.down, None, &s.m, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
         }
+    }
+
+    /// One decoded token through `layer` in five dispatches (six where attention is split):
+    /// norm + Q|K|V + RoPE + cache write, attention, o_proj + residual, norm + gate|up + SwiGLU,
+    /// down_proj + residual. False (nothing recorded) when the weights' chunking does not allow it.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_layer(&self, rec: &mut Recorder, s: &Scratch, layer: &Layer, kc: &wgpu::Buffer, vc: &wgpu::Buffer, slot: usize, pos: usize) -> bool {
+        let c = &self.cfg;
+        let hd = c.hidden;
+        let qkv = Fused::Qkv { heads: c.heads, head_dim: c.head_dim, pos, table: &self.rope.buf, q: &s.q, q_off: 0, kc, vc, slot };
+        let gate_up = Fused::GateUp { y: &s.m, y_off: 0 };
+        if !kernels::fusable(&layer.qkv, &qkv) || !kernels::fusable(&layer.gate_up, &gate_up) {
+            return false;
+        }
+        kernels::norm_matvec(rec, &layer.qkv, &s.x, 0, &layer.input_norm.buf, c.rms_eps, qkv);
+        let shape = AttnShape { t: 1, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(slot), n_keys: slot + 1, q_stride: hd, kv_stride: hd, o_stride: hd };
+        kernels::attention(rec, shape, &s.q, 0, kc, 0, vc, 0, &s.attn, 0);
+        kernels::linear(rec, &layer.o, None, &s.attn, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true });
+        kernels::norm_matvec(rec, &layer.gate_up, &s.x, 0, &layer.post_norm.buf, c.rms_eps, gate_up);
+        kernels::linear(rec, &layer.down, None, &s.m, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true });
+        true
     }
 
     /// The first layer's input for `t` rows, written to `y[y_off ..]` ([t, hidden]).
@@ -234,8 +272,7 @@ impl Llm {
     /// Final norm and lm_head on residual row `row` of `s.x` → logits[0 .. vocab].
     pub fn logits_of_row(&self, rec: &mut Recorder, s: &Scratch, row: usize, logits: &wgpu::Buffer) {
         let hd = self.cfg.hidden;
-        kernels::rmsnorm(rec, &s.x, row * hd, 1, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
-        kernels::linear(rec, &self.lm_head, None, &s.h, 0, 1, Out { buf: logits, off: 0, stride: self.cfg.vocab, add: false });
+        kernels::norm_matvec(rec, &self.lm_head, &s.x, row * hd, &self.norm.buf, self.cfg.rms_eps, Fused::Plain { y: logits, y_off: 0 });
     }
 }
 

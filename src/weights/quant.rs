@@ -195,6 +195,32 @@ impl QuantBlob {
         (out, soff)
     }
 
+    /// A matrix made of rows of other matrices with the same format and row length, in the order
+    /// given as (matrix, row) pairs; bytes are copied, never re-quantized. The fused decode path
+    /// stacks Q|K|V and interleaves gate|up this way at upload (the pack format is unchanged).
+    pub fn from_rows(parts: &[&QuantBlob], order: impl Iterator<Item = (usize, usize)>) -> Result<Self> {
+        let (quant, cols) = (parts[0].quant, parts[0].cols);
+        if parts.iter().any(|b| b.quant != quant || b.cols != cols) {
+            bail!("matrices stacked together must share their format and row length");
+        }
+        let pr = quant.payload_bytes(cols);
+        if quant == Quant::Q4 && cols % 2 != 0 {
+            bail!("q4 rows must hold an even number of values");
+        }
+        let sr = if quant.is_grouped() { cols / GROUP * 2 } else { 0 };
+        let (mut payload, mut scales, mut rows) = (Vec::new(), Vec::new(), 0);
+        for (b, r) in order {
+            let blob = parts[b];
+            payload.extend_from_slice(&blob.data[r * pr..(r + 1) * pr]);
+            let s0 = quant.payload_bytes(blob.rows * cols) + r * sr;
+            scales.extend_from_slice(&blob.data[s0..s0 + sr]);
+            rows += 1;
+        }
+        payload.extend_from_slice(&scales);
+        payload.resize(payload.len().next_multiple_of(4), 0);
+        Ok(QuantBlob { quant, rows, cols, data: payload })
+    }
+
     /// Decodes back to f32 (tests and CPU references).
     pub fn dequantize(&self) -> Vec<f32> {
         let n = self.rows * self.cols;
@@ -317,5 +343,26 @@ mod tests {
         let sub = QuantBlob::quantize(Quant::Q4, 6, 64, &x[4 * 64..]).unwrap();
         assert_eq!(c, sub.data);
         assert_eq!(soff as usize, 6 * 32 / 4);
+    }
+
+    #[test]
+    fn rows_stack_and_interleave_exactly() {
+        for q in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4] {
+            let mk = |seed: f32, rows: usize| {
+                let x: Vec<f32> = (0..rows * 64).map(|i| (i as f32 * 0.37 + seed).sin()).collect();
+                QuantBlob::quantize(q, rows, 64, &x).unwrap()
+            };
+            let (a, b) = (mk(0.0, 3), mk(1.0, 3));
+            let stacked = QuantBlob::from_rows(&[&a, &b], (0..3).map(|r| (0, r)).chain((0..3).map(|r| (1, r)))).unwrap();
+            let want: Vec<f32> = a.dequantize().into_iter().chain(b.dequantize()).collect();
+            assert_eq!(stacked.dequantize(), want, "{q}");
+            let inter = QuantBlob::from_rows(&[&a, &b], (0..6).map(|r| (r % 2, r / 2))).unwrap();
+            let (da, db, di) = (a.dequantize(), b.dequantize(), inter.dequantize());
+            for r in 0..6 {
+                let src = if r % 2 == 0 { &da } else { &db };
+                assert_eq!(di[r * 64..(r + 1) * 64], src[(r / 2) * 64..(r / 2 + 1) * 64], "{q} row {r}");
+            }
+            assert_eq!(inter.data.len(), QuantBlob::byte_len(q, 6, 64));
+        }
     }
 }
