@@ -1,15 +1,17 @@
 // The two stacked matrix–vector products of a decoded token's layer, each with the RMSNorm before
 // it in its prologue and the work after it in its epilogue, so a layer is five or six dispatches:
-//   QKV:     W = [Wq; Wk; Wv] (3·H·D rows). Rows are taken in RoPE rotation pairs (i, i + D/2) of
-//            one head, so a workgroup holds both halves of each pair: rotate-half RoPE is applied
-//            to q and k in registers, q is written to `q`, k and v straight into their cache slot.
+//   QKV:     W = [Wq; Wk; Wv] (3·H·D rows), each head's rows stored as RoPE rotation pairs
+//            (i, i + D/2) side by side (kernels::qkv_row_order), so neighbouring outputs are the
+//            two halves of a pair: rotate-half RoPE is applied to q and k in registers, q is
+//            written to `q`, k and v straight into their cache slot.
 //   GATE_UP: W = gate and up rows interleaved (gate_j, up_j); writes silu(gate_j) · up_j.
 //   PLAIN:   writes the product (the final norm folded into lm_head).
 // One activation row. Exact in f32 up to summation order:
 //   y_n = (Σ_k W[n, k] · x_k · g_k) · 1/sqrt(mean(x²) + eps)   (g: the RMSNorm weight).
-// Each workgroup owns 8 rows; its 32-lane groups stride along K as in matvec.wgsl, and every group
-// also sums x² over the row (the x it reads anyway), so no separate norm pass is needed.
-// Defines: QKV, GATE_UP or PLAIN; one of F32/F16/Q8/Q4 (see quant.wgsl).
+// Each workgroup owns 8 rows; its 32-lane groups stride along K as in matvec.wgsl.
+// NORMED: x is already normalised by norm.wgsl (CPU rasterisers: there the prologue's extra load
+// and multiply per weight cost more, ~18 % of a q4 product on lavapipe, than the separate pass).
+// Defines: QKV, GATE_UP or PLAIN; NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl).
 
 struct Params {
     K: u32,      // row length (hidden size; K % 4 == 0)
@@ -28,7 +30,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;             // weight chunk [N, K], packed
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;       // residual stream, row of K at x_off
-@group(0) @binding(3) var<storage, read> g: array<vec4<f32>>;       // RMSNorm weight [K]
+@group(0) @binding(3) var<storage, read> g: array<vec4<f32>>;       // RMSNorm weight [K] (NORMED: unused)
 #if QKV
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>;   // RoPE (cos, sin) [max_pos, D/2]
 @group(0) @binding(5) var<storage, read_write> q: array<f32>;       // queries [H·D] at y_off
@@ -47,34 +49,41 @@ struct Params {
 
 var<workgroup> partial: array<vec2<f32>, 256>; // per lane: (Σ w·x·g, Σ x²)
 
-// The chunk row that lane group `grp` (0..8) of workgroup `wg` computes, or N when none.
+// The chunk row that lane group `grp` (0..8) of workgroup `wg` computes, or N when none. Group
+// pairs (2j, 2j+1) hold neighbouring rows: a rotation pair (QKV) or a (gate, up) pair.
 fn row_of(wg: u32, grp: u32) -> u32 {
-#if QKV
-    // Group pairs (2j, 2j+1) take the two halves of rotation pair 4·wg + j.
-    let half = p.D / 2u;
-    let pair = wg * 4u + grp / 2u;
-    if (pair >= p.N / 2u) {
-        return p.N;
-    }
-    return (pair / half) * p.D + pair % half + (grp % 2u) * half;
-#else
-    // Interleaved gate|up rows: group pairs (2j, 2j+1) are (gate, up) of one output.
     return min(wg * 8u + grp, p.N);
-#endif
 }
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let lane = li % 32u;
-    let n = row_of(wid.x, li / 32u);
+    let grp = li / 32u;
+    let n = row_of(wid.x, grp);
+    // Lane j of every group reads the same x slice, so group 0 alone sums x² (a whole
+    // subgroup/SIMD batch takes the branch or none does; a CPU rasteriser then skips it for
+    // the other seven, where staging h in workgroup memory would cost a barrier round trip).
+    let xb = p.x_off / 4u;
     var acc = vec2<f32>(0.0);
+#if NORMED
     if (n < p.N) {
-        let xb = p.x_off / 4u;
         for (var k = lane * 4u; k < p.K; k += 128u) {
-            let xv = x[xb + k / 4u];
-            acc += vec2<f32>(dot(load_w4(n, k, p.K, p.soff), xv * g[k / 4u]), dot(xv, xv));
+            acc.x += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
     }
+#else
+    if (grp == 0u) {
+        for (var k = lane; k < p.K / 4u; k += 32u) {
+            let xv = x[xb + k];
+            acc.y += dot(xv, xv);
+        }
+    }
+    if (n < p.N) {
+        for (var k = lane * 4u; k < p.K; k += 128u) {
+            acc.x += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u] * g[k / 4u]);
+        }
+    }
+#endif
     partial[li] = acc;
     workgroupBarrier();
     for (var s = 16u; s > 0u; s >>= 1u) {
@@ -83,9 +92,14 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }
         workgroupBarrier();
     }
+#if NORMED
+    let inv = 1.0;
+#else
+    let inv = 1.0 / sqrt(partial[0].y / f32(p.K) + p.eps);
+#endif
 #if PLAIN
     if (lane == 0u && n < p.N) {
-        y[p.y_off + p.row0 + n] = partial[li].x / sqrt(partial[li].y / f32(p.K) + p.eps);
+        y[p.y_off + p.row0 + n] = partial[li].x * inv;
     }
 #else
     // Four epilogue lanes, one per row pair.
@@ -96,16 +110,14 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     if (r >= p.N) {
         return;
     }
-    let a = partial[2u * li * 32u];
-    let b = partial[(2u * li + 1u) * 32u];
-    let inv = 1.0 / sqrt(a.y / f32(p.K) + p.eps);
-    let va = a.x * inv;
-    let vb = b.x * inv;
+    let va = partial[2u * li * 32u].x * inv;
+    let vb = partial[(2u * li + 1u) * 32u].x * inv;
 #if QKV
     let half = p.D / 2u;
-    let row = p.row0 + r;           // global row of the pair's first half
+    let row = p.row0 + r;           // global row of the pair's first half (even)
     let section = row / p.hd;       // 0: q, 1: k, 2: v
-    let c = row % p.hd;             // element within the section (head · D + i)
+    let e = row % p.hd;             // head · D + 2i
+    let c = (e / p.D) * p.D + (e % p.D) / 2u; // element of the first half: head · D + i
     if (section == 2u) {
         vc[p.kv_off + c] = va;
         vc[p.kv_off + c + half] = vb;

@@ -2,8 +2,9 @@
 // come from a table computed on the CPU in f64 (θ from the config), so the result does not depend
 // on the GPU's transcendental precision at large positions.
 //   default: in place on x.
-//   SCATTER: x holds stacked Q|K|V rows [T, 3·H·D] (one matrix product for all three): q and k are
-//            rotated, and q goes to `q`, k and v into their KV-cache slots.
+//   SCATTER: x holds stacked Q|K|V rows [T, 3·H·D] (one matrix product for all three), each head's
+//            elements as rotation pairs side by side (kernels::qkv_row_order): q and k are
+//            rotated, and q goes to `q`, k and v into their KV-cache slots in the usual order.
 
 struct Params {
     T: u32,          // rows (tokens)
@@ -46,8 +47,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let h = (idx / half) % heads;
     let t = idx / (half * heads);
     let b = p.x_off + t * p.row_stride + h * p.D;
+#if SCATTER
+    let x1 = x[b + 2u * i];
+    let x2 = x[b + 2u * i + 1u];
+#else
     let x1 = x[b + i];
     let x2 = x[b + i + half];
+#endif
 #if SCATTER
     let hd = p.H * p.D;
     let c = (h % p.H) * p.D + i;

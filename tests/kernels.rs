@@ -276,27 +276,35 @@ fn fused_decode_products_and_rope_scatter() {
 
         // Q|K|V: three [hd, k] matrices stacked, chunks of whole heads.
         let parts: Vec<QuantBlob> = (0..3).map(|_| QuantBlob::quantize(quant, hd, k, &rng.vec(hd * k)).unwrap()).collect();
-        let stacked = QuantBlob::from_rows(&[&parts[0], &parts[1], &parts[2]], (0..3).flat_map(|b| (0..hd).map(move |r| (b, r)))).unwrap();
-        let w = Weight::upload_with_budget(&gpu, "qkv", &stacked, (stacked.row_bytes() * 2 * d) as u64).unwrap();
+        let stacked = QuantBlob::from_rows(&[&parts[0], &parts[1], &parts[2]], kernels::qkv_row_order(hd, d)).unwrap();
+        let w = Weight::upload_with_budget(&gpu, "qkv", &stacked, (stacked.row_bytes() * 6) as u64).unwrap();
         assert!(w.chunks.len() > 1);
-        let y = cpu_linear(&h, &stacked.dequantize(), 1, 3 * hd, k);
+        let y: Vec<f32> = parts.iter().flat_map(|p| cpu_linear(&h, &p.dequantize(), 1, hd, k)).collect();
         let (mut q, mut kk, v) = (y[..hd].to_vec(), y[hd..2 * hd].to_vec(), y[2 * hd..].to_vec());
         for hh in 0..heads {
             cpu_rope(&mut q[hh * d..(hh + 1) * d], cs);
             cpu_rope(&mut kk[hh * d..(hh + 1) * d], cs);
         }
-        let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[hd]), Tensor::zeros(&gpu, "k", &[slots, hd]), Tensor::zeros(&gpu, "v", &[slots, hd]));
+        let ht = Tensor::from_f32(&gpu, "h", &[k], &h);
         let slot = 3;
-        let f = kernels::Fused::Qkv { heads, head_dim: d, pos, table: &tt.buf, q: &qt.buf, q_off: 0, kc: &kt.buf, vc: &vt.buf, slot };
-        assert!(kernels::fusable(&w, &f));
-        let mut rec = Recorder::new(&gpu);
-        kernels::norm_matvec(&mut rec, &w, &xt.buf, k, &gt.buf, eps, f);
-        rec.finish();
-        let what = format!("fused qkv {quant}");
-        assert_close(&read(&gpu, &qt), &q, 1e-5, &what);
-        assert_close(&read(&gpu, &kt)[slot * hd..(slot + 1) * hd], &kk, 1e-5, &what);
-        assert_close(&read(&gpu, &vt)[slot * hd..(slot + 1) * hd], &v, 1e-5, &what);
-        assert!(read(&gpu, &kt)[..slot * hd].iter().all(|&e| e == 0.0), "{what}: other slots written");
+        // The norm in the prologue (GPU shapes), or x already normalised (NORMED, CPU shapes).
+        for fold in [true, false] {
+            let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[hd]), Tensor::zeros(&gpu, "k", &[slots, hd]), Tensor::zeros(&gpu, "v", &[slots, hd]));
+            let f = kernels::Fused::Qkv { heads, head_dim: d, pos, table: &tt.buf, q: &qt.buf, q_off: 0, kc: &kt.buf, vc: &vt.buf, slot };
+            assert!(kernels::fusable(&w, &f));
+            let mut rec = Recorder::new(&gpu);
+            if fold {
+                kernels::norm_matvec(&mut rec, &w, &xt.buf, k, Some((&gt.buf, eps)), f);
+            } else {
+                kernels::norm_matvec(&mut rec, &w, &ht.buf, 0, None, f);
+            }
+            rec.finish();
+            let what = format!("fused qkv {quant} fold {fold}");
+            assert_close(&read(&gpu, &qt), &q, 1e-5, &what);
+            assert_close(&read(&gpu, &kt)[slot * hd..(slot + 1) * hd], &kk, 1e-5, &what);
+            assert_close(&read(&gpu, &vt)[slot * hd..(slot + 1) * hd], &v, 1e-5, &what);
+            assert!(read(&gpu, &kt)[..slot * hd].iter().all(|&e| e == 0.0), "{what}: other slots written");
+        }
 
         // The batched path: the same stacked product for 2 rows, then RoPE + scatter.
         let xs = Tensor::from_f32(&gpu, "hs", &[2, k], &[cpu_rmsnorm(&x[..k], &g, eps), h.clone()].concat());
@@ -321,8 +329,8 @@ fn fused_decode_products_and_rope_scatter() {
         let yt = Tensor::zeros(&gpu, "y", &[inter]);
         let pt = Tensor::zeros(&gpu, "p", &[2 * inter]);
         let mut rec = Recorder::new(&gpu);
-        kernels::norm_matvec(&mut rec, &w, &xt.buf, k, &gt.buf, eps, kernels::Fused::GateUp { y: &yt.buf, y_off: 0 });
-        kernels::norm_matvec(&mut rec, &w, &xt.buf, k, &gt.buf, eps, kernels::Fused::Plain { y: &pt.buf, y_off: 0 });
+        kernels::norm_matvec(&mut rec, &w, &xt.buf, k, Some((&gt.buf, eps)), kernels::Fused::GateUp { y: &yt.buf, y_off: 0 });
+        kernels::norm_matvec(&mut rec, &w, &ht.buf, 0, None, kernels::Fused::Plain { y: &pt.buf, y_off: 0 });
         rec.finish();
         assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("fused gate|up {quant}"));
         assert_close(&read(&gpu, &pt), &cpu_linear(&h, &gu.dequantize(), 1, 2 * inter, k), 1e-5, &format!("fused plain {quant}"));

@@ -156,6 +156,10 @@ enum Cmd {
         /// Also print per-kernel GPU times (timestamp queries; slows the run a little).
         #[arg(long)]
         profile: bool,
+        /// Kernel shapes: `gpu` (many small workgroups) or `cpu` (few large ones, for lavapipe
+        /// and SwiftShader); default: chosen from the adapter.
+        #[arg(long, value_parser = ["cpu", "gpu"])]
+        shapes: Option<String>,
     },
 }
 
@@ -351,8 +355,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, profile } => {
-            let opts = BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), profile };
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, profile, shapes } => {
+            let opts = BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), profile, shapes };
             bench(model.as_deref(), &opts)
         }
     }
@@ -400,6 +404,7 @@ struct BenchOpts {
     image: bool,
     flow_steps: Option<usize>,
     profile: bool,
+    shapes: Option<String>,
 }
 
 fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: f64, per_name: &str) {
@@ -409,9 +414,18 @@ fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: 
 }
 
 fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
-    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, profile } = *o;
+    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, profile, ref shapes } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
-    println!("device: {} ({}, {})", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
+    if let Some(s) = shapes {
+        gpu.set_gpu_tuned(s == "gpu");
+    }
+    println!(
+        "device: {} ({}, {}), kernel shapes: {}",
+        gpu.summary.name,
+        gpu.summary.backend,
+        gpu.summary.device_type,
+        if gpu.gpu_tuned() { "gpu" } else { "cpu" }
+    );
     if profile && !gpu.profiling() {
         println!("(this adapter has no timestamp queries: no per-kernel times)");
     }
@@ -441,7 +455,14 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
     println!("decode: {} tokens in {:.3} s = {:.2} tokens/s", r.decoded, r.decode_s, r.decoded as f64 / r.decode_s);
     println!("submits per decoded token: {:.2}", r.submits_per_token);
     println!("bytes read back per decoded token: {:.0}", r.readback_per_token);
-    println!("dispatches per decoded token: {:.0}, bind groups created per token after the first: {:.1}", r.dispatches_per_token, r.bind_groups_per_token);
+    // Outside the layers: the embedding gather, lm_head (final norm folded in), two top-k passes.
+    let layers = engine.cfg.llm.layers as f64;
+    println!(
+        "dispatches per decoded token: {:.0} ({:.1} per layer), bind groups created per token after the first: {:.1}",
+        r.dispatches_per_token,
+        (r.dispatches_per_token - 4.0) / layers,
+        r.bind_groups_per_token
+    );
     print_profile("prefill", &r.prefill_profile, 1.0, "prefill");
     print_profile("decode", &r.decode_profile, r.decoded as f64, "token");
     println!(

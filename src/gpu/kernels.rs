@@ -152,7 +152,7 @@ pub fn rope(rec: &mut Recorder, x: &wgpu::Buffer, x_off: usize, t: usize, h: usi
     rec.dispatch(p, &[t as u32, h as u32, d as u32, pos0 as u32, x_off as u32, row_stride as u32], &[x, table], grid(n.div_ceil(256)));
 }
 
-/// Stacked Q|K|V rows ([t, 3·h·d] from one matrix product, at `x_off`) → RoPE on q and k from
+/// Stacked Q|K|V rows ([t, 3·h·d] from one matrix product in [`qkv_row_order`], at `x_off`) → RoPE on q and k from
 /// position `pos0`; q to `q[q_off..]` ([t, h·d]), k and v into cache slots `slot0..`.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_scatter(
@@ -176,6 +176,14 @@ pub fn rope_scatter(
     rec.dispatch(p, &params, &[x, table, q, kc, vc], grid(n.div_ceil(256)));
 }
 
+/// The rows of [Wq; Wk; Wv] ([3·hidden, hidden], as (matrix, row) pairs) in the order the stacked
+/// weight is stored: within each head, rotation pairs (i, i + head_dim/2) side by side, so one
+/// workgroup of [`norm_matvec`] and one thread of [`rope_scatter`] hold both halves of a pair.
+pub fn qkv_row_order(hidden: usize, head_dim: usize) -> impl Iterator<Item = (usize, usize)> {
+    let half = head_dim / 2;
+    (0..3).flat_map(move |m| (0..hidden).map(move |j| (m, (j / head_dim) * head_dim + (j % head_dim) / 2 + (j % 2) * half)))
+}
+
 /// What a fused decode product does after its RMSNorm prologue (see matvec_fused.wgsl).
 pub enum Fused<'a> {
     /// Stacked Q|K|V of `heads` heads of `head_dim`: RoPE at `pos` from `table`, q to
@@ -187,30 +195,32 @@ pub enum Fused<'a> {
     Plain { y: &'a wgpu::Buffer, y_off: usize },
 }
 
-/// Whether `w` can go through [`norm_matvec`] with `f`: Q|K|V chunks must hold whole heads, so
-/// that both halves of every rotation pair land in the same dispatch.
+/// Whether `w` can go through [`norm_matvec`] with `f`: the row pairs its epilogue combines must
+/// not straddle two weight chunks (uploads cut chunks at even rows, so this holds).
 pub fn fusable(w: &Weight, f: &Fused) -> bool {
-    match f {
-        Fused::Qkv { head_dim, .. } => w.chunks.iter().all(|c| c.row0 % head_dim == 0 && c.rows % head_dim == 0),
-        Fused::GateUp { .. } => w.chunks.iter().all(|c| c.row0 % 2 == 0 && c.rows % 2 == 0),
-        Fused::Plain { .. } => true,
-    }
+    matches!(f, Fused::Plain { .. }) || w.chunks.iter().all(|c| c.row0 % 2 == 0 && c.rows % 2 == 0)
 }
 
-/// One activation row `x[x_off..]` → RMSNorm (weight `norm`) → `w` → the epilogue of `f`, in one
-/// dispatch per weight chunk. Check [`fusable`] first.
-#[allow(clippy::too_many_arguments)]
-pub fn norm_matvec(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, norm: &wgpu::Buffer, eps: f32, f: Fused) {
+/// One activation row `x[x_off..]` → RMSNorm (weight `norm`, epsilon) → `w` → the epilogue of `f`,
+/// in one dispatch per weight chunk; with `norm` None, `x` is already normalised. Check
+/// [`fusable`] first.
+pub fn norm_matvec(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, norm: Option<(&wgpu::Buffer, f32)>, f: Fused) {
     assert!(x_off % 4 == 0 && fusable(w, &f), "norm_matvec: unaligned activation row or weight chunks");
     let (mode, hd, d, pos, y_off, kv_off) = match &f {
         Fused::Qkv { heads, head_dim, pos, q_off, slot, .. } => ("QKV", heads * head_dim, *head_dim, *pos, *q_off, slot * heads * head_dim),
         Fused::GateUp { y_off, .. } => ("GATE_UP", 0, 0, 0, *y_off, 0),
         Fused::Plain { y_off, .. } => ("PLAIN", 0, 0, 0, *y_off, 0),
     };
-    let p = pipeline(rec.gpu, "matvec_fused.wgsl", &[mode, w.quant.define()]);
+    let mut defines = vec![mode, w.quant.define()];
+    if norm.is_none() {
+        defines.push("NORMED");
+    }
+    let p = pipeline(rec.gpu, "matvec_fused.wgsl", &defines);
+    // NORMED binds x again in the norm weight's unused slot.
+    let (g, eps) = norm.unwrap_or((x, 0.0));
     for c in &w.chunks {
         let params = [w.k as u32, c.rows as u32, c.row0 as u32, c.soff, x_off as u32, eps.to_bits(), hd as u32, d as u32, pos as u32, y_off as u32, kv_off as u32];
-        let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, norm];
+        let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, g];
         match &f {
             Fused::Qkv { table, q, kc, vc, .. } => bufs.extend([*table, *q, *kc, *vc]),
             Fused::GateUp { y, .. } | Fused::Plain { y, .. } => bufs.push(y),

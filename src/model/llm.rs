@@ -13,7 +13,8 @@ use crate::weights::quant::QuantBlob;
 
 pub struct Layer {
     pub input_norm: Tensor,
-    /// q_proj, k_proj and v_proj stacked [3·hidden, hidden]: one product for all three.
+    /// q_proj, k_proj and v_proj stacked [3·hidden, hidden] in `kernels::qkv_row_order`: one
+    /// product for all three.
     pub qkv: Arc<Weight>,
     pub o: Arc<Weight>,
     pub post_norm: Tensor,
@@ -125,7 +126,7 @@ impl Llm {
                 blob(format!("{q}.self_attn.k_proj.weight"), [h, h]).await?,
                 blob(format!("{q}.self_attn.v_proj.weight"), [h, h]).await?,
             );
-            let qkv = QuantBlob::from_rows(&[&wq, &wk, &wv], (0..3).flat_map(|b| (0..h).map(move |r| (b, r))))?;
+            let qkv = QuantBlob::from_rows(&[&wq, &wk, &wv], kernels::qkv_row_order(h, cfg.head_dim))?;
             drop((wq, wk, wv));
             let (wg, wu) = (blob(format!("{q}.mlp.gate_proj.weight"), [i, h]).await?, blob(format!("{q}.mlp.up_proj.weight"), [i, h]).await?);
             let gate_up = QuantBlob::from_rows(&[&wg, &wu], (0..2 * i).map(|r| (r % 2, r / 2)))?;
@@ -232,11 +233,11 @@ impl Llm {
         }
     }
 
-    /// One decoded token through `layer` in five dispatches (six where attention is split):
-    /// norm + Q|K|V + RoPE + cache write, attention, o_proj + residual, norm + gate|up + SwiGLU,
-    /// down_proj + residual. False (nothing recorded) when the weights' chunking does not allow it.
+    /// One decoded token through `layer` in six dispatches on GPUs (norm + Q|K|V + RoPE + cache
+    /// write, attention split over the keys and combined, o_proj + residual, norm + gate|up +
+    /// SwiGLU, down_proj + residual), seven on CPU rasterisers (the norms apart, attention whole). False (nothing recorded) when the weights' chunking does not allow it.
     #[allow(clippy::too_many_arguments)]
-    fn decode_layer(&self, rec: &mut Recorder, s: &Scratch, layer: &Layer, kc: &wgpu::Buffer, vc: &wgpu::Buffer, slot: usize, pos: usize) -> bool {
+    fn decode_layer<'a>(&self, rec: &mut Recorder, s: &Scratch, layer: &'a Layer, kc: &wgpu::Buffer, vc: &wgpu::Buffer, slot: usize, pos: usize) -> bool {
         let c = &self.cfg;
         let hd = c.hidden;
         let qkv = Fused::Qkv { heads: c.heads, head_dim: c.head_dim, pos, table: &self.rope.buf, q: &s.q, q_off: 0, kc, vc, slot };
@@ -244,11 +245,24 @@ impl Llm {
         if !kernels::fusable(&layer.qkv, &qkv) || !kernels::fusable(&layer.gate_up, &gate_up) {
             return false;
         }
-        kernels::norm_matvec(rec, &layer.qkv, &s.x, 0, &layer.input_norm.buf, c.rms_eps, qkv);
+        // GPUs fold the norms into the products (memory-bound there, the prologue is free); CPU
+        // rasterisers pay per weight for it, more than a separate norm pass costs them.
+        let fold = self.fold_norms(rec.gpu);
+        let input = if fold { &s.x } else { &s.h };
+        let norm = |rec: &mut Recorder, w: &'a Tensor| -> Option<(&'a wgpu::Buffer, f32)> {
+            if fold {
+                return Some((&w.buf, c.rms_eps));
+            }
+            kernels::rmsnorm(rec, &s.x, 0, 1, hd, &w.buf, c.rms_eps, &s.h, 0);
+            None
+        };
+        let n = norm(rec, &layer.input_norm);
+        kernels::norm_matvec(rec, &layer.qkv, input, 0, n, qkv);
         let shape = AttnShape { t: 1, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(slot), n_keys: slot + 1, q_stride: hd, kv_stride: hd, o_stride: hd };
         kernels::attention(rec, shape, &s.q, 0, kc, 0, vc, 0, &s.attn, 0);
         kernels::linear(rec, &layer.o, None, &s.attn, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true });
-        kernels::norm_matvec(rec, &layer.gate_up, &s.x, 0, &layer.post_norm.buf, c.rms_eps, gate_up);
+        let n = norm(rec, &layer.post_norm);
+        kernels::norm_matvec(rec, &layer.gate_up, input, 0, n, gate_up);
         kernels::linear(rec, &layer.down, None, &s.m, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true });
         true
     }
@@ -272,7 +286,19 @@ impl Llm {
     /// Final norm and lm_head on residual row `row` of `s.x` → logits[0 .. vocab].
     pub fn logits_of_row(&self, rec: &mut Recorder, s: &Scratch, row: usize, logits: &wgpu::Buffer) {
         let hd = self.cfg.hidden;
-        kernels::norm_matvec(rec, &self.lm_head, &s.x, row * hd, &self.norm.buf, self.cfg.rms_eps, Fused::Plain { y: logits, y_off: 0 });
+        let out = Fused::Plain { y: logits, y_off: 0 };
+        if self.fold_norms(rec.gpu) {
+            kernels::norm_matvec(rec, &self.lm_head, &s.x, row * hd, Some((&self.norm.buf, self.cfg.rms_eps)), out);
+        } else {
+            kernels::rmsnorm(rec, &s.x, row * hd, 1, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
+            kernels::norm_matvec(rec, &self.lm_head, &s.h, 0, None, out);
+        }
+    }
+
+    /// Whether RMSNorms run inside the decode products' prologue (GPU kernel shapes) or as their
+    /// own pass (CPU rasterisers; see matvec_fused.wgsl).
+    fn fold_norms(&self, gpu: &Gpu) -> bool {
+        gpu.gpu_tuned()
     }
 }
 
