@@ -3,6 +3,8 @@
 #   ./build.sh          build the native CLI and the wasm engine into www/pkg/
 #   ./build.sh serve    build, then serve www/ on http://127.0.0.1:8080
 #   ./build.sh test     run every test (GPU tests run on whatever adapter wgpu finds: lavapipe in CI)
+#   ./build.sh wasm     only the wasm engine (www/pkg/)
+#   ./build.sh e2e      only the browser tests (E2E_ONLY=regex runs the tests whose names match)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,6 +37,23 @@ build_wasm() {
     echo "note: no current wasm-opt found (npm install binaryen); shipping the unoptimised wasm" >&2
   fi
   ls -l www/pkg/janusflow_bg.wasm >&2
+  stamp_shell
+}
+
+# The service worker's app shell (www/pkg/shell.js): every HTML/JS/CSS file, the wasm glue and
+# the wasm with their SHA-256, and a version named after them. sw.js caches exactly this set,
+# verified, as one version, so new glue never meets an old wasm. Rerun after editing www/.
+stamp_shell() {
+  [ -f www/pkg/janusflow_bg.wasm ] || return 0
+  local files=() f
+  for f in www/*.html www/*.js www/*.css www/pkg/janusflow.js www/pkg/janusflow_bg.wasm; do
+    [ "$f" = www/sw.js ] || files+=("${f#www/}")
+  done
+  local entries version
+  entries="$(cd www && sha256sum "${files[@]}" | awk '{ printf "%s\"%s\":\"%s\"", (NR > 1 ? "," : ""), $2, $1 }')"
+  version="$(printf '%s' "$entries" | sha256sum | cut -c1-16)"
+  printf '// Written by build.sh (stamp_shell): the app shell the service worker caches as one version.\nself.JANUS_SHELL = {"version":"%s","files":{%s}};\n' "$version" "$entries" > www/pkg/shell.js
+  echo "app shell version $version (${#files[@]} files)" >&2
 }
 
 # Browser end-to-end tests: a tiny weight pack and the native CLI's answers on it, then
@@ -44,6 +63,8 @@ e2e() {
   [ -x "$B" ] || cargo build --bin janusflow
   rm -rf "$dir" && mkdir -p "$dir"
   "$B" convert --model tests/fixtures/tiny --out "$dir/pack" --quant q4 --shard-size 262144
+  # The same weights cut into other shards: an update of the pack (superseded shards are deleted).
+  "$B" convert --model tests/fixtures/tiny --out "$dir/pack2" --quant q4 --shard-size 131072
   local chat="Hello! Who are you?" image="What is in this picture?" gen="a red fox in snow"
   "$B" chat --model "$dir/pack" --quant q4 --prompt "$chat" --temperature 0 --max-tokens 24 > "$dir/chat.txt"
   "$B" chat --model "$dir/pack" --quant q4 --prompt "$image" --image tests/fixtures/images/square_80.png --temperature 0 --max-tokens 24 > "$dir/image.txt"
@@ -57,6 +78,7 @@ e2e() {
       generate: { prompt: process.env.GEN, steps: 3, cfg: 2 },
     }, null, 1));'
   [ -d node_modules/playwright-core ] || npm install --no-audit --no-fund
+  stamp_shell
   E2E_DIR="$dir" node tests/e2e/run.mjs
 }
 
@@ -76,12 +98,15 @@ case "${1:-build}" in
     build_wasm
     e2e
     ;;
+  wasm)
+    build_wasm
+    ;;
   e2e)
     # Only the browser tests (expects www/pkg from a previous build).
     e2e
     ;;
   *)
-    echo "usage: $0 [build|serve|test|e2e]" >&2
+    echo "usage: $0 [build|serve|test|wasm|e2e]" >&2
     exit 2
     ;;
 esac

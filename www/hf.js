@@ -7,9 +7,11 @@
 
 import { HfConverter, sideFiles, safetensorsHeaderLength } from './pkg/janusflow.js';
 import * as store from './store.js';
+import { fetchRetry, readBody, withRetry, RETRIES } from './net.js';
+import { KIND, kindError } from './protocol.js';
 
-/** Attempts per request without progress (a connection that keeps making progress is kept up). */
-const RETRIES = 6;
+/** The largest side file (config, tokenizer, index) read whole: the real tokenizer.json is ≈ 5 MB. */
+const SMALL_FILE_CAP = 64 << 20;
 
 /** An absolute folder URL (trailing slash), resolved against the worker's location. */
 export function baseUrl(url) {
@@ -18,33 +20,28 @@ export function baseUrl(url) {
   return u.href;
 }
 
-/** The IndexedDB key of an HF source (the preset lives in the record). */
-export function hfKey(hf) {
+/** The IndexedDB key of an HF source and preset: each preset is its own stored pack, so two
+ * presets live side by side instead of one deleting the other's download. */
+export function hfKey(hf, quant) {
+  return `hf:${baseUrl(hf.model)}|${hf.vae ? baseUrl(hf.vae) : ''}|${quant || 'q4'}`;
+}
+
+/** The key used before presets were kept apart (one record per source, its preset inside). */
+function legacyKey(hf) {
   return `hf:${baseUrl(hf.model)}|${hf.vae ? baseUrl(hf.vae) : ''}`;
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** fetch with retries on network errors; HTTP errors are returned to the caller. */
-async function fetchRetry(url, init = {}) {
-  let last = null;
-  for (let i = 0; i <= RETRIES; i++) {
-    try {
-      return await fetch(url, { cache: 'no-store', ...init });
-    } catch (e) {
-      last = e;
-      await sleep(250 * 2 ** i);
-    }
-  }
-  throw new Error(`cannot reach ${url}: ${last && last.message}`);
+/** A stored record under the old key moves to its preset's key (once, in one transaction). */
+export async function migrateKey(hf, quant) {
+  const old = await store.getPack(legacyKey(hf));
+  if (old && (old.preset || 'q4') === (quant || 'q4')) await store.renamePack(legacyKey(hf), hfKey(hf, quant));
 }
 
-/** A whole small file (config, tokenizer), or null when the server says 404. */
-async function smallFile(url, required) {
-  const r = await fetchRetry(url);
-  if (r.status === 404 && !required) return null;
-  if (!r.ok) throw new Error(`HTTP ${r.status} for ${url}`);
-  return new Uint8Array(await r.arrayBuffer());
+/** A whole small file (config, tokenizer), or null when the server says 404 and it is optional. */
+async function smallFile(url, required, retries) {
+  const r = await fetchRetry(url, {}, { retries, accept: (s) => (s >= 200 && s < 300) || (s === 404 && !required) });
+  if (r.status === 404) return null;
+  return readBody(r, { cap: SMALL_FILE_CAP, label: String(url) });
 }
 
 /** Total size from Content-Range (206) or Content-Length (200). */
@@ -56,17 +53,16 @@ function totalSize(r) {
   return r.status === 200 && cl ? Number(cl) : undefined;
 }
 
-/** Starts reading `url` at `start` (Range; a server that ignores it sends the file from 0). */
-async function openRange(url, start, end, once = false) {
-  const init = { headers: { Range: `bytes=${start}-${end - 1}` } };
-  const r = once ? await fetch(url, { cache: 'no-store', ...init }) : await fetchRetry(url, init);
+/** Starts reading `url` at `start` (Range; a server that ignores it sends the file from 0).
+ * One request: the callers retry under net.js's policy. */
+async function openRange(url, start, end) {
+  const r = await fetchRetry(url, { headers: { Range: `bytes=${start}-${end - 1}` } }, { retries: 0, accept: (s) => s === 200 || s === 206 || s === 416 });
   if (r.status === 206) {
     const m = /bytes (\d+)-/.exec(r.headers.get('content-range') || '');
     return { r, offset: m ? Number(m[1]) : start };
   }
   if (r.status === 200) return { r, offset: 0 };
-  if (r.status === 416) throw Object.assign(new Error(`${url} is shorter than its header says (HTTP 416)`), { fatal: true });
-  throw Object.assign(new Error(`HTTP ${r.status} for ${url}`), { fatal: r.status >= 400 && r.status < 500 });
+  throw kindError(`${url} is shorter than its header says (HTTP 416)`, KIND.badWeights);
 }
 
 /** The file's identity when the server exposes it (the Hub's X-Linked-ETag is its SHA-256). */
@@ -75,74 +71,100 @@ function etagOf(r) {
 }
 
 /** Bytes [start, end) of `url`, the file's size and identity when the server tells them. */
-async function rangeBytes(url, start, end) {
-  const { r, offset } = await openRange(url, start, end);
-  const out = new Uint8Array(end - start);
-  let got = 0;
-  let at = offset;
-  const reader = r.body.getReader();
-  try {
-    while (at < end) {
-      const { done, value } = await reader.read();
-      if (done) break;
+function rangeBytes(url, start, end, retries) {
+  return withRetry(async () => {
+    const { r, offset } = await openRange(url, start, end);
+    const out = new Uint8Array(end - start);
+    let got = 0;
+    await eachChunk(r, url, offset, end, (at, value) => {
       const from = Math.max(start, at);
       const to = Math.min(end, at + value.byteLength);
       if (to > from) {
         out.set(value.subarray(from - at, to - at), from - start);
         got += to - from;
       }
-      at += value.byteLength;
+    });
+    if (got !== end - start) throw kindError(`${url}: the connection closed early`, KIND.network, { retry: true });
+    return { bytes: out, size: totalSize(r), etag: etagOf(r) };
+  }, { retries });
+}
+
+/**
+ * Streams `r` (whose first byte is at file offset `at`) to `fn(at, chunk)` until `end`, then
+ * stops reading: nothing past the span is downloaded or kept. A failed read is retryable.
+ */
+async function eachChunk(r, url, at, end, fn) {
+  const reader = r.body.getReader();
+  try {
+    while (at < end) {
+      let step;
+      try {
+        step = await reader.read();
+      } catch (e) {
+        throw kindError(`${url}: the connection failed at byte ${at} (${e.message})`, KIND.network, { retry: true });
+      }
+      if (step.done) break;
+      await fn(at, step.value);
+      at += step.value.byteLength;
     }
   } finally {
     reader.cancel().catch(() => {});
   }
-  if (got !== end - start) throw new Error(`${url}: the connection closed early`);
-  return { bytes: out, size: totalSize(r), etag: etagOf(r) };
+  return at;
 }
 
 /** The safetensors header of `url`: its first 8 bytes give the JSON length. */
-async function header(url, label) {
-  const first = await rangeBytes(url, 0, 8);
+async function header(url, label, retries) {
+  const first = await rangeBytes(url, 0, 8, retries);
   const n = safetensorsHeaderLength(label, first.bytes);
-  const json = await rangeBytes(url, 8, 8 + n);
+  const json = await rangeBytes(url, 8, 8 + n, retries);
   return { label, header: json.bytes, size: first.size ?? json.size, etag: first.etag };
 }
 
-/** The safetensors files of `base` (`stem.safetensors`, or the shards of its index). */
-async function safetensorsFiles(base, stem) {
-  const index = await smallFile(new URL(`${stem}.safetensors.index.json`, base), false);
+/** The safetensors files of `base` (`stem.safetensors`, or the shards of its index). Names in
+ * the index must be plain file names in the same folder: nothing else is ever fetched. */
+async function safetensorsFiles(base, stem, retries) {
+  const index = await smallFile(new URL(`${stem}.safetensors.index.json`, base), false, retries);
   if (!index) return [`${stem}.safetensors`];
   let map;
   try {
     map = JSON.parse(new TextDecoder().decode(index)).weight_map;
   } catch (e) {
-    throw new Error(`${stem}.safetensors.index.json is not valid JSON`);
+    throw kindError(`${stem}.safetensors.index.json is not valid JSON`, KIND.badWeights);
   }
-  if (!map) throw new Error(`${stem}.safetensors.index.json has no weight_map`);
-  return [...new Set(Object.values(map))].sort();
+  if (!map || typeof map !== 'object') throw kindError(`${stem}.safetensors.index.json has no weight_map`, KIND.badWeights);
+  const files = [...new Set(Object.values(map))].sort();
+  for (const f of files) {
+    if (typeof f !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$/.test(f)) {
+      throw kindError(`${stem}.safetensors.index.json names ${JSON.stringify(f)}, not a .safetensors file in the same folder`, KIND.badWeights);
+    }
+  }
+  if (!files.length) throw kindError(`${stem}.safetensors.index.json lists no files`, KIND.badWeights);
+  return files;
 }
 
 /** Everything a conversion starts from: the small files, the headers, the file URLs. */
 async function plan(hf) {
+  const retries = hf.retries ?? RETRIES;
   const model = baseUrl(hf.model);
   const vae = hf.vae ? baseUrl(hf.vae) : null;
-  const config = await smallFile(new URL('config.json', model), true);
+  const config = await smallFile(new URL('config.json', model), true, retries);
   const files = [];
   for (const name of sideFiles()) {
     if (name === 'vae/config.json') {
-      if (vae) files.push([name, await smallFile(new URL('config.json', vae), true)]);
+      if (vae) files.push([name, await smallFile(new URL('config.json', vae), true, retries)]);
       continue;
     }
-    const bytes = await smallFile(new URL(name, model), name === 'tokenizer.json');
+    const bytes = await smallFile(new URL(name, model), name === 'tokenizer.json', retries);
     if (bytes) files.push([name, bytes]);
   }
-  const urls = (await safetensorsFiles(model, 'model')).map((f) => new URL(f, model).href);
+  const urls = (await safetensorsFiles(model, 'model', retries)).map((f) => new URL(f, model).href);
   const headers = [];
-  for (const u of urls) headers.push(await header(u, u));
+  for (const u of urls) headers.push(await header(u, u, retries));
   let vaeHeader = null;
   if (vae) {
     const u = new URL('diffusion_pytorch_model.safetensors', vae).href;
-    vaeHeader = await header(u, u);
+    vaeHeader = await header(u, u, retries);
     urls.push(u);
   }
   return { config, files, model: headers, vae: vaeHeader, urls };
@@ -166,20 +188,18 @@ export async function describe(hf, quant) {
 
 /**
  * Converts `hf` into a stored pack (or finishes a stored partial conversion) and returns the
- * manifest text. `progress(p)` receives {phase, loaded, total, speed, remaining, detail}.
+ * manifest text. `progress(p)` receives {phase, loaded, total, speed, remaining, detail}. The
+ * caller holds the store's exclusive lock.
  */
 export async function importHf(hf, quant, progress) {
-  const key = hfKey(hf);
   quant = quant || 'q4';
+  const key = hfKey(hf, quant);
+  await migrateKey(hf, quant);
   const shardSize = hf.shardSize || undefined;
   let rec = await store.getPack(key);
-  if (rec && rec.complete && rec.preset === quant) return { text: rec.manifestText, downloaded: 0 };
+  if (rec && rec.complete) return { text: rec.manifestText, downloaded: 0 };
   progress({ phase: 'download', loaded: 0, total: 0, detail: 'checkpoint headers' });
   const p = await plan(hf);
-  if (rec && rec.preset !== quant) {
-    await store.deletePack(key);
-    rec = null;
-  }
   let conv = null;
   let committed = [];
   if (rec && rec.checkpoint) {
@@ -196,10 +216,13 @@ export async function importHf(hf, quant, progress) {
     const total = conv.packBytes();
     const have = committed.length ? committed.length * (shardSize || 32 << 20) : 0;
     await store.checkSpace(Math.max(0, total - have));
-    const record = (extra) => ({ kind: 'hf', preset: quant, bytes: total, source: hf, ...extra });
+    const record = (extra) => ({ kind: 'hf', preset: quant, bytes: total, source: { model: hf.model, vae: hf.vae }, ...extra });
     const commit = async (s) => {
       committed = [...committed, s.file];
-      await store.putShard(s.file, s.data.buffer, key, record({ complete: false, shards: committed, checkpoint: s.checkpoint }));
+      // A shard the converter sealed must hash to its name; if not, retrying cannot help.
+      await store.putShard(s.file, s.data.buffer, key, record({ complete: false, shards: committed, checkpoint: s.checkpoint })).catch((e) => {
+        throw kindError(e.message, e.kind);
+      });
     };
     for (const s of conv.takeSealed()) await commit(s);
     const [need, done0] = conv.inputBytes();
@@ -209,41 +232,36 @@ export async function importHf(hf, quant, progress) {
       const speed = (done - done0) / Math.max((performance.now() - t0) / 1000, 1e-3);
       progress({ phase: 'convert', loaded: done, total: need, speed, remaining: (need - done) / Math.max(speed, 1), detail: `${quant}: ${conv.currentTensor() || 'finishing'}` });
     };
-    let failures = 0;
     const retries = hf.retries ?? RETRIES;
-    for (let span = conv.nextSpan(); span; span = conv.nextSpan()) {
-      const url = p.urls[span.input];
-      let at = span.start;
-      try {
-        const { r, offset } = await openRange(url, span.start, span.end, true);
-        at = offset;
-        const reader = r.body.getReader();
-        try {
-          while (at < span.end) {
-            const { done, value } = await reader.read();
-            if (done) break;
-            try {
-              conv.push(span.input, at, value);
-            } catch (e) {
-              throw Object.assign(new Error(e.message), { fatal: true });
-            }
-            at += value.byteLength;
+    // One span after another; a dropped connection resumes at the exact byte the converter needs
+    // next (the next span starts there), under net.js's retry policy.
+    for (let more = true; more; ) {
+      let before = 0;
+      let url = '';
+      more = await withRetry(
+        async () => {
+          const span = conv.nextSpan();
+          if (!span) return false;
+          url = p.urls[span.input];
+          before = conv.inputBytes()[1];
+          const { r, offset } = await openRange(url, span.start, span.end);
+          const at = await eachChunk(r, url, offset, span.end, async (pos, value) => {
+            conv.push(span.input, pos, value);
             for (const s of conv.takeSealed()) await commit(s);
             report();
-          }
-        } finally {
-          reader.cancel().catch(() => {});
-        }
-        if (at < span.end) throw new Error(`${url}: the connection closed at byte ${at}`);
-        failures = 0;
-      } catch (e) {
-        // Network trouble: try again from the exact byte the converter needs next.
-        if (e.fatal || e.kind === 'quota' || e.kind === 'corrupt') throw e;
-        failures = at > span.start ? 1 : failures + 1;
-        if (failures > retries) throw new Error(`the download of ${url} keeps failing (${e.message}); loading again resumes where it stopped`);
-        progress({ phase: 'convert', detail: `connection lost, retrying (${failures}/${retries})` });
-        await sleep(Math.min(500 * 2 ** failures, 15000));
-      }
+          });
+          if (at < span.end) throw kindError(`${url}: the connection closed at byte ${at}`, KIND.network, { retry: true });
+          return true;
+        },
+        {
+          retries,
+          progressed: () => conv.inputBytes()[1] > before,
+          onRetry: (n, of) => progress({ phase: 'convert', detail: `connection lost, retrying (${n}/${of})` }),
+        },
+      ).catch((e) => {
+        if (e.kind === KIND.network) throw kindError(`the download of ${url} keeps failing (${e.message}); loading again resumes where it stopped`, KIND.network);
+        throw e;
+      });
     }
     const text = conv.finish();
     for (const s of conv.takeSealed()) await commit(s);

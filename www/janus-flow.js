@@ -3,8 +3,9 @@
 //   <janus-flow pack="https://cdn.example/janusflow-q4/" mode="chat"></janus-flow>
 // Attributes: pack (weight-pack URL), quant, mode (chat | draw), autoload (skip the consent
 // screen when the weights are already stored; always skipped then). Model output is only ever
-// inserted as text, never as HTML.
-import { create, defaults, describe, hasWebGPU, hfSource, officialSource, storageInfo } from './janus.js';
+// inserted as text, never as HTML; styles are a constructed style sheet, so a page's strict
+// Content-Security-Policy (no inline styles or scripts) does not get in the way.
+import { KIND, create, defaults, deleteStored, describe, hasWebGPU, hfSource, officialSource, sourceHosts, storageInfo, watchStore } from './janus.js';
 import { mib } from './store.js';
 
 const CSS = `
@@ -72,6 +73,15 @@ class JanusFlowElement extends HTMLElement {
     this.busy = null;
   }
 
+  get quant() {
+    return this.getAttribute('quant') || undefined;
+  }
+
+  /** Where the weights come from, as a person reads it: the host names. */
+  get hosts() {
+    return sourceHosts(this.source).join(' and ');
+  }
+
   /**
    * Attributes: `pack` (a weight pack URL), else the Hugging Face layout: `hf-model` / `hf-vae`
    * (checkpoint folder URLs) or `hf-endpoint` (a Hub mirror); the official checkpoints by default.
@@ -104,14 +114,31 @@ class JanusFlowElement extends HTMLElement {
   connectedCallback() {
     if (this.started) return;
     this.started = true;
-    this.root.innerHTML = `<style>${CSS}</style>`;
+    this.root.replaceChildren();
+    const sheet = new CSSStyleSheet();
+    sheet.replaceSync(CSS);
+    this.root.adoptedStyleSheets = [sheet];
     this.wrap = el('div', { class: 'wrap' });
     this.statusEl = el('span', { class: 'status', role: 'status', 'aria-live': 'polite' });
     this.wrap.append(el('header', {}, el('h2', {}, 'JanusFlow'), this.statusEl));
     this.body = el('div', { class: 'screen' });
     this.wrap.append(this.body);
     this.root.append(this.wrap);
+    // Another tab stored or deleted a model: a screen waiting for one looks again; a running
+    // engine keeps going (its weights are on the GPU) and says so.
+    this.unwatch = watchStore((m) => {
+      if (m.type === 'stored' && !this.engine && !this.loading) this.start();
+      if (m.type === 'deleted' && this.engine) this.setStatus('the stored model was deleted in another tab; it is downloaded again on the next start');
+    });
     this.start();
+  }
+
+  disconnectedCallback() {
+    if (this.unwatch) this.unwatch();
+    this.unwatch = null;
+    this.started = false;
+    if (this.engine) this.engine.terminate();
+    this.engine = null;
   }
 
   setStatus(text) {
@@ -133,21 +160,26 @@ class JanusFlowElement extends HTMLElement {
     }
     let stored = null;
     try {
-      stored = (await storageInfo(this.source)).stored;
+      stored = (await storageInfo(this.source, { quant: this.quant })).stored;
     } catch {
       stored = null;
     }
     if (stored && stored.complete) return this.load();
     let sizes;
     try {
-      sizes = await describe(this.source, { quant: this.getAttribute('quant') || undefined });
+      sizes = await describe(this.source, { quant: this.quant });
     } catch (e) {
-      this.screen(el('p', { class: 'error' }, `Cannot reach the weights at ${this.sourceLabel}: ${e.message}`));
+      this.failure(`Cannot reach the weights at ${this.sourceLabel}: ${e.message}`, () => this.start());
       return;
     }
     const size = mib(sizes.download);
     const what = sizes.store === sizes.download ? `The weights (${size})` : `The weights (${size} to download, converted to ${mib(sizes.store)} as they arrive)`;
-    const s = this.screen(el('h3', {}, 'Download the model once'), el('p', {}, `${what} are stored in this browser and used offline from then on. Their licences:`));
+    // The link that opened this page chose the source: say where the download comes from.
+    const s = this.screen(
+      el('h3', {}, 'Download the model once'),
+      el('p', {}, 'From ', el('strong', { class: 'host' }, this.hosts), ` (${this.sourceLabel}).`),
+      el('p', {}, `${what} are stored in this browser and used offline from then on. Their licences:`),
+    );
     s.insertAdjacentHTML('beforeend', LICENCES);
     // A conversion stopped earlier (closed tab, lost network) resumes after its last stored shard.
     const resume = stored && !stored.complete && stored.shards > 0;
@@ -156,15 +188,36 @@ class JanusFlowElement extends HTMLElement {
     this.setStatus('not downloaded');
   }
 
+  /** An error screen: what happened, "Try again", and "Delete and start over" (a stored copy that
+   * is damaged or half-written never leaves the user stuck). */
+  failure(message, retry) {
+    const startOver = async () => {
+      if (!confirm('Delete the stored copy of the model from this browser and download it again?')) return;
+      this.setStatus('deleting the stored model…');
+      try {
+        if (this.engine) this.engine.terminate();
+        this.engine = null;
+        await deleteStored(this.source, { quant: this.quant });
+      } catch (e) {
+        this.failure(`Could not delete the stored model: ${e.message}`, retry);
+        return;
+      }
+      this.start();
+    };
+    this.screen(el('p', { class: 'error', role: 'alert' }, message), el('div', { class: 'row' }, el('button', { class: 'retry', onclick: retry }, 'Try again'), el('button', { class: 'start-over', onclick: startOver }, 'Delete and start over')));
+    this.setStatus('error');
+  }
+
   async load() {
     const bar = el('progress', { max: 1, value: 0, 'aria-label': 'loading progress' });
     const line = el('p', {});
     this.screen(el('h3', {}, 'Loading JanusFlow'), bar, line);
     const t0 = performance.now();
+    this.loading = true;
     try {
       this.engine = await create({
         source: this.source,
-        quant: this.getAttribute('quant') || undefined,
+        quant: this.quant,
         onprogress: (p) => {
           if (p.total) {
             bar.max = p.total;
@@ -180,11 +233,16 @@ class JanusFlowElement extends HTMLElement {
         },
       });
     } catch (e) {
-      this.screen(el('p', { class: 'error' }, `Could not start: ${e.message}`), el('button', { onclick: () => this.load() }, 'Try again'));
-      this.setStatus('error');
+      this.failure(`Could not start: ${e.message}`, () => this.load());
       return;
+    } finally {
+      this.loading = false;
     }
     this.setStatus(`ready on ${this.engine.info.adapter.name || 'WebGPU'} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    // A crash or a lost GPU device: the engine reloads itself from storage; say what happens.
+    this.engine.onprogress = (p) => this.setStatus(`reloading the engine: ${p.phase}${p.total ? ` ${((100 * p.loaded) / p.total).toFixed(0)} %` : ''}`);
+    this.engine.addEventListener('restart', (ev) => this.setStatus(ev.detail.kind === KIND.deviceLost ? 'GPU device lost — reloading the engine from storage…' : 'the engine crashed — restarting it…'));
+    this.engine.addEventListener('ready', () => this.setStatus('engine reloaded; the conversation is kept'));
     this.buildUi();
   }
 
@@ -317,8 +375,10 @@ class JanusFlowElement extends HTMLElement {
     this.busy = new AbortController();
     this.setBusy(true);
     try {
-      const reply = await this.withRecovery(() =>
-        this.engine.chat(this.messages, {
+      const reply = await this.withRecovery(() => {
+        // A retry after a recovery answers from the start again.
+        out.textContent = '';
+        return this.engine.chat(this.messages, {
           temperature: this.num('temperature'),
           topP: this.num('topP'),
           maxTokens: this.num('maxTokens'),
@@ -328,8 +388,8 @@ class JanusFlowElement extends HTMLElement {
             out.textContent += t;
             this.log.scrollTop = this.log.scrollHeight;
           },
-        }),
-      );
+        });
+      });
       out.textContent = reply;
       this.messages.push({ role: 'assistant', content: reply });
     } catch (e) {
@@ -391,16 +451,18 @@ class JanusFlowElement extends HTMLElement {
     }
   }
 
-  /** Runs `fn`; if the GPU device was lost, reloads the engine from IndexedDB and retries once. */
+  /**
+   * Runs `fn`; if the GPU device was lost or the engine crashed (every loss, whenever it
+   * happens), waits for the engine to reload itself from IndexedDB and runs `fn` once more. The
+   * conversation lives here, in `this.messages`, so nothing of it is lost.
+   */
   async withRecovery(fn) {
     try {
       return await fn();
     } catch (e) {
-      if (e.kind !== 'device-lost') throw e;
-      this.setStatus('GPU device lost — reloading the engine from storage…');
-      this.engine.terminate();
-      this.engine = await create({ source: this.source, quant: this.getAttribute('quant') || undefined });
-      this.setStatus('recovered after a lost GPU device');
+      if (e.kind !== KIND.deviceLost && e.kind !== KIND.crashed) throw e;
+      if (this.busy && this.busy.signal.aborted) throw e;
+      await this.engine.whenReady();
       return fn();
     }
   }
@@ -417,7 +479,12 @@ class JanusFlowElement extends HTMLElement {
 
   async deleteModel() {
     if (!confirm('Delete the stored model from this browser? It will be downloaded again next time.')) return;
-    await this.engine.delete();
+    try {
+      await this.engine.delete();
+    } catch (e) {
+      this.setStatus(`could not delete the stored model: ${e.message}`);
+      return;
+    }
     this.engine.terminate();
     this.engine = null;
     this.start();

@@ -8,7 +8,12 @@
 // or use the <janus-flow> element defined in janus-flow.js. The engine runs in a module worker
 // (worker.js); every call here is a message to it.
 
+import { OP, URGENT, MSG, KIND } from './protocol.js';
+import { watch } from './store.js';
+
 const here = new URL('.', import.meta.url);
+
+export { KIND };
 
 /**
  * The default weight source: the official checkpoints in their Hugging Face layout, converted in
@@ -30,7 +35,7 @@ function normalize(source) {
   if (!source) return officialSource;
   if (source.pack) return { ...source, pack: abs(source.pack) };
   if (source.hf) return { ...source, hf: { ...source.hf, model: abs(source.hf.model), vae: abs(source.hf.vae) } };
-  throw new JanusError('the weight source must be {pack: URL} or {hf: {model: URL, vae: URL}}', 'config');
+  throw new JanusError('the weight source must be {pack: URL} or {hf: {model: URL, vae: URL}}', KIND.config);
 }
 
 /** Spec defaults (JanusFlow demo): chat temperature 0.1, top-p 0.95, 512 tokens; 30 steps, cfg 2. */
@@ -40,7 +45,7 @@ export class JanusError extends Error {
   constructor(message, kind) {
     super(message);
     this.name = 'JanusError';
-    this.kind = kind || 'error';
+    this.kind = kind || KIND.internal;
   }
 }
 
@@ -49,28 +54,61 @@ export function hasWebGPU() {
   return typeof navigator !== 'undefined' && 'gpu' in navigator;
 }
 
-class Engine {
-  constructor(worker, source) {
-    this.worker = worker;
+function spawnWorker() {
+  return new Worker(new URL('worker.js', here), { type: 'module', name: 'janusflow-engine' });
+}
+
+/**
+ * The engine in its worker. The worker can die (a trap in the wasm engine) and the GPU device can
+ * be lost: either way every waiting call rejects at once (kind 'crashed' or 'device-lost'), the
+ * worker is replaced, and the engine is loaded again from IndexedDB; later calls wait for that
+ * and then run. Events: 'restart' ({detail: {kind, message}}) when that begins, 'ready'
+ * ({detail: info}) when an engine is loaded.
+ */
+class Engine extends EventTarget {
+  #worker = null;
+  #ready = null;
+  #loaded = false;
+  #closed = false;
+
+  constructor(source, quant, onprogress) {
+    super();
     this.source = source;
+    this.quant = quant;
+    /** Progress of (re)loading: {phase, loaded, total, speed, remaining, detail}. */
+    this.onprogress = onprogress || null;
     this.nextId = 1;
     this.pending = new Map();
     this.info = null;
-    worker.onmessage = (ev) => this.#receive(ev.data);
-    worker.onerror = (ev) => {
-      const err = new JanusError(`the engine worker failed: ${ev.message || 'unknown error'}`, 'worker');
-      for (const p of this.pending.values()) p.reject(err);
-      this.pending.clear();
-    };
   }
 
-  #receive(msg) {
+  #spawn() {
+    const w = spawnWorker();
+    w.onmessage = (ev) => this.#receive(w, ev.data);
+    w.onerror = (ev) => {
+      ev.preventDefault();
+      this.#die(w, KIND.crashed, `the engine worker failed: ${ev.message || 'unknown error'}`);
+    };
+    w.onmessageerror = () => this.#die(w, KIND.crashed, 'the engine worker sent a message that cannot be read');
+    this.#worker = w;
+    return w;
+  }
+
+  #receive(w, msg) {
+    if (w !== this.#worker) return; // the last words of a replaced worker
+    if (msg.id == null) {
+      if (msg.type === MSG.crashed) this.#die(w, KIND.crashed, msg.message);
+      else if (msg.type === MSG.lost) this.#die(w, KIND.deviceLost, msg.message);
+      return;
+    }
+    // A lost device or a crash ends this worker's engine, whichever message says so first.
+    if (msg.type === MSG.error && (msg.kind === KIND.deviceLost || msg.kind === KIND.crashed)) return this.#die(w, msg.kind, msg.message);
     const p = this.pending.get(msg.id);
     if (!p) return;
-    if (msg.type === 'result') {
+    if (msg.type === MSG.result) {
       this.pending.delete(msg.id);
       p.resolve(msg.value);
-    } else if (msg.type === 'error') {
+    } else if (msg.type === MSG.error) {
       this.pending.delete(msg.id);
       p.reject(new JanusError(msg.message, msg.kind));
     } else if (p.on[msg.type]) {
@@ -78,11 +116,55 @@ class Engine {
     }
   }
 
-  call(op, args = {}, on = {}, signal) {
+  /**
+   * The worker (or its engine) is gone: fail every waiting call now, never leave one hanging, and
+   * replace the worker. An engine that was up is loaded again at once; one that died while
+   * loading is loaded again by the next call (so a load that always crashes cannot loop).
+   */
+  #die(w, kind, message) {
+    if (w !== this.#worker) return;
+    w.terminate();
+    this.#worker = null;
+    this.#ready = null;
+    const err = new JanusError(message, kind);
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    const wasUp = this.#loaded;
+    this.#loaded = false;
+    if (this.#closed) return;
+    this.dispatchEvent(new CustomEvent('restart', { detail: { kind, message } }));
+    if (wasUp) this.#load().catch(() => {});
+  }
+
+  /** Loads the engine in the current worker (a new one if needed); the next calls wait for it. */
+  #load() {
+    const p = this.#post(OP.load, { source: this.source, quant: this.quant }, { progress: (m) => this.onprogress && this.onprogress(m) }).then((info) => {
+      this.info = info;
+      this.#loaded = true;
+      this.dispatchEvent(new CustomEvent('ready', { detail: info }));
+      return info;
+    });
+    this.#ready = p;
+    p.catch(() => {
+      if (this.#ready === p) this.#ready = null; // the next call tries again
+    });
+    return p;
+  }
+
+  /** Resolves when the engine is loaded (after a crash or a lost device: loaded again). */
+  whenReady() {
+    if (this.#closed) return Promise.reject(new JanusError('the engine was terminated', KIND.config));
+    return this.#ready || this.#load();
+  }
+
+  /** A request to the worker, with no engine needed (storage, delete, describe). */
+  #post(op, args = {}, on = {}, signal) {
+    if (this.#closed) return Promise.reject(new JanusError('the engine was terminated', KIND.config));
+    const w = this.#worker || this.#spawn();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       if (signal && signal.aborted) return reject(new DOMException('Aborted', 'AbortError'));
-      const onAbort = () => this.worker.postMessage({ op: 'cancel' });
+      const onAbort = () => this.#worker && this.#worker.postMessage({ op: URGENT.cancel });
       if (signal) signal.addEventListener('abort', onAbort, { once: true });
       const cleanup = () => signal && signal.removeEventListener('abort', onAbort);
       this.pending.set(id, {
@@ -90,14 +172,21 @@ class Engine {
         reject: (e) => (cleanup(), reject(e)),
         on,
       });
-      this.worker.postMessage({ id, op, ...args });
+      w.postMessage({ id, op, ...args });
     });
+  }
+
+  /** A request that needs the loaded engine: waits for it (a reload after a crash included). */
+  async call(op, args = {}, on = {}, signal) {
+    await this.whenReady();
+    return this.#post(op, args, on, signal);
   }
 
   /**
    * Answers the last user message. `messages`: [{role: 'user'|'assistant', content, images?: Blob[]}].
    * Options: temperature, topP, topK, seed, maxTokens, ontoken(text), signal. Resolves to the reply text
-   * (the full result with finish reason is in `engine.lastReply`).
+   * (the full result with finish reason is in `engine.lastReply`). After a rejection of kind
+   * 'device-lost' or 'crashed' the engine reloads itself; sending the same messages again works.
    */
   async chat(messages, options = {}) {
     const { ontoken, signal, ...rest } = options;
@@ -108,7 +197,7 @@ class Engine {
         images: m.images ? await Promise.all(m.images.map(async (b) => new Uint8Array(await b.arrayBuffer()))) : [],
       })),
     );
-    const reply = await this.call('chat', { messages: msgs, options: rest }, { token: (m) => ontoken && ontoken(m.text) }, signal);
+    const reply = await this.call(OP.chat, { messages: msgs, options: rest }, { [MSG.token]: (m) => ontoken && ontoken(m.text) }, signal);
     this.lastReply = reply;
     return reply.text;
   }
@@ -121,10 +210,10 @@ class Engine {
   async generate(prompt, options = {}) {
     const { onstep, signal, noise, ...rest } = options;
     const png = await this.call(
-      'generate',
+      OP.generate,
       { prompt, options: { ...rest, preview: !!onstep }, noise: noise || null },
       {
-        step: (m) => {
+        [MSG.step]: (m) => {
           if (!onstep) return;
           const preview = m.preview && typeof ImageData !== 'undefined' ? new ImageData(m.preview, m.side, m.side) : undefined;
           onstep({ step: m.step, steps: m.steps, preview });
@@ -137,27 +226,63 @@ class Engine {
 
   /** Stops the running chat or generation. */
   cancel() {
-    this.worker.postMessage({ op: 'cancel' });
+    if (this.#worker) this.#worker.postMessage({ op: URGENT.cancel });
   }
 
   /** Forgets the conversation's cached state (the next chat prefills from scratch). */
   reset() {
-    return this.call('reset');
+    return this.#loaded ? this.#post(OP.reset) : Promise.resolve(true);
   }
 
   /** {usage, quota, persisted, stored} of the browser storage. */
   storage() {
-    return this.call('storage', { source: this.source });
+    return this.#post(OP.storage, { source: this.source, quant: this.quant });
   }
 
-  /** Removes the stored weights of this source (and unloads the engine). */
-  delete() {
-    return this.call('delete', { source: this.source });
+  /** Removes the stored weights of this source and preset (and unloads the engine). */
+  async delete() {
+    await this.#post(OP.delete, { source: this.source, quant: this.quant });
+    this.#loaded = false;
+    this.#ready = null;
+    return true;
   }
 
   /** Ends the worker; the engine cannot be used afterwards. */
   terminate() {
-    this.worker.terminate();
+    this.#closed = true;
+    const err = new JanusError('the engine was terminated', KIND.config);
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    if (this.#worker) this.#worker.terminate();
+    this.#worker = null;
+  }
+
+  /** Test hook: destroys the engine's GPU device now, or at the next token / flow step. */
+  debugLoseDevice(when = 'now') {
+    return this.#post(URGENT.debugLoseDevice, { when });
+  }
+
+  /** Test hook: makes the wasm engine panic (trap); rejects with kind 'crashed'. */
+  debugPanic() {
+    return this.#post(URGENT.debugPanic);
+  }
+
+  /** Used by create() and the one-shot helpers. */
+  static async open(source, quant, onprogress, load) {
+    const e = new Engine(source, quant, onprogress);
+    if (!load) return e;
+    try {
+      await e.whenReady();
+    } catch (err) {
+      e.terminate();
+      throw err;
+    }
+    return e;
+  }
+
+  /** A request without loading anything (the one-shot helpers). */
+  request(op, args) {
+    return this.#post(op, args);
   }
 }
 
@@ -169,38 +294,49 @@ class Engine {
  * verify | upload | compile.
  */
 export async function create({ source, quant, onprogress } = {}) {
-  if (!hasWebGPU()) throw new JanusError('this browser has no WebGPU (use Chrome or Edge 113+, Safari 26, or Firefox 141+ on Windows)', 'webgpu');
+  if (!hasWebGPU()) throw new JanusError('this browser has no WebGPU (use Chrome or Edge 113+, Safari 26, or Firefox 141+ on Windows)', KIND.webgpu);
   source = normalize(source);
   // Ask the browser to keep the weights (only a page can ask; best-effort, no prompt in most browsers).
   if (typeof navigator !== 'undefined' && navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
-  const worker = new Worker(new URL('worker.js', here), { type: 'module', name: 'janusflow-engine' });
-  const engine = new Engine(worker, source);
-  try {
-    engine.info = await engine.call('load', { source, quant }, { progress: (m) => onprogress && onprogress(m) });
-  } catch (e) {
-    worker.terminate();
-    throw e;
-  }
-  return engine;
+  return Engine.open(source, quant, onprogress, true);
 }
 
 /** Runs one worker operation in a short-lived worker (no model loaded). */
 async function oneShot(op, args) {
-  const worker = new Worker(new URL('worker.js', here), { type: 'module' });
-  const e = new Engine(worker, args.source);
+  const e = await Engine.open(args.source, args.quant, null, false);
   try {
-    return await e.call(op, args);
+    return await e.request(op, args);
   } finally {
-    worker.terminate();
+    e.terminate();
   }
 }
 
 /** Storage facts without loading a model. */
-export function storageInfo(source) {
-  return oneShot('storage', { source: normalize(source) });
+export function storageInfo(source, { quant } = {}) {
+  return oneShot(OP.storage, { source: normalize(source), quant });
 }
 
 /** What loading `source` would cost before anything is downloaded: {download, store} bytes. */
 export function describe(source, { quant } = {}) {
-  return oneShot('describe', { source: normalize(source), quant });
+  return oneShot(OP.describe, { source: normalize(source), quant });
+}
+
+/** Deletes the stored weights of `source` (and preset) without loading them: "start over". */
+export function deleteStored(source, { quant } = {}) {
+  return oneShot(OP.delete, { source: normalize(source), quant });
+}
+
+/**
+ * Calls `cb({type: 'stored' | 'deleted', key})` whenever a tab (or worker) of this site stores or
+ * deletes a model; returns a function that stops it.
+ */
+export function watchStore(cb) {
+  return watch(cb);
+}
+
+/** The hosts a source's weights come from (the consent screen names them). */
+export function sourceHosts(source) {
+  const s = normalize(source);
+  const urls = s.pack ? [s.pack] : [s.hf.model, s.hf.vae].filter(Boolean);
+  return [...new Set(urls.map((u) => new URL(u).host))];
 }

@@ -6,7 +6,7 @@ import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { startServer } from './server.mjs';
+import { startServer, CSP } from './server.mjs';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 const e2e = path.resolve(process.env.E2E_DIR || path.join(root, 'target/e2e'));
@@ -23,6 +23,7 @@ const { server, state, url } = await startServer({
   '/hf/model/': path.join(root, 'tests/fixtures/tiny'),
   '/hf/vae/': path.join(root, 'tests/fixtures/tiny/vae'),
   '/native/': e2e,
+  '/evil/': path.join(e2e, 'evil'),
   '/fixtures/': path.join(root, 'tests/fixtures'),
   '/e2e/': path.join(root, 'tests/e2e'),
   '/': path.join(root, 'www'),
@@ -34,24 +35,36 @@ const browser = await chromium.launch({
   args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
 });
 
+// E2E_ONLY=regex runs only the tests whose names match (each test sets up what it needs).
+const only = process.env.E2E_ONLY ? new RegExp(process.env.E2E_ONLY, 'i') : null;
 const results = [];
-async function test(name, fn) {
+async function test(name, fn, { timeout = 240000 } = {}) {
+  if (only && !only.test(name)) return;
   const t0 = Date.now();
+  let timer;
   try {
-    await fn();
+    // A hung call fails its test instead of the whole run.
+    await Promise.race([fn(), new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${timeout / 1000} s`)), timeout)))]);
     results.push({ name, ok: true, ms: Date.now() - t0 });
     console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   } catch (e) {
     results.push({ name, ok: false, error: e });
     console.log(`FAIL ${name}\n${e && e.stack ? e.stack : e}`);
     // A test that failed half-way must not leave the network broken for the ones after it.
-    Object.assign(state, { offline: false, packOffline: false, shardBudget: Infinity, budget: Infinity, cutOnce: 0 });
+    Object.assign(state, { offline: false, packOffline: false, shardBudget: Infinity, budget: Infinity, cutOnce: 0, garbageManifest: null, remap: {}, shardDelay: 0 });
+    state.padOnce.clear();
+    state.corruptOnce.clear();
+    await context.setOffline(false).catch(() => {});
+    await page.goto(`${url}/e2e/test.html`).catch(() => {});
+  } finally {
+    clearTimeout(timer);
   }
 }
 
 const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
 const page = await context.newPage();
 page.on('console', (m) => process.env.E2E_VERBOSE && console.log(`[page] ${m.text()}`));
+page.on('worker', (w) => w.on('console', (m) => process.env.E2E_VERBOSE && console.log(`[worker] ${m.text()}`)));
 page.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
 await page.goto(`${url}/e2e/test.html`);
 
@@ -88,17 +101,33 @@ async function greedyChatInApp(app) {
 
 const shardCount = () => shardFiles.reduce((a, f) => a + (state.counts.get(`/pack/${f}`) || 0), 0);
 
-/** Runs `body` (a function source) in the page with the janus module as `J`. */
-function inPage(body, arg) {
-  return page.evaluate(
-    async ([src, a]) => {
-      const J = await import('/janus.js');
-      // eslint-disable-next-line no-new-func
-      return new Function('J', 'arg', `return (async () => { ${src} })()`)(J, a);
-    },
-    [body, arg],
-  );
+/**
+ * Runs `body` (an async function body) in the page with the janus module as `J` and `arg`. The
+ * source goes to the page as an expression through DevTools: the pages forbid eval (no
+ * 'unsafe-eval' in their CSP), so it cannot be built with `new Function` there.
+ */
+function inPageOf(p, body, arg) {
+  return p.evaluate(`(async () => { const J = await import('/janus.js'); const arg = ${JSON.stringify(arg ?? null)}; ${body} })()`);
 }
+const inPage = (body, arg) => inPageOf(page, body, arg);
+
+/** Page code: `window.__engine`, created from the test pack when a previous test did not. */
+const ENGINE = `const E = window.__engine || (window.__engine = await J.create({ source: { pack: '/pack/' } }));`;
+
+/** Page code: `worstDiff(png)`, the largest channel difference from the native generated image. */
+const COMPARE = `
+  const pixels = async (blob) => { const bm = await createImageBitmap(blob); const c = new OffscreenCanvas(bm.width, bm.height); const g = c.getContext('2d'); g.drawImage(bm, 0, 0); return [bm.width, g.getImageData(0, 0, bm.width, bm.height).data]; };
+  const worstDiff = async (png) => { const [, a] = await pixels(png); const [, b] = await pixels(await (await fetch('/native/fox.png')).blob()); let w = 0; for (let i = 0; i < a.length; i++) w = Math.max(w, Math.abs(a[i] - b[i])); return w; };
+  const noise = async () => { const buf = await (await fetch('/fixtures/tiny-ref-gen/noise.npy')).arrayBuffer(); const header = new DataView(buf).getUint16(8, true); return new Float32Array(buf.slice(10 + header)); };`;
+
+/** The records and shard names in the page's IndexedDB. */
+const storeContents = (p = page) => p.evaluate(async () => {
+  const db = await new Promise((res, rej) => { const q = indexedDB.open('janusflow'); q.onsuccess = () => res(q.result); q.onerror = () => rej(q.error); });
+  const all = (store, what) => new Promise((res) => { const q = db.transaction(store).objectStore(store)[what](); q.onsuccess = () => res(q.result); });
+  const [keys, records, shards] = [await all('packs', 'getAllKeys'), await all('packs', 'getAll'), await all('shards', 'getAllKeys')];
+  db.close();
+  return { records: keys.map((k, i) => ({ key: k, complete: !!records[i].complete, preset: records[i].preset, pending: records[i].pending, shards: records[i].manifestText ? JSON.parse(records[i].manifestText).shards.map((s) => s.file) : records[i].shards })), shards };
+});
 
 const clearStore = () => page.evaluate(() => new Promise((res, rej) => {
   const r = indexedDB.deleteDatabase('janusflow');
@@ -110,6 +139,32 @@ const clearStore = () => page.evaluate(() => new Promise((res, rej) => {
 await test('WebGPU adapter is available in the test browser', async () => {
   const has = await page.evaluate(async () => !!(navigator.gpu && (await navigator.gpu.requestAdapter())));
   assert.ok(has, 'navigator.gpu.requestAdapter() gave no adapter');
+});
+
+await test('every page runs under the strict CSP header (inline script blocked, violations reported to the server)', async () => {
+  const r = await page.goto(`${url}/e2e/test.html`);
+  assert.equal(r.headers()['content-security-policy'], CSP);
+  // An inline script must not run (DevTools' own evaluation is exempt from CSP, so the probe is a
+  // real <script> element).
+  const ran = await page.evaluate(async () => {
+    const s = document.createElement('script');
+    s.textContent = 'window.__inlineRan = true';
+    document.head.append(s);
+    await new Promise((res) => setTimeout(res, 50));
+    return !!window.__inlineRan;
+  });
+  assert.ok(!ran, 'an inline script ran: the CSP header is not in force');
+  // The deliberate violation above is reported; the report shows reporting works, then it is set aside.
+  for (let i = 0; i < 50 && !state.cspReports.length; i++) await new Promise((res) => setTimeout(res, 100));
+  assert.ok(state.cspReports.length, 'no CSP report arrived');
+  state.cspReports = [];
+  // The app's own pages carry the policy as a meta tag too (for hosts that send no header).
+  for (const f of ['index.html', 'bench.html', 'embed-example.html']) {
+    const html = fs.readFileSync(path.join(root, 'www', f), 'utf8');
+    assert.match(html, /<meta http-equiv="Content-Security-Policy" content="default-src 'self'; script-src 'self' 'wasm-unsafe-eval';/, f);
+    assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/, `${f} has an inline script`);
+    assert.doesNotMatch(html, /unsafe-eval'|<style|\sstyle=/, `${f}: unsafe-eval or inline style`);
+  }
 });
 
 await test('first load stores every shard in IndexedDB with progress events', async () => {
@@ -132,26 +187,28 @@ await test('first load stores every shard in IndexedDB with progress events', as
 });
 
 await test('chat reply equals the native CLI greedy reply', async () => {
-  const text = await inPage(`return window.__engine.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });`, expected.chat.prompt);
+  const text = await inPage(`${ENGINE} return E.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });`, expected.chat.prompt);
   assert.equal(text, expected.chat.reply);
 });
 
 await test('image question equals the native CLI', async () => {
   const text = await inPage(`
+    ${ENGINE}
     const blob = await (await fetch('/fixtures/images/square_80.png')).blob();
-    await window.__engine.reset();
-    return window.__engine.chat([{ role: 'user', content: arg, images: [blob] }], { temperature: 0, maxTokens: 24 });
+    await E.reset();
+    return E.chat([{ role: 'user', content: arg, images: [blob] }], { temperature: 0, maxTokens: 24 });
   `, expected.image.prompt);
   assert.equal(text, expected.image.reply);
 });
 
 await test('generated image equals the native one within ±2 levels', async () => {
   const r = await inPage(`
+    ${ENGINE}
     const buf = await (await fetch('/fixtures/tiny-ref-gen/noise.npy')).arrayBuffer();
     const header = new DataView(buf).getUint16(8, true);
     const noise = new Float32Array(buf.slice(10 + header));
     const steps = [];
-    const png = await window.__engine.generate(arg.prompt, { steps: arg.steps, cfg: arg.cfg, noise, onstep: (s) => steps.push(s.step) });
+    const png = await E.generate(arg.prompt, { steps: arg.steps, cfg: arg.cfg, noise, onstep: (s) => steps.push(s.step) });
     const pixels = async (blob) => { const bm = await createImageBitmap(blob); const c = new OffscreenCanvas(bm.width, bm.height); const g = c.getContext('2d'); g.drawImage(bm, 0, 0); return [bm.width, g.getImageData(0, 0, bm.width, bm.height).data]; };
     const [w, a] = await pixels(png);
     const [, b] = await pixels(await (await fetch('/native/fox.png')).blob());
@@ -166,12 +223,74 @@ await test('generated image equals the native one within ±2 levels', async () =
 
 await test('Stop ends generation promptly', async () => {
   const r = await inPage(`
+    ${ENGINE}
     const ctl = new AbortController(); let n = 0; const t0 = performance.now();
-    const png = await window.__engine.generate('a slow picture', { steps: 200, onstep: (s) => { n = s.step; if (s.step === 2) ctl.abort(); }, signal: ctl.signal });
+    const png = await E.generate('a slow picture', { steps: 200, onstep: (s) => { n = s.step; if (s.step === 2) ctl.abort(); }, signal: ctl.signal });
     return { png, n, ms: performance.now() - t0 };
   `);
   assert.equal(r.png, null);
   assert.ok(r.n <= 4, `ran ${r.n} steps after Stop`);
+});
+
+await test('a GPU device lost mid-chat: the call rejects as device-lost, the engine reloads, the same messages give the native reply', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    const msgs = [{ role: 'user', content: arg }];
+    let restarts = 0;
+    E.addEventListener('restart', () => restarts++);
+    await E.debugLoseDevice('token');
+    let kind = null;
+    let tokens = 0;
+    try {
+      await E.chat(msgs, { temperature: 0, maxTokens: 24, ontoken: () => tokens++ });
+    } catch (e) {
+      kind = e.kind;
+    }
+    const text = await E.chat(msgs, { temperature: 0, maxTokens: 24 });
+    return { kind, tokens, text, restarts };
+  `, expected.chat.prompt);
+  assert.equal(r.kind, 'device-lost');
+  assert.ok(r.tokens >= 1, 'the device was lost after the first token');
+  assert.equal(r.restarts, 1);
+  assert.equal(r.text, expected.chat.reply);
+});
+
+await test('a GPU device lost mid-generation: rejects as device-lost, and the same generation then equals the native image', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    ${COMPARE}
+    const n = await noise();
+    await E.debugLoseDevice('step');
+    let kind = null;
+    let steps = 0;
+    try {
+      await E.generate(arg.prompt, { steps: arg.steps, cfg: arg.cfg, noise: n, onstep: () => steps++ });
+    } catch (e) {
+      kind = e.kind;
+    }
+    const png = await E.generate(arg.prompt, { steps: arg.steps, cfg: arg.cfg, noise: n });
+    return { kind, steps, worst: await worstDiff(png) };
+  `, expected.generate);
+  assert.equal(r.kind, 'device-lost');
+  assert.ok(r.steps >= 1 && r.steps < expected.generate.steps, `lost after ${r.steps} steps`);
+  assert.ok(r.worst <= 2, `differs by up to ${r.worst} levels`);
+});
+
+await test('a worker that traps (Rust panic) rejects the running and the queued call; the next call works', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    const msgs = [{ role: 'user', content: arg }];
+    let panicked = null;
+    const running = E.chat(msgs, { temperature: 0, maxTokens: 24, ontoken: () => {
+      if (!panicked) panicked = E.debugPanic().then(() => 'resolved', (e) => e.kind);
+    } }).then(() => 'resolved', (e) => e.kind);
+    const queued = E.chat(msgs, { temperature: 0, maxTokens: 24 }).then(() => 'resolved', (e) => e.kind);
+    const [a, b] = await Promise.all([running, queued]);
+    const text = await E.chat(msgs, { temperature: 0, maxTokens: 24 });
+    return { a, b, panic: await panicked, text };
+  `, expected.chat.prompt);
+  assert.deepEqual([r.a, r.b, r.panic], ['crashed', 'crashed', 'crashed']);
+  assert.equal(r.text, expected.chat.reply);
 });
 
 await test('reload with the network off still loads from IndexedDB', async () => {
@@ -191,12 +310,38 @@ await test('reload with the network off still loads from IndexedDB', async () =>
   }
 });
 
+await test('a server answering garbage for manifest.json: the app starts from the stored complete copy', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  await inPage(`(await J.create({ source: { pack: '/pack/' } })).terminate();`);
+  const variants = ['<!doctype html><h1>502 Bad Gateway</h1>', '{"format": "something-else", "shards": []}', JSON.stringify({ ...manifest, shards: [{ ...manifest.shards[0], file: '../native/expected.json' }] })];
+  const before = shardCount();
+  try {
+    for (const [i, garbage] of variants.entries()) {
+      state.garbageManifest = garbage;
+      // The first through a whole start and a reply; the others through the same manifest
+      // lookup, without loading the engine again.
+      const r = await inPage(`
+        if (!arg.chat) return J.describe({ pack: '/pack/' });
+        const e = await J.create({ source: { pack: '/pack/' } });
+        const t = await e.chat([{ role: 'user', content: arg.prompt }], { temperature: 0, maxTokens: 24 });
+        e.terminate();
+        return t;
+      `, { prompt: expected.chat.prompt, chat: i === 0 });
+      if (i === 0) assert.equal(r, expected.chat.reply);
+      else assert.equal(r.download, manifest.total_bytes);
+    }
+  } finally {
+    state.garbageManifest = null;
+  }
+  assert.equal(shardCount(), before, 'no shard fetched');
+});
+
 await test('a download cut mid-way resumes without re-fetching committed shards', async () => {
   await page.reload();
   await clearStore();
   const counts0 = new Map(shardFiles.map((f) => [f, state.counts.get(`/pack/${f}`) || 0]));
   state.shardBudget = 2;
-  const err = await inPage(`try { await J.create({ source: { pack: '/pack/' } }); return null; } catch (e) { return e.message; }`);
+  const err = await inPage(`try { await J.create({ source: { pack: '/pack/', retries: 1 } }); return null; } catch (e) { return e.message; }`);
   assert.ok(err, 'the interrupted load must fail');
   state.shardBudget = Infinity;
   await inPage(`window.__engine = await J.create({ source: { pack: '/pack/' } });`);
@@ -219,6 +364,103 @@ await test('a corrupted shard is rejected and fetched again', async () => {
   assert.equal((state.counts.get(`/pack/${victim}`) || 0) - n0, 2, 'fetched twice');
 });
 
+await test('a manifest naming shards outside the pack is refused before anything else is fetched', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  await clearStore();
+  fs.mkdirSync(path.join(e2e, 'evil'), { recursive: true });
+  const names = ['../native/expected.json', 'https://example.invalid/x.bin', `${'A'.repeat(64)}.bin`];
+  const seen = new Map([...state.counts]);
+  for (const file of names) {
+    fs.writeFileSync(path.join(e2e, 'evil/manifest.json'), JSON.stringify({ ...manifest, shards: [{ ...manifest.shards[0], file }, ...manifest.shards.slice(1)] }));
+    const r = await inPage(`try { await J.create({ source: { pack: '/evil/' } }); return null; } catch (e) { return { kind: e.kind, message: e.message }; }`);
+    assert.equal(r && r.kind, 'bad-weights', JSON.stringify(r));
+    assert.match(r.message, /shard name/);
+  }
+  const fetched = [...state.counts].filter(([p, n]) => n !== seen.get(p) && !/^\/evil\/manifest\.json$|\.(js|wasm|html)$/.test(p)).map(([p]) => p);
+  assert.deepEqual(fetched, [], 'nothing but the manifest (and the app) was requested');
+});
+
+await test('a shard response longer than the manifest declares is cut off and refused', async () => {
+  await clearStore();
+  state.padOnce.add(shardFiles[2]);
+  const r = await inPage(`try { await J.create({ source: { pack: '/pack/', retries: 1 } }); return null; } catch (e) { return { kind: e.kind, message: e.message }; }`);
+  assert.equal(r && r.kind, 'bad-weights', JSON.stringify(r));
+  assert.match(r.message, /larger than/);
+  const { shards } = await storeContents();
+  assert.ok(!shards.includes(shardFiles[2]), 'the oversized shard was not stored');
+});
+
+await test('two pages importing and deleting at once end with one complete, loadable copy', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  await clearStore();
+  const page2 = await context.newPage();
+  try {
+    await page2.goto(`${url}/e2e/test.html`);
+    state.shardDelay = 150;
+    // Page 1 imports; while its download is under way, page 2 deletes the model and imports it again.
+    const first = inPage(`
+      const e = await J.create({ source: { pack: '/pack/' }, onprogress: (p) => { if (p.phase === 'download') window.__downloading = true; } });
+      const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+      e.terminate();
+      return t;
+    `, expected.chat.prompt);
+    await page.waitForFunction(() => window.__downloading, null, { timeout: 60000 });
+    const second = inPageOf(page2, `
+      await J.deleteStored({ pack: '/pack/' });
+      const e = await J.create({ source: { pack: '/pack/' } });
+      const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+      e.terminate();
+      return t;
+    `, expected.chat.prompt);
+    const [a, b] = await Promise.all([first, second]);
+    assert.equal(a, expected.chat.reply);
+    assert.equal(b, expected.chat.reply);
+  } finally {
+    state.shardDelay = 0;
+    await page2.close();
+  }
+  const { records, shards } = await storeContents();
+  assert.equal(records.length, 1);
+  assert.ok(records[0].complete, JSON.stringify(records));
+  assert.deepEqual(new Set(shards), new Set(shardFiles));
+  // Loadable with the pack server gone: the copy is whole.
+  state.packOffline = true;
+  try {
+    const text = await inPage(`const e = await J.create({ source: { pack: '/pack/' } }); const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 }); e.terminate(); return t;`, expected.chat.prompt);
+    assert.equal(text, expected.chat.reply);
+  } finally {
+    state.packOffline = false;
+  }
+});
+
+await test('an updated pack replaces the stored copy and its superseded shards are deleted', async () => {
+  const pack2 = JSON.parse(fs.readFileSync(path.join(e2e, 'pack2/manifest.json'), 'utf8')).shards.map((s) => s.file);
+  assert.equal(pack2.filter((f) => shardFiles.includes(f)).length, 0, 'the two packs share no shard');
+  await page.goto(`${url}/e2e/test.html`);
+  await clearStore();
+  await inPage(`(await J.create({ source: { pack: '/pack/' } })).terminate();`);
+  for (const [dir, want] of [['pack2', pack2], [null, shardFiles]]) {
+    state.remap = dir ? { '/pack/': path.join(e2e, dir) } : {};
+    try {
+      const r = await inPage(`
+        const e = await J.create({ source: { pack: '/pack/' } });
+        const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+        e.terminate();
+        return { t, downloaded: e.info.downloaded };
+      `, expected.chat.prompt);
+      assert.equal(r.t, expected.chat.reply);
+      assert.ok(r.downloaded > 0);
+    } finally {
+      state.remap = {};
+    }
+    const { records, shards } = await storeContents();
+    assert.equal(records.length, 1);
+    assert.ok(records[0].complete && !records[0].pending, JSON.stringify(records[0]));
+    assert.deepEqual(new Set(records[0].shards), new Set(want));
+    assert.deepEqual(new Set(shards), new Set(want), 'exactly the current shards are stored');
+  }
+});
+
 await test('the app page: chat and drawing through the interface (screenshots in artifacts/)', async () => {
   await page.goto(`${url}/index.html?pack=/pack/`);
   const app = page.locator('janus-flow');
@@ -234,7 +476,39 @@ await test('the app page: chat and drawing through the interface (screenshots in
   await page.screenshot({ path: path.join(artifacts, 'app-generated.png') });
 });
 
+await test('the app keeps the conversation across a lost GPU device (it reloads and answers the whole conversation)', async () => {
+  await page.goto(`${url}/index.html?pack=/pack/`);
+  const app = page.locator('janus-flow');
+  await appReady(app);
+  await greedyChatInApp(app);
+  await page.evaluate(() => document.querySelector('janus-flow').engine.debugLoseDevice('token'));
+  await app.locator('textarea').fill('And what else?');
+  await app.locator('textarea').press('Enter');
+  await page.waitForFunction(() => {
+    const el = document.querySelector('janus-flow');
+    return el.messages.length === 4 && !el.shadowRoot.querySelector('button.primary').disabled;
+  }, null, { timeout: 120000 });
+  const r = await page.evaluate(async () => {
+    const el = document.querySelector('janus-flow');
+    const bubbles = [...el.shadowRoot.querySelectorAll('.msg')].map((b) => b.textContent);
+    const status = el.shadowRoot.querySelector('.status').textContent;
+    // The reference: the same conversation answered from scratch by the reloaded engine.
+    await el.engine.reset();
+    const again = await el.engine.chat(el.messages.slice(0, 3), { temperature: 0, maxTokens: 24 });
+    return { bubbles, status, again, reply: el.messages[3].content };
+  });
+  assert.equal(r.bubbles.length, 4, JSON.stringify(r.bubbles));
+  assert.equal(r.bubbles[1], expected.chat.reply, 'the first answer is still shown');
+  assert.equal(r.bubbles[3], r.reply);
+  assert.equal(r.reply, r.again);
+  assert.match(r.status, /reloaded/);
+});
+
 await test('offline: after a complete load the app starts and runs with the network off', async () => {
+  if (!page.url().endsWith('/index.html?pack=/pack/')) {
+    await page.goto(`${url}/index.html?pack=/pack/`);
+    await appReady(page.locator('janus-flow'));
+  }
   await page.evaluate(async () => {
     await navigator.serviceWorker.ready;
   });
@@ -265,6 +539,14 @@ await test('the browser benchmark page reports its figures (artifacts/browser-be
   if (/swiftshader/i.test(f.adapter)) assert.equal(f.gpu_tuning, false);
 });
 
+await test('error screens offer "Try again" and "Delete and start over"', async () => {
+  await page.goto(`${url}/index.html?pack=/nowhere/`);
+  const app = page.locator('janus-flow');
+  await app.locator('.error').waitFor({ timeout: 60000 });
+  assert.ok(await app.locator('button.retry', { hasText: 'Try again' }).count());
+  assert.ok(await app.locator('button.start-over', { hasText: 'Delete and start over' }).count());
+});
+
 // The Hugging Face layout, converted in the worker while it downloads (the same Rust converter as
 // `janusflow convert`, so the stored pack must be byte-identical to the CLI's pack).
 const hfSource = { hf: { model: '/hf/model/', vae: '/hf/vae/', shardSize: 262144, retries: 1 } };
@@ -273,7 +555,7 @@ const hfRecord = () => page.evaluate(async (key) => {
   const rec = await new Promise((res) => { const q = db.transaction('packs').objectStore('packs').get(key); q.onsuccess = () => res(q.result); });
   db.close();
   return rec ? { complete: rec.complete, shards: rec.shards, manifest: rec.manifestText ? JSON.parse(rec.manifestText) : null } : null;
-}, `hf:${url}/hf/model/|${url}/hf/vae/`);
+}, `hf:${url}/hf/model/|${url}/hf/vae/|q4`);
 const hfBytes = ['model.safetensors', 'vae/diffusion_pytorch_model.safetensors'].reduce((a, f) => a + fs.statSync(path.join(root, 'tests/fixtures/tiny', f)).size, 0);
 const dataStart = 8 + Number(fs.readFileSync(path.join(root, 'tests/fixtures/tiny/model.safetensors')).readBigUInt64LE(0));
 const dataRanges = (file) => state.ranges.filter((r) => r.path === file && r.start >= dataStart);
@@ -333,6 +615,20 @@ await test('an interrupted Hugging Face download resumes by Range: at the byte w
   assert.equal(text, expected.chat.reply);
 });
 
+await test('Hugging Face presets are stored side by side: converting q8 keeps the q4 copy, deleting q8 leaves q4 whole', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  await inPage(`(await J.create({ source: arg })).terminate();`, hfSource);
+  await inPage(`(await J.create({ source: arg, quant: 'q8' })).terminate();`, hfSource);
+  let { records } = await storeContents();
+  const presets = records.filter((r) => r.key.startsWith('hf:')).map((r) => `${r.preset}:${r.complete}`).sort();
+  assert.deepEqual(presets, ['q4:true', 'q8:true']);
+  await inPage(`await J.deleteStored(arg, { quant: 'q8' });`, hfSource);
+  const after = await storeContents();
+  const q4 = after.records.find((r) => r.key.endsWith('|q4'));
+  assert.ok(q4 && q4.complete && after.records.every((r) => !r.key.endsWith('|q8')));
+  assert.ok(q4.shards.every((f) => after.shards.includes(f)), 'every q4 shard is still there');
+});
+
 await test('the app page with the Hugging Face layout: consent shows both sizes, then it converts and chats', async () => {
   await page.goto(`${url}/e2e/test.html`);
   await clearStore();
@@ -342,8 +638,14 @@ await test('the app page with the Hugging Face layout: consent shows both sizes,
   await download.waitFor({ timeout: 120000 });
   const text = await app.locator('.screen').innerText();
   assert.match(text, /to download, converted to .* as they arrive/);
+  assert.ok(text.includes(`From ${new URL(url).host}`), `the consent screen names the host: ${text}`);
   await appReady(app);
   await greedyChatInApp(app);
+});
+
+await test('no Content-Security-Policy violation was reported during the run', async () => {
+  await new Promise((res) => setTimeout(res, 500));
+  assert.deepEqual(state.cspReports, []);
 });
 
 await browser.close();

@@ -2,7 +2,13 @@
 // Hub (single HTTP Range requests are honoured, as the Hub's CDN does), with switches the tests
 // use: go offline, drop the connection after N shards, corrupt a shard once, cut the next
 // .safetensors response after N bytes or all of them once a byte budget is spent, count requests
-// per path and record the ranges asked for.
+// per path and record the ranges asked for, answer garbage for a pack manifest, pad a shard
+// beyond its size, serve another folder under a mount (a pack update).
+//
+// Every HTML and script response carries a strict Content-Security-Policy (scripts and styles
+// from this origin only, wasm allowed, no eval, connections to this origin only), so every
+// browser test runs under it; violations are reported to /__csp-report and kept in
+// state.cspReports (the worker and service worker obey the header sent with their own script).
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -22,11 +28,22 @@ const MIME = {
   '.webmanifest': 'application/manifest+json',
 };
 
+export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; img-src 'self' blob: data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; report-uri /__csp-report";
+
 export function startServer(mounts) {
-  const state = { offline: false, packOffline: false, shardBudget: Infinity, corruptOnce: new Set(), counts: new Map(), budget: Infinity, cutOnce: 0, ranges: [], served: 0 };
+  const state = { offline: false, packOffline: false, shardBudget: Infinity, corruptOnce: new Set(), padOnce: new Set(), counts: new Map(), budget: Infinity, cutOnce: 0, ranges: [], served: 0, garbageManifest: null, remap: {}, cspReports: [], shardDelay: 0 };
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     const p = decodeURIComponent(url.pathname);
+    if (p === '/__csp-report' && req.method === 'POST') {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => {
+        state.cspReports.push(body);
+        res.writeHead(204).end();
+      });
+      return;
+    }
     state.counts.set(p, (state.counts.get(p) || 0) + 1);
     if (state.offline || (state.packOffline && p.startsWith('/pack/'))) {
       req.socket.destroy();
@@ -34,12 +51,24 @@ export function startServer(mounts) {
     }
     const mount = Object.keys(mounts).sort((a, b) => b.length - a.length).find((m) => p.startsWith(m));
     if (!mount) return notFound(res);
-    let file = path.join(mounts[mount], p.slice(mount.length));
-    if (!file.startsWith(mounts[mount])) return notFound(res);
+    if (state.garbageManifest != null && mount === '/pack/' && p.endsWith('/manifest.json')) {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-cache' });
+      return res.end(state.garbageManifest);
+    }
+    const dir = state.remap[mount] || mounts[mount];
+    let file = path.join(dir, p.slice(mount.length));
+    if (!file.startsWith(dir)) return notFound(res);
     if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
     if (!fs.existsSync(file)) return notFound(res);
     const type = MIME[path.extname(file)] || 'application/octet-stream';
     const headers = { 'content-type': type, 'cache-control': 'no-cache', 'accept-ranges': 'bytes' };
+    if (/\.(html|js|mjs)$/.test(file)) headers['content-security-policy'] = CSP;
+    if (p.endsWith('.bin') && state.shardDelay > 0 && !req.delayed) {
+      // A slow CDN: each shard waits, so other pages can act while a download is under way.
+      req.delayed = true;
+      state.counts.set(p, state.counts.get(p) - 1);
+      return setTimeout(() => server.emit('request', req, res), state.shardDelay);
+    }
     if (p.endsWith('.bin')) {
       if (state.shardBudget <= 0) {
         req.socket.destroy();
@@ -52,6 +81,12 @@ export function startServer(mounts) {
         state.corruptOnce.delete(name);
         body = Buffer.from(body);
         body[body.length >> 1] ^= 0xff;
+      }
+      if (state.padOnce.has(name)) {
+        // More bytes than the manifest declares, chunked (no Content-Length to refuse it early).
+        state.padOnce.delete(name);
+        res.writeHead(200, headers);
+        return res.end(Buffer.concat([body, Buffer.alloc(65536)]));
       }
       res.writeHead(200, { ...headers, 'content-length': body.length });
       return res.end(body);
