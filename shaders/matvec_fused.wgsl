@@ -47,7 +47,11 @@ struct Params {
 
 //#include quant.wgsl
 
-var<workgroup> partial: array<vec2<f32>, 256>; // per lane: (Σ w·x·g, Σ x²)
+var<workgroup> partial: array<f32, 256>; // per lane: Σ w·x(·g)
+#if NORMED
+#else
+var<workgroup> squares: array<f32, 32>;  // group 0's lanes: Σ x²
+#endif
 
 // The chunk row that lane group `grp` (0..8) of workgroup `wg` computes, or N when none. Group
 // pairs (2j, 2j+1) hold neighbouring rows: a rotation pair (QKV) or a (gate, up) pair.
@@ -64,23 +68,25 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     // subgroup/SIMD batch takes the branch or none does; a CPU rasteriser then skips it for
     // the other seven, where staging h in workgroup memory would cost a barrier round trip).
     let xb = p.x_off / 4u;
-    var acc = vec2<f32>(0.0);
+    var acc = 0.0;
 #if NORMED
     if (n < p.N) {
         for (var k = lane * 4u; k < p.K; k += 128u) {
-            acc.x += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
+            acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
     }
 #else
     if (grp == 0u) {
+        var ss = 0.0;
         for (var k = lane; k < p.K / 4u; k += 32u) {
             let xv = x[xb + k];
-            acc.y += dot(xv, xv);
+            ss += dot(xv, xv);
         }
+        squares[lane] = ss;
     }
     if (n < p.N) {
         for (var k = lane * 4u; k < p.K; k += 128u) {
-            acc.x += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u] * g[k / 4u]);
+            acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u] * g[k / 4u]);
         }
     }
 #endif
@@ -89,17 +95,23 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     for (var s = 16u; s > 0u; s >>= 1u) {
         if (lane < s) {
             partial[li] += partial[li + s];
+#if NORMED
+#else
+            if (grp == 0u) {
+                squares[lane] += squares[lane + s];
+            }
+#endif
         }
         workgroupBarrier();
     }
 #if NORMED
     let inv = 1.0;
 #else
-    let inv = 1.0 / sqrt(partial[0].y / f32(p.K) + p.eps);
+    let inv = 1.0 / sqrt(squares[0] / f32(p.K) + p.eps);
 #endif
 #if PLAIN
     if (lane == 0u && n < p.N) {
-        y[p.y_off + p.row0 + n] = partial[li].x * inv;
+        y[p.y_off + p.row0 + n] = partial[li] * inv;
     }
 #else
     // Four epilogue lanes, one per row pair.
@@ -110,8 +122,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     if (r >= p.N) {
         return;
     }
-    let va = partial[2u * li * 32u].x * inv;
-    let vb = partial[(2u * li + 1u) * 32u].x * inv;
+    let va = partial[2u * li * 32u] * inv;
+    let vb = partial[(2u * li + 1u) * 32u] * inv;
 #if QKV
     let half = p.D / 2u;
     let row = p.row0 + r;           // global row of the pair's first half (even)
