@@ -4,7 +4,6 @@
 // Works on a band of output rows so that no binding exceeds the device limit: x and y are
 // bound as windows starting at input row `in_row0` and output row `out_row0`.
 // Defines: one of F32/F16/Q8/Q4 (weights [Cout, ks·ks·Cin]); BIAS (always); ADD (residual accumulate);
-//   NORM: apply GroupNorm then SiLU to each input value as it is loaded (zero padding stays 0);
 //   UPSAMPLE: the conv reads a nearest-neighbour ×2 upsampling of x (x is H/2 × W/2);
 //   GPU_TILE: the 64×64 tiling of gemm_tile64.wgsl (real GPUs) instead of gemm_tile.wgsl's 128×128.
 
@@ -24,7 +23,6 @@ struct Params {
     y_stride: u32, // elements per output pixel (Cout)
     row0: u32,     // first output channel of this weight chunk
     soff: u32,     // word offset of the group scales inside w
-    cpg: u32,      // NORM: channels per group
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,11 +30,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // input window [rows, W_in, Cin]
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;      // output window [M, y_stride]
 @group(0) @binding(4) var<storage, read> bias: array<f32>;         // [Cout] (BIAS is always defined)
-#if NORM
-@group(0) @binding(5) var<storage, read> gn: array<vec2<f32>>;     // [groups] (mean, 1/std)
-@group(0) @binding(6) var<storage, read> gn_w: array<f32>;         // [Cin] γ
-@group(0) @binding(7) var<storage, read> gn_b: array<f32>;         // [Cin] β
-#endif
 
 //#include quant.wgsl
 //#include linear_out.wgsl
@@ -58,16 +51,7 @@ fn load_x4(m: u32, k: u32) -> vec4<f32> {
     let sy = u32(iy);
     let sx = u32(ix);
 #endif
-    var v = x[(((sy - p.in_row0) * p.W_in + sx) * p.Cin + ci) / 4u];
-#if NORM
-    for (var j = 0u; j < 4u; j++) {
-        let c = ci + j;
-        let st = gn[c / p.cpg];
-        let t = (v[j] - st.x) * st.y * gn_w[c] + gn_b[c];
-        v[j] = silu(t);
-    }
-#endif
-    return v;
+    return x[(((sy - p.in_row0) * p.W_in + sx) * p.Cin + ci) / 4u];
 }
 
 #if GPU_TILE

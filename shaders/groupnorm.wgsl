@@ -3,7 +3,9 @@
 //   STATS: per (pixel chunk, group) the count, mean and M2 (two passes over the chunk, so no
 //          catastrophic cancellation); the map may be bound as a window (band of pixels).
 //   FINAL: merges the chunk partials of each group (Chan's formula) → (mean, 1/sqrt(var + eps)).
-//   APPLY: y = (x − mean)·rstd·γ + β (out of place), for the attention's input norm.
+//   APPLY: y = (x − mean)·rstd·γ + β, for the attention's input norm; SILU: then y = silu(y), the
+//          VAE's GroupNorm + SiLU before each convolution, written once so that the convolution
+//          loads plain values; INPLACE: y is x (one binding). The map may be bound as a window.
 
 struct Params {
     P: u32,      // pixels in this window
@@ -86,11 +88,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 #endif
 
 #if APPLY
-@group(0) @binding(1) var<storage, read> x: array<f32>;            // [P, C]
-@group(0) @binding(2) var<storage, read> gn: array<vec2<f32>>;     // [G]
-@group(0) @binding(3) var<storage, read> gn_w: array<f32>;         // [C]
-@group(0) @binding(4) var<storage, read> gn_b: array<f32>;         // [C]
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;      // [P, C]
+#if INPLACE
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;      // window [P, C], normalised in place
+#else
+@group(0) @binding(1) var<storage, read> x: array<f32>;            // window [P, C]
+#endif
+@group(0) @binding(2) var<storage, read> gn: array<vec2<f32>>;     // [G] (mean, 1/std)
+@group(0) @binding(3) var<storage, read> gn_w: array<f32>;         // [C] γ
+@group(0) @binding(4) var<storage, read> gn_b: array<f32>;         // [C] β
+#if INPLACE
+#else
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;      // window [P, C]
+#endif
+
+//#include activation.wgsl
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -100,6 +111,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let c = i % p.C;
     let st = gn[c / p.cpg];
-    y[i] = (x[i] - st.x) * st.y * gn_w[c] + gn_b[c];
+#if INPLACE
+    let v = y[i];
+#else
+    let v = x[i];
+#endif
+    let t = (v - st.x) * st.y * gn_w[c] + gn_b[c];
+#if SILU
+    y[i] = silu(t);
+#else
+    y[i] = t;
+#endif
 }
 #endif

@@ -447,22 +447,12 @@ impl Map<'_> {
     }
 }
 
-/// GroupNorm applied (with SiLU) to a convolution's input as it is read.
-#[derive(Clone, Copy)]
-pub struct GnSilu<'a> {
-    /// [groups] (mean, 1/std) from [`groupnorm_stats`].
-    pub stats: &'a wgpu::Buffer,
-    pub gamma: &'a wgpu::Buffer,
-    pub beta: &'a wgpu::Buffer,
-    pub groups: usize,
-}
-
 /// Stride-1, zero-padded ks×ks convolution y (+)= conv(x̃) + bias over channels-last maps, where
-/// x̃ is x, optionally GroupNorm+SiLU'd (`norm`) and nearest-upsampled ×2 (`upsample`).
+/// x̃ is x, optionally nearest-upsampled ×2 (`upsample`).
 /// `w` is [Cout, ks·ks·Cin] (taps major, input channels minor). Works in bands of output rows so
 /// that every bound window stays within the device's binding limit.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x: Map, upsample: bool, norm: Option<GnSilu>, y: Map, add: bool) {
+pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x: Map, upsample: bool, y: Map, add: bool) {
     let up = if upsample { 2 } else { 1 };
     assert_eq!((x.h * up, x.w * up, x.c), (y.h, y.w, w.k / (ks * ks)), "conv2d shapes");
     assert_eq!(w.n, y.c);
@@ -484,9 +474,6 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
     if upsample {
         defines.push("UPSAMPLE");
     }
-    if norm.is_some() {
-        defines.push("NORM");
-    }
     let tuned = rec.gpu.gpu_tuned();
     if tuned {
         defines.push("GPU_TILE");
@@ -502,7 +489,6 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
         assert!(xr.1 % 256 == 0 && yr.1 % 256 == 0, "conv2d band offsets must be 256-byte aligned");
         let m = (r1 - r0) * y.w;
         for c in &w.chunks {
-            let cpg = norm.map(|g| x.c / g.groups).unwrap_or(1);
             let params = [
                 m as u32,
                 c.rows as u32,
@@ -519,12 +505,8 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
                 y.c as u32,
                 c.row0 as u32,
                 c.soff,
-                cpg as u32,
             ];
-            let mut bufs = vec![(&c.buf, 0, None), xr, yr, (bias, 0, None)];
-            if let Some(g) = norm {
-                bufs.extend([(g.stats, 0, None), (g.gamma, 0, None), (g.beta, 0, None)]);
-            }
+            let bufs = [(&c.buf, 0, None), xr, yr, (bias, 0, None)];
             rec.dispatch_ranges(p.clone(), &params, &bufs, [(c.rows as u32).div_ceil(tile_n), (m as u32).div_ceil(tile_m), 1]);
         }
         r0 = r1;
@@ -557,11 +539,31 @@ pub fn groupnorm_stats(rec: &mut Recorder, x: Map, groups: usize, eps: f32, part
     rec.dispatch(p2, &params, &[partials, stats], [(groups as u32).div_ceil(64), 1, 1]);
 }
 
-/// y = GroupNorm(x) (no activation), for maps that fit one binding.
+/// The GroupNorm of `x` (statistics from [`groupnorm_stats`]), then SiLU when `silu`, written to
+/// `y` or, with `y` None, over `x` in place. Works in windows of pixels within the binding limit.
 #[allow(clippy::too_many_arguments)]
-pub fn groupnorm_apply(rec: &mut Recorder, x: Map, groups: usize, stats: &wgpu::Buffer, gamma: &wgpu::Buffer, beta: &wgpu::Buffer, y: &wgpu::Buffer) {
+pub fn groupnorm_apply(rec: &mut Recorder, x: Map, groups: usize, stats: &wgpu::Buffer, gamma: &wgpu::Buffer, beta: &wgpu::Buffer, y: Option<&wgpu::Buffer>, silu: bool) {
     let (pixels, c) = (x.h * x.w, x.c);
-    let p = pipeline(rec.gpu, "groupnorm.wgsl", &["APPLY"]);
-    let params = [pixels as u32, c as u32, (c / groups) as u32, 0, 0, 0, 0];
-    rec.dispatch(p, &params, &[x.buf, stats, gamma, beta, y], grid(((pixels * c) as u32).div_ceil(256)));
+    let mut defines = vec!["APPLY"];
+    if silu {
+        defines.push("SILU");
+    }
+    if y.is_none() {
+        defines.push("INPLACE");
+    }
+    let p = pipeline(rec.gpu, "groupnorm.wgsl", &defines);
+    // Window starts stay 256-byte aligned (storage binding offsets must be).
+    let per_window = ((rec.gpu.max_binding() / (c as u64 * 4)) as usize / 64).max(1) * 64;
+    let mut px0 = 0;
+    while px0 < pixels {
+        let n = per_window.min(pixels - px0);
+        let params = [n as u32, c as u32, (c / groups) as u32, 0, 0, 0, 0];
+        let win = |b| (b, (px0 * c * 4) as u64, Some((n * c * 4) as u64));
+        let mut bufs = vec![win(x.buf), (stats, 0, None), (gamma, 0, None), (beta, 0, None)];
+        if let Some(y) = y {
+            bufs.push(win(y));
+        }
+        rec.dispatch_ranges(p.clone(), &params, &bufs, grid(((n * c) as u32).div_ceil(256)));
+        px0 += n;
+    }
 }

@@ -3,17 +3,19 @@
 //! conv) → GroupNorm + SiLU → conv_out → clamp → 8-bit RGB.
 //!
 //! Everything is computed in f32 (the SDXL VAE overflows in f16); weights may be stored f16.
-//! Maps are channels-last [H, W, C]; GroupNorm+SiLU is applied inside the following convolution's
-//! input loads and the ×2 upsampling inside the upsampler's convolution, so neither the normalised
-//! nor the upsampled map is ever stored. Large maps (256 × 384² f32 = 151 MB) are convolved in
-//! bands of rows, each within the binding limit.
+//! Maps are channels-last [H, W, C]. GroupNorm+SiLU is its own elementwise pass, written into a
+//! spare map or over one no longer needed raw (no extra memory), so each convolution loads plain
+//! values: applied inside the convolution's loads it was redone for every tap and output tile and
+//! made those convolutions ~9× slower. The ×2 upsampling is read inside the upsampler's
+//! convolution, so the upsampled map is never stored. Large maps (256 × 384² f32 = 151 MB) are
+//! convolved in bands of rows, each within the binding limit.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
 use crate::config::VaeConfig;
-use crate::gpu::kernels::{self, AttnShape, GnSilu, Map, Out};
+use crate::gpu::kernels::{self, AttnShape, Map, Out};
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
 use crate::weights::preset::quant_for;
 use crate::weights::quant::{Quant, QuantBlob};
@@ -208,26 +210,33 @@ impl VaeDecoder {
         3 * most as u64 * 4
     }
 
+    /// GroupNorm + SiLU of x, then conv1; GroupNorm + SiLU of that, then conv2 onto the residual.
+    /// The normalised maps are written once (the convolutions then load plain values): into the
+    /// spare buffer, or over a map that is not needed raw any more.
     fn resnet(&self, rec: &mut Recorder, r: &ResNet, b: &Bufs, cur: usize, h: usize, w: usize) -> usize {
         let groups = self.cfg.norm_groups;
         let x = Map { buf: &b.maps[cur], h, w, c: r.cin };
         let (t, o) = ((cur + 1) % 3, (cur + 2) % 3);
         let hid = Map { buf: &b.maps[t], h, w, c: r.cout };
         kernels::groupnorm_stats(rec, x, groups, EPS, &b.partials, &b.stats);
-        let gn1 = GnSilu { stats: &b.stats, gamma: &r.norm1.0.buf, beta: &r.norm1.1.buf, groups };
-        kernels::conv2d(rec, &r.conv1.0, 3, &r.conv1.1.buf, x, false, Some(gn1), hid, false);
         // The residual: x itself (accumulated into in place) or its 1×1 projection.
-        let (res, out) = match &r.shortcut {
-            None => (x, cur),
+        let (res, out, xn) = match &r.shortcut {
+            None => {
+                let xn = Map { buf: &b.maps[o], ..x };
+                kernels::groupnorm_apply(rec, x, groups, &b.stats, &r.norm1.0.buf, &r.norm1.1.buf, Some(xn.buf), true);
+                (x, cur, xn)
+            }
             Some(sc) => {
                 let y = Map { buf: &b.maps[o], h, w, c: r.cout };
-                kernels::conv2d(rec, &sc.0, 1, &sc.1.buf, x, false, None, y, false);
-                (y, o)
+                kernels::conv2d(rec, &sc.0, 1, &sc.1.buf, x, false, y, false);
+                kernels::groupnorm_apply(rec, x, groups, &b.stats, &r.norm1.0.buf, &r.norm1.1.buf, None, true);
+                (y, o, x)
             }
         };
+        kernels::conv2d(rec, &r.conv1.0, 3, &r.conv1.1.buf, xn, false, hid, false);
         kernels::groupnorm_stats(rec, hid, groups, EPS, &b.partials, &b.stats);
-        let gn2 = GnSilu { stats: &b.stats, gamma: &r.norm2.0.buf, beta: &r.norm2.1.buf, groups };
-        kernels::conv2d(rec, &r.conv2.0, 3, &r.conv2.1.buf, hid, false, Some(gn2), res, true);
+        kernels::groupnorm_apply(rec, hid, groups, &b.stats, &r.norm2.0.buf, &r.norm2.1.buf, None, true);
+        kernels::conv2d(rec, &r.conv2.0, 3, &r.conv2.1.buf, hid, false, res, true);
         out
     }
 
@@ -238,7 +247,7 @@ impl VaeDecoder {
         let buf = |label: &str| gpu.storage_buffer(label, (n * c * 4) as u64);
         let (hn, q, k, v, o) = (buf("vae-attn-norm"), buf("vae-q"), buf("vae-k"), buf("vae-v"), buf("vae-attn-out"));
         kernels::groupnorm_stats(rec, x, self.cfg.norm_groups, EPS, &b.partials, &b.stats);
-        kernels::groupnorm_apply(rec, x, self.cfg.norm_groups, &b.stats, &a.norm.0.buf, &a.norm.1.buf, &hn);
+        kernels::groupnorm_apply(rec, x, self.cfg.norm_groups, &b.stats, &a.norm.0.buf, &a.norm.1.buf, Some(&hn), false);
         let to = |buf, add| Out { buf, off: 0, stride: c, add };
         kernels::linear(rec, &a.q.0, Some(&a.q.1.buf), &hn, 0, n, to(&q, false));
         kernels::linear(rec, &a.k.0, Some(&a.k.1.buf), &hn, 0, n, to(&k, false));
@@ -285,12 +294,12 @@ impl VaeDecoder {
         let input = match &self.post_quant {
             Some(pq) => {
                 let m = Map { buf: &b.maps[1], h, w, c: zc };
-                kernels::conv2d(&mut rec, &pq.0, 1, &pq.1.buf, zmap, false, None, m, false);
+                kernels::conv2d(&mut rec, &pq.0, 1, &pq.1.buf, zmap, false, m, false);
                 m
             }
             None => zmap,
         };
-        kernels::conv2d(&mut rec, &self.conv_in.0, 3, &self.conv_in.1.buf, input, false, None, Map { buf: &b.maps[0], h, w, c: c0 }, false);
+        kernels::conv2d(&mut rec, &self.conv_in.0, 3, &self.conv_in.1.buf, input, false, Map { buf: &b.maps[0], h, w, c: c0 }, false);
         let mut cur = self.resnet(&mut rec, &self.mid1, &b, 0, h, w);
         if let Some(a) = &self.attn {
             self.attention(&mut rec, a, &b, cur, h, w)?;
@@ -306,16 +315,16 @@ impl VaeDecoder {
                 let next = (cur + 1) % 3;
                 let x = Map { buf: &b.maps[cur], h, w, c };
                 let y = Map { buf: &b.maps[next], h: 2 * h, w: 2 * w, c };
-                kernels::conv2d(&mut rec, &upc.0, 3, &upc.1.buf, x, true, None, y, false);
+                kernels::conv2d(&mut rec, &upc.0, 3, &upc.1.buf, x, true, y, false);
                 (h, w, cur) = (2 * h, 2 * w, next);
             }
         }
         let x = Map { buf: &b.maps[cur], h, w, c };
         kernels::groupnorm_stats(&mut rec, x, groups, EPS, &b.partials, &b.stats);
-        let gn = GnSilu { stats: &b.stats, gamma: &self.norm_out.0.buf, beta: &self.norm_out.1.buf, groups };
+        kernels::groupnorm_apply(&mut rec, x, groups, &b.stats, &self.norm_out.0.buf, &self.norm_out.1.buf, None, true);
         let oc = self.cfg.out_channels;
         let out = gpu.storage_buffer("vae-rgb", (h * w * oc * 4) as u64);
-        kernels::conv2d(&mut rec, &self.conv_out.0, 3, &self.conv_out.1.buf, x, false, Some(gn), Map { buf: &out, h, w, c: oc }, false);
+        kernels::conv2d(&mut rec, &self.conv_out.0, 3, &self.conv_out.1.buf, x, false, Map { buf: &out, h, w, c: oc }, false);
         rec.finish();
         gpu.read_f32(&out, 0, h * w * oc).await
     }
