@@ -161,12 +161,13 @@ export async function putShard(name, buffer, key, record) {
     throw kindError(`shard ${name} failed verification (its SHA-256 is ${sha})`, KIND.corrupt, { retry: true });
   }
   const db = await openDb();
-  const tx = db.transaction(['shards', 'packs'], 'readwrite');
-  tx.objectStore('shards').put(buffer, name);
-  if (key) tx.objectStore('packs').put(record, key);
   try {
+    const tx = db.transaction(['shards', 'packs'], 'readwrite');
+    tx.objectStore('shards').put(buffer, name);
+    if (key) tx.objectStore('packs').put(record, key);
     await done(tx, `storing shard ${name}`);
   } catch (e) {
+    e = idbError(e, `storing shard ${name}`);
     if (e.kind === KIND.quota) {
       const est = navigator.storage && navigator.storage.estimate ? await navigator.storage.estimate().catch(() => ({})) : {};
       throw kindError(`the browser refused to store more weights (quota exceeded: ${mib(est.usage)} used of ${mib(est.quota)}); free some space or delete other sites' data`, KIND.quota);

@@ -4,6 +4,7 @@
 // native CLI's answers on the same checkpoint and preset).
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
+import crypto from 'node:crypto';
 import path from 'node:path';
 import assert from 'node:assert/strict';
 import { startServer, CSP } from './server.mjs';
@@ -12,6 +13,18 @@ const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../.
 const e2e = path.resolve(process.env.E2E_DIR || path.join(root, 'target/e2e'));
 const artifacts = path.join(root, 'artifacts');
 fs.mkdirSync(artifacts, { recursive: true });
+
+// The service worker caches exactly the shell pkg/shell.js lists, verified: a www/ file edited
+// since it was written would make it refuse to install (and the offline test wait forever).
+{
+  const shell = fs.readFileSync(path.join(root, 'www/pkg/shell.js'), 'utf8');
+  const files = JSON.parse(/JANUS_SHELL = (\{.*\});/.exec(shell)[1]).files;
+  const stale = Object.entries(files).filter(([f, sha]) => !fs.existsSync(path.join(root, 'www', f)) || crypto.createHash('sha256').update(fs.readFileSync(path.join(root, 'www', f))).digest('hex') !== sha);
+  if (stale.length) {
+    console.error(`www/pkg/shell.js is stale (${stale.map(([f]) => f).join(', ')}): run ./build.sh e2e, which writes it again`);
+    process.exit(1);
+  }
+}
 
 const expected = JSON.parse(fs.readFileSync(path.join(e2e, 'expected.json'), 'utf8'));
 const manifest = JSON.parse(fs.readFileSync(path.join(e2e, 'pack/manifest.json'), 'utf8'));
@@ -163,8 +176,45 @@ await test('every page runs under the strict CSP header (inline script blocked, 
     const html = fs.readFileSync(path.join(root, 'www', f), 'utf8');
     assert.match(html, /<meta http-equiv="Content-Security-Policy" content="default-src 'self'; script-src 'self' 'wasm-unsafe-eval';/, f);
     assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/, `${f} has an inline script`);
-    assert.doesNotMatch(html, /unsafe-eval'|<style|\sstyle=/, `${f}: unsafe-eval or inline style`);
+    assert.doesNotMatch(html, /'unsafe-eval'|<style|\sstyle=/, `${f}: unsafe-eval or inline style`);
   }
+});
+
+await test('a quota error reported on the request (as Firefox does) rejects with an Error of kind quota, not null', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  const r = await page.evaluate(async () => {
+    const store = await import('/store.js');
+    // A write transaction whose request fails with QuotaExceededError while tx.error is still null.
+    const real = IDBDatabase.prototype.transaction;
+    IDBDatabase.prototype.transaction = function (names, mode) {
+      if (mode !== 'readwrite') return real.call(this, names, mode);
+      const tx = {
+        error: null,
+        objectStore: () => ({
+          put: () => {
+            setTimeout(() => {
+              if (tx.onerror) tx.onerror({ target: { error: new DOMException('quota', 'QuotaExceededError') } });
+              if (tx.onabort) tx.onabort();
+            });
+            return {};
+          },
+        }),
+      };
+      return tx;
+    };
+    try {
+      const buf = new Uint8Array([1, 2, 3]).buffer;
+      await store.putShard(`${await store.sha256Hex(buf)}.bin`, buf);
+      return { stored: true };
+    } catch (e) {
+      return { isError: e instanceof Error, kind: e && e.kind, message: e && e.message };
+    } finally {
+      IDBDatabase.prototype.transaction = real;
+    }
+  });
+  assert.equal(r.isError, true, JSON.stringify(r));
+  assert.equal(r.kind, 'quota');
+  assert.match(r.message, /quota/);
 });
 
 await test('first load stores every shard in IndexedDB with progress events', async () => {
@@ -390,31 +440,36 @@ await test('a shard response longer than the manifest declares is cut off and re
   assert.ok(!shards.includes(shardFiles[2]), 'the oversized shard was not stored');
 });
 
-await test('two pages importing and deleting at once end with one complete, loadable copy', async () => {
+await test('two pages importing and deleting at once: the import survives, the store stays consistent, and it ends with one complete, loadable copy', async () => {
   await page.goto(`${url}/e2e/test.html`);
   await clearStore();
   const page2 = await context.newPage();
   try {
     await page2.goto(`${url}/e2e/test.html`);
-    state.shardDelay = 150;
-    // Page 1 imports; while its download is under way, page 2 deletes the model and imports it again.
+    state.shardDelay = 400;
+    // Page 1 imports; once two of its shards are in, page 2 deletes the model.
     const first = inPage(`
-      const e = await J.create({ source: { pack: '/pack/' }, onprogress: (p) => { if (p.phase === 'download') window.__downloading = true; } });
+      const e = await J.create({ source: { pack: '/pack/' }, onprogress: (p) => { if (p.phase === 'download' && p.loaded >= 2 * 262144) window.__downloading = true; } });
       const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
       e.terminate();
       return t;
     `, expected.chat.prompt);
     await page.waitForFunction(() => window.__downloading, null, { timeout: 60000 });
-    const second = inPageOf(page2, `
-      await J.deleteStored({ pack: '/pack/' });
+    const deleted = inPageOf(page2, `await J.deleteStored({ pack: '/pack/' }); return true;`);
+    const [a, b] = await Promise.all([first.catch((e) => `failed: ${e.message}`), deleted]);
+    assert.equal(a, expected.chat.reply, 'the import in page 1 survives the delete in page 2');
+    assert.ok(b);
+    // Whatever the order, the store is consistent: every record's shards are present.
+    const mid = await storeContents();
+    for (const r of mid.records) assert.ok(r.shards.every((f) => mid.shards.includes(f)), `record ${r.key} lists missing shards`);
+    // Page 2 imports again (or finds the copy page 1 stored).
+    const again = await inPageOf(page2, `
       const e = await J.create({ source: { pack: '/pack/' } });
       const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
       e.terminate();
       return t;
     `, expected.chat.prompt);
-    const [a, b] = await Promise.all([first, second]);
-    assert.equal(a, expected.chat.reply);
-    assert.equal(b, expected.chat.reply);
+    assert.equal(again, expected.chat.reply);
   } finally {
     state.shardDelay = 0;
     await page2.close();
@@ -561,6 +616,10 @@ const dataStart = 8 + Number(fs.readFileSync(path.join(root, 'tests/fixtures/tin
 const dataRanges = (file) => state.ranges.filter((r) => r.path === file && r.start >= dataStart);
 
 await test('Hugging Face layout: converted while downloading into the CLI pack, then answers the same', async () => {
+  // These tests are about the download layer. With the app's service worker in the path (even
+  // passing requests through), Chromium drops more of a cut response's tail, so the resume test
+  // would depend on timing; the service worker is tested above.
+  await page.evaluate(async () => Promise.all((await navigator.serviceWorker.getRegistrations()).map((r) => r.unregister())));
   await page.goto(`${url}/e2e/test.html`);
   await clearStore();
   state.ranges = [];
