@@ -109,7 +109,7 @@ async function explain(e) {
   const kind = e && e.kind;
   // A loss is reported by `device.lost` a moment after the call that hit it failed: wait briefly
   // before blaming anything else (not for failures that cannot come from the GPU).
-  const cannotBeGpu = [KIND.badInput, KIND.cancelled, KIND.badWeights, KIND.network, KIND.quota, KIND.storage, KIND.corrupt].includes(kind);
+  const cannotBeGpu = [KIND.badInput, KIND.cancelled, KIND.badWeights, KIND.network, KIND.quota, KIND.storage, KIND.corrupt, KIND.config].includes(kind);
   let lost = gpu.lost;
   if (gpu.device && !lost && !cannotBeGpu) lost = await Promise.race([gpu.device.lost, sleep(500).then(() => null)]);
   if (lost && !cannotBeGpu) return { message: lostMessage(lost), kind: KIND.deviceLost };
@@ -342,7 +342,7 @@ async function upload(id, key, text, quant, bad) {
 async function load(id, { source, quant }) {
   const exports = await ensureWasm();
   const key = sourceKey(source, quant);
-  if (engine && engineKey === key && !gpu.lost) return { ...engineInfo, downloaded: 0, offline: false };
+  if (engine && engineKey === key && !gpu.lost) return { ...engineInfo, downloaded: 0, offline: false, wasmHeapBytes: exports.memory.buffer.byteLength };
   if (navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
   const waiting = () => post(id, MSG.progress, { phase: 'waiting', detail: 'another tab is downloading or deleting the model' });
   for (let attempt = 1; ; attempt++) {
