@@ -64,7 +64,7 @@ async function test(name, fn, { timeout = 240000 } = {}) {
     results.push({ name, ok: false, error: e });
     console.log(`FAIL ${name}\n${e && e.stack ? e.stack : e}`);
     // A test that failed half-way must not leave the network broken for the ones after it.
-    Object.assign(state, { offline: false, packOffline: false, shardBudget: Infinity, budget: Infinity, cutOnce: 0, garbageManifest: null, remap: {}, shardDelay: 0 });
+    Object.assign(state, { offline: false, packOffline: false, shardBudget: Infinity, budget: Infinity, cutOnce: 0, garbageManifest: null, remap: {}, shardDelay: 0, override: {} });
     state.padOnce.clear();
     state.corruptOnce.clear();
     await context.setOffline(false).catch(() => {});
@@ -580,6 +580,45 @@ await test('offline: after a complete load the app starts and runs with the netw
   } finally {
     state.offline = false;
     await context.setOffline(false);
+  }
+});
+
+await test('service worker updates: a shell whose files do not match their hashes is refused; a good one is cached whole beside the old, which keeps serving', async () => {
+  if (!page.url().endsWith('/index.html?pack=/pack/')) {
+    await page.goto(`${url}/index.html?pack=/pack/`);
+    await appReady(page.locator('janus-flow'));
+  }
+  await page.waitForFunction(() => !!navigator.serviceWorker.controller, null, { timeout: 30000 });
+  const shell = fs.readFileSync(path.join(root, 'www/pkg/shell.js'), 'utf8');
+  const version = /"version":"([0-9a-f]+)"/.exec(shell)[1];
+  const update = () => page.evaluate(async () => {
+    const reg = await navigator.serviceWorker.getRegistration();
+    await reg.update().catch(() => {});
+    const w = reg.installing;
+    if (w) await new Promise((res) => { const check = () => (w.state === 'installed' || w.state === 'redundant' ? res() : null); w.addEventListener('statechange', check); check(); });
+    return { caches: (await caches.keys()).sort(), waiting: !!reg.waiting };
+  });
+  try {
+    // A deployment caught half-way: the new list's wasm hash is not what the server sends.
+    state.override['/pkg/shell.js'] = shell.replace(/"version":"[0-9a-f]+"/, '"version":"bad0000000000000"').replace(/"pkg\/janusflow_bg\.wasm":"[0-9a-f]+"/, `"pkg/janusflow_bg.wasm":"${'0'.repeat(64)}"`);
+    const bad = await update();
+    assert.deepEqual(bad, { caches: [`janusflow-shell-${version}`], waiting: false });
+    // A consistent new version: installed into its own cache, waiting until no tab uses the old one.
+    state.override['/pkg/shell.js'] = shell.replace(/"version":"[0-9a-f]+"/, '"version":"0000000000000002"');
+    const good = await update();
+    assert.deepEqual(good, { caches: [`janusflow-shell-0000000000000002`, `janusflow-shell-${version}`], waiting: true });
+    const old = await page.evaluate(async () => {
+      const reg = await navigator.serviceWorker.getRegistration();
+      return navigator.serviceWorker.controller === reg.active && reg.waiting !== reg.active;
+    });
+    assert.ok(old, 'the page is still controlled by the old version');
+  } finally {
+    state.override = {};
+    // The tests after this one start without a service worker (the app page registers it again).
+    await page.evaluate(async () => {
+      for (const r of await navigator.serviceWorker.getRegistrations()) await r.unregister();
+      for (const k of await caches.keys()) await caches.delete(k);
+    });
   }
 });
 

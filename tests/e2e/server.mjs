@@ -3,7 +3,7 @@
 // use: go offline, drop the connection after N shards, corrupt a shard once, cut the next
 // .safetensors response after N bytes or all of them once a byte budget is spent, count requests
 // per path and record the ranges asked for, answer garbage for a pack manifest, pad a shard
-// beyond its size, serve another folder under a mount (a pack update).
+// beyond its size, serve another folder under a mount (a pack update) or other bytes for a path.
 //
 // Every HTML and script response carries a strict Content-Security-Policy (scripts and styles
 // from this origin only, wasm allowed, no eval, connections to this origin only), so every
@@ -31,7 +31,7 @@ const MIME = {
 export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; img-src 'self' blob: data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; report-uri /__csp-report";
 
 export function startServer(mounts) {
-  const state = { offline: false, packOffline: false, shardBudget: Infinity, corruptOnce: new Set(), padOnce: new Set(), counts: new Map(), budget: Infinity, cutOnce: 0, ranges: [], served: 0, garbageManifest: null, remap: {}, cspReports: [], shardDelay: 0 };
+  const state = { offline: false, packOffline: false, shardBudget: Infinity, corruptOnce: new Set(), padOnce: new Set(), counts: new Map(), budget: Infinity, cutOnce: 0, ranges: [], served: 0, garbageManifest: null, remap: {}, cspReports: [], shardDelay: 0, override: {} };
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     const p = decodeURIComponent(url.pathname);
@@ -54,6 +54,10 @@ export function startServer(mounts) {
     if (state.garbageManifest != null && mount === '/pack/' && p.endsWith('/manifest.json')) {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-cache' });
       return res.end(state.garbageManifest);
+    }
+    if (p in state.override) {
+      res.writeHead(200, { 'content-type': MIME[path.extname(p)] || 'application/octet-stream', 'cache-control': 'no-cache' });
+      return res.end(state.override[p]);
     }
     const dir = state.remap[mount] || mounts[mount];
     let file = path.join(dir, p.slice(mount.length));
