@@ -160,6 +160,9 @@ enum Cmd {
         /// and SwiftShader); default: chosen from the adapter.
         #[arg(long, value_parser = ["cpu", "gpu"])]
         shapes: Option<String>,
+        /// Also print every figure as one JSON object (the last line of the output).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -355,9 +358,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, profile, shapes } => {
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, profile, shapes, json } => {
             let opts = BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), profile, shapes };
-            bench(model.as_deref(), &opts)
+            let fig = bench(model.as_deref(), &opts)?;
+            if json {
+                println!("{}", serde_json::Value::Object(fig));
+            }
+            Ok(())
         }
     }
 }
@@ -413,28 +420,28 @@ fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: 
     }
 }
 
-fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
+/// Runs the benchmark, printing each figure as it comes; returns them all for `--json`.
+fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, serde_json::Value>> {
+    use serde_json::json;
+    let mut fig = serde_json::Map::new();
     let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, profile, ref shapes } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     if let Some(s) = shapes {
         gpu.set_gpu_tuned(s == "gpu");
     }
-    println!(
-        "device: {} ({}, {}), kernel shapes: {}",
-        gpu.summary.name,
-        gpu.summary.backend,
-        gpu.summary.device_type,
-        if gpu.gpu_tuned() { "gpu" } else { "cpu" }
-    );
+    let shapes = if gpu.gpu_tuned() { "gpu" } else { "cpu" };
+    println!("device: {} ({}, {}), kernel shapes: {shapes}", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
+    fig.insert("device".into(), json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes}));
     if profile && !gpu.profiling() {
         println!("(this adapter has no timestamp queries: no per-kernel times)");
     }
     if !no_matmul {
         let secs = janusflow::bench::matmul_f32(&gpu, 512, 2048, 2048)?;
         println!("matmul f32 [512,2048]x[2048,2048]: {:.2} ms ({:.1} GFLOP/s)", secs * 1e3, 2.0 * 512.0 * 2048.0 * 2048.0 / secs / 1e9);
+        fig.insert("matmul_f32_512x2048x2048_ms".into(), json!(secs * 1e3));
         print_profile("f32 matmul (4 runs)", &gpu.take_profile(), 4.0, "run");
     }
-    let Some(dir) = model else { return Ok(()) };
+    let Some(dir) = model else { return Ok(fig) };
     let preset = Quant::parse(quant)?;
     let src = ModelSource::open(dir)?;
     let opts = EngineOptions { preset, context: (prompt_tokens + decode_tokens + 8).max(1024), ..Default::default() };
@@ -450,6 +457,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
     let t0 = Instant::now();
     let pipelines = pollster::block_on(engine.compile_kernels())?;
     println!("compile: {pipelines} pipelines in {:.2} s", t0.elapsed().as_secs_f64());
+    fig.insert("preset".into(), json!(preset.to_string()));
     let r = pollster::block_on(janusflow::bench::llm(&engine, prompt_tokens, decode_tokens))?;
     println!("prefill: {} tokens in {:.3} s = {:.1} tokens/s", r.prompt, r.prefill_s, r.prompt as f64 / r.prefill_s);
     println!("decode: {} tokens in {:.3} s = {:.2} tokens/s", r.decoded, r.decode_s, r.decoded as f64 / r.decode_s);
@@ -462,6 +470,23 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
         r.dispatches_per_token,
         (r.dispatches_per_token - 4.0) / layers,
         r.bind_groups_per_token
+    );
+    fig.insert(
+        "chat".into(),
+        json!({
+            "prompt_tokens": r.prompt,
+            "prefill_s": r.prefill_s,
+            "prefill_tokens_per_s": r.prompt as f64 / r.prefill_s,
+            "decoded_tokens": r.decoded,
+            "decode_tokens_per_s": r.decoded as f64 / r.decode_s,
+            "submits_per_token": r.submits_per_token,
+            "bytes_read_back_per_token": r.readback_per_token,
+            "dispatches_per_token": r.dispatches_per_token,
+            "dispatches_per_layer": (r.dispatches_per_token - 4.0) / layers,
+            "bind_groups_per_token": r.bind_groups_per_token,
+            "weight_bytes_per_token": engine.llm.weight_bytes_per_token(),
+            "resident_llm_weight_bytes": engine.llm.weight_bytes(),
+        }),
     );
     print_profile("prefill", &r.prefill_profile, 1.0, "prefill");
     print_profile("decode", &r.decode_profile, r.decoded as f64, "token");
@@ -481,6 +506,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
             u.prompt_tokens as f64 / (u.ttft_s - u.encoder_s),
             u.ttft_s
         );
+        fig.insert("image_question".into(), json!({"encoder_s": u.encoder_s, "prompt_tokens": u.prompt_tokens, "time_to_first_token_s": u.ttft_s}));
     }
     if let Some(steps) = flow_steps {
         let g = pollster::block_on(janusflow::bench::generate(&engine, steps))?;
@@ -497,9 +523,22 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<()> {
             println!("generation: VAE decode {:.3} s; 30 steps + VAE ≈ {:.1} s (from {} steps)", g.vae_s, 30.0 * g.step_s + g.vae_s, g.steps);
         }
         println!("generation: GPU memory (weights + one generation's buffers) ≈ {:.0} MiB", g.memory_bytes as f64 / (1 << 20) as f64);
+        fig.insert(
+            "generation".into(),
+            json!({
+                "steps": g.steps,
+                "step_s": g.step_s,
+                "submits_per_step": g.submits_per_step,
+                "llm_pass_s": g.llm_s,
+                "llm_pass_gflop_per_s": g.llm_flops / g.llm_s / 1e9,
+                "vae_s": g.vae_s,
+                "total_s": g.total_s,
+                "memory_bytes": g.memory_bytes,
+            }),
+        );
         print_profile("flow steps", &g.step_profile, (g.steps - 1) as f64, "step");
         print_profile("batched LLM pass", &g.llm_profile, 1.0, "pass");
         print_profile("VAE decode", &g.vae_profile, 1.0, "decode");
     }
-    Ok(())
+    Ok(fig)
 }
