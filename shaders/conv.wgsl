@@ -34,24 +34,61 @@ struct Params {
 //#include quant.wgsl
 //#include linear_out.wgsl
 
-fn load_x4(m: u32, k: u32) -> vec4<f32> {
-    let tap = k / p.Cin;
-    let ci = k % p.Cin;
-    let oy = p.out_row0 + m / p.W_out;
-    let ox = m % p.W_out;
-    let iy = i32(oy + tap / p.ks) - i32(p.pad);
-    let ix = i32(ox + tap % p.ks) - i32(p.pad);
+// The gather at (tap, channel) = (k / Cin, k % Cin) for output pixel m: one vec4 of x̃ (zero
+// outside the map). x̃ is x, or x nearest-upsampled ×2 with UPSAMPLE.
+fn gather(oy: i32, ox: i32, dy: u32, dx: u32, ci: u32) -> vec4<f32> {
+    let iy = oy + i32(dy);
+    let ix = ox + i32(dx);
     if (iy < 0 || iy >= i32(p.H_conv) || ix < 0 || ix >= i32(p.W_out)) {
         return vec4<f32>(0.0);
     }
 #if UPSAMPLE
-    let sy = u32(iy) / 2u;
-    let sx = u32(ix) / 2u;
+    let sy = u32(iy) >> 1u;
+    let sx = u32(ix) >> 1u;
 #else
     let sy = u32(iy);
     let sx = u32(ix);
 #endif
-    return x[(((sy - p.in_row0) * p.W_in + sx) * p.Cin + ci) / 4u];
+    return x[(((sy - p.in_row0) * p.W_in + sx) * p.Cin + ci) >> 2u];
+}
+
+fn load_x4(m: u32, k: u32) -> vec4<f32> {
+    let tap = k / p.Cin;
+    return gather(i32(p.out_row0 + m / p.W_out) - i32(p.pad), i32(m % p.W_out) - i32(p.pad), tap / p.ks, tap % p.ks, k % p.Cin);
+}
+
+// The cursor interface of gemm_tile.wgsl: a loader's pixel and (tap, channel) position, divided
+// out once and then advanced by adding, since integer division is slow on CPU rasterisers (no
+// vector instruction for it) and the reduction loop would otherwise divide on every load.
+struct XCursor {
+    oy: i32, // output row − pad
+    ox: i32, // output column − pad
+    dy: u32, // tap row
+    dx: u32, // tap column
+    ci: u32, // input channel
+    k: u32,
+}
+
+fn x_start(m: u32, k: u32) -> XCursor {
+    let tap = k / p.Cin;
+    return XCursor(i32(p.out_row0 + m / p.W_out) - i32(p.pad), i32(m % p.W_out) - i32(p.pad), tap / p.ks, tap % p.ks, k % p.Cin, k);
+}
+
+fn x_advance(c: ptr<function, XCursor>, dk: u32) {
+    (*c).k += dk;
+    (*c).ci += dk;
+    while ((*c).ci >= p.Cin) {
+        (*c).ci -= p.Cin;
+        (*c).dx += 1u;
+        if ((*c).dx == p.ks) {
+            (*c).dx = 0u;
+            (*c).dy += 1u;
+        }
+    }
+}
+
+fn x_load(c: XCursor) -> vec4<f32> {
+    return gather(c.oy, c.ox, c.dy, c.dx, c.ci);
 }
 
 #if GPU_TILE

@@ -29,6 +29,24 @@ fn load_x4(m: u32, k: u32) -> vec4<f32> {
     return x[(p.x_off + m * p.K + k) / 4u];
 }
 
+// The cursor interface of gemm_tile.wgsl: here just a position.
+struct XCursor {
+    m: u32,
+    k: u32,
+}
+
+fn x_start(m: u32, k: u32) -> XCursor {
+    return XCursor(m, k);
+}
+
+fn x_advance(c: ptr<function, XCursor>, dk: u32) {
+    (*c).k += dk;
+}
+
+fn x_load(c: XCursor) -> vec4<f32> {
+    return load_x4(c.m, c.k);
+}
+
 #if GPU_TILE
 //#include gemm_tile64.wgsl
 #else
