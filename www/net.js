@@ -27,7 +27,8 @@ export async function withRetry(attempt, { retries = RETRIES, onRetry, progresse
     } catch (e) {
       if (!e || !e.retry) throw e;
       failures = progressed && progressed() ? 1 : failures + 1;
-      if (failures > retries) throw kindError(`${e.message} (gave up after ${failures} attempts)`, e.kind || KIND.network);
+      // With no retries here, the error goes up unchanged (still retryable by an outer loop).
+      if (failures > retries) throw retries === 0 ? e : kindError(`${e.message} (gave up after ${failures} attempts)`, e.kind || KIND.network);
       if (onRetry) onRetry(failures, retries, e);
       await sleep(backoff(failures - 1));
     }

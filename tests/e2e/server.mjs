@@ -126,8 +126,11 @@ export function startServer(mounts) {
     if (cut < length) {
       // The first `cut` bytes, then the connection drops. `end` closes the socket only once they
       // are flushed (a `destroy` discards unsent data: on a busy machine the client then got
-      // fewer bytes than the budget allowed, and sometimes no shard before the failure).
-      stream.on('end', () => req.socket.end());
+      // fewer bytes than the budget allowed, and sometimes no shard before the failure), and
+      // only after a pause, as a real stall would: Chromium discards what it has received but
+      // the page has not read yet when a response fails, so an instant close after a burst on
+      // localhost sometimes delivered nothing at all.
+      stream.on('end', () => setTimeout(() => req.socket.end(), 500));
       stream.pipe(res, { end: false });
     } else {
       stream.pipe(res);
