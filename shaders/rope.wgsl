@@ -1,44 +1,32 @@
-// Rotary position embedding, transformers' rotate-half convention (pairs (i, i + D/2)). cos/sin
-// come from a table computed on the CPU in f64 (θ from the config), so the result does not depend
-// on the GPU's transcendental precision at large positions.
-//   default: in place on x.
-//   SCATTER: x holds stacked Q|K|V rows [T, 3·H·D] (one matrix product for all three), each head's
-//            elements as rotation pairs side by side (kernels::qkv_row_order): q and k are
-//            rotated, and q goes to `q`, k and v into their KV-cache slots in the usual order.
+// Rotary position embedding, transformers' rotate-half convention (pairs (i, i + D/2)), on stacked
+// Q|K|V rows [T, 3·H·D] from one matrix product, each head's elements stored as rotation pairs side
+// by side (kernels::qkv_row_order): q and k are rotated, and q goes to `q`, k and v into their
+// KV-cache slots in the usual order. cos/sin come from a table computed on the CPU in f64 (θ from
+// the config), so the result does not depend on the GPU's transcendental precision at large
+// positions.
 
 struct Params {
     T: u32,          // rows (tokens)
     H: u32,          // heads per row
     D: u32,          // head dim (even)
     pos0: u32,       // position of row 0
-    x_off: u32,      // element offset of x[0, 0, 0]
-    row_stride: u32, // elements between consecutive rows of x (≥ H·D; SCATTER: 3·H·D)
-#if SCATTER
+    x_off: u32,      // element offset of x[0, 0]
+    row_stride: u32, // elements between consecutive rows of x (3·H·D)
     q_off: u32,      // element offset of row 0 in q
     slot0: u32,      // cache slot of row 0
-#endif
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-#if SCATTER
 @group(0) @binding(1) var<storage, read> x: array<f32>;            // [T, row_stride]: q | k | v
 @group(0) @binding(2) var<storage, read> table: array<vec2<f32>>;  // [max_pos, D/2] (cos, sin)
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;      // [T, H·D] at q_off
 @group(0) @binding(4) var<storage, read_write> kc: array<f32>;     // key cache [slots, H·D]
 @group(0) @binding(5) var<storage, read_write> vc: array<f32>;     // value cache [slots, H·D]
-#else
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;      // [T, row_stride], heads at h·D
-@group(0) @binding(2) var<storage, read> table: array<vec2<f32>>;  // [max_pos, D/2] (cos, sin)
-#endif
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let half = p.D / 2u;
-#if SCATTER
     let heads = 3u * p.H; // q, k and v heads of a row
-#else
-    let heads = p.H;
-#endif
     let idx = gid.x + gid.y * nwg.x * 256u;
     if (idx >= p.T * heads * half) {
         return;
@@ -47,14 +35,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let h = (idx / half) % heads;
     let t = idx / (half * heads);
     let b = p.x_off + t * p.row_stride + h * p.D;
-#if SCATTER
     let x1 = x[b + 2u * i];
     let x2 = x[b + 2u * i + 1u];
-#else
-    let x1 = x[b + i];
-    let x2 = x[b + i + half];
-#endif
-#if SCATTER
     let hd = p.H * p.D;
     let c = (h % p.H) * p.D + i;
     let slot = (p.slot0 + t) * hd + c;
@@ -63,11 +45,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         vc[slot + half] = x2;
         return;
     }
-#endif
     let cs = table[(p.pos0 + t) * half + i];
     let r1 = x1 * cs.x - x2 * cs.y;
     let r2 = x2 * cs.x + x1 * cs.y;
-#if SCATTER
     if (h < p.H) {
         q[p.q_off + t * hd + c] = r1;
         q[p.q_off + t * hd + c + half] = r2;
@@ -75,8 +55,4 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         kc[slot] = r1;
         kc[slot + half] = r2;
     }
-#else
-    x[b + i] = r1;
-    x[b + i + half] = r2;
-#endif
 }

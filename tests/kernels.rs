@@ -150,30 +150,45 @@ fn rope_table(max_pos: usize, d: usize, theta: f64) -> Vec<f32> {
     t
 }
 
+/// RoPE + scatter over many rows and heads (f32 product outputs laid out as the stacked Q|K|V
+/// product writes them), against the rotate-half formula.
 #[test]
 fn rope_rotate_half() {
     let gpu = gpu();
     let mut rng = Rng(4);
-    let (t, h, d, pos0) = (7, 3, 24, 5);
-    let x = rng.vec(t * h * d);
+    let (t, h, d, pos0, slot0) = (7, 3, 24, 5, 2);
+    let hd = h * d;
+    // Natural-order q, k, v per row, then stored in qkv_row_order as the product would.
+    let nat = rng.vec(t * 3 * hd);
+    let order: Vec<(usize, usize)> = kernels::qkv_row_order(hd, d).collect();
+    let stored: Vec<f32> = (0..t).flat_map(|ti| order.iter().map(|&(m, r)| nat[ti * 3 * hd + m * hd + r]).collect::<Vec<_>>()).collect();
     let table = rope_table(64, d, 10000.0);
-    let xt = Tensor::from_f32(&gpu, "x", &[t, h * d], &x);
+    let xt = Tensor::from_f32(&gpu, "qkv", &[t, 3 * hd], &stored);
     let tt = Tensor::from_f32(&gpu, "table", &[table.len()], &table);
+    let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[t, hd]), Tensor::zeros(&gpu, "k", &[slot0 + t, hd]), Tensor::zeros(&gpu, "v", &[slot0 + t, hd]));
     let mut rec = Recorder::new(&gpu);
-    kernels::rope(&mut rec, &xt.buf, 0, t, h, d, pos0, h * d, &tt.buf);
+    kernels::rope_scatter(&mut rec, &xt.buf, 0, t, h, d, pos0, &tt.buf, &qt.buf, 0, &kt.buf, &vt.buf, slot0);
     rec.finish();
-    let mut want = x.clone();
-    for ti in 0..t {
+    let rot = |v: &[f32], ti: usize| -> Vec<f32> {
+        let mut out = v.to_vec();
         for hi in 0..h {
             for i in 0..d / 2 {
                 let (c, s) = (table[((pos0 + ti) * d / 2 + i) * 2], table[((pos0 + ti) * d / 2 + i) * 2 + 1]);
-                let b = ti * h * d + hi * d;
-                want[b + i] = x[b + i] * c - x[b + i + d / 2] * s;
-                want[b + i + d / 2] = x[b + i + d / 2] * c + x[b + i] * s;
+                let b = hi * d;
+                out[b + i] = v[b + i] * c - v[b + i + d / 2] * s;
+                out[b + i + d / 2] = v[b + i + d / 2] * c + v[b + i] * s;
             }
         }
+        out
+    };
+    let (q, k, v) = (read(&gpu, &qt), read(&gpu, &kt), read(&gpu, &vt));
+    for ti in 0..t {
+        let row = &nat[ti * 3 * hd..(ti + 1) * 3 * hd];
+        let s = (slot0 + ti) * hd;
+        assert_close(&q[ti * hd..(ti + 1) * hd], &rot(&row[..hd], ti), 1e-6, &format!("rope q row {ti}"));
+        assert_close(&k[s..s + hd], &rot(&row[hd..2 * hd], ti), 1e-6, &format!("rope k row {ti}"));
+        assert_close(&v[s..s + hd], &row[2 * hd..], 1e-6, &format!("v row {ti}"));
     }
-    assert_close(&read(&gpu, &xt), &want, 1e-6, "rope");
 }
 
 fn cpu_attention(q: &[f32], k: &[f32], v: &[f32], t: usize, h: usize, d: usize, keys_for: impl Fn(usize) -> usize) -> Vec<f32> {

@@ -144,14 +144,6 @@ pub fn layernorm(
     rec.dispatch(p, &[d as u32, x_off as u32, y_off as u32, eps.to_bits(), d as u32], &[x, weight, y, bias], [rows as u32, 1, 1]);
 }
 
-/// Rotate-half RoPE in place on `t` rows of `h` heads × `d`, positions pos0.., from `table`.
-#[allow(clippy::too_many_arguments)]
-pub fn rope(rec: &mut Recorder, x: &wgpu::Buffer, x_off: usize, t: usize, h: usize, d: usize, pos0: usize, row_stride: usize, table: &wgpu::Buffer) {
-    let p = pipeline(rec.gpu, "rope.wgsl", &[]);
-    let n = (t * h * d / 2) as u32;
-    rec.dispatch(p, &[t as u32, h as u32, d as u32, pos0 as u32, x_off as u32, row_stride as u32], &[x, table], grid(n.div_ceil(256)));
-}
-
 /// Stacked Q|K|V rows ([t, 3·h·d] from one matrix product in [`qkv_row_order`], at `x_off`) → RoPE on q and k from
 /// position `pos0`; q to `q[q_off..]` ([t, h·d]), k and v into cache slots `slot0..`.
 #[allow(clippy::too_many_arguments)]
@@ -170,7 +162,7 @@ pub fn rope_scatter(
     vc: &wgpu::Buffer,
     slot0: usize,
 ) {
-    let p = pipeline(rec.gpu, "rope.wgsl", &["SCATTER"]);
+    let p = pipeline(rec.gpu, "rope.wgsl", &[]);
     let n = (t * 3 * h * d / 2) as u32;
     let params = [t as u32, h as u32, d as u32, pos0 as u32, x_off as u32, (3 * h * d) as u32, q_off as u32, slot0 as u32];
     rec.dispatch(p, &params, &[x, table, q, kc, vc], grid(n.div_ceil(256)));
