@@ -1,6 +1,7 @@
 #!/bin/bash
 # Real-size figures on a GPU machine: a random checkpoint with the real shapes, its q4 pack,
-# a profiled bench (per-kernel GPU times) and a plain one (30 measured flow steps).
+# one-row product bandwidth against a copy, a profiled bench (per-kernel GPU times) and a plain
+# one (30 measured flow steps), each also as JSON (the last line of each bench).
 #   benchmarks/gpu-run.sh [janusflow binary] [real config.json]   (writes to $OUT or ./bench-out)
 set -u
 B=${1:-target/release/janusflow}
@@ -11,7 +12,11 @@ mkdir -p "$W" "$OUT"
 L=$OUT/log.txt
 timeout 60 "$B" synth --config "$CONFIG" --out "$W/real" --seed 1 2>&1 | tail -1 | tee -a "$L"
 timeout 300 "$B" convert --model "$W/real" --out "$W/pack" --quant q4 2>&1 | tail -1 | tee -a "$L"
+echo "=== matvec bandwidth, both kernel shapes $(date +%T)" | tee -a "$L"
+for shapes in gpu cpu; do
+  timeout 120 "$B" bench --no-matmul --matvec --shapes "$shapes" --json 2>&1 | tee -a "$L"
+done
 echo "=== bench profile $(date +%T)" | tee -a "$L"
-timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile 2>&1 | tee -a "$L"
+timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile --json 2>&1 | tee -a "$L"
 echo "=== bench plain $(date +%T)" | tee -a "$L"
-timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --image --generate --flow-steps 30 2>&1 | tee -a "$L"
+timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --image --generate --flow-steps 30 --json 2>&1 | tee -a "$L"

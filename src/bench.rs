@@ -30,6 +30,56 @@ pub fn matmul_f32(gpu: &Gpu, m: usize, k: usize, n: usize) -> Result<f64> {
     Ok(best)
 }
 
+/// Seconds for one matrix–vector product (one activation row) with an [n, k] weight in `quant`,
+/// and the weight bytes it reads: 20 products in one submit, timed to the readback, best of 5
+/// after a warm-up (so the submit and readback round trip is spread over 20 products).
+pub fn matvec(gpu: &Gpu, quant: Quant, n: usize, k: usize) -> Result<(f64, u64)> {
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 113) as f32 - 56.0) / 113.0).collect();
+    let wt = Weight::upload(gpu, "bench-w", &QuantBlob::quantize(quant, n, k, &w)?)?;
+    drop(w);
+    let xt = Tensor::from_f32(gpu, "bench-x", &[k], &vec![0.5; k]);
+    let yt = Tensor::zeros(gpu, "bench-y", &[n]);
+    let mut best = f64::MAX;
+    for i in 0..6 {
+        let t0 = Instant::now();
+        let mut rec = Recorder::new(gpu);
+        for _ in 0..REPS {
+            kernels::linear(&mut rec, &wt, None, &xt.buf, 0, 1, Out { buf: &yt.buf, off: 0, stride: n, add: false });
+        }
+        pollster::block_on(rec.finish_and_read(&yt.buf, 0, 4))?;
+        if i > 0 {
+            best = best.min(t0.elapsed().as_secs_f64() / REPS as f64);
+        }
+    }
+    Ok((best, wt.bytes()))
+}
+
+/// Products or copies per timed submit in [`matvec`] and [`copy_bandwidth`].
+const REPS: usize = 20;
+
+/// Bytes moved per second (read + written) by a buffer-to-buffer copy of `bytes` on this adapter,
+/// 20 copies per submit, best of 5: the bandwidth the matvec figures are measured against.
+pub fn copy_bandwidth(gpu: &Gpu, bytes: u64) -> Result<f64> {
+    let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE;
+    let a = gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("bench-copy-a"), size: bytes, usage, mapped_at_creation: false });
+    let b = gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("bench-copy-b"), size: bytes, usage, mapped_at_creation: false });
+    let mut best = f64::MAX;
+    for i in 0..6 {
+        let t0 = Instant::now();
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for _ in 0..REPS {
+            enc.copy_buffer_to_buffer(&a, 0, &b, 0, bytes);
+        }
+        gpu.queue.submit([enc.finish()]);
+        pollster::block_on(gpu.read_bytes(&b, 0, 4))?;
+        if i > 0 {
+            best = best.min(t0.elapsed().as_secs_f64() / REPS as f64);
+        }
+    }
+    // A copy reads and writes every byte.
+    Ok(2.0 * bytes as f64 / best)
+}
+
 pub struct LlmBench {
     /// Prompt tokens prefilled (the request, shortened to fit the model's context).
     pub prompt: usize,

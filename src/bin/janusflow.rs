@@ -163,6 +163,10 @@ enum Cmd {
         /// Also print every figure as one JSON object (the last line of the output).
         #[arg(long)]
         json: bool,
+        /// Also time one-row products at the real model's shapes (2048×2048, 5632×2048,
+        /// 11264×2048, 102400×2048) in the preset's format, in GB/s and as a share of a copy.
+        #[arg(long)]
+        matvec: bool,
     },
 }
 
@@ -358,8 +362,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, profile, shapes, json } => {
-            let opts = BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), profile, shapes };
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, profile, shapes, json, matvec } => {
+            let opts = BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), profile, shapes, matvec };
             let fig = bench(model.as_deref(), &opts)?;
             if json {
                 println!("{}", serde_json::Value::Object(fig));
@@ -412,6 +416,7 @@ struct BenchOpts {
     flow_steps: Option<usize>,
     profile: bool,
     shapes: Option<String>,
+    matvec: bool,
 }
 
 fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: f64, per_name: &str) {
@@ -424,7 +429,7 @@ fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: 
 fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
     let mut fig = serde_json::Map::new();
-    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, profile, ref shapes } = *o;
+    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, profile, ref shapes, matvec } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     if let Some(s) = shapes {
         gpu.set_gpu_tuned(s == "gpu");
@@ -440,6 +445,19 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         println!("matmul f32 [512,2048]x[2048,2048]: {:.2} ms ({:.1} GFLOP/s)", secs * 1e3, 2.0 * 512.0 * 2048.0 * 2048.0 / secs / 1e9);
         fig.insert("matmul_f32_512x2048x2048_ms".into(), json!(secs * 1e3));
         print_profile("f32 matmul (4 runs)", &gpu.take_profile(), 4.0, "run");
+    }
+    if matvec {
+        let preset = Quant::parse(quant)?;
+        let copy = janusflow::bench::copy_bandwidth(&gpu, 256 << 20)?;
+        println!("copy bandwidth (256 MiB buffer to buffer): {:.1} GB/s", copy / 1e9);
+        let mut shapes = Vec::new();
+        for (n, k) in [(2048, 2048), (5632, 2048), (11264, 2048), (102400, 2048)] {
+            let (secs, bytes) = janusflow::bench::matvec(&gpu, preset, n, k)?;
+            let gbs = bytes as f64 / secs / 1e9;
+            println!("matvec {preset} [{n},{k}]: {:.1} µs, {gbs:.1} GB/s = {:.0}% of copy", secs * 1e6, 100.0 * gbs * 1e9 / copy);
+            shapes.push(json!({"n": n, "k": k, "us": secs * 1e6, "gb_per_s": gbs, "share_of_copy": gbs * 1e9 / copy}));
+        }
+        fig.insert("matvec".into(), json!({"preset": preset.to_string(), "copy_gb_per_s": copy / 1e9, "shapes": shapes}));
     }
     let Some(dir) = model else { return Ok(fig) };
     let preset = Quant::parse(quant)?;
