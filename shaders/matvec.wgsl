@@ -82,9 +82,18 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     var acc = 0.0;
     if (n < p.N) {
         let xb = (p.x_off + m * p.K) / 4u;
+#if Q4
+        // A whole group per lane (K % 32 == 0 for q4).
+        for (var grp = lane; grp < p.K / 32u; grp += 32u) {
+            let b = xb + grp * 8u;
+            let a = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
+            acc += q4_group_dot(n, grp, p.K, p.soff, a);
+        }
+#else
         for (var k = lane * 4u; k < p.K; k += 128u) {
             acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
+#endif
     }
     partial[li] = acc;
     sum_lanes(li, lane);

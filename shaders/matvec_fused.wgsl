@@ -71,9 +71,17 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     var acc = 0.0;
 #if NORMED
     if (n < p.N) {
+#if Q4
+        for (var grp = lane; grp < p.K / 32u; grp += 32u) {
+            let b = xb + grp * 8u;
+            let a = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
+            acc += q4_group_dot(n, grp, p.K, p.soff, a);
+        }
+#else
         for (var k = lane * 4u; k < p.K; k += 128u) {
             acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
+#endif
     }
 #else
     if (grp == 0u) {
@@ -85,9 +93,19 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         squares[lane] = ss;
     }
     if (n < p.N) {
+#if Q4
+        for (var grp = lane; grp < p.K / 32u; grp += 32u) {
+            let b = xb + grp * 8u;
+            let c = grp * 8u;
+            let a = array<vec4<f32>, 8>(x[b] * g[c], x[b + 1u] * g[c + 1u], x[b + 2u] * g[c + 2u], x[b + 3u] * g[c + 3u],
+                                        x[b + 4u] * g[c + 4u], x[b + 5u] * g[c + 5u], x[b + 6u] * g[c + 6u], x[b + 7u] * g[c + 7u]);
+            acc += q4_group_dot(n, grp, p.K, p.soff, a);
+        }
+#else
         for (var k = lane * 4u; k < p.K; k += 128u) {
             acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u] * g[k / 4u]);
         }
+#endif
     }
 #endif
     partial[li] = acc;
