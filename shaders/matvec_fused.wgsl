@@ -11,7 +11,8 @@
 // Each workgroup owns 8 rows; its 32-lane groups stride along K as in matvec.wgsl.
 // NORMED: x is already normalised by norm.wgsl (CPU rasterisers: there the prologue's extra load
 // and multiply per weight cost more, ~18 % of a q4 product on lavapipe, than the separate pass).
-// Defines: QKV, GATE_UP or PLAIN; NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl).
+// Defines: QKV, GATE_UP or PLAIN; NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl); Q4_GROUPS as in
+// matvec.wgsl.
 
 struct Params {
     K: u32,      // row length (hidden size; K % 4 == 0)
@@ -71,7 +72,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     var acc = 0.0;
 #if NORMED
     if (n < p.N) {
-#if Q4
+#if Q4_GROUPS
         for (var grp = lane; grp < p.K / 32u; grp += 32u) {
             let b = xb + grp * 8u;
             let a = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
@@ -93,7 +94,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         squares[lane] = ss;
     }
     if (n < p.N) {
-#if Q4
+#if Q4_GROUPS
         for (var grp = lane; grp < p.K / 32u; grp += 32u) {
             let b = xb + grp * 8u;
             let c = grp * 8u;

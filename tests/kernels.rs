@@ -283,7 +283,9 @@ fn fused_decode_products_and_rope_scatter() {
     let table = janusflow::model::llm::rope_table(16, d, 10000.0);
     let tt = Tensor::from_f32(&gpu, "rope", &[16, d], &table);
     let cs = &table[pos * d..(pos + 1) * d];
-    for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4] {
+    // Both kernel shape sets (GPU shapes read q4 a whole group per lane).
+    for (tuned, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4].map(|q| (t, q))) {
+        gpu.set_gpu_tuned(tuned);
         let x = rng.vec(2 * k);
         let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + v * 0.5).collect();
         let h = cpu_rmsnorm(&x[k..], &g, eps); // row 1 of x
@@ -314,7 +316,7 @@ fn fused_decode_products_and_rope_scatter() {
                 kernels::norm_matvec(&mut rec, &w, &ht.buf, 0, None, f);
             }
             rec.finish();
-            let what = format!("fused qkv {quant} fold {fold}");
+            let what = format!("fused qkv {quant} fold {fold} gpu-tuned {tuned}");
             assert_close(&read(&gpu, &qt), &q, 1e-5, &what);
             assert_close(&read(&gpu, &kt)[slot * hd..(slot + 1) * hd], &kk, 1e-5, &what);
             assert_close(&read(&gpu, &vt)[slot * hd..(slot + 1) * hd], &v, 1e-5, &what);

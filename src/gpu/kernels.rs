@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::recorder::{grid, Recorder};
 use super::shader;
 use super::{Gpu, Weight};
+use crate::weights::quant::Quant;
 
 fn pipeline(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipeline> {
     let key = format!("{file}:{}", defines.join(":"));
@@ -66,6 +67,9 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
     let rows4 = small && !tuned;
     let vec = rows <= MATVEC_MAX_ROWS || rows4;
     let mut defines = vec![w.quant.define()];
+    if vec && !rows4 && tuned && w.quant == Quant::Q4 {
+        defines.push("Q4_GROUPS");
+    }
     if rows4 {
         defines.push("ROWS4");
     } else if small {
@@ -206,6 +210,9 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usiz
     let mut defines = vec![mode, w.quant.define()];
     if norm.is_none() {
         defines.push("NORMED");
+    }
+    if rec.gpu.gpu_tuned() && w.quant == Quant::Q4 {
+        defines.push("Q4_GROUPS");
     }
     let p = pipeline(rec.gpu, "matvec_fused.wgsl", &defines);
     // NORMED binds x again in the norm weight's unused slot.
