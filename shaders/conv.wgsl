@@ -1,11 +1,16 @@
-// 2-D convolution (stride 1, zero padding) as an implicit matrix product over channels-last maps,
-// for the VAE decoder: y[pixel, n] (+)= Σ_k x̃[pixel, k] · W[n, k] (+ bias), k = (dy·ks + dx)·Cin + ci,
-// with x̃ gathered on the fly (no im2col buffer). Same tilings as matmul.wgsl.
+// 2-D convolution (stride 1, zero padding) over channels-last maps, for the VAE decoder:
+// y[pixel, n] (+)= Σ_k x̃[pixel, k] · W[n, k] + bias[n], k = (dy·ks + dx)·Cin + ci, with x̃ gathered
+// on the fly (no im2col buffer). Its input is plain values: GroupNorm + SiLU is a pass of its own
+// (groupnorm.wgsl) that writes the normalised map once.
 // Works on a band of output rows so that no binding exceeds the device limit: x and y are
 // bound as windows starting at input row `in_row0` and output row `out_row0`.
 // Defines: one of F32/F16/Q8/Q4 (weights [Cout, ks·ks·Cin]); BIAS (always); ADD (residual accumulate);
 //   UPSAMPLE: the conv reads a nearest-neighbour ×2 upsampling of x (x is H/2 × W/2);
-//   GPU_TILE: the 64×64 tiling of gemm_tile64.wgsl (real GPUs) instead of gemm_tile.wgsl's 128×128.
+//   and the kernel shape, one of
+//   SG8: for CPU rasterisers whose subgroups are 8 SIMD lanes (lavapipe): taps outer, channels
+//        inner, each x value loaded by one lane and broadcast to the others (see below);
+//   GPU_TILE: the 64×64 matrix tiling of gemm_tile64.wgsl (real GPUs);
+//   neither: gemm_tile.wgsl's 128×128 tiling (CPU rasterisers with other subgroup sizes).
 
 struct Params {
     M: u32,        // output pixels in this band (rows × W_out)
@@ -34,13 +39,11 @@ struct Params {
 //#include quant.wgsl
 //#include linear_out.wgsl
 
-// The gather at (tap, channel) = (k / Cin, k % Cin) for output pixel m: one vec4 of x̃ (zero
-// outside the map). x̃ is x, or x nearest-upsampled ×2 with UPSAMPLE.
-fn gather(oy: i32, ox: i32, dy: u32, dx: u32, ci: u32) -> vec4<f32> {
-    let iy = oy + i32(dy);
-    let ix = ox + i32(dx);
+// Where the tap pixel (iy, ix) of x̃ (x, or x nearest-upsampled ×2 with UPSAMPLE) starts in x:
+// the vec4 index of its channel 0, or −1 outside the map (zero padding).
+fn tap_src(iy: i32, ix: i32) -> i32 {
     if (iy < 0 || iy >= i32(p.H_conv) || ix < 0 || ix >= i32(p.W_out)) {
-        return vec4<f32>(0.0);
+        return -1;
     }
 #if UPSAMPLE
     let sy = u32(iy) >> 1u;
@@ -49,33 +52,146 @@ fn gather(oy: i32, ox: i32, dy: u32, dx: u32, ci: u32) -> vec4<f32> {
     let sy = u32(iy);
     let sx = u32(ix);
 #endif
-    return x[(((sy - p.in_row0) * p.W_in + sx) * p.Cin + ci) >> 2u];
+    return i32((((sy - p.in_row0) * p.W_in + sx) * p.Cin) >> 2u);
 }
 
-fn load_x4(m: u32, k: u32) -> vec4<f32> {
-    let tap = k / p.Cin;
-    return gather(i32(p.out_row0 + m / p.W_out) - i32(p.pad), i32(m % p.W_out) - i32(p.pad), tap / p.ks, tap % p.ks, k % p.Cin);
+#if SG8
+// Why this shape on CPU rasterisers: lavapipe runs 8 invocations as the lanes of one SIMD
+// register, and every load whose address differs per lane (storage or workgroup memory alike)
+// becomes a loop over the lanes, about one cycle per lane and value, while a multiply-add costs
+// one cycle for all 8. A shared-memory tile therefore spends most of its time loading. Here each
+// subgroup owns a tile of SG_PIXELS output pixels × SG_COLS output channels held in registers:
+// per 4 input channels a lane loads one vec4 of x for each of its 2 pixels and its 4 weight
+// columns, and each x vec4 reaches the other 7 lanes by subgroupBroadcast (a register shuffle),
+// so every loaded value feeds 16 or 32 multiply-adds. The host uses this shape only where the
+// adapter's subgroups are exactly SG_LANES wide. Taps are the outer loop: a pixel's source
+// position and its bounds check are worked out once per tap, and the reduction over channels
+// does no division and no bounds check.
+const SG_LANES: u32 = 8u;
+const SG_PIXELS: u32 = 2u * SG_LANES; // output pixels per subgroup: lane l owns l and l + 8
+const SG_COLS: u32 = 4u * SG_LANES;   // output channels per subgroup: lane l owns l + 8j, j < 4
+const SG_PER_WG: u32 = 8u;            // subgroups per workgroup (64 invocations)
+
+// x̃ at (source `src`, channel quad cq), zero where the tap falls outside the map.
+fn x_at(src: i32, cq: u32) -> vec4<f32> {
+    if (src < 0) {
+        return vec4<f32>(0.0);
+    }
+    return x[u32(src) + cq];
 }
 
-// The cursor interface of gemm_tile.wgsl: a loader's pixel and (tap, channel) position, divided
-// out once and then advanced by adding, since integer division is slow on CPU rasterisers (no
-// vector instruction for it) and the reduction loop would otherwise divide on every load.
+// W[n, k .. k+4] for one of the lane's columns (zero past the chunk's last row).
+fn w_at(n: u32, k: u32) -> vec4<f32> {
+    if (n >= p.N) {
+        return vec4<f32>(0.0);
+    }
+    return load_w4(n, k, p.K, p.soff);
+}
+
+// acc[col] += Σ_i xv[i] · wt_i[col]: one pixel's 4 channels into its 4 columns.
+fn fma4(acc: ptr<function, vec4<f32>>, xv: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) {
+    *acc += xv.x * w0 + xv.y * w1 + xv.z * w2 + xv.w * w3;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let m0 = (wid.y * SG_PER_WG + sg) * SG_PIXELS;
+    let n0 = wid.x * SG_COLS + lane;
+    // The lane's two pixels (output row and column, less the padding); past the band's end
+    // they read nothing and are not stored.
+    let ma = m0 + lane;
+    let mb = ma + SG_LANES;
+    let ya = i32(p.out_row0 + ma / p.W_out) - i32(p.pad);
+    let xa = i32(ma % p.W_out) - i32(p.pad);
+    let yb = i32(p.out_row0 + mb / p.W_out) - i32(p.pad);
+    let xb = i32(mb % p.W_out) - i32(p.pad);
+    // acc_r: pixel m0 + r (the first pixel of lane r), accb_r: pixel m0 + 8 + r; components are
+    // the lane's 4 columns.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    var accb0 = vec4<f32>(0.0);
+    var accb1 = vec4<f32>(0.0);
+    var accb2 = vec4<f32>(0.0);
+    var accb3 = vec4<f32>(0.0);
+    var accb4 = vec4<f32>(0.0);
+    var accb5 = vec4<f32>(0.0);
+    var accb6 = vec4<f32>(0.0);
+    var accb7 = vec4<f32>(0.0);
+    for (var dy = 0u; dy < p.ks; dy++) {
+        for (var dx = 0u; dx < p.ks; dx++) {
+            let sa = select(-1, tap_src(ya + i32(dy), xa + i32(dx)), ma < p.M);
+            let sb = select(-1, tap_src(yb + i32(dy), xb + i32(dx)), mb < p.M);
+            let k0 = (dy * p.ks + dx) * p.Cin;
+            for (var ci = 0u; ci < p.Cin; ci += 4u) {
+                let va = x_at(sa, ci >> 2u);
+                let vb = x_at(sb, ci >> 2u);
+                let c0 = w_at(n0, k0 + ci);
+                let c1 = w_at(n0 + SG_LANES, k0 + ci);
+                let c2 = w_at(n0 + 2u * SG_LANES, k0 + ci);
+                let c3 = w_at(n0 + 3u * SG_LANES, k0 + ci);
+                // wi = the 4 columns' weights for channel ci + i.
+                let w0 = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
+                let w1 = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
+                let w2 = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
+                let w3 = vec4<f32>(c0.w, c1.w, c2.w, c3.w);
+                // Broadcast lane indices must be constants, hence one line per lane.
+                fma4(&acc0, subgroupBroadcast(va, 0u), w0, w1, w2, w3);
+                fma4(&acc1, subgroupBroadcast(va, 1u), w0, w1, w2, w3);
+                fma4(&acc2, subgroupBroadcast(va, 2u), w0, w1, w2, w3);
+                fma4(&acc3, subgroupBroadcast(va, 3u), w0, w1, w2, w3);
+                fma4(&acc4, subgroupBroadcast(va, 4u), w0, w1, w2, w3);
+                fma4(&acc5, subgroupBroadcast(va, 5u), w0, w1, w2, w3);
+                fma4(&acc6, subgroupBroadcast(va, 6u), w0, w1, w2, w3);
+                fma4(&acc7, subgroupBroadcast(va, 7u), w0, w1, w2, w3);
+                fma4(&accb0, subgroupBroadcast(vb, 0u), w0, w1, w2, w3);
+                fma4(&accb1, subgroupBroadcast(vb, 1u), w0, w1, w2, w3);
+                fma4(&accb2, subgroupBroadcast(vb, 2u), w0, w1, w2, w3);
+                fma4(&accb3, subgroupBroadcast(vb, 3u), w0, w1, w2, w3);
+                fma4(&accb4, subgroupBroadcast(vb, 4u), w0, w1, w2, w3);
+                fma4(&accb5, subgroupBroadcast(vb, 5u), w0, w1, w2, w3);
+                fma4(&accb6, subgroupBroadcast(vb, 6u), w0, w1, w2, w3);
+                fma4(&accb7, subgroupBroadcast(vb, 7u), w0, w1, w2, w3);
+            }
+        }
+    }
+    let acc = array<vec4<f32>, SG_PIXELS>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, accb0, accb1, accb2, accb3, accb4, accb5, accb6, accb7);
+    for (var r = 0u; r < SG_PIXELS; r++) {
+        let m = m0 + r;
+        if (m >= p.M) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + j * SG_LANES;
+            if (n < p.N) {
+                store_out(m, n, acc[r][j]);
+            }
+        }
+    }
+}
+#else
+// The cursor interface of gemm_tile.wgsl and gemm_tile64.wgsl: a loader's pixel and (tap,
+// channel) position, divided out once and then advanced by adding, so that the reduction loop
+// does no integer division (slow on GPUs, and without a vector instruction on CPU rasterisers).
 struct XCursor {
     oy: i32, // output row − pad
     ox: i32, // output column − pad
     dy: u32, // tap row
     dx: u32, // tap column
     ci: u32, // input channel
-    k: u32,
 }
 
 fn x_start(m: u32, k: u32) -> XCursor {
     let tap = k / p.Cin;
-    return XCursor(i32(p.out_row0 + m / p.W_out) - i32(p.pad), i32(m % p.W_out) - i32(p.pad), tap / p.ks, tap % p.ks, k % p.Cin, k);
+    return XCursor(i32(p.out_row0 + m / p.W_out) - i32(p.pad), i32(m % p.W_out) - i32(p.pad), tap / p.ks, tap % p.ks, k % p.Cin);
 }
 
 fn x_advance(c: ptr<function, XCursor>, dk: u32) {
-    (*c).k += dk;
     (*c).ci += dk;
     while ((*c).ci >= p.Cin) {
         (*c).ci -= p.Cin;
@@ -87,12 +203,18 @@ fn x_advance(c: ptr<function, XCursor>, dk: u32) {
     }
 }
 
+// Four values of x̃ for the cursor's pixel from its (tap, channel).
 fn x_load(c: XCursor) -> vec4<f32> {
-    return gather(c.oy, c.ox, c.dy, c.dx, c.ci);
+    let src = tap_src(c.oy + i32(c.dy), c.ox + i32(c.dx));
+    if (src < 0) {
+        return vec4<f32>(0.0);
+    }
+    return x[u32(src) + (c.ci >> 2u)];
 }
 
 #if GPU_TILE
 //#include gemm_tile64.wgsl
 #else
 //#include gemm_tile.wgsl
+#endif
 #endif

@@ -8,8 +8,8 @@
 // one needs little shared memory and few registers. The next 16-deep slices of x and W are
 // fetched into registers while the current ones are multiplied out of workgroup memory.
 // Workgroup reads are vec4 and conflict-free: B by column quad, A broadcast per row quad.
-// The includer defines `load_x4(m, k)` and includes quant.wgsl (`load_w4`) and
-// linear_out.wgsl (`store_out`) first.
+// The includer defines the cursor over x of gemm_tile.wgsl (`XCursor`, `x_start`, `x_advance`,
+// `x_load`) and includes quant.wgsl (`load_w4`) and linear_out.wgsl (`store_out`) first.
 
 const BK: u32 = 16u;
 const TN: u32 = 64u; // output columns per workgroup
@@ -45,8 +45,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
     var a = vec4<f32>(0.0);
     var b = vec4<f32>(0.0);
+    var cur = x_start(a_row, kq);
     if (lr < TILE_M && a_row < p.M && kq < p.K) {
-        a = load_x4(a_row, kq);
+        a = x_load(cur);
     }
     if (b_row < p.N && kq < p.K) {
         b = load_w4(b_row, kq, p.K, p.soff);
@@ -69,8 +70,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let kn = k0 + BK + kq;
         a = vec4<f32>(0.0);
         b = vec4<f32>(0.0);
+        x_advance(&cur, BK);
         if (lr < TILE_M && a_row < p.M && kn < p.K) {
-            a = load_x4(a_row, kn);
+            a = x_load(cur);
         }
         if (b_row < p.N && kn < p.K) {
             b = load_w4(b_row, kn, p.K, p.soff);

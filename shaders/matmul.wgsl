@@ -25,11 +25,7 @@ struct Params {
 //#include quant.wgsl
 //#include linear_out.wgsl
 
-fn load_x4(m: u32, k: u32) -> vec4<f32> {
-    return x[(p.x_off + m * p.K + k) / 4u];
-}
-
-// The cursor interface of gemm_tile.wgsl: here just a position.
+// The cursor interface of gemm_tile.wgsl and gemm_tile64.wgsl: here just a position.
 struct XCursor {
     m: u32,
     k: u32,
@@ -44,7 +40,7 @@ fn x_advance(c: ptr<function, XCursor>, dk: u32) {
 }
 
 fn x_load(c: XCursor) -> vec4<f32> {
-    return load_x4(c.m, c.k);
+    return x[(p.x_off + c.m * p.K + c.k) / 4u];
 }
 
 #if GPU_TILE

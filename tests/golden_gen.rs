@@ -123,17 +123,24 @@ fn vae_decoder_matches_diffusers() {
     let vae = e.vae.as_ref().expect("tests/fixtures/tiny/vae is attached at load");
     let side = e.latent_shape()[1];
     let noise = reference("noise.npy");
-    let raw = pollster::block_on(vae.decode_raw(&e.gpu, &noise, side)).unwrap();
-    check("VAE decode of the noise", &chw(&raw, 3), &reference("vae_decoded_noise.npy"));
-    for c in cases() {
-        let z = reference(&format!("z_final_{}.npy", c.name));
-        let raw = pollster::block_on(vae.decode_raw(&e.gpu, &z, side)).unwrap();
-        check(&format!("{} decoded", c.name), &chw(&raw, 3), &reference(&format!("decoded_{}.npy", c.name)));
-        let rgb = pollster::block_on(vae.decode(&e.gpu, &z, side)).unwrap();
-        let want = std::fs::read(fixture("tiny-ref-gen").join(format!("image_{}.npy", c.name))).unwrap();
-        let want = npyz::NpyFile::new(&want[..]).unwrap().into_vec::<u8>().unwrap();
-        let worst = rgb.iter().zip(&want).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
-        assert!(worst <= 2, "{}: image differs by up to {worst} levels", c.name);
+    // Every convolution shape: the GPU tile, and the CPU ones (8-lane subgroups where the
+    // adapter has them, the tile otherwise).
+    for (gpu_tuned, sg8) in [(false, true), (false, false), (true, false)] {
+        e.gpu.set_gpu_tuned(gpu_tuned);
+        e.gpu.set_sg8_allowed(sg8);
+        let shape = format!("gpu-tuned {gpu_tuned}, sg8 {}", e.gpu.sg8());
+        let raw = pollster::block_on(vae.decode_raw(&e.gpu, &noise, side)).unwrap();
+        check(&format!("VAE decode of the noise ({shape})"), &chw(&raw, 3), &reference("vae_decoded_noise.npy"));
+        for c in cases() {
+            let z = reference(&format!("z_final_{}.npy", c.name));
+            let raw = pollster::block_on(vae.decode_raw(&e.gpu, &z, side)).unwrap();
+            check(&format!("{} decoded ({shape})", c.name), &chw(&raw, 3), &reference(&format!("decoded_{}.npy", c.name)));
+            let rgb = pollster::block_on(vae.decode(&e.gpu, &z, side)).unwrap();
+            let want = std::fs::read(fixture("tiny-ref-gen").join(format!("image_{}.npy", c.name))).unwrap();
+            let want = npyz::NpyFile::new(&want[..]).unwrap().into_vec::<u8>().unwrap();
+            let worst = rgb.iter().zip(&want).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
+            assert!(worst <= 2, "{} ({shape}): image differs by up to {worst} levels", c.name);
+        }
     }
 }
 

@@ -468,9 +468,11 @@ fn cpu_conv(
     out
 }
 
-/// Convolutions (3×3 and 1×1, fused GroupNorm+SiLU, fused ×2 upsampling, residual accumulate)
-/// against the CPU, with the binding limit lowered so that maps are split into bands and the
-/// GroupNorm statistics into windows.
+/// Convolutions (3×3 and 1×1, after the GroupNorm+SiLU pass written in place or into another
+/// map, fused ×2 upsampling, residual accumulate) against the CPU, with the binding limit lowered
+/// so that maps are split into bands and the GroupNorm statistics into windows; for every kernel
+/// shape: the GPU tile, and on CPU rasterisers the 8-lane subgroup kernel (where the adapter's
+/// subgroups are 8 wide) and the tile used elsewhere.
 #[test]
 fn conv2d_and_groupnorm_match_cpu_in_bands() {
     let gpu = gpu();
@@ -482,9 +484,13 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
         (40, 32, 8, 5, 1, false, false, true, Quant::F32),
         (9, 7, 4, 3, 3, false, true, true, Quant::F16),
         (12, 10, 4, 70, 3, false, true, false, Quant::F16),
+        (10, 16, 36, 40, 3, true, true, true, Quant::F32),
+        (11, 13, 32, 9, 1, false, true, false, Quant::Q8),
     ];
-    for (gpu_tuned, &(h, w, cin, cout, ks, up, norm, add, quant)) in [false, true].into_iter().flat_map(|t| cases.iter().map(move |c| (t, c))) {
+    let shapes = [(false, true), (false, false), (true, false)];
+    for (ci, (&(gpu_tuned, sg8), &(h, w, cin, cout, ks, up, norm, add, quant))) in shapes.iter().flat_map(|s| cases.iter().map(move |c| (s, c))).enumerate() {
         gpu.set_gpu_tuned(gpu_tuned);
+        gpu.set_sg8_allowed(sg8);
         gpu.set_binding_cap(if h * w >= 1000 || up { 32 * 1024 } else { u64::MAX });
         let (oh, ow) = if up { (2 * h, 2 * w) } else { (h, w) };
         let x = rng.vec(h * w * cin).iter().map(|v| v * 3.0 + 0.5).collect::<Vec<_>>();
@@ -519,22 +525,29 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
         let partials = gpu.storage_buffer("gn-part", kernels::groupnorm_partials_bytes(h * w, groups));
         let xm = kernels::Map { buf: &xt.buf, h, w, c: cin };
         let ym = kernels::Map { buf: &yt.buf, h: oh, w: ow, c: cout };
+        // Every other normalised case writes GroupNorm + SiLU into a map of its own (x stays raw).
+        let xn = Tensor::zeros(&gpu, "xn", &[x.len()]);
+        let separate = norm && ci % 2 == 1;
         let mut rec = Recorder::new(&gpu);
         if norm {
             kernels::groupnorm_stats(&mut rec, xm, groups, 1e-6, &partials, &stats);
+            // In windows when the binding cap is small.
+            kernels::groupnorm_apply(&mut rec, xm, groups, &stats, &gt.buf, &bet.buf, separate.then_some(&xn.buf), true);
         }
-        if norm {
-            // GroupNorm + SiLU in place, in windows when the binding cap is small.
-            kernels::groupnorm_apply(&mut rec, xm, groups, &stats, &gt.buf, &bet.buf, None, true);
-        }
-        kernels::conv2d(&mut rec, &weight, ks, &bt.buf, xm, up, ym, add);
+        let input = if separate { kernels::Map { buf: &xn.buf, ..xm } } else { xm };
+        kernels::conv2d(&mut rec, &weight, ks, &bt.buf, input, up, ym, add);
         rec.finish();
         let st = cpu_gn(&x, cin, groups, 1e-6);
         let mut want = cpu_conv(&x, h, w, cin, &wt_used, &bias, cout, ks, up, norm.then_some((&st[..], &gamma[..], &beta[..], groups)));
         if add {
             want.iter_mut().zip(&prior).for_each(|(a, b)| *a += b);
         }
-        assert_close(&read(&gpu, &yt), &want, 2e-5, &format!("conv {h}x{w} {cin}->{cout} k{ks} up {up} norm {norm} add {add} {quant} gpu-tuned {gpu_tuned}"));
+        let what =
+            format!("conv {h}x{w} {cin}->{cout} k{ks} up {up} norm {norm} (separate {separate}) add {add} {quant} gpu-tuned {gpu_tuned} sg8 {}", gpu.sg8());
+        assert_close(&read(&gpu, &yt), &want, 2e-5, &what);
+        if separate {
+            assert_eq!(read(&gpu, &xt), x, "{what}: the GroupNorm pass into another map leaves x as it was");
+        }
         if norm {
             let got: Vec<f32> = pollster::block_on(gpu.read_f32(&stats, 0, groups * 2)).unwrap();
             for (g, (m, r)) in st.iter().enumerate() {
@@ -543,6 +556,7 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
         }
     }
     gpu.set_binding_cap(u64::MAX);
+    gpu.set_sg8_allowed(true);
 }
 
 /// GPU errors neither panic (wgpu's default handler does) nor pass silently: a buffer over the

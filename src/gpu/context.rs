@@ -19,6 +19,9 @@ pub const PORTABLE_MAX_BUFFER: u64 = 256 << 20;
 pub struct GpuFeatures {
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// The subgroup width when the adapter has subgroups of one fixed width (8 on lavapipe's
+    /// 256-bit SIMD); `None` without subgroups or where the width varies.
+    pub subgroup_size: Option<u32>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -53,6 +56,8 @@ pub struct Gpu {
     /// attention split over the keys) rather than for a CPU rasteriser such as lavapipe or
     /// SwiftShader, where a few large workgroups already fill the cores and run faster.
     gpu_tuned: std::sync::atomic::AtomicBool,
+    /// Kernels written for 8-lane subgroups may be used where the adapter's are (see [`Gpu::sg8`]).
+    sg8_allowed: std::sync::atomic::AtomicBool,
     /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
     pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
@@ -113,6 +118,7 @@ impl Gpu {
         if afeatures.contains(wgpu::Features::SUBGROUP) {
             features |= wgpu::Features::SUBGROUP;
             gf.subgroups = true;
+            gf.subgroup_size = (info.subgroup_min_size == info.subgroup_max_size).then_some(info.subgroup_min_size);
         }
         let profile = profile && !cfg!(target_arch = "wasm32") && afeatures.contains(wgpu::Features::TIMESTAMP_QUERY);
         if profile {
@@ -189,6 +195,7 @@ impl Gpu {
             failed,
             binding_cap: u64::MAX.into(),
             gpu_tuned: (info.device_type != wgpu::DeviceType::Cpu).into(),
+            sg8_allowed: true.into(),
             bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -214,6 +221,17 @@ impl Gpu {
     /// tests run both shapes on any adapter).
     pub fn set_gpu_tuned(&self, on: bool) {
         self.gpu_tuned.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether kernels written for subgroups of exactly 8 lanes (the CPU-rasteriser convolution)
+    /// can run: the adapter's subgroups have that fixed width, and tests have not turned them off.
+    pub fn sg8(&self) -> bool {
+        self.summary.features.subgroup_size == Some(8) && self.sg8_allowed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Allows or forbids the 8-lane subgroup kernels (tests cover the fallbacks on any adapter).
+    pub fn set_sg8_allowed(&self, on: bool) {
+        self.sg8_allowed.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.

@@ -446,10 +446,16 @@ impl Map<'_> {
     }
 }
 
+/// Output pixels × channels of one workgroup of the SG8 convolution (conv.wgsl: SG_PER_WG
+/// subgroups of SG_PIXELS × SG_COLS).
+const CONV_SG8_TILE: (u32, u32) = (8 * 16, 32);
+
 /// Stride-1, zero-padded ks×ks convolution y (+)= conv(x̃) + bias over channels-last maps, where
 /// x̃ is x, optionally nearest-upsampled ×2 (`upsample`).
 /// `w` is [Cout, ks·ks·Cin] (taps major, input channels minor). Works in bands of output rows so
-/// that every bound window stays within the device's binding limit.
+/// that every bound window stays within the device's binding limit. Kernel shapes: the 64×64
+/// matrix tile on GPUs; on CPU rasterisers the subgroup kernel where subgroups are 8 lanes wide,
+/// else the 128×128 tile.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x: Map, upsample: bool, y: Map, add: bool) {
     let up = if upsample { 2 } else { 1 };
@@ -474,10 +480,16 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
         defines.push("UPSAMPLE");
     }
     let tuned = rec.gpu.gpu_tuned();
-    if tuned {
-        defines.push("GPU_TILE");
-    }
-    let (tile_m, tile_n) = gemm_tile(tuned, false);
+    let sg8 = !tuned && rec.gpu.sg8();
+    let (tile_m, tile_n) = if sg8 {
+        defines.push("SG8");
+        CONV_SG8_TILE
+    } else {
+        if tuned {
+            defines.push("GPU_TILE");
+        }
+        gemm_tile(tuned, false)
+    };
     let p = pipeline(rec.gpu, "conv.wgsl", &defines);
     let mut r0 = 0;
     while r0 < y.h {
@@ -564,5 +576,18 @@ pub fn groupnorm_apply(rec: &mut Recorder, x: Map, groups: usize, stats: &wgpu::
         }
         rec.dispatch_ranges(p.clone(), &params, &bufs, grid(((n * c) as u32).div_ceil(256)));
         px0 += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The grid of the SG8 convolution assumes conv.wgsl's tile; the two must change together.
+    #[test]
+    fn conv_sg8_tile_matches_the_shader() {
+        let src = super::shader::source("conv.wgsl", &["F16", "BIAS", "SG8"]);
+        for line in ["const SG_LANES: u32 = 8u;", "const SG_PIXELS: u32 = 2u * SG_LANES;", "const SG_COLS: u32 = 4u * SG_LANES;", "const SG_PER_WG: u32 = 8u;"] {
+            assert!(src.contains(line), "conv.wgsl no longer has `{line}`");
+        }
+        assert_eq!(super::CONV_SG8_TILE, (8 * 2 * 8, 4 * 8));
     }
 }
