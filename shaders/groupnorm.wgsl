@@ -44,15 +44,27 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let px0 = wid.x * p.chunk;
     let px1 = min(px0 + p.chunk, p.P);
     let n = (px1 - px0) * p.cpg;
+    // `lanes` invocations share a pixel, each taking every lanes-th channel of the group, and
+    // 256 / lanes pixels are in flight: the position is divided out once here, not per element.
+    let lanes = min(p.cpg, 256u);
+    let pstep = 256u / lanes;
+    let c0 = g * p.cpg + li % lanes;
+    let c1 = (g + 1u) * p.cpg;
+    let first = px0 + li / lanes;
+    let busy = li < pstep * lanes;
     var s = 0.0;
-    for (var i = li; i < n; i += 256u) {
-        s += x[(px0 + i / p.cpg) * p.C + g * p.cpg + i % p.cpg];
+    for (var px = first; busy && px < px1; px += pstep) {
+        for (var c = c0; c < c1; c += lanes) {
+            s += x[px * p.C + c];
+        }
     }
     let mean = wg_sum(li, s) / f32(n);
     var m2 = 0.0;
-    for (var i = li; i < n; i += 256u) {
-        let d = x[(px0 + i / p.cpg) * p.C + g * p.cpg + i % p.cpg] - mean;
-        m2 += d * d;
+    for (var px = first; busy && px < px1; px += pstep) {
+        for (var c = c0; c < c1; c += lanes) {
+            let d = x[px * p.C + c] - mean;
+            m2 += d * d;
+        }
     }
     let total = wg_sum(li, m2);
     if (li == 0u) {
@@ -89,38 +101,48 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 #if APPLY
 #if INPLACE
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;      // window [P, C], normalised in place
+@group(0) @binding(1) var<storage, read_write> y: array<vec4<f32>>; // window [P, C], normalised in place
 #else
-@group(0) @binding(1) var<storage, read> x: array<f32>;            // window [P, C]
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;      // window [P, C]
 #endif
 @group(0) @binding(2) var<storage, read> gn: array<vec2<f32>>;     // [G] (mean, 1/std)
-@group(0) @binding(3) var<storage, read> gn_w: array<f32>;         // [C] γ
-@group(0) @binding(4) var<storage, read> gn_b: array<f32>;         // [C] β
+@group(0) @binding(3) var<storage, read> gn_w: array<vec4<f32>>;   // [C] γ
+@group(0) @binding(4) var<storage, read> gn_b: array<vec4<f32>>;   // [C] β
 #if INPLACE
 #else
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;      // window [P, C]
+@group(0) @binding(5) var<storage, read_write> y: array<vec4<f32>>; // window [P, C]
 #endif
 
 //#include activation.wgsl
 
-@compute @workgroup_size(256)
+// Invocation (x, y) normalises channels 4x .. 4x+4 (C % 4 == 0) of pixels y, y + Y, y + 2Y, …
+// (Y = invocations along y): its channels' statistics, γ and β are read once, and no index is
+// divided per element.
+@compute @workgroup_size(16, 16)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
-    if (i >= p.P * p.C) {
+    let quads = p.C / 4u;
+    let q = gid.x;
+    if (q >= quads) {
         return;
     }
-    let c = i % p.C;
-    let st = gn[c / p.cpg];
+    let c = 4u * q;
+    let mean = vec4<f32>(gn[c / p.cpg].x, gn[(c + 1u) / p.cpg].x, gn[(c + 2u) / p.cpg].x, gn[(c + 3u) / p.cpg].x);
+    let rstd = vec4<f32>(gn[c / p.cpg].y, gn[(c + 1u) / p.cpg].y, gn[(c + 2u) / p.cpg].y, gn[(c + 3u) / p.cpg].y);
+    let gamma = gn_w[q];
+    let beta = gn_b[q];
+    for (var px = gid.y; px < p.P; px += nwg.y * 16u) {
+        let i = px * quads + q;
 #if INPLACE
-    let v = y[i];
+        let v = y[i];
 #else
-    let v = x[i];
+        let v = x[i];
 #endif
-    let t = (v - st.x) * st.y * gn_w[c] + gn_b[c];
+        let t = (v - mean) * rstd * gamma + beta;
 #if SILU
-    y[i] = silu(t);
+        y[i] = vec4<f32>(silu(t.x), silu(t.y), silu(t.z), silu(t.w));
 #else
-    y[i] = t;
+        y[i] = t;
 #endif
+    }
 }
 #endif

@@ -559,6 +559,49 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
     gpu.set_sg8_allowed(true);
 }
 
+/// The GroupNorm passes alone against the CPU: statistics (groups wider than a workgroup
+/// included) and the normalisation with or without SiLU, in place or into another map, with the
+/// binding limit lowered so that both work in windows.
+#[test]
+fn groupnorm_silu_pass_matches_cpu() {
+    let gpu = gpu();
+    let mut rng = Rng(5);
+    for &(h, w, c, groups, silu_on, inplace, capped) in
+        &[(5usize, 7usize, 1032usize, 2usize, true, false, false), (40, 33, 64, 32, true, true, true), (9, 11, 12, 3, false, false, true), (4, 4, 8, 8, false, true, false)]
+    {
+        gpu.set_binding_cap(if capped { 32 * 1024 } else { u64::MAX });
+        let x = rng.vec(h * w * c).iter().map(|v| v * 2.0 - 0.3).collect::<Vec<_>>();
+        let (gamma, beta) = (rng.vec(c).iter().map(|v| 1.0 + 0.3 * v).collect::<Vec<_>>(), rng.vec(c));
+        let (xt, yt) = (Tensor::from_f32(&gpu, "x", &[x.len()], &x), Tensor::zeros(&gpu, "y", &[x.len()]));
+        let (gt, bt) = (Tensor::from_f32(&gpu, "g", &[c], &gamma), Tensor::from_f32(&gpu, "b", &[c], &beta));
+        let stats = gpu.storage_buffer("gn", groups as u64 * 8);
+        let partials = gpu.storage_buffer("gn-part", kernels::groupnorm_partials_bytes(h * w, groups));
+        let xm = kernels::Map { buf: &xt.buf, h, w, c };
+        let mut rec = Recorder::new(&gpu);
+        kernels::groupnorm_stats(&mut rec, xm, groups, 1e-6, &partials, &stats);
+        kernels::groupnorm_apply(&mut rec, xm, groups, &stats, &gt.buf, &bt.buf, (!inplace).then_some(&yt.buf), silu_on);
+        rec.finish();
+        let st = cpu_gn(&x, c, groups, 1e-6);
+        let want: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = i % c;
+                let (m, r) = st[ch / (c / groups)];
+                let t = (v as f64 - m) * r * gamma[ch] as f64 + beta[ch] as f64;
+                (if silu_on { silu(t) } else { t }) as f32
+            })
+            .collect();
+        let what = format!("groupnorm {h}x{w}x{c} groups {groups} silu {silu_on} in place {inplace} windows {capped}");
+        assert_close(&read(&gpu, if inplace { &xt } else { &yt }), &want, 2e-5, &what);
+        let got: Vec<f32> = pollster::block_on(gpu.read_f32(&stats, 0, groups * 2)).unwrap();
+        for (g, (m, r)) in st.iter().enumerate() {
+            assert!((got[2 * g] as f64 - m).abs() < 1e-5 && (got[2 * g + 1] as f64 - r).abs() < 1e-4 * r, "{what}: group {g}");
+        }
+    }
+    gpu.set_binding_cap(u64::MAX);
+}
+
 /// GPU errors neither panic (wgpu's default handler does) nor pass silently: a buffer over the
 /// adapter's limits and an invalid binding are reported by the next check, with their kind.
 #[test]

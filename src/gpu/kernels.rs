@@ -550,11 +550,16 @@ pub fn groupnorm_stats(rec: &mut Recorder, x: Map, groups: usize, eps: f32, part
     rec.dispatch(p2, &params, &[partials, stats], [(groups as u32).div_ceil(64), 1, 1]);
 }
 
+/// Pixel rows of invocations per [`groupnorm_apply`] window (groupnorm.wgsl APPLY: each
+/// invocation loops over the pixels this many apart); a multiple of its workgroup's 16.
+const GN_APPLY_PIXEL_SLOTS: usize = 16 * 1024;
+
 /// The GroupNorm of `x` (statistics from [`groupnorm_stats`]), then SiLU when `silu`, written to
 /// `y` or, with `y` None, over `x` in place. Works in windows of pixels within the binding limit.
 #[allow(clippy::too_many_arguments)]
 pub fn groupnorm_apply(rec: &mut Recorder, x: Map, groups: usize, stats: &wgpu::Buffer, gamma: &wgpu::Buffer, beta: &wgpu::Buffer, y: Option<&wgpu::Buffer>, silu: bool) {
     let (pixels, c) = (x.h * x.w, x.c);
+    assert!(c % 4 == 0, "groupnorm_apply reads channels as vec4");
     let mut defines = vec!["APPLY"];
     if silu {
         defines.push("SILU");
@@ -574,7 +579,8 @@ pub fn groupnorm_apply(rec: &mut Recorder, x: Map, groups: usize, stats: &wgpu::
         if let Some(y) = y {
             bufs.push(win(y));
         }
-        rec.dispatch_ranges(p.clone(), &params, &bufs, grid(((n * c) as u32).div_ceil(256)));
+        let wg = [(c as u32 / 4).div_ceil(16), (n.min(GN_APPLY_PIXEL_SLOTS) as u32).div_ceil(16), 1];
+        rec.dispatch_ranges(p.clone(), &params, &bufs, wg);
         px0 += n;
     }
 }
