@@ -173,6 +173,8 @@ pub struct GenerateBench {
     /// FLOPs of that pass's matrix products.
     pub llm_flops: f64,
     pub vae_s: f64,
+    /// Every convolution shape of the VAE timed alone (see [`vae_convs`]).
+    pub vae_convs: Vec<VaeConvBench>,
     pub submits_per_step: f64,
     /// Per-kernel GPU times of the flow steps after the first, of the batched LLM pass and of the
     /// VAE (when profiling).
@@ -226,11 +228,16 @@ pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
 
     let mut vae_s = 0.0;
     let mut vae_mem = 0;
+    let mut vae_profile = None;
+    let mut vae_convs = Vec::new();
     if let Some(vae) = &engine.vae {
         let t1 = Instant::now();
         vae.decode(&engine.gpu, &latent, c.gen.latent_size()).await?;
         vae_s = t1.elapsed().as_secs_f64();
         vae_mem = vae.work_bytes(c.gen.latent_size()) + vae.weight_bytes();
+        vae_profile = engine.gpu.take_profile();
+        vae_convs = self::vae_convs(&engine.gpu, vae, c.gen.latent_size())?;
+        engine.gpu.take_profile();
     }
     let kv = |cap: usize| (2 * c.llm.layers * cap * h * 4) as u64;
     let scratch_bytes = (rows * (4 * h + 3 * c.llm.intermediate) * 4) as u64;
@@ -242,10 +249,82 @@ pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
         llm_s,
         llm_flops,
         vae_s,
+        vae_convs,
         submits_per_step: (after.submits - before.submits) as f64 / steps as f64,
         step_profile,
         llm_profile,
-        vae_profile: engine.gpu.take_profile(),
+        vae_profile,
         memory_bytes: weights + vae_mem + kv(64 + n + 1) + kv(n + 2) + scratch_bytes,
     })
+}
+
+/// One convolution shape of the VAE decoder, timed alone.
+pub struct VaeConvBench {
+    pub shape: crate::model::vae::ConvCall,
+    /// How many times one decode runs it.
+    pub calls: usize,
+    /// Seconds per call of the convolution, and of the GroupNorm + SiLU pass before it (0 for
+    /// convolutions that read a plain map).
+    pub conv_s: f64,
+    pub groupnorm_s: f64,
+}
+
+/// Times every distinct convolution shape of one decode of a `side`² latent (and the GroupNorm
+/// + SiLU pass in front of those that have one) on synthetic data, in decode order: one submit
+/// per sample, repeated inside the submit until a sample takes ≥ 20 ms, best of two such
+/// samples (one on CPU adapters, where a single call already takes that long). Run it after a
+/// decode so that the pipelines are compiled.
+pub fn vae_convs(gpu: &Gpu, vae: &crate::model::vae::VaeDecoder, side: usize) -> Result<Vec<VaeConvBench>> {
+    use crate::gpu::kernels::Map;
+    let mut out: Vec<VaeConvBench> = Vec::new();
+    for call in vae.conv_calls(side) {
+        if let Some(b) = out.iter_mut().find(|b| b.shape == call) {
+            b.calls += 1;
+            continue;
+        }
+        let s = call;
+        let (ih, iw) = if s.upsample { (s.h / 2, s.w / 2) } else { (s.h, s.w) };
+        let k = s.ks * s.ks * s.cin;
+        let w: Vec<f32> = (0..s.cout * k).map(|i| ((i * 7 % 113) as f32 - 56.0) / 1130.0).collect();
+        let wt = Weight::upload(gpu, "bench-conv-w", &QuantBlob::quantize(vae.conv_quant(), s.cout, k, &w)?)?;
+        drop(w);
+        let xs: Vec<f32> = (0..ih * iw * s.cin).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+        let x = Tensor::from_f32(gpu, "bench-conv-x", &[xs.len()], &xs);
+        let xn = Tensor::zeros(gpu, "bench-conv-xn", &[xs.len()]);
+        let y = Tensor::zeros(gpu, "bench-conv-y", &[s.h * s.w * s.cout]);
+        let bias = Tensor::zeros(gpu, "bench-conv-b", &[s.cout]);
+        let (gamma, beta) = (Tensor::from_f32(gpu, "bench-gn-g", &[s.cin], &vec![1.0; s.cin]), Tensor::zeros(gpu, "bench-gn-b", &[s.cin]));
+        let groups = vae.cfg.norm_groups;
+        let partials = gpu.storage_buffer("bench-gn-partials", kernels::groupnorm_partials_bytes(ih * iw, groups));
+        let stats = gpu.storage_buffer("bench-gn-stats", groups as u64 * 8);
+        let xm = Map { buf: &x.buf, h: ih, w: iw, c: s.cin };
+        let conv = |rec: &mut Recorder| kernels::conv2d(rec, &wt, s.ks, &bias.buf, xm, s.upsample, Map { buf: &y.buf, h: s.h, w: s.w, c: s.cout }, s.add);
+        let norm = |rec: &mut Recorder| {
+            kernels::groupnorm_stats(rec, xm, groups, 1e-6, &partials, &stats);
+            kernels::groupnorm_apply(rec, xm, groups, &stats, &gamma.buf, &beta.buf, Some(&xn.buf), true);
+        };
+        let conv_s = time_call(gpu, &y.buf, &conv)?;
+        let groupnorm_s = if s.groupnorm { time_call(gpu, &xn.buf, &norm)? } else { 0.0 };
+        out.push(VaeConvBench { shape: s, calls: 1, conv_s, groupnorm_s });
+    }
+    Ok(out)
+}
+
+/// Seconds per run of `record` (see [`vae_convs`]); `probe` is a buffer it writes.
+fn time_call(gpu: &Gpu, probe: &wgpu::Buffer, record: &dyn Fn(&mut Recorder)) -> Result<f64> {
+    let run = |reps: usize| -> Result<f64> {
+        let t0 = Instant::now();
+        let mut rec = Recorder::new(gpu);
+        for _ in 0..reps {
+            record(&mut rec);
+        }
+        pollster::block_on(rec.finish_and_read(probe, 0, 4))?;
+        Ok(t0.elapsed().as_secs_f64() / reps as f64)
+    };
+    let once = run(1)?;
+    if once >= 0.02 {
+        return Ok(once);
+    }
+    let reps = ((0.02 / once).ceil() as usize).min(100);
+    Ok(run(reps)?.min(run(reps)?))
 }

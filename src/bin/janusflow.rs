@@ -425,6 +425,47 @@ fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: 
     }
 }
 
+/// Prints the VAE's convolutions timed alone (those after a GroupNorm + SiLU pass first, with
+/// the pass's own time) and returns them for `--json`.
+fn vae_conv_table(convs: &[janusflow::bench::VaeConvBench]) -> serde_json::Value {
+    use serde_json::json;
+    if convs.is_empty() {
+        return json!([]);
+    }
+    println!("generation: VAE convolutions timed alone (ms per call; TFLOP/s of the convolution alone)");
+    println!("  {:>5} {:>9} {:>8} {:>13}  shape", "calls", "ms", "TFLOP/s", "GroupNorm ms");
+    let mut rows = Vec::new();
+    let (mut conv_s, mut gn_s, mut flops) = (0.0, 0.0, 0.0);
+    for gn in [true, false] {
+        println!("  {}", if gn { "after GroupNorm + SiLU (its pass timed apart):" } else { "plain input:" });
+        for b in convs.iter().filter(|b| b.shape.groupnorm == gn) {
+            let s = b.shape;
+            let tflops = s.flops() / b.conv_s / 1e12;
+            let what = format!(
+                "{k}×{k} {}→{} at {}×{}{}{}",
+                s.cin,
+                s.cout,
+                s.h,
+                s.w,
+                if s.upsample { ", input upsampled ×2" } else { "" },
+                if s.add { ", onto the residual" } else { "" },
+                k = s.ks
+            );
+            let gn_ms = if gn { format!("{:.3}", b.groupnorm_s * 1e3) } else { "-".into() };
+            println!("  {:>5} {:>9.3} {:>8.3} {:>13}  {what}", b.calls, b.conv_s * 1e3, tflops, gn_ms);
+            conv_s += b.calls as f64 * b.conv_s;
+            gn_s += b.calls as f64 * b.groupnorm_s;
+            flops += b.calls as f64 * s.flops();
+            rows.push(json!({
+                "ks": s.ks, "cin": s.cin, "cout": s.cout, "h": s.h, "w": s.w, "upsample": s.upsample, "add": s.add,
+                "groupnorm": s.groupnorm, "calls": b.calls, "ms": b.conv_s * 1e3, "tflop_per_s": tflops, "groupnorm_ms": b.groupnorm_s * 1e3,
+            }));
+        }
+    }
+    println!("  total: {:.1} ms in convolutions ({:.3} TFLOP/s) + {:.1} ms in GroupNorm passes", conv_s * 1e3, flops / conv_s / 1e12, gn_s * 1e3);
+    json!(rows)
+}
+
 /// Runs the benchmark, printing each figure as it comes; returns them all for `--json`.
 fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
@@ -543,6 +584,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
             println!("generation: VAE decode {:.3} s; 30 steps + VAE ≈ {:.1} s (from {} steps)", g.vae_s, 30.0 * g.step_s + g.vae_s, g.steps);
         }
         println!("generation: GPU memory (weights + one generation's buffers) ≈ {:.0} MiB", g.memory_bytes as f64 / (1 << 20) as f64);
+        let convs = vae_conv_table(&g.vae_convs);
         fig.insert(
             "generation".into(),
             json!({
@@ -552,6 +594,8 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
                 "llm_pass_s": g.llm_s,
                 "llm_pass_gflop_per_s": g.llm_flops / g.llm_s / 1e9,
                 "vae_s": g.vae_s,
+                "vae_ms": g.vae_s * 1e3,
+                "vae_convs": convs,
                 "total_s": g.total_s,
                 "memory_bytes": g.memory_bytes,
             }),

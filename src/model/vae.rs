@@ -133,6 +133,28 @@ pub struct VaeDecoder {
     conv_out: (Arc<Weight>, Tensor),
 }
 
+/// One convolution of a decode, as [`VaeDecoder::decode`] calls it (for the benchmark).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvCall {
+    /// Output map size (after the ×2 upsampling when `upsample`).
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub ks: usize,
+    pub upsample: bool,
+    /// Accumulates onto the residual.
+    pub add: bool,
+    /// Reads a map that a GroupNorm + SiLU pass wrote just before.
+    pub groupnorm: bool,
+}
+
+impl ConvCall {
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.h * self.w * self.cout * self.ks * self.ks * self.cin) as f64
+    }
+}
+
 /// Work buffers of one decode.
 struct Bufs {
     maps: [wgpu::Buffer; 3],
@@ -192,6 +214,45 @@ impl VaeDecoder {
         let a = self.attn.as_ref().map(|a| w(&a.q) + w(&a.k) + w(&a.v) + w(&a.out)).unwrap_or(0);
         let up: u64 = self.up.iter().map(|b| b.resnets.iter().map(r).sum::<u64>() + b.upsample.as_ref().map(w).unwrap_or(0)).sum();
         w(&self.conv_in) + r(&self.mid1) + r(&self.mid2) + a + up + w(&self.conv_out)
+    }
+
+    /// Every convolution one decode of a `side`² latent runs, in order (the walk of
+    /// [`VaeDecoder::decode_raw`] and [`VaeDecoder::resnet`]).
+    pub fn conv_calls(&self, side: usize) -> Vec<ConvCall> {
+        let conv = |h, cin, cout, ks, upsample, add, groupnorm| ConvCall { h, w: h, cin, cout, ks, upsample, add, groupnorm };
+        let resnet = |v: &mut Vec<ConvCall>, r: &ResNet, h| {
+            if r.shortcut.is_some() {
+                v.push(conv(h, r.cin, r.cout, 1, false, false, false));
+            }
+            v.push(conv(h, r.cin, r.cout, 3, false, false, true));
+            v.push(conv(h, r.cout, r.cout, 3, false, true, true));
+        };
+        let (zc, mut h) = (self.cfg.latent_channels, side);
+        let mut v = Vec::new();
+        if self.post_quant.is_some() {
+            v.push(conv(h, zc, zc, 1, false, false, false));
+        }
+        v.push(conv(h, zc, self.mid1.cin, 3, false, false, false));
+        resnet(&mut v, &self.mid1, h);
+        resnet(&mut v, &self.mid2, h);
+        let mut c = self.mid2.cout;
+        for blk in &self.up {
+            for r in &blk.resnets {
+                resnet(&mut v, r, h);
+                c = r.cout;
+            }
+            if blk.upsample.is_some() {
+                h *= 2;
+                v.push(conv(h, c, c, 3, true, false, false));
+            }
+        }
+        v.push(conv(h, c, self.cfg.out_channels, 3, false, false, true));
+        v
+    }
+
+    /// The format of the convolution weights (one preset for all of them).
+    pub fn conv_quant(&self) -> Quant {
+        self.conv_in.0.quant
     }
 
     /// Bytes of GPU memory one decode of a `side`² latent allocates (three maps of the largest size).
