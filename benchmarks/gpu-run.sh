@@ -1,7 +1,8 @@
 #!/bin/bash
 # Real-size figures on a GPU machine: a random checkpoint with the real shapes, its q4 pack,
 # one-row product bandwidth against a copy, a profiled bench (per-kernel GPU times) and a plain
-# one (30 measured flow steps), each also as JSON (the last line of each bench).
+# one (30 measured flow steps, the VAE's convolution shapes timed alone), each also as JSON (the
+# last line of each bench).
 #   benchmarks/gpu-run.sh [janusflow binary] [real config.json]   (writes to $OUT or ./bench-out)
 set -u
 B=${1:-target/release/janusflow}
@@ -19,4 +20,4 @@ done
 echo "=== bench profile $(date +%T)" | tee -a "$L"
 timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile --json 2>&1 | tee -a "$L"
 echo "=== bench plain $(date +%T)" | tee -a "$L"
-timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --image --generate --flow-steps 30 --json 2>&1 | tee -a "$L"
+timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --image --generate --flow-steps 30 --vae-convs --json 2>&1 | tee -a "$L"

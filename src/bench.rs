@@ -173,7 +173,7 @@ pub struct GenerateBench {
     /// FLOPs of that pass's matrix products.
     pub llm_flops: f64,
     pub vae_s: f64,
-    /// Every convolution shape of the VAE timed alone (see [`vae_convs`]).
+    /// Every convolution shape of the VAE timed alone when asked (see [`vae_convs`]).
     pub vae_convs: Vec<VaeConvBench>,
     pub submits_per_step: f64,
     /// Per-kernel GPU times of the flow steps after the first, of the batched LLM pass and of the
@@ -185,8 +185,9 @@ pub struct GenerateBench {
     pub memory_bytes: u64,
 }
 
-/// Times guided generation on `engine`: `steps` (≥ 2) flow steps, a standalone batched LLM pass, the VAE.
-pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
+/// Times guided generation on `engine`: `steps` (≥ 2) flow steps, a standalone batched LLM pass, the
+/// VAE, and with `vae_convs` each of the VAE's convolution shapes alone ([`vae_convs`]).
+pub async fn generate(engine: &Engine, steps: usize, vae_convs: bool) -> Result<GenerateBench> {
     use crate::engine::GenerateParams;
     use crate::model::llm::{Input, Seq};
     let before = engine.counters.lock().unwrap().clone();
@@ -229,15 +230,17 @@ pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
     let mut vae_s = 0.0;
     let mut vae_mem = 0;
     let mut vae_profile = None;
-    let mut vae_convs = Vec::new();
+    let mut conv_figures = Vec::new();
     if let Some(vae) = &engine.vae {
         let t1 = Instant::now();
         vae.decode(&engine.gpu, &latent, c.gen.latent_size()).await?;
         vae_s = t1.elapsed().as_secs_f64();
         vae_mem = vae.work_bytes(c.gen.latent_size()) + vae.weight_bytes();
         vae_profile = engine.gpu.take_profile();
-        vae_convs = self::vae_convs(&engine.gpu, vae, c.gen.latent_size())?;
-        engine.gpu.take_profile();
+        if vae_convs {
+            conv_figures = self::vae_convs(&engine.gpu, vae, c.gen.latent_size())?;
+            engine.gpu.take_profile();
+        }
     }
     let kv = |cap: usize| (2 * c.llm.layers * cap * h * 4) as u64;
     let scratch_bytes = (rows * (4 * h + 3 * c.llm.intermediate) * 4) as u64;
@@ -249,7 +252,7 @@ pub async fn generate(engine: &Engine, steps: usize) -> Result<GenerateBench> {
         llm_s,
         llm_flops,
         vae_s,
-        vae_convs,
+        vae_convs: conv_figures,
         submits_per_step: (after.submits - before.submits) as f64 / steps as f64,
         step_profile,
         llm_profile,

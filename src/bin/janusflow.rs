@@ -153,6 +153,10 @@ enum Cmd {
         /// Flow steps the generation timing runs (at least 2; 30 gives the real total).
         #[arg(long, default_value_t = 2)]
         flow_steps: usize,
+        /// With --generate: also time each convolution shape of the VAE alone, in TFLOP/s (those
+        /// after a GroupNorm + SiLU pass apart, with the pass); costs about one more decode.
+        #[arg(long, requires = "generate")]
+        vae_convs: bool,
         /// Also print per-kernel GPU times (timestamp queries; slows the run a little).
         #[arg(long)]
         profile: bool,
@@ -362,8 +366,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, profile, shapes, json, matvec } => {
-            let opts = BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), profile, shapes, matvec };
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, vae_convs, profile, shapes, json, matvec } => {
+            let opts =
+                BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), vae_convs, profile, shapes, matvec };
             let fig = bench(model.as_deref(), &opts)?;
             if json {
                 println!("{}", serde_json::Value::Object(fig));
@@ -414,6 +419,7 @@ struct BenchOpts {
     no_matmul: bool,
     image: bool,
     flow_steps: Option<usize>,
+    vae_convs: bool,
     profile: bool,
     shapes: Option<String>,
     matvec: bool,
@@ -470,7 +476,7 @@ fn vae_conv_table(convs: &[janusflow::bench::VaeConvBench]) -> serde_json::Value
 fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
     let mut fig = serde_json::Map::new();
-    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, profile, ref shapes, matvec } = *o;
+    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, vae_convs, profile, ref shapes, matvec } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     if let Some(s) = shapes {
         gpu.set_gpu_tuned(s == "gpu");
@@ -570,7 +576,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         fig.insert("image_question".into(), json!({"encoder_s": u.encoder_s, "prompt_tokens": u.prompt_tokens, "time_to_first_token_s": u.ttft_s}));
     }
     if let Some(steps) = flow_steps {
-        let g = pollster::block_on(janusflow::bench::generate(&engine, steps))?;
+        let g = pollster::block_on(janusflow::bench::generate(&engine, steps, vae_convs))?;
         println!("generation: {:.3} s per flow step, {:.0} submits per step", g.step_s, g.submits_per_step);
         println!(
             "generation: batched LLM pass (2 rows × {} tokens) {:.3} s = {:.1} GFLOP/s of matrix products",
