@@ -44,27 +44,15 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let px0 = wid.x * p.chunk;
     let px1 = min(px0 + p.chunk, p.P);
     let n = (px1 - px0) * p.cpg;
-    // `lanes` invocations share a pixel, each taking every lanes-th channel of the group, and
-    // 256 / lanes pixels are in flight: the position is divided out once here, not per element.
-    let lanes = min(p.cpg, 256u);
-    let pstep = 256u / lanes;
-    let c0 = g * p.cpg + li % lanes;
-    let c1 = (g + 1u) * p.cpg;
-    let first = px0 + li / lanes;
-    let busy = li < pstep * lanes;
     var s = 0.0;
-    for (var px = first; busy && px < px1; px += pstep) {
-        for (var c = c0; c < c1; c += lanes) {
-            s += x[px * p.C + c];
-        }
+    for (var i = li; i < n; i += 256u) {
+        s += x[(px0 + i / p.cpg) * p.C + g * p.cpg + i % p.cpg];
     }
     let mean = wg_sum(li, s) / f32(n);
     var m2 = 0.0;
-    for (var px = first; busy && px < px1; px += pstep) {
-        for (var c = c0; c < c1; c += lanes) {
-            let d = x[px * p.C + c] - mean;
-            m2 += d * d;
-        }
+    for (var i = li; i < n; i += 256u) {
+        let d = x[(px0 + i / p.cpg) * p.C + g * p.cpg + i % p.cpg] - mean;
+        m2 += d * d;
     }
     let total = wg_sum(li, m2);
     if (li == 0u) {
