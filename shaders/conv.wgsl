@@ -70,7 +70,7 @@ fn tap_src(iy: i32, ix: i32) -> i32 {
 const SG_LANES: u32 = 8u;
 const SG_PIXELS: u32 = 2u * SG_LANES; // output pixels per subgroup: lane l owns l and l + 8
 const SG_COLS: u32 = 4u * SG_LANES;   // output channels per subgroup: lane l owns l + 8j, j < 4
-const SG_PER_WG: u32 = 8u;            // subgroups per workgroup (64 invocations)
+const SG_PER_WG: u32 = 8u;            // subgroups per workgroup: 64 invocations, 8 full subgroups
 
 // x̃ at (source `src`, channel quad cq), zero where the tap falls outside the map.
 fn x_at(src: i32, cq: u32) -> vec4<f32> {
