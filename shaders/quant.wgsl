@@ -7,8 +7,11 @@
 //   F16: word e/2 holds elements (e, e+1) as two f16 (low half first).
 //   Q8 : word e/4 holds 4 signed bytes (low byte first); scales at word `soff`, see below.
 //   Q4 : word e/8 holds 8 nibbles (low nibble first), value = nibble − 8; scales as below.
-//   Quantized formats use groups of 32 consecutive elements of a row with one f16 scale each:
+//   Q8 and Q4 use groups of 32 consecutive elements of a row with one f16 scale each:
 //   group g = e/32 has its scale in half (g & 1) of word soff + g/2.  weight = q · scale.
+//   Q4A: nibbles as Q4 (q in 0..15, no offset); per row, RW = 1 + ceil(K/64) words from
+//   soff + row·RW: word 0 = (d, dmin) as two f16, then one u16 per group of 32 (low byte sc,
+//   high byte m), two per word.  weight = q · (d·sc) − dmin·m.
 
 #if Q8
 fn group_scale(e: u32, soff: u32) -> f32 {
@@ -20,6 +23,17 @@ fn group_scale(e: u32, soff: u32) -> f32 {
 fn group_scale(e: u32, soff: u32) -> f32 {
     let g = e / 32u;
     return unpack2x16float(w[soff + g / 2u])[g & 1u];
+}
+#endif
+
+#if Q4A
+// (scale, min) of the group holding [row, k]: weight = q · scale − min.
+fn q4a_affine(row: u32, k: u32, K: u32, soff: u32) -> vec2<f32> {
+    let g = k / 32u;
+    let base = soff + row * (1u + (K / 32u + 1u) / 2u);
+    let dm = unpack2x16float(w[base]);
+    let sm = w[base + 1u + g / 2u] >> ((g & 1u) * 16u);
+    return vec2<f32>(dm.x * f32(sm & 255u), dm.y * f32((sm >> 8u) & 255u));
 }
 #endif
 
@@ -43,6 +57,12 @@ fn load_w4(row: u32, k: u32, K: u32, soff: u32) -> vec4<f32> {
     let v = vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u)) - 8.0;
     return v * group_scale(e, soff);
 #endif
+#if Q4A
+    let q = w[e / 8u] >> ((e % 8u) * 4u);
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u));
+    let a = q4a_affine(row, k, K, soff);
+    return v * a.x - a.y;
+#endif
 }
 
 #if Q4
@@ -63,5 +83,24 @@ fn q4_group_dot(row: u32, grp: u32, K: u32, soff: u32, a: array<vec4<f32>, 8>) -
         sa += lo + hi;
     }
     return group_scale(row * K + grp * 32u, soff) * (s - 8.0 * (sa.x + sa.y + sa.z + sa.w));
+}
+#endif
+
+#if Q4A
+// As q4_group_dot for q4a: scale · Σ q·a − min · Σ a.
+fn q4_group_dot(row: u32, grp: u32, K: u32, soff: u32, a: array<vec4<f32>, 8>) -> f32 {
+    let w0 = (row * K + grp * 32u) / 8u;
+    var s = 0.0;
+    var sa = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let q = w[w0 + i];
+        let lo = a[2u * i];
+        let hi = a[2u * i + 1u];
+        s += dot(vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u)), lo);
+        s += dot(vec4<f32>(f32((q >> 16u) & 15u), f32((q >> 20u) & 15u), f32((q >> 24u) & 15u), f32(q >> 28u)), hi);
+        sa += lo + hi;
+    }
+    let f = q4a_affine(row, grp * 32u, K, soff);
+    return f.x * s - f.y * (sa.x + sa.y + sa.z + sa.w);
 }
 #endif

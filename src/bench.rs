@@ -223,8 +223,7 @@ pub async fn generate(engine: &Engine, steps: usize, vae_convs: bool) -> Result<
     rec.finish_and_read(&scratch.x, 0, 4).await?;
     let llm_s = t0.elapsed().as_secs_f64();
     let llm_profile = engine.gpu.take_profile();
-    let per_row: u64 =
-        engine.llm.layers.iter().map(|l| l.weights().iter().map(|w| (w.n * w.k) as u64).sum::<u64>()).sum();
+    let per_row: u64 = engine.llm.layers.iter().map(|l| l.weights().iter().map(|w| (w.n * w.k) as u64).sum::<u64>()).sum();
     let llm_flops = 2.0 * per_row as f64 * rows as f64;
 
     let mut vae_s = 0.0;

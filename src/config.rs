@@ -95,10 +95,10 @@ impl VaeConfig {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(dflt),
                 Some(x) => x
-                .as_u64()
-                .filter(|&n| n > 0 && n <= caps::WIDTH as u64)
-                .map(|n| n as usize)
-                .ok_or_else(|| anyhow!("vae/config.json: `{k}` must be a whole number between 1 and {}", caps::WIDTH)),
+                    .as_u64()
+                    .filter(|&n| n > 0 && n <= caps::WIDTH as u64)
+                    .map(|n| n as usize)
+                    .ok_or_else(|| anyhow!("vae/config.json: `{k}` must be a whole number between 1 and {}", caps::WIDTH)),
             }
         };
         let blocks = match v.get("block_out_channels") {
@@ -339,7 +339,8 @@ impl JanusConfig {
         if layers <= 0 || layers > total || patch > image_size || image_size % patch != 0 || width % sheads != 0 || (width / sheads) % 4 != 0 {
             bail!("config.json: inconsistent SigLIP settings (image_size {image_size}, patch {patch}, width {width}, heads {sheads}, select_layer {select_layer})");
         }
-        let siglip = SiglipConfig { image_size, patch, width, layers: layers as usize, heads: sheads, mlp_hidden: ((width as f64 * mlp_ratio) as usize).max(1) };
+        let siglip =
+            SiglipConfig { image_size, patch, width, layers: layers as usize, heads: sheads, mlp_hidden: ((width as f64 * mlp_ratio) as usize).max(1) };
 
         let e = "vision_gen_enc_config.params";
         let d = "vision_gen_dec_config.params";

@@ -100,7 +100,7 @@ fn f32_logits_within_1e4_and_greedy_replies_identical() {
 #[test]
 fn quantized_presets_match_reference_on_quant_fixture() {
     let cs = cases_in("tiny-quant-ref");
-    for (q, min_cos) in [(Quant::Q8, 0.999), (Quant::Q4, 0.99), (Quant::F16, 0.9999)] {
+    for (q, min_cos) in [(Quant::Q8, 0.999), (Quant::Q4, 0.99), (Quant::Q4A, 0.99), (Quant::F16, 0.9999)] {
         let e = engine_from(&fixture("tiny-quant"), q, 512);
         for (gpu_tuned, c) in [false, true].into_iter().flat_map(|g| cs.iter().map(move |c| (g, c))) {
             e.gpu.set_gpu_tuned(gpu_tuned);
@@ -122,14 +122,14 @@ fn quantized_presets_match_reference_on_quant_fixture() {
 #[test]
 fn quantized_presets_stay_close() {
     let cs = cases();
-    for (q, min_cos) in [(Quant::Q8, 0.999), (Quant::Q4, 0.98), (Quant::F16, 0.9999)] {
+    for (q, min_cos) in [(Quant::Q8, 0.999), (Quant::Q4, 0.98), (Quant::Q4A, 0.98), (Quant::F16, 0.9999)] {
         let e = engine(q);
         for c in &cs {
             let want = read_npy(&fixture(&format!("tiny-ref/logits_{}.npy", c.name)));
             let got = pollster::block_on(e.logits(system(c), &messages(c))).unwrap();
             let cos = cosine(&got, &want);
             assert!(cos >= min_cos, "{q} case {}: cosine {cos}", c.name);
-            if q == Quant::Q4 {
+            if q.is_4bit() {
                 eprintln!("q4 case {}: cosine {cos:.4}, argmax {} vs reference {}", c.name, argmax(&got), argmax(&want));
             } else {
                 assert_eq!(argmax(&got), argmax(&want), "{q} case {}: argmax", c.name);

@@ -50,7 +50,7 @@ fn linear_all_formats_and_shapes() {
     let gpu = gpu();
     let mut rng = Rng(1);
     // Both tilings on any adapter: 128×128 / 32×128 (CPU adapters) and 64×64 / 16×64 (GPUs).
-    for (gpu_tuned, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4].map(|q| (t, q))) {
+    for (gpu_tuned, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(|q| (t, q))) {
         gpu.set_gpu_tuned(gpu_tuned);
         // Large K: many matrix-tile slices, many matvec strides.
         let ks: &[usize] = if quant.is_grouped() { &[96, 160, 1056] } else { &[44, 96, 1060] };
@@ -284,7 +284,7 @@ fn fused_decode_products_and_rope_scatter() {
     let tt = Tensor::from_f32(&gpu, "rope", &[16, d], &table);
     let cs = &table[pos * d..(pos + 1) * d];
     // Both kernel shape sets (GPU shapes read q4 a whole group per lane).
-    for (tuned, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4].map(|q| (t, q))) {
+    for (tuned, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(|q| (t, q))) {
         gpu.set_gpu_tuned(tuned);
         let x = rng.vec(2 * k);
         let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + v * 0.5).collect();
@@ -359,7 +359,7 @@ fn embedding_gather_across_chunks() {
     let gpu = gpu();
     let mut rng = Rng(7);
     let (rows, k) = (75, 64);
-    for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4] {
+    for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A] {
         let table = rng.vec(rows * k);
         let blob = QuantBlob::quantize(quant, rows, k, &table).unwrap();
         let deq = blob.dequantize();
@@ -566,9 +566,12 @@ fn conv2d_and_groupnorm_match_cpu_in_bands() {
 fn groupnorm_silu_pass_matches_cpu() {
     let gpu = gpu();
     let mut rng = Rng(5);
-    for &(h, w, c, groups, silu_on, inplace, capped) in
-        &[(5usize, 7usize, 1032usize, 2usize, true, false, false), (40, 33, 64, 32, true, true, true), (9, 11, 12, 3, false, false, true), (4, 4, 8, 8, false, true, false)]
-    {
+    for &(h, w, c, groups, silu_on, inplace, capped) in &[
+        (5usize, 7usize, 1032usize, 2usize, true, false, false),
+        (40, 33, 64, 32, true, true, true),
+        (9, 11, 12, 3, false, false, true),
+        (4, 4, 8, 8, false, true, false),
+    ] {
         gpu.set_binding_cap(if capped { 32 * 1024 } else { u64::MAX });
         let x = rng.vec(h * w * c).iter().map(|v| v * 2.0 - 0.3).collect::<Vec<_>>();
         let (gamma, beta) = (rng.vec(c).iter().map(|v| 1.0 + 0.3 * v).collect::<Vec<_>>(), rng.vec(c));
@@ -629,7 +632,10 @@ fn gpu_errors_are_reported_not_panicked() {
     let _bg = g.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &layout,
-        entries: &[wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &small, offset: 0, size: std::num::NonZeroU64::new(1 << 20) }) }],
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &small, offset: 0, size: std::num::NonZeroU64::new(1 << 20) }),
+        }],
     });
     let e = g.check_alive().unwrap_err();
     assert!(format!("{e:#}").to_lowercase().contains("bind"), "{e:#}");

@@ -62,32 +62,38 @@ fn run(inp: &Inputs, mut c: StreamConverter, chunk: usize, overlap: u64) -> (Vec
 #[test]
 fn streaming_matches_convert_and_resumes_after_any_shard() {
     let inp = inputs();
-    let native = tempdir("stream-native");
-    let src = ModelSource::open(&fixture("tiny")).unwrap();
-    let want = source::convert_with(&src, None, Quant::Q4, &native, SHARD, |_, _, _| {}).unwrap();
-    assert!(want.shards.len() >= 5, "the test needs several shards");
-    let (sealed, got) = run(&inp, converter(&inp, Quant::Q4, None).unwrap(), 777, 100);
-    assert_eq!(got.shards, want.shards);
-    assert_eq!(serde_json::to_value(&got.tensors).unwrap(), serde_json::to_value(&want.tensors).unwrap());
-    assert_eq!(sealed.iter().map(|s| s.file.clone()).collect::<Vec<_>>(), want.shards.iter().map(|s| s.file.clone()).collect::<Vec<_>>());
-    for s in &sealed {
-        assert_eq!(std::fs::read(native.join(&s.file)).unwrap(), s.data);
+    for quant in [Quant::Q4A, Quant::Q4] {
+        let native = tempdir(&format!("stream-native-{quant}"));
+        let src = ModelSource::open(&fixture("tiny")).unwrap();
+        let want = source::convert_with(&src, None, quant, &native, SHARD, |_, _, _| {}).unwrap();
+        assert!(want.shards.len() >= 5, "the test needs several shards");
+        let (sealed, got) = run(&inp, converter(&inp, quant, None).unwrap(), 777, 100);
+        assert_eq!(got.shards, want.shards);
+        assert_eq!(serde_json::to_value(&got.tensors).unwrap(), serde_json::to_value(&want.tensors).unwrap());
+        assert_eq!(sealed.iter().map(|s| s.file.clone()).collect::<Vec<_>>(), want.shards.iter().map(|s| s.file.clone()).collect::<Vec<_>>());
+        for s in &sealed {
+            assert_eq!(std::fs::read(native.join(&s.file)).unwrap(), s.data);
+        }
+        // Resume after each committed shard: the rest comes out identical, and reading restarts
+        // further on each time (never from the beginning once past the first tensors).
+        let mut last_start = 0;
+        for (k, s) in sealed.iter().enumerate() {
+            let mut c = converter(&inp, quant, Some(&s.checkpoint)).unwrap();
+            assert_eq!(c.shard_count(), k + 1);
+            let start = c.next_span().map(|sp| (sp.input as u64) << 40 | sp.start).unwrap_or(u64::MAX);
+            assert!(start >= last_start, "shard {k}: resumes at {start:#x}, before {last_start:#x}");
+            last_start = start;
+            let (rest, m) = run(&inp, c, 4096, 0);
+            assert_eq!(
+                rest.iter().map(|s| &s.data).collect::<Vec<_>>(),
+                sealed[k + 1..].iter().map(|s| &s.data).collect::<Vec<_>>(),
+                "{quant}: resumed after shard {k}"
+            );
+            assert_eq!(m.shards, want.shards);
+            assert_eq!(serde_json::to_value(&m.files).unwrap(), serde_json::to_value(&want.files).unwrap());
+        }
+        assert!(last_start > 0);
     }
-    // Resume after each committed shard: the rest comes out identical, and reading restarts
-    // further on each time (never from the beginning once past the first tensors).
-    let mut last_start = 0;
-    for (k, s) in sealed.iter().enumerate() {
-        let mut c = converter(&inp, Quant::Q4, Some(&s.checkpoint)).unwrap();
-        assert_eq!(c.shard_count(), k + 1);
-        let start = c.next_span().map(|sp| (sp.input as u64) << 40 | sp.start).unwrap_or(u64::MAX);
-        assert!(start >= last_start, "shard {k}: resumes at {start:#x}, before {last_start:#x}");
-        last_start = start;
-        let (rest, m) = run(&inp, c, 4096, 0);
-        assert_eq!(rest.iter().map(|s| &s.data).collect::<Vec<_>>(), sealed[k + 1..].iter().map(|s| &s.data).collect::<Vec<_>>(), "resumed after shard {k}");
-        assert_eq!(m.shards, want.shards);
-        assert_eq!(serde_json::to_value(&m.files).unwrap(), serde_json::to_value(&want.files).unwrap());
-    }
-    assert!(last_start > 0);
     // Skipped bytes are never requested: attn_pool and the VAE encoder.
     let mut c = converter(&inp, Quant::Q4, None).unwrap();
     let (total, _) = c.input_bytes();

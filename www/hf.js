@@ -22,8 +22,11 @@ export function baseUrl(url) {
 
 /** The IndexedDB key of an HF source and preset: each preset is its own stored pack, so two
  * presets live side by side instead of one deleting the other's download. */
+/** The preset converted when none is asked for (the same as `janusflow convert`'s default). */
+export const DEFAULT_QUANT = 'q4a';
+
 export function hfKey(hf, quant) {
-  return `hf:${baseUrl(hf.model)}|${hf.vae ? baseUrl(hf.vae) : ''}|${quant || 'q4'}`;
+  return `hf:${baseUrl(hf.model)}|${hf.vae ? baseUrl(hf.vae) : ''}|${quant || DEFAULT_QUANT}`;
 }
 
 /** The key used before presets were kept apart (one record per source, its preset inside). */
@@ -34,7 +37,7 @@ function legacyKey(hf) {
 /** A stored record under the old key moves to its preset's key (once, in one transaction). */
 export async function migrateKey(hf, quant) {
   const old = await store.getPack(legacyKey(hf));
-  if (old && (old.preset || 'q4') === (quant || 'q4')) await store.renamePack(legacyKey(hf), hfKey(hf, quant));
+  if (old && (old.preset || 'q4') === (quant || DEFAULT_QUANT)) await store.renamePack(legacyKey(hf), hfKey(hf, quant));
 }
 
 /** A whole small file (config, tokenizer), or null when the server says 404 and it is optional. */
@@ -177,7 +180,7 @@ function converter(p, quant, shardSize, checkpoint) {
 /** Sizes before anything is downloaded: `{download, store}` in bytes. */
 export async function describe(hf, quant) {
   const p = await plan(hf);
-  const c = converter(p, quant || 'q4', undefined, null);
+  const c = converter(p, quant || DEFAULT_QUANT, undefined, null);
   try {
     const small = p.files.reduce((a, [, b]) => a + b.byteLength, p.config.byteLength);
     return { download: c.inputBytes()[0] + small, store: c.packBytes() };
@@ -192,7 +195,7 @@ export async function describe(hf, quant) {
  * caller holds the store's exclusive lock.
  */
 export async function importHf(hf, quant, progress) {
-  quant = quant || 'q4';
+  quant = quant || DEFAULT_QUANT;
   const key = hfKey(hf, quant);
   await migrateKey(hf, quant);
   const shardSize = hf.shardSize || undefined;

@@ -9,7 +9,7 @@
 
 import init, * as wasm from './pkg/janusflow.js';
 import * as store from './store.js';
-import { importHf, hfKey, migrateKey, baseUrl, describe as describeHf } from './hf.js';
+import { importHf, hfKey, migrateKey, baseUrl, describe as describeHf, DEFAULT_QUANT } from './hf.js';
 import { OP, URGENT, MSG, KIND, kindError } from './protocol.js';
 import { fetchRetry, readBody, readText, withRetry, sleep, RETRIES } from './net.js';
 
@@ -246,7 +246,7 @@ async function settleUpdate(key, text, total, keep) {
 
 /** Converts (or finds) an HF source; the caller holds the exclusive lock. */
 async function ensureHf(id, source, quant) {
-  quant = quant || 'q4';
+  quant = quant || DEFAULT_QUANT;
   const key = hfKey(source.hf, quant);
   for (let attempt = 0; ; attempt++) {
     const { text, downloaded } = await importHf(source.hf, quant, (p) => post(id, MSG.progress, p));

@@ -28,8 +28,8 @@ struct ModelArgs {
     /// Hugging Face checkpoint folder or weight-pack folder.
     #[arg(long)]
     model: PathBuf,
-    /// Weight preset: q4 (default), q8, f16 or f32 (weights as stored, for validation).
-    #[arg(long, default_value = "q4")]
+    /// Weight preset: q4a (default), q4, q8, f16 or f32 (weights as stored, for validation).
+    #[arg(long, default_value = "q4a")]
     quant: String,
     /// Context length in tokens (KV-cache size).
     #[arg(long, default_value_t = 4096)]
@@ -108,7 +108,7 @@ enum Cmd {
         model: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "q4")]
+        #[arg(long, default_value = "q4a")]
         quant: String,
         /// SDXL-VAE folder in the diffusers layout to include (default: MODEL/vae when present).
         #[arg(long)]
@@ -135,7 +135,7 @@ enum Cmd {
     Bench {
         #[arg(long)]
         model: Option<PathBuf>,
-        #[arg(long, default_value = "q4")]
+        #[arg(long, default_value = "q4a")]
         quant: String,
         #[arg(long, default_value_t = 512)]
         prompt_tokens: usize,
@@ -367,8 +367,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, vae_convs, profile, shapes, json, matvec } => {
-            let opts =
-                BenchOpts { quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps: generate.then_some(flow_steps), vae_convs, profile, shapes, matvec };
+            let opts = BenchOpts {
+                quant,
+                prompt_tokens,
+                decode_tokens,
+                no_matmul,
+                image,
+                flow_steps: generate.then_some(flow_steps),
+                vae_convs,
+                profile,
+                shapes,
+                matvec,
+            };
             let fig = bench(model.as_deref(), &opts)?;
             if json {
                 println!("{}", serde_json::Value::Object(fig));
@@ -483,7 +493,10 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     }
     let shapes = if gpu.gpu_tuned() { "gpu" } else { "cpu" };
     println!("device: {} ({}, {}), kernel shapes: {shapes}", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
-    fig.insert("device".into(), json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes}));
+    fig.insert(
+        "device".into(),
+        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes}),
+    );
     if profile && !gpu.profiling() {
         println!("(this adapter has no timestamp queries: no per-kernel times)");
     }

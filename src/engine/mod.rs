@@ -36,7 +36,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { preset: Quant::Q4, context: 4096, prefill_chunk: 256 }
+        EngineOptions { preset: Quant::Q4A, context: 4096, prefill_chunk: 256 }
     }
 }
 
@@ -548,6 +548,46 @@ impl Engine {
     }
 
     /// Last-position logits after prefilling the chat prompt of `messages` (fresh cache).
+    /// Teacher-forced next-token logits at every position of `ids` ([ids.len(), vocab], row i
+    /// predicting token i + 1): how quality figures compare presets over a text.
+    pub async fn logits_at_every_position(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_fits(ids.len())?;
+        let vocab = self.cfg.llm.vocab;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            fail!(Kind::BadInput, "token id {bad} is outside the vocabulary ({vocab})");
+        }
+        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(ids));
+        let cache = self.llm.new_cache(&self.gpu, ids.len())?;
+        let chunk = self.opts.prefill_chunk.min(ids.len().max(1));
+        let logits = self.gpu.storage_buffer("logits-all", (chunk * vocab * 4) as u64);
+        let mut out = Vec::with_capacity(ids.len() * vocab);
+        let mut pos = 0;
+        while pos < ids.len() {
+            let t = chunk.min(ids.len() - pos);
+            let mut rec = Recorder::new(&self.gpu);
+            self.llm.forward(&mut rec, &self.scratch, &cache, Input::Spliced(&self.ids, pos, &[]), t, pos);
+            self.llm.logits_of_rows(&mut rec, &self.scratch, t, &logits);
+            let bytes = rec.finish_and_read(&logits, 0, (t * vocab * 4) as u64).await?;
+            out.extend_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+            pos += t;
+        }
+        Ok(out)
+    }
+
+    /// The greedy continuation of `ids` (the decode path token by token), stopping after `max`
+    /// tokens or at `stop` (not included): how quality checks compare presets' replies.
+    pub async fn greedy_ids(&self, ids: &[u32], max: usize, stop: u32) -> Result<Vec<u32>> {
+        self.check_fits(ids.len() + max)?;
+        let mut cache = self.llm.new_cache(&self.gpu, ids.len() + max)?;
+        let mut best = self.prefill(&mut cache, &Prompt::from_ids(ids.to_vec()), 0, 1).await?;
+        let mut out = Vec::new();
+        while out.len() < max && best[0].1 != stop {
+            out.push(best[0].1);
+            best = self.decode_step(&mut cache, best[0].1, 1).await?;
+        }
+        Ok(out)
+    }
+
     pub async fn logits(&self, system: Option<&str>, messages: &[Message]) -> Result<Vec<f32>> {
         let prompt = self.prompt(system, messages)?;
         self.check_fits(prompt.ids.len())?;

@@ -93,7 +93,7 @@ impl Gpu {
                 tagged(
                     Kind::Webgpu,
                     format!(
-                    "no WebGPU/Vulkan/Metal/DX12 adapter found ({e}); on Linux without a GPU install \
+                        "no WebGPU/Vulkan/Metal/DX12 adapter found ({e}); on Linux without a GPU install \
                      Mesa's lavapipe (apt-get install mesa-vulkan-drivers)"
                     ),
                 )
@@ -137,13 +137,14 @@ impl Gpu {
         limits.max_compute_workgroups_per_dimension = alimits.max_compute_workgroups_per_dimension;
         limits.max_bind_groups = alimits.max_bind_groups.min(4);
         if limits.max_compute_workgroup_storage_size < 16384 || limits.max_compute_invocations_per_workgroup < 256 {
-            return Err(tagged(Kind::Webgpu, format!(
-                "the GPU adapter '{}' is too limited: needs 16 KiB workgroup storage and 256 invocations \
+            return Err(tagged(
+                Kind::Webgpu,
+                format!(
+                    "the GPU adapter '{}' is too limited: needs 16 KiB workgroup storage and 256 invocations \
                  per workgroup (has {} B, {})",
-                info.name,
-                limits.max_compute_workgroup_storage_size,
-                limits.max_compute_invocations_per_workgroup
-            )));
+                    info.name, limits.max_compute_workgroup_storage_size, limits.max_compute_invocations_per_workgroup
+                ),
+            ));
         }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use super::recorder::{grid, Recorder};
 use super::shader;
 use super::{Gpu, Weight};
-use crate::weights::quant::Quant;
 
 fn pipeline(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipeline> {
     let key = format!("{file}:{}", defines.join(":"));
@@ -67,7 +66,7 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
     let rows4 = small && !tuned;
     let vec = rows <= MATVEC_MAX_ROWS || rows4;
     let mut defines = vec![w.quant.define()];
-    if vec && !rows4 && tuned && w.quant == Quant::Q4 {
+    if vec && !rows4 && tuned && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
     }
     if rows4 {
@@ -184,7 +183,17 @@ pub fn qkv_row_order(hidden: usize, head_dim: usize) -> impl Iterator<Item = (us
 pub enum Fused<'a> {
     /// Stacked Q|K|V of `heads` heads of `head_dim`: RoPE at `pos` from `table`, q to
     /// `q[q_off..]`, k and v into cache slot `slot` of `kc` and `vc`.
-    Qkv { heads: usize, head_dim: usize, pos: usize, table: &'a wgpu::Buffer, q: &'a wgpu::Buffer, q_off: usize, kc: &'a wgpu::Buffer, vc: &'a wgpu::Buffer, slot: usize },
+    Qkv {
+        heads: usize,
+        head_dim: usize,
+        pos: usize,
+        table: &'a wgpu::Buffer,
+        q: &'a wgpu::Buffer,
+        q_off: usize,
+        kc: &'a wgpu::Buffer,
+        vc: &'a wgpu::Buffer,
+        slot: usize,
+    },
     /// Interleaved gate|up rows: silu(gate) · up into `y[y_off..]`.
     GateUp { y: &'a wgpu::Buffer, y_off: usize },
     /// The product itself into `y[y_off..]`.
@@ -211,14 +220,15 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usiz
     if norm.is_none() {
         defines.push("NORMED");
     }
-    if rec.gpu.gpu_tuned() && w.quant == Quant::Q4 {
+    if rec.gpu.gpu_tuned() && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
     }
     let p = pipeline(rec.gpu, "matvec_fused.wgsl", &defines);
     // NORMED binds x again in the norm weight's unused slot.
     let (g, eps) = norm.unwrap_or((x, 0.0));
     for c in &w.chunks {
-        let params = [w.k as u32, c.rows as u32, c.row0 as u32, c.soff, x_off as u32, eps.to_bits(), hd as u32, d as u32, pos as u32, y_off as u32, kv_off as u32];
+        let params =
+            [w.k as u32, c.rows as u32, c.row0 as u32, c.soff, x_off as u32, eps.to_bits(), hd as u32, d as u32, pos as u32, y_off as u32, kv_off as u32];
         let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, g];
         match &f {
             Fused::Qkv { table, q, kc, vc, .. } => bufs.extend([*table, *q, *kc, *vc]),
@@ -557,7 +567,16 @@ const GN_APPLY_PIXEL_SLOTS: usize = 16 * 1024;
 /// The GroupNorm of `x` (statistics from [`groupnorm_stats`]), then SiLU when `silu`, written to
 /// `y` or, with `y` None, over `x` in place. Works in windows of pixels within the binding limit.
 #[allow(clippy::too_many_arguments)]
-pub fn groupnorm_apply(rec: &mut Recorder, x: Map, groups: usize, stats: &wgpu::Buffer, gamma: &wgpu::Buffer, beta: &wgpu::Buffer, y: Option<&wgpu::Buffer>, silu: bool) {
+pub fn groupnorm_apply(
+    rec: &mut Recorder,
+    x: Map,
+    groups: usize,
+    stats: &wgpu::Buffer,
+    gamma: &wgpu::Buffer,
+    beta: &wgpu::Buffer,
+    y: Option<&wgpu::Buffer>,
+    silu: bool,
+) {
     let (pixels, c) = (x.h * x.w, x.c);
     assert!(c % 4 == 0, "groupnorm_apply reads channels as vec4");
     let mut defines = vec!["APPLY"];
@@ -591,7 +610,8 @@ mod tests {
     #[test]
     fn conv_sg8_tile_matches_the_shader() {
         let src = super::shader::source("conv.wgsl", &["F16", "BIAS", "SG8"]);
-        for line in ["const SG_LANES: u32 = 8u;", "const SG_PIXELS: u32 = 2u * SG_LANES;", "const SG_COLS: u32 = 4u * SG_LANES;", "const SG_PER_WG: u32 = 8u;"] {
+        for line in ["const SG_LANES: u32 = 8u;", "const SG_PIXELS: u32 = 2u * SG_LANES;", "const SG_COLS: u32 = 4u * SG_LANES;", "const SG_PER_WG: u32 = 8u;"]
+        {
             assert!(src.contains(line), "conv.wgsl no longer has `{line}`");
         }
         assert_eq!(super::CONV_SG8_TILE, (8 * 2 * 8, 4 * 8));

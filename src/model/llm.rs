@@ -258,7 +258,8 @@ impl Llm {
         };
         let n = norm(rec, &layer.input_norm);
         kernels::norm_matvec(rec, &layer.qkv, input, 0, n, qkv);
-        let shape = AttnShape { t: 1, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(slot), n_keys: slot + 1, q_stride: hd, kv_stride: hd, o_stride: hd };
+        let shape =
+            AttnShape { t: 1, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(slot), n_keys: slot + 1, q_stride: hd, kv_stride: hd, o_stride: hd };
         kernels::attention(rec, shape, &s.q, 0, kc, 0, vc, 0, &s.attn, 0);
         kernels::linear(rec, &layer.o, None, &s.attn, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true });
         let n = norm(rec, &layer.post_norm);
@@ -293,6 +294,14 @@ impl Llm {
             kernels::rmsnorm(rec, &s.x, row * hd, 1, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
             kernels::norm_matvec(rec, &self.lm_head, &s.h, 0, None, out);
         }
+    }
+
+    /// Final norm and lm_head on residual rows 0..t of `s.x` → logits [t, vocab] (one GEMM; for
+    /// measuring a preset's next-token distribution at every position of a text).
+    pub fn logits_of_rows(&self, rec: &mut Recorder, s: &Scratch, t: usize, logits: &wgpu::Buffer) {
+        let hd = self.cfg.hidden;
+        kernels::rmsnorm(rec, &s.x, 0, t, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
+        kernels::linear(rec, &self.lm_head, None, &s.h, 0, t, kernels::Out { buf: logits, off: 0, stride: self.cfg.vocab, add: false });
     }
 
     /// Whether RMSNorms run inside the decode products' prologue (GPU kernel shapes) or as their

@@ -55,7 +55,7 @@ impl HfConverter {
     /// size}`. Rejects a checkpoint of other files or settings (start again without it).
     #[wasm_bindgen(constructor)]
     pub fn new(spec: JsValue) -> Result<HfConverter, JsValue> {
-        let quant = Quant::parse(&get(&spec, "quant").as_string().unwrap_or_else(|| "q4".into())).map_err(err)?;
+        let quant = Quant::parse(&get(&spec, "quant").as_string().unwrap_or_else(|| "q4a".into())).map_err(err)?;
         let shard = get(&spec, "shardSize").as_f64().map(|s| s as usize).unwrap_or(crate::weights::pack::MAX_SHARD);
         let config = bytes(&get(&spec, "config"), "config")?;
         let mut files = Vec::new();

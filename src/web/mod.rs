@@ -317,4 +317,3 @@ impl WebEngine {
         self.conv = Conversation::new();
     }
 }
-

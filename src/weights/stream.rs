@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::pack::{sha256_hex, FileEntry, Manifest, Part, ShardEntry, TensorEntry, FORMAT, MAX_SHARD, MIN_SHARD, VERSION};
 use super::preset::{matrix_dims, quant_for, skipped};
-use super::quant::{Quant, QuantBlob, GROUP};
+use super::quant::{Quant, QuantBlob};
 use crate::config::{JanusConfig, VaeConfig};
 
 /// The largest safetensors header accepted (the real checkpoint's is about 100 kB).
@@ -186,11 +186,7 @@ impl Job {
         (QuantBlob::byte_len_unpadded(self.quant, 1, self.cols) - self.scale_row()) as u64
     }
     fn scale_row(&self) -> usize {
-        if self.quant.is_grouped() {
-            self.cols / GROUP * 2
-        } else {
-            0
-        }
+        self.quant.scale_row_bytes(self.cols)
     }
 }
 

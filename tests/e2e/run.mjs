@@ -650,7 +650,7 @@ const hfRecord = () => page.evaluate(async (key) => {
   const rec = await new Promise((res) => { const q = db.transaction('packs').objectStore('packs').get(key); q.onsuccess = () => res(q.result); });
   db.close();
   return rec ? { complete: rec.complete, shards: rec.shards, manifest: rec.manifestText ? JSON.parse(rec.manifestText) : null } : null;
-}, `hf:${url}/hf/model/|${url}/hf/vae/|q4`);
+}, `hf:${url}/hf/model/|${url}/hf/vae/|q4a`);
 const hfBytes = ['model.safetensors', 'vae/diffusion_pytorch_model.safetensors'].reduce((a, f) => a + fs.statSync(path.join(root, 'tests/fixtures/tiny', f)).size, 0);
 const dataStart = 8 + Number(fs.readFileSync(path.join(root, 'tests/fixtures/tiny/model.safetensors')).readBigUInt64LE(0));
 const dataRanges = (file) => state.ranges.filter((r) => r.path === file && r.start >= dataStart);
@@ -716,18 +716,18 @@ await test('an interrupted Hugging Face download resumes by Range: at the byte w
   assert.equal(text, expected.chat.reply);
 });
 
-await test('Hugging Face presets are stored side by side: converting q8 keeps the q4 copy, deleting q8 leaves q4 whole', async () => {
+await test('Hugging Face presets are stored side by side: converting q8 keeps the q4a copy, deleting q8 leaves q4a whole', async () => {
   await page.goto(`${url}/e2e/test.html`);
   await inPage(`(await J.create({ source: arg })).terminate();`, hfSource);
   await inPage(`(await J.create({ source: arg, quant: 'q8' })).terminate();`, hfSource);
   let { records } = await storeContents();
   const presets = records.filter((r) => r.key.startsWith('hf:')).map((r) => `${r.preset}:${r.complete}`).sort();
-  assert.deepEqual(presets, ['q4:true', 'q8:true']);
+  assert.deepEqual(presets, ['q4a:true', 'q8:true']);
   await inPage(`await J.deleteStored(arg, { quant: 'q8' });`, hfSource);
   const after = await storeContents();
-  const q4 = after.records.find((r) => r.key.endsWith('|q4'));
+  const q4 = after.records.find((r) => r.key.endsWith('|q4a'));
   assert.ok(q4 && q4.complete && after.records.every((r) => !r.key.endsWith('|q8')));
-  assert.ok(q4.shards.every((f) => after.shards.includes(f)), 'every q4 shard is still there');
+  assert.ok(q4.shards.every((f) => after.shards.includes(f)), 'every q4a shard is still there');
 });
 
 await test('the app page with the Hugging Face layout: consent shows both sizes, then it converts and chats', async () => {
