@@ -130,7 +130,7 @@ fn quantized_presets_stay_close() {
             let cos = cosine(&got, &want);
             assert!(cos >= min_cos, "{q} case {}: cosine {cos}", c.name);
             if q.is_4bit() {
-                eprintln!("q4 case {}: cosine {cos:.4}, argmax {} vs reference {}", c.name, argmax(&got), argmax(&want));
+                eprintln!("{q} case {}: cosine {cos:.4}, argmax {} vs reference {}", c.name, argmax(&got), argmax(&want));
             } else {
                 assert_eq!(argmax(&got), argmax(&want), "{q} case {}: argmax", c.name);
             }

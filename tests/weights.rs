@@ -48,7 +48,7 @@ fn read_all_weights(e: &Engine) -> Vec<Vec<u8>> {
 
 #[test]
 fn pack_loads_bit_identical_gpu_tensors() {
-    for preset in [Quant::Q4, Quant::F32] {
+    for preset in [Quant::Q4A, Quant::Q4, Quant::F32] {
         let dir = tempdir(&format!("pack-{preset}"));
         let src = ModelSource::open(&fixture("tiny")).unwrap();
         let m = source::convert(&src, preset, &dir, |_, _, _| {}).unwrap();
@@ -74,6 +74,31 @@ fn pack_loads_bit_identical_gpu_tensors() {
         let dir2 = tempdir(&format!("pack2-{preset}"));
         let m2 = source::convert(&src, preset, &dir2, |_, _, _| {}).unwrap();
         assert_eq!(m.shards, m2.shards);
+    }
+}
+
+/// Pack versions: version 1 packs (no q4a) are still read; q4a needs version 2; a newer version is
+/// named as such, not as invalid JSON, even when it holds formats this engine does not know.
+#[test]
+fn pack_versions_are_checked_before_the_contents() {
+    use janusflow::weights::pack::Manifest;
+    let src = ModelSource::open(&fixture("tiny")).unwrap();
+    for preset in [Quant::Q4, Quant::Q4A] {
+        let dir = tempdir(&format!("pack-version-{preset}"));
+        source::convert(&src, preset, &dir, |_, _, _| {}).unwrap();
+        let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["version"], 2);
+        v["version"] = 1.into();
+        let v1 = Manifest::parse(&serde_json::to_vec(&v).unwrap());
+        match preset {
+            Quant::Q4 => assert!(v1.is_ok(), "a version 1 q4 pack is read: {v1:?}"),
+            _ => assert!(format!("{:#}", v1.unwrap_err()).contains("cannot hold q4a")),
+        }
+        v["version"] = 3.into();
+        v["preset"] = "q3z".into();
+        let e = format!("{:#}", Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err());
+        assert!(e.contains("pack version 3 is not supported") && e.contains("newer app"), "{e}");
     }
 }
 

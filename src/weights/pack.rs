@@ -9,7 +9,10 @@ use sha2::{Digest, Sha256};
 use super::quant::{Quant, QuantBlob};
 
 pub const FORMAT: &str = "janusflow-pack";
-pub const VERSION: u32 = 1;
+/// The version written. 2 added the q4a tensor format; version 1 packs (f32/f16/q8/q4 only)
+/// are still read.
+pub const VERSION: u32 = 2;
+pub const OLDEST_READABLE: u32 = 1;
 pub const MAX_SHARD: usize = 32 << 20;
 /// The smallest shard a converter writes (tests use a few hundred KiB to get several shards; far
 /// smaller ones would only multiply requests and manifest entries).
@@ -64,12 +67,22 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| anyhow!("manifest.json is invalid: {e}"))?;
-        if m.format != FORMAT {
-            bail!("manifest.json: format '{}' is not '{FORMAT}'", m.format);
+        // Format and version first, so a newer pack (with formats this engine does not know) is
+        // named as such rather than as invalid JSON.
+        let head: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow!("manifest.json is invalid: {e}"))?;
+        if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            bail!("manifest.json: format {} is not '{FORMAT}'", head.get("format").unwrap_or(&serde_json::Value::Null));
         }
-        if m.version != VERSION {
-            bail!("manifest.json: pack version {} is not supported (this engine reads version {VERSION})", m.version);
+        match head.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if (OLDEST_READABLE as u64..=VERSION as u64).contains(&v) => {}
+            v => bail!(
+                "manifest.json: pack version {} is not supported (this engine reads versions {OLDEST_READABLE} to {VERSION}; a newer pack needs a newer app)",
+                v.map_or("(missing)".to_string(), |v| v.to_string())
+            ),
+        }
+        let m: Manifest = serde_json::from_value(head).map_err(|e| anyhow!("manifest.json is invalid: {e}"))?;
+        if m.version < 2 && (m.preset == Quant::Q4A || m.tensors.iter().any(|t| t.quant == Quant::Q4A)) {
+            bail!("manifest.json: a version {} pack cannot hold q4a tensors", m.version);
         }
         m.validate().map_err(|e| anyhow!("manifest.json: {e}"))?;
         Ok(m)

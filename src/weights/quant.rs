@@ -315,42 +315,38 @@ impl QuantBlob {
 
 /// One group's asymmetric 4-bit fit: `x ≈ scale · l − min` with levels `l` in 0..15, `min ≥ 0`,
 /// minimising Σ w·(error)² with weights `w`. Candidate level assignments come from 21 inverse
-/// scales around (max − min)/15; for each, scale and min are refitted by weighted least squares
-/// (min clamped to ≥ 0, i.e. the group's range always covers 0 or starts above it); the best wins.
+/// scales around 15 / (max − min); for each, scale and min are refitted by weighted least squares
+/// (min clamped to ≥ 0: the group's range always covers 0 or starts above it) and the candidate's
+/// error follows from the same sums, so a candidate costs one pass with no division; the best
+/// wins. Returns (scale, min).
 fn fit_q4a_group(x: &[f32], w: &[f32]) -> (f32, f32) {
-    let (mut lo, mut hi, mut sw, mut swx) = (x[0], x[0], 0f32, 0f32);
-    for (&v, &wt) in x.iter().zip(w) {
-        lo = lo.min(v);
-        hi = hi.max(v);
-        sw += wt;
-        swx += wt * v;
+    let (mut lo, mut hi) = (x[0], x[0]);
+    let (mut sw, mut swx, mut swxx) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    for (xs, ws) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
+        for k in 0..LANES {
+            lo = lo.min(xs[k]);
+            hi = hi.max(xs[k]);
+            sw[k] += ws[k];
+            swx[k] += ws[k] * xs[k];
+            swxx[k] += ws[k] * xs[k] * xs[k];
+        }
     }
+    let (sw, swx, swxx): (f32, f32, f32) = (sw.iter().sum(), swx.iter().sum(), swxx.iter().sum());
     let lo = lo.min(0.0);
     if hi == lo {
         return (0.0, -lo);
     }
-    let err = |scale: f32, min: f32| -> f32 {
-        let mut e = [0f32; LANES];
-        for (xs, ws) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
-            for k in 0..LANES {
-                let l = if scale > 0.0 { round_level((xs[k] + min) / scale).clamp(0, 15) } else { 0 };
-                let r = scale * l as f32 - min - xs[k];
-                e[k] += ws[k] * r * r;
-            }
-        }
-        e.iter().sum()
-    };
-    let (mut best_s, mut best_m) = ((hi - lo) / 15.0, -lo);
-    let mut best = err(best_s, best_m);
+    let (mut best, mut best_s, mut best_m) = (f32::MAX, (hi - lo) / 15.0, -lo);
     for step in 0..=20 {
-        let iscale = (15.0 - 1.0 + 0.1 * step as f32) / (hi - lo);
+        let iscale = (14.0 + 0.1 * step as f32) / (hi - lo);
         let (mut sl, mut sl2, mut sxl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
         for (xs, ws) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
             for k in 0..LANES {
                 let l = round_level((xs[k] - lo) * iscale).clamp(0, 15) as f32;
-                sl[k] += ws[k] * l;
-                sl2[k] += ws[k] * l * l;
-                sxl[k] += ws[k] * l * xs[k];
+                let wl = ws[k] * l;
+                sl[k] += wl;
+                sl2[k] += wl * l;
+                sxl[k] += wl * xs[k];
             }
         }
         let (sl, sl2, sxl): (f32, f32, f32) = (sl.iter().sum(), sl2.iter().sum(), sxl.iter().sum());
@@ -367,7 +363,8 @@ fn fit_q4a_group(x: &[f32], w: &[f32]) -> (f32, f32) {
         if !(scale > 0.0) {
             continue;
         }
-        let e = err(scale, -offset);
+        // Σ w·(scale·l + offset − x)², expanded over the sums above.
+        let e = scale * scale * sl2 + 2.0 * scale * offset * sl - 2.0 * scale * sxl + offset * offset * sw - 2.0 * offset * swx + swxx;
         if e < best {
             (best, best_s, best_m) = (e, scale, -offset);
         }
@@ -375,9 +372,16 @@ fn fit_q4a_group(x: &[f32], w: &[f32]) -> (f32, f32) {
     (best_s, best_m)
 }
 
+/// Level of `v` for a group's (scale, min), given 1 / scale (0 when the scale is 0).
+#[inline]
+fn q4a_level(v: f32, min: f32, inv_scale: f32) -> i32 {
+    round_level((v + min) * inv_scale).clamp(0, 15)
+}
+
 /// One row in q4a: every group fitted (weights |x| + the row's RMS, which favours the large
-/// weights a trained network relies on), then the groups' scales and mins quantized to 8 bits
-/// under the row's f16 (d, dmin), and the levels re-rounded against what the GPU will see.
+/// weights a trained network relies on), then the groups' scales and mins quantized to 8-bit codes
+/// under the row's f16 (d, dmin), each group taking the best of the 3 × 3 codes around the nearest
+/// for its weighted error, with the levels re-rounded against what the GPU will see.
 /// Returns (payload: cols/2 bytes, scales: `q4a_row_words(cols)` words).
 fn quantize_q4a_row(x: &[f32]) -> (Vec<u8>, Vec<u8>) {
     let cols = x.len();
@@ -394,20 +398,23 @@ fn quantize_q4a_row(x: &[f32]) -> (Vec<u8>, Vec<u8>) {
     scales.extend_from_slice(&d.to_le_bytes());
     scales.extend_from_slice(&dmin.to_le_bytes());
     let mut payload = vec![0u8; cols / 2];
+    let code = |v: f32, unit: f32| if unit > 0.0 { round_level(v / unit).clamp(0, 255) } else { 0 };
     for (gi, ((g, wg), &(s, m))) in x.chunks_exact(GROUP).zip(w.chunks_exact(GROUP)).zip(&fits).enumerate() {
-        // Nearest 8-bit codes, then the best of their neighbours for this group's weighted error.
-        let code = |v: f32, unit: f32| if unit > 0.0 { round_level(v / unit).clamp(0, 255) } else { 0 };
         let (c_s, c_m) = (code(s, df), code(m, dminf));
         let mut best = (f32::MAX, 0u8, 0u8);
         for sc in (c_s - 1).max(0)..=(c_s + 1).min(255) {
+            let se = df * sc as f32;
+            let inv = if se > 0.0 { 1.0 / se } else { 0.0 };
             for mc in (c_m - 1).max(0)..=(c_m + 1).min(255) {
-                let (se, me) = (df * sc as f32, dminf * mc as f32);
-                let mut e = 0f32;
-                for (&v, &wt) in g.iter().zip(wg) {
-                    let l = if se > 0.0 { round_level((v + me) / se).clamp(0, 15) } else { 0 };
-                    let r = l as f32 * se - me - v;
-                    e += wt * r * r;
+                let me = dminf * mc as f32;
+                let mut e = [0f32; LANES];
+                for (xs, ws) in g.chunks_exact(LANES).zip(wg.chunks_exact(LANES)) {
+                    for k in 0..LANES {
+                        let r = q4a_level(xs[k], me, inv) as f32 * se - me - xs[k];
+                        e[k] += ws[k] * r * r;
+                    }
                 }
+                let e: f32 = e.iter().sum();
                 if e < best.0 {
                     best = (e, sc as u8, mc as u8);
                 }
@@ -417,9 +424,9 @@ fn quantize_q4a_row(x: &[f32]) -> (Vec<u8>, Vec<u8>) {
         scales.push(sc);
         scales.push(mc);
         let (se, me) = (df * sc as f32, dminf * mc as f32);
+        let inv = if se > 0.0 { 1.0 / se } else { 0.0 };
         for (j, &v) in g.iter().enumerate() {
-            let l = if se > 0.0 { round_level((v + me) / se).clamp(0, 15) } else { 0 } as u8;
-            payload[(gi * GROUP + j) / 2] |= l << ((j % 2) * 4);
+            payload[(gi * GROUP + j) / 2] |= (q4a_level(v, me, inv) as u8) << ((j % 2) * 4);
         }
     }
     scales.resize(q4a_row_words(cols) * 4, 0);
