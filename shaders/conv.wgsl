@@ -56,21 +56,10 @@ fn tap_src(iy: i32, ix: i32) -> i32 {
 }
 
 #if SG8
-// Why this shape on CPU rasterisers: lavapipe runs 8 invocations as the lanes of one SIMD
-// register, and every load whose address differs per lane (storage or workgroup memory alike)
-// becomes a loop over the lanes, about one cycle per lane and value, while a multiply-add costs
-// one cycle for all 8. A shared-memory tile therefore spends most of its time loading. Here each
-// subgroup owns a tile of SG_PIXELS output pixels × SG_COLS output channels held in registers:
-// per 4 input channels a lane loads one vec4 of x for each of its 2 pixels and its 4 weight
-// columns, and each x vec4 reaches the other 7 lanes by subgroupBroadcast (a register shuffle),
-// so every loaded value feeds 16 or 32 multiply-adds. The host uses this shape only where the
-// adapter's subgroups are exactly SG_LANES wide. Taps are the outer loop: a pixel's source
-// position and its bounds check are worked out once per tap, and the reduction over channels
-// does no division and no bounds check.
-const SG_LANES: u32 = 8u;
-const SG_PIXELS: u32 = 2u * SG_LANES; // output pixels per subgroup: lane l owns l and l + 8
-const SG_COLS: u32 = 4u * SG_LANES;   // output channels per subgroup: lane l owns l + 8j, j < 4
-const SG_PER_WG: u32 = 8u;            // subgroups per workgroup: 64 invocations, 8 full subgroups
+// The SG8 register tile (gemm_sg8.wgsl). Taps are the outer loop: a pixel's source position and
+// its bounds check are worked out once per tap, and the reduction over channels does no division
+// and no bounds check.
+//#include gemm_sg8.wgsl
 
 // x̃ at (source `src`, channel quad cq), zero where the tap falls outside the map.
 fn x_at(src: i32, cq: u32) -> vec4<f32> {
@@ -78,19 +67,6 @@ fn x_at(src: i32, cq: u32) -> vec4<f32> {
         return vec4<f32>(0.0);
     }
     return x[u32(src) + cq];
-}
-
-// W[n, k .. k+4] for one of the lane's columns (zero past the chunk's last row).
-fn w_at(n: u32, k: u32) -> vec4<f32> {
-    if (n >= p.N) {
-        return vec4<f32>(0.0);
-    }
-    return load_w4(n, k, p.K, p.soff);
-}
-
-// acc[col] += Σ_i xv[i] · wt_i[col]: one pixel's 4 channels into its 4 columns.
-fn fma4(acc: ptr<function, vec4<f32>>, xv: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) {
-    *acc += xv.x * w0 + xv.y * w1 + xv.z * w2 + xv.w * w3;
 }
 
 @compute @workgroup_size(64)
@@ -105,74 +81,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32, @b
     let xa = i32(ma % p.W_out) - i32(p.pad);
     let yb = i32(p.out_row0 + mb / p.W_out) - i32(p.pad);
     let xb = i32(mb % p.W_out) - i32(p.pad);
-    // acc_r: pixel m0 + r (the first pixel of lane r), accb_r: pixel m0 + 8 + r; components are
-    // the lane's 4 columns.
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    var acc4 = vec4<f32>(0.0);
-    var acc5 = vec4<f32>(0.0);
-    var acc6 = vec4<f32>(0.0);
-    var acc7 = vec4<f32>(0.0);
-    var accb0 = vec4<f32>(0.0);
-    var accb1 = vec4<f32>(0.0);
-    var accb2 = vec4<f32>(0.0);
-    var accb3 = vec4<f32>(0.0);
-    var accb4 = vec4<f32>(0.0);
-    var accb5 = vec4<f32>(0.0);
-    var accb6 = vec4<f32>(0.0);
-    var accb7 = vec4<f32>(0.0);
+    var acc: Sg8Acc;
     for (var dy = 0u; dy < p.ks; dy++) {
         for (var dx = 0u; dx < p.ks; dx++) {
             let sa = select(-1, tap_src(ya + i32(dy), xa + i32(dx)), ma < p.M);
             let sb = select(-1, tap_src(yb + i32(dy), xb + i32(dx)), mb < p.M);
             let k0 = (dy * p.ks + dx) * p.Cin;
             for (var ci = 0u; ci < p.Cin; ci += 4u) {
-                let va = x_at(sa, ci >> 2u);
-                let vb = x_at(sb, ci >> 2u);
-                let c0 = w_at(n0, k0 + ci);
-                let c1 = w_at(n0 + SG_LANES, k0 + ci);
-                let c2 = w_at(n0 + 2u * SG_LANES, k0 + ci);
-                let c3 = w_at(n0 + 3u * SG_LANES, k0 + ci);
-                // wi = the 4 columns' weights for channel ci + i.
-                let w0 = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
-                let w1 = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
-                let w2 = vec4<f32>(c0.z, c1.z, c2.z, c3.z);
-                let w3 = vec4<f32>(c0.w, c1.w, c2.w, c3.w);
-                // Broadcast lane indices must be constants, hence one line per lane.
-                fma4(&acc0, subgroupBroadcast(va, 0u), w0, w1, w2, w3);
-                fma4(&acc1, subgroupBroadcast(va, 1u), w0, w1, w2, w3);
-                fma4(&acc2, subgroupBroadcast(va, 2u), w0, w1, w2, w3);
-                fma4(&acc3, subgroupBroadcast(va, 3u), w0, w1, w2, w3);
-                fma4(&acc4, subgroupBroadcast(va, 4u), w0, w1, w2, w3);
-                fma4(&acc5, subgroupBroadcast(va, 5u), w0, w1, w2, w3);
-                fma4(&acc6, subgroupBroadcast(va, 6u), w0, w1, w2, w3);
-                fma4(&acc7, subgroupBroadcast(va, 7u), w0, w1, w2, w3);
-                fma4(&accb0, subgroupBroadcast(vb, 0u), w0, w1, w2, w3);
-                fma4(&accb1, subgroupBroadcast(vb, 1u), w0, w1, w2, w3);
-                fma4(&accb2, subgroupBroadcast(vb, 2u), w0, w1, w2, w3);
-                fma4(&accb3, subgroupBroadcast(vb, 3u), w0, w1, w2, w3);
-                fma4(&accb4, subgroupBroadcast(vb, 4u), w0, w1, w2, w3);
-                fma4(&accb5, subgroupBroadcast(vb, 5u), w0, w1, w2, w3);
-                fma4(&accb6, subgroupBroadcast(vb, 6u), w0, w1, w2, w3);
-                fma4(&accb7, subgroupBroadcast(vb, 7u), w0, w1, w2, w3);
+                sg8_step(&acc, x_at(sa, ci >> 2u), x_at(sb, ci >> 2u), n0, k0 + ci);
             }
         }
     }
-    let acc = array<vec4<f32>, SG_PIXELS>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, accb0, accb1, accb2, accb3, accb4, accb5, accb6, accb7);
-    for (var r = 0u; r < SG_PIXELS; r++) {
-        let m = m0 + r;
-        if (m >= p.M) {
-            break;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + j * SG_LANES;
-            if (n < p.N) {
-                store_out(m, n, acc[r][j]);
-            }
-        }
-    }
+    sg8_store(acc, m0, n0);
 }
 #else
 // The cursor interface of gemm_tile.wgsl and gemm_tile64.wgsl: a loader's pixel and (tap,

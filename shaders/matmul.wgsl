@@ -1,7 +1,9 @@
 // Tiled matrix–matrix product for prefill and batched work: y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
-// The tiling is in gemm_tile.wgsl (128×128 tiles, for CPU adapters) or gemm_tile64.wgsl
-// (64×64 tiles, GPU_TILE, for real GPUs). Accumulation is f32.
-// Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD; BIAS; SMALL_M; GPU_TILE.
+// The tiling is in gemm_tile.wgsl (128×128 tiles, for CPU adapters), gemm_tile64.wgsl (64×64
+// tiles, GPU_TILE, for real GPUs) or gemm_sg8.wgsl (SG8: 128 × 32 per workgroup in 8-lane
+// subgroups' registers, for CPU rasterisers with 8-lane subgroups). Accumulation is f32.
+// Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD; BIAS; GELU/SILU;
+// SMALL_M; GPU_TILE or SG8.
 
 struct Params {
     M: u32,        // activation rows
@@ -43,8 +45,26 @@ fn x_load(c: XCursor) -> vec4<f32> {
     return x[(p.x_off + c.m * p.K + c.k) / 4u];
 }
 
+#if SG8
+//#include gemm_sg8.wgsl
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let m0 = (wid.y * SG_PER_WG + sg) * SG_PIXELS;
+    let n0 = wid.x * SG_COLS + lane;
+    // The lane's two rows of x; rows past M read the last row (their results are not stored).
+    let xa = (p.x_off + min(m0 + lane, p.M - 1u) * p.K) / 4u;
+    let xb = (p.x_off + min(m0 + lane + SG_LANES, p.M - 1u) * p.K) / 4u;
+    var acc: Sg8Acc;
+    for (var k = 0u; k < p.K; k += 4u) {
+        sg8_step(&acc, x[xa + k / 4u], x[xb + k / 4u], n0, k);
+    }
+    sg8_store(acc, m0, n0);
+}
+#else
 #if GPU_TILE
 //#include gemm_tile64.wgsl
 #else
 //#include gemm_tile.wgsl
+#endif
 #endif

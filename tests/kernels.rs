@@ -49,9 +49,13 @@ fn cpu_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 fn linear_all_formats_and_shapes() {
     let gpu = gpu();
     let mut rng = Rng(1);
-    // Both tilings on any adapter: 128×128 / 32×128 (CPU adapters) and 64×64 / 16×64 (GPUs).
-    for (gpu_tuned, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(|q| (t, q))) {
+    // Every tiling on any adapter: 128×128 / 32×128 (CPU adapters), the SG8 register tile (CPU
+    // adapters with 8-lane subgroups, where this one has them) and 64×64 / 16×64 (GPUs).
+    let shapes = [(false, true), (false, false), (true, false)];
+    for ((gpu_tuned, sg8), quant) in shapes.into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (t, q))) {
         gpu.set_gpu_tuned(gpu_tuned);
+        gpu.set_sg8_allowed(sg8);
+        let gpu_tuned = format!("{gpu_tuned} sg8 {}", gpu.sg8());
         // Large K: many matrix-tile slices, many matvec strides.
         let ks: &[usize] = if quant.is_grouped() { &[96, 160, 1056] } else { &[44, 96, 1060] };
         for &k in ks {

@@ -161,8 +161,9 @@ enum Cmd {
         #[arg(long)]
         profile: bool,
         /// Kernel shapes: `gpu` (many small workgroups) or `cpu` (few large ones, for lavapipe
-        /// and SwiftShader); default: chosen from the adapter.
-        #[arg(long, value_parser = ["cpu", "gpu"])]
+        /// and SwiftShader; with the 8-lane subgroup kernels where the adapter allows them), or
+        /// `cpu-tile` (CPU shapes without those, to compare); default: chosen from the adapter.
+        #[arg(long, value_parser = ["cpu", "cpu-tile", "gpu"])]
         shapes: Option<String>,
         /// Also print every figure as one JSON object (the last line of the output).
         #[arg(long)]
@@ -490,8 +491,15 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     if let Some(s) = shapes {
         gpu.set_gpu_tuned(s == "gpu");
+        gpu.set_sg8_allowed(s != "cpu-tile");
     }
-    let shapes = if gpu.gpu_tuned() { "gpu" } else { "cpu" };
+    let shapes = if gpu.gpu_tuned() {
+        "gpu"
+    } else if gpu.sg8() {
+        "cpu-sg8"
+    } else {
+        "cpu"
+    };
     println!("device: {} ({}, {}), kernel shapes: {shapes}", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
     fig.insert(
         "device".into(),

@@ -74,9 +74,14 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
     } else if small {
         defines.push("SMALL_M");
     }
-    let (tile_m, tile_n) = gemm_tile(tuned, small);
+    // CPU rasterisers with 8-lane subgroups take the SG8 register tile (see gemm_sg8.wgsl).
+    let sg8 = !vec && !small && !tuned && rec.gpu.sg8();
+    let (tile_m, tile_n) = if sg8 { SG8_TILE } else { gemm_tile(tuned, small) };
     if tuned && !vec {
         defines.push("GPU_TILE");
+    }
+    if sg8 {
+        defines.push("SG8");
     }
     if out.add {
         defines.push("ADD");
@@ -456,9 +461,9 @@ impl Map<'_> {
     }
 }
 
-/// Output pixels × channels of one workgroup of the SG8 convolution (conv.wgsl: SG_PER_WG
-/// subgroups of SG_PIXELS × SG_COLS).
-const CONV_SG8_TILE: (u32, u32) = (8 * 16, 32);
+/// Output rows × columns of one workgroup of the SG8 tile (gemm_sg8.wgsl: SG_PER_WG subgroups of
+/// SG_PIXELS × SG_COLS), in the convolution and the matrix product.
+const SG8_TILE: (u32, u32) = (8 * 16, 32);
 
 /// Stride-1, zero-padded ks×ks convolution y (+)= conv(x̃) + bias over channels-last maps, where
 /// x̃ is x, optionally nearest-upsampled ×2 (`upsample`).
@@ -493,7 +498,7 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
     let sg8 = !tuned && rec.gpu.sg8();
     let (tile_m, tile_n) = if sg8 {
         defines.push("SG8");
-        CONV_SG8_TILE
+        SG8_TILE
     } else {
         if tuned {
             defines.push("GPU_TILE");
@@ -606,14 +611,14 @@ pub fn groupnorm_apply(
 
 #[cfg(test)]
 mod tests {
-    /// The grid of the SG8 convolution assumes conv.wgsl's tile; the two must change together.
+    /// The grids of the SG8 convolution and product assume gemm_sg8.wgsl's tile; they must change together.
     #[test]
-    fn conv_sg8_tile_matches_the_shader() {
-        let src = super::shader::source("conv.wgsl", &["F16", "BIAS", "SG8"]);
+    fn sg8_tile_matches_the_shader() {
+        let src = super::shader::source("matmul.wgsl", &["F16", "BIAS", "SG8"]);
         for line in ["const SG_LANES: u32 = 8u;", "const SG_PIXELS: u32 = 2u * SG_LANES;", "const SG_COLS: u32 = 4u * SG_LANES;", "const SG_PER_WG: u32 = 8u;"]
         {
             assert!(src.contains(line), "conv.wgsl no longer has `{line}`");
         }
-        assert_eq!(super::CONV_SG8_TILE, (8 * 2 * 8, 4 * 8));
+        assert_eq!(super::SG8_TILE, (8 * 2 * 8, 4 * 8));
     }
 }

@@ -10,6 +10,7 @@ const FILES: &[(&str, &str)] = &[
     ("matvec_fused.wgsl", include_str!("../../shaders/matvec_fused.wgsl")),
     ("gemm_tile.wgsl", include_str!("../../shaders/gemm_tile.wgsl")),
     ("gemm_tile64.wgsl", include_str!("../../shaders/gemm_tile64.wgsl")),
+    ("gemm_sg8.wgsl", include_str!("../../shaders/gemm_sg8.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("norm.wgsl", include_str!("../../shaders/norm.wgsl")),
     ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
