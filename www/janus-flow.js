@@ -6,7 +6,7 @@
 // ready ({detail: engine info}), reply ({detail: {text, finish}}), image ({detail: {prompt, png}}).
 // Replies are rendered as a Markdown subset built from DOM nodes (markdown.js): model output never
 // becomes HTML. Styles are a constructed style sheet, so a page's strict Content-Security-Policy
-// (no inline styles or scripts) does not get in the way.
+// (no inline styles or scripts) does not get in the way. janus-flow.d.ts has the typed API.
 import { KIND, create, defaults, deleteStored, describe, hasWebGPU, hfSource, officialSource, sourceHosts, storageInfo, watchStore } from './janus.js';
 import { mib } from './store.js';
 import { renderInto } from './markdown.js';
