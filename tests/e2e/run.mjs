@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { startServer, CSP } from './server.mjs';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
@@ -40,6 +41,7 @@ const { server, state, url } = await startServer({
   '/evil/': path.join(e2e, 'evil'),
   '/fixtures/': path.join(root, 'tests/fixtures'),
   '/e2e/': path.join(root, 'tests/e2e'),
+  '/npm/': path.join(e2e, 'npm'),
   '/': path.join(root, 'www'),
 });
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -796,6 +798,49 @@ await test('chat UI: the log follows new output (replies, drawing progress, imag
   w = await where();
   assert.ok(w.end, `the finished picture is in view: ${JSON.stringify(w)}`);
   await app().locator('input[value=chat]').check();
+});
+
+// The browser files as an npm package: what `npm pack` in www/ produces is all a page needs,
+// imported by URL with no bundler, and resolves through its package.json in Node and TypeScript.
+await test('npm package: npm pack in www/ gives a tarball whose janus.js imports without a bundler, loads the tiny pack and chats', async () => {
+  const dir = path.join(e2e, 'npm');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const packed = JSON.parse(execFileSync('npm', ['pack', '--json', '--pack-destination', dir], { cwd: path.join(root, 'www'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }))[0];
+  const files = packed.files.map((f) => f.path);
+  for (const f of ['package.json', 'janus.js', 'janus.d.ts', 'janus-flow.js', 'janus-flow.d.ts', 'worker.js', 'pkg/janusflow.js', 'pkg/janusflow_bg.wasm']) assert.ok(files.includes(f), `the package has ${f}`);
+  for (const f of ['index.html', 'app.js', 'sw.js', 'pkg/shell.js', 'bench.js']) assert.ok(!files.includes(f), `the package leaves out the app's ${f}`);
+  const cargoVersion = /^version = "([^"]+)"/m.exec(fs.readFileSync(path.join(root, 'Cargo.toml'), 'utf8'))[1];
+  assert.equal(packed.version, cargoVersion, 'www/package.json has the crate version');
+  execFileSync('tar', ['xzf', path.join(dir, packed.filename), '-C', dir]);
+  // In a page, by URL: the worker and the wasm come from the package's own folder.
+  await page.goto(`${url}/e2e/test.html`);
+  const r = await page.evaluate(async (reply) => {
+    const J = await import('/npm/package/janus.js');
+    await import('/npm/package/janus-flow.js');
+    const e = await J.create({ source: { pack: '/pack/' } });
+    const text = await e.chat([{ role: 'user', content: reply }], { temperature: 0, maxTokens: 24 });
+    e.terminate();
+    return { exports: Object.keys(J).sort(), element: !!customElements.get('janus-flow'), text };
+  }, expected.chat.prompt);
+  assert.ok(r.exports.includes('create') && r.element, JSON.stringify(r));
+  assert.equal(r.text, expected.chat.reply);
+  const served = [...state.counts.keys()].filter((p) => p.startsWith('/npm/package/pkg/'));
+  assert.ok(served.includes('/npm/package/pkg/janusflow_bg.wasm'), `the wasm came from the package: ${served}`);
+  // Installed as a dependency: the bare name resolves (Node: no WebGPU there, a clean 'webgpu' error)
+  // and TypeScript finds the declarations through "exports".
+  const consumer = path.join(dir, 'consumer');
+  fs.mkdirSync(path.join(consumer, 'node_modules'), { recursive: true });
+  fs.cpSync(path.join(dir, 'package'), path.join(consumer, 'node_modules/janusflow-web'), { recursive: true });
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
+    const J = await import('janusflow-web');
+    await import('janusflow-web/package.json', { with: { type: 'json' } });
+    const error = await J.create().then(() => null, (e) => ({ name: e.name, kind: e.kind }));
+    console.log(JSON.stringify({ create: typeof J.create, error }));`], { cwd: consumer, encoding: 'utf8' });
+  assert.deepEqual(JSON.parse(out), { create: 'function', error: { name: 'JanusError', kind: 'webgpu' } });
+  fs.writeFileSync(path.join(consumer, 'use.ts'), `import { create, type Engine } from 'janusflow-web';\nimport type { JanusFlowElement } from 'janusflow-web/element';\nexport const start: () => Promise<Engine> = () => create({ source: { pack: '/pack/' } });\nexport type El = JanusFlowElement;\n`);
+  fs.writeFileSync(path.join(consumer, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'nodenext', moduleResolution: 'nodenext', lib: ['es2022', 'dom'], types: [], strict: true, noEmit: true }, files: ['use.ts'] }));
+  execFileSync(path.join(root, 'node_modules/.bin/tsc'), ['-p', consumer], { stdio: 'inherit' });
 });
 
 await test('offline: after a complete load the app starts and runs with the network off', async () => {
