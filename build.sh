@@ -5,6 +5,7 @@
 #   ./build.sh test     run every test (GPU tests run on whatever adapter wgpu finds: lavapipe in CI)
 #   ./build.sh wasm     only the wasm engine (www/pkg/)
 #   ./build.sh e2e      only the browser tests (E2E_ONLY=regex runs the tests whose names match)
+#   ./build.sh types    only the check of the TypeScript declarations (www/*.d.ts)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -56,6 +57,15 @@ stamp_shell() {
   echo "app shell version $version (${#files[@]} files)" >&2
 }
 
+# The TypeScript declarations of the public modules (www/janus.d.ts, www/janus-flow.d.ts):
+# tests/types/usage.ts, a typed use of every export, must compile against them (tsc --noEmit),
+# and they must declare exactly the values the modules export. About a second.
+types() {
+  [ -x node_modules/.bin/tsc ] || npm ci --no-audit --no-fund
+  node_modules/.bin/tsc -p tests/types
+  node tests/types/exports.mjs
+}
+
 # Browser end-to-end tests: a tiny weight pack and the native CLI's answers on it, then
 # Playwright driving Debian's Chromium (WebGPU on SwiftShader) against a local server.
 e2e() {
@@ -78,6 +88,7 @@ e2e() {
       generate: { prompt: process.env.GEN, steps: 3, cfg: 2 },
     }, null, 1));'
   [ -d node_modules/playwright-core ] || npm install --no-audit --no-fund
+  types
   stamp_shell
   E2E_DIR="$dir" node tests/e2e/run.mjs
 }
@@ -107,8 +118,11 @@ case "${1:-build}" in
     # Only the browser tests (expects www/pkg from a previous build).
     e2e
     ;;
+  types)
+    types
+    ;;
   *)
-    echo "usage: $0 [build|serve|test|wasm|e2e]" >&2
+    echo "usage: $0 [build|serve|test|wasm|e2e|types]" >&2
     exit 2
     ;;
 esac

@@ -1,16 +1,21 @@
 // <janus-flow>: the whole app as one embeddable element (the app page is just this element).
 //   <script type="module" src="https://host/janus-flow.js"></script>
 //   <janus-flow pack="https://cdn.example/janusflow-q4/" mode="chat"></janus-flow>
-// Attributes: pack (weight-pack URL), quant, mode (chat | draw), autoload (skip the consent
-// screen when the weights are already stored; always skipped then). Model output is only ever
-// inserted as text, never as HTML; styles are a constructed style sheet, so a page's strict
-// Content-Security-Policy (no inline styles or scripts) does not get in the way.
+// Attributes: pack (weight-pack URL), quant, mode (chat | draw), conversation (the name the
+// conversation is kept under in IndexedDB, "default" unless set). Events (bubbling, composed):
+// ready ({detail: engine info}), reply ({detail: {text, finish}}), image ({detail: {prompt, png}}).
+// Replies are rendered as a Markdown subset built from DOM nodes (markdown.js): model output never
+// becomes HTML. Styles are a constructed style sheet, so a page's strict Content-Security-Policy
+// (no inline styles or scripts) does not get in the way. janus-flow.d.ts has the typed API.
 import { KIND, create, defaults, deleteStored, describe, hasWebGPU, hfSource, officialSource, sourceHosts, storageInfo, watchStore } from './janus.js';
 import { mib } from './store.js';
+import { renderInto } from './markdown.js';
+import { clearConversation, loadConversation, saveConversation } from './conversation.js';
 
 const CSS = `
 :host { display: block; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f; background: #fff; border: 1px solid #d8d8de; border-radius: 12px; overflow: hidden; min-height: 420px; }
 * { box-sizing: border-box; }
+[hidden] { display: none !important; }
 .wrap { display: flex; flex-direction: column; height: 100%; min-height: inherit; }
 header { display: flex; gap: .75rem; align-items: center; padding: .6rem 1rem; border-bottom: 1px solid #ececf0; flex-wrap: wrap; }
 header h2 { font-size: 1rem; margin: 0; flex: 1; }
@@ -18,9 +23,25 @@ header h2 { font-size: 1rem; margin: 0; flex: 1; }
 .screen { padding: 1.25rem; }
 .error { color: #b00020; }
 .log { flex: 1; overflow-y: auto; padding: 1rem; display: flex; flex-direction: column; gap: .75rem; min-height: 200px; }
-.msg { max-width: 85%; padding: .55rem .8rem; border-radius: 10px; white-space: pre-wrap; word-wrap: break-word; }
+.msg { max-width: 85%; min-width: 0; padding: .55rem .8rem; border-radius: 10px; white-space: pre-wrap; word-wrap: break-word; }
 .msg.user { align-self: flex-end; background: #0a66c2; color: #fff; }
 .msg.assistant { align-self: flex-start; background: #f1f1f4; }
+.md > :first-child { margin-top: 0; }
+.md > :last-child { margin-bottom: 0; }
+.md p, .md ul, .md ol, .md pre, .md blockquote, .md h3, .md h4, .md h5, .md h6 { margin: .45rem 0; }
+.md h3 { font-size: 1.1rem; } .md h4 { font-size: 1rem; } .md h5, .md h6 { font-size: .95rem; }
+.md ul, .md ol { padding-left: 1.4rem; }
+.md code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #e2e2e8; padding: .05rem .25rem; border-radius: 4px; }
+.md pre { background: #1d1d1f; color: #f4f4f6; padding: .6rem .75rem; border-radius: 8px; overflow-x: auto; white-space: pre; max-width: 100%; }
+.md pre code { background: none; padding: 0; color: inherit; }
+.md blockquote { border-left: 3px solid #c9c9d1; padding-left: .7rem; color: #444; }
+.md a { color: #0a57a8; }
+.md hr { border: 0; border-top: 1px solid #d0d0d8; }
+.actions { display: flex; gap: .3rem; margin-top: .35rem; white-space: normal; }
+.actions button { font-size: .8rem; padding: .1rem .55rem; }
+.msg.user .actions { justify-content: flex-end; }
+.msg.user .actions button { background: transparent; color: #fff; border-color: #ffffffa0; }
+.msg.user textarea { width: 100%; color: #1d1d1f; background: #fff; }
 .msg img { max-width: 160px; max-height: 160px; border-radius: 6px; display: block; margin-bottom: .4rem; }
 .result img, .result canvas { width: min(384px, 100%); image-rendering: auto; border-radius: 8px; display: block; }
 .composer { border-top: 1px solid #ececf0; padding: .6rem; display: flex; flex-direction: column; gap: .5rem; }
@@ -67,10 +88,23 @@ class JanusFlowElement extends HTMLElement {
   constructor() {
     super();
     this.root = this.attachShadow({ mode: 'open' });
+    /** The conversation: [{role: 'user' | 'assistant', content, images?: Blob[]}]. */
     this.messages = [];
+    /** message → its bubble in the log. */
+    this.bubbles = new Map();
     this.pending = [];
     this.engine = null;
     this.busy = null;
+    /** Object URLs of the log's images, revoked when it is cleared. */
+    this.urls = [];
+    /** Regenerations of the last reply (each samples with the next seed). */
+    this.regens = 0;
+    this.saving = Promise.resolve();
+  }
+
+  /** The name the conversation is kept under in IndexedDB. */
+  get conversationKey() {
+    return this.getAttribute('conversation') || 'default';
   }
 
   get quant() {
@@ -244,11 +278,38 @@ class JanusFlowElement extends HTMLElement {
     this.engine.addEventListener('restart', (ev) => this.setStatus(ev.detail.kind === KIND.deviceLost ? 'GPU device lost — reloading the engine from storage…' : 'the engine crashed — restarting it…'));
     this.engine.addEventListener('ready', () => this.setStatus('engine reloaded; the conversation is kept'));
     this.buildUi();
+    this.emit('ready', this.engine.info);
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail, bubbles: true, composed: true }));
   }
 
   buildUi() {
-    const log = el('div', { class: 'log', role: 'log', 'aria-live': 'polite', 'aria-label': 'conversation' });
+    // Focusable, so that the keyboard scrolls it.
+    const log = el('div', { class: 'log', role: 'log', 'aria-live': 'polite', 'aria-label': 'conversation', tabindex: 0 });
     this.log = log;
+    // The log follows new output (replies, progress, images as they load) unless the reader has
+    // scrolled up; scrolling back to the end follows again. Only a scroll the reader makes stops
+    // it: one the browser makes (content shrinking under the end) must not, even when it is
+    // reported after more content arrived.
+    this.follow = true;
+    let intent = -Infinity;
+    const mark = () => (intent = performance.now());
+    for (const t of ['wheel', 'touchmove', 'keydown', 'pointerdown']) log.addEventListener(t, mark, { passive: true });
+    log.addEventListener('scroll', () => {
+      if (log.scrollHeight - log.scrollTop - log.clientHeight < 40) this.follow = true;
+      else if (performance.now() - intent < 1000) this.follow = false;
+    });
+    // Every entry's size is watched: text streaming in, a preview growing, an image decoding.
+    const sizes = new ResizeObserver(() => this.stick());
+    new MutationObserver((changes) => {
+      for (const c of changes) {
+        for (const n of c.addedNodes) if (n.nodeType === Node.ELEMENT_NODE) sizes.observe(n);
+        for (const n of c.removedNodes) if (n.nodeType === Node.ELEMENT_NODE) sizes.unobserve(n);
+      }
+      this.stick();
+    }).observe(log, { childList: true });
     this.input = el('textarea', { 'aria-label': 'message', rows: 2 });
     this.input.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && !e.shiftKey) {
@@ -319,7 +380,42 @@ class JanusFlowElement extends HTMLElement {
       ui.classList.remove('drop');
       this.attach([...e.dataTransfer.files].filter((f) => f.type.startsWith('image/')));
     });
+    this.restoring = this.restore();
     this.input.focus();
+  }
+
+  /** Shows the conversation: the one in memory (the UI was rebuilt) or the one stored. */
+  async restore() {
+    if (!this.messages.length) {
+      try {
+        this.messages = await loadConversation(this.conversationKey);
+      } catch (e) {
+        console.warn('janusflow: the stored conversation could not be read', e);
+      }
+    }
+    for (const m of this.messages) this.addBubble(m);
+    this.refreshActions();
+    this.follow = true;
+    this.stick();
+  }
+
+  /** Keeps the end of the log in view while following. */
+  stick() {
+    if (this.follow && this.log) this.log.scrollTop = this.log.scrollHeight;
+  }
+
+  /** Saves the conversation as it is now (saves run in order; a failure only loses persistence). */
+  save() {
+    const key = this.conversationKey;
+    const snapshot = this.messages.map((m) => ({ ...m }));
+    this.saving = this.saving.then(() => saveConversation(key, snapshot)).catch((e) => console.warn('janusflow: the conversation could not be saved', e));
+    return this.saving;
+  }
+
+  url(blob) {
+    const u = URL.createObjectURL(blob);
+    this.urls.push(u);
+    return u;
   }
 
   attach(files) {
@@ -341,20 +437,78 @@ class JanusFlowElement extends HTMLElement {
     if (files.length && this.mode === 'draw') this.setAttribute('mode', 'chat');
   }
 
-  bubble(role, text, images = []) {
-    const b = el('div', { class: `msg ${role}` });
-    for (const img of images) b.append(el('img', { src: URL.createObjectURL(img), alt: 'image sent with the message' }));
-    const t = el('span', {});
-    t.textContent = text;
-    b.append(t);
+  /** A bubble that is not part of the conversation (a drawing's prompt). */
+  bubble(role, text) {
+    const b = el('div', { class: `msg ${role}` }, el('span', { class: 'text' }, text));
     this.log.append(b);
-    this.log.scrollTop = this.log.scrollHeight;
-    return t;
+    return b;
+  }
+
+  /**
+   * The bubble of a conversation message: a user's text and images with "Edit" (shown on the last
+   * one), or a reply rendered as Markdown with "Copy" and "Regenerate" (on the last reply).
+   */
+  addBubble(m) {
+    const b = el('div', { class: `msg ${m.role}` });
+    for (const img of m.images || []) b.append(el('img', { src: this.url(img), alt: 'image sent with the message' }));
+    if (m.role === 'assistant') {
+      const md = el('div', { class: 'text md' });
+      renderInto(md, m.content);
+      const copy = el('button', { class: 'copy', 'aria-label': 'copy this reply', onclick: () => this.copy(b.message ? b.message.content : '', copy) }, 'Copy');
+      b.append(md, el('div', { class: 'actions' }, copy, el('button', { class: 'regenerate', 'aria-label': 'regenerate this reply', onclick: () => this.regenerate() }, 'Regenerate')));
+    } else {
+      b.append(el('span', { class: 'text' }, m.content), el('div', { class: 'actions' }, el('button', { class: 'edit', 'aria-label': 'edit and resend this message', onclick: () => this.edit(b.message) }, 'Edit')));
+    }
+    this.bind(m, b);
+    this.log.append(b);
+    return b;
+  }
+
+  bind(m, b) {
+    b.message = m;
+    this.bubbles.set(m, b);
+  }
+
+  /** "Regenerate" only on the last reply, "Edit" only on the last user message; none while busy. */
+  refreshActions() {
+    const last = this.messages[this.messages.length - 1];
+    const lastUser = this.messages.findLast((m) => m.role === 'user');
+    for (const [m, b] of this.bubbles) {
+      const regen = b.querySelector('.regenerate');
+      if (regen) regen.hidden = m !== last || !!this.busy;
+      const edit = b.querySelector('button.edit');
+      if (edit) edit.hidden = m !== lastUser || !!this.busy;
+    }
+  }
+
+  /** Copies a reply's Markdown text: the Clipboard API, else a selected textarea and execCommand. */
+  async copy(text, button) {
+    let ok = false;
+    try {
+      await navigator.clipboard.writeText(text);
+      ok = true;
+    } catch {
+      const t = el('textarea', { class: 'sr', readonly: true, tabindex: -1, 'aria-hidden': 'true' });
+      t.value = text;
+      this.root.append(t);
+      t.select();
+      try {
+        ok = document.execCommand('copy');
+      } catch {
+        ok = false;
+      }
+      t.remove();
+      button.focus();
+    }
+    button.textContent = ok ? 'Copied' : 'Copy failed';
+    this.setStatus(ok ? 'reply copied to the clipboard' : 'the browser did not allow copying');
+    setTimeout(() => (button.textContent = 'Copy'), 1500);
   }
 
   setBusy(on) {
     this.sendBtn.disabled = on;
     this.stopBtn.disabled = !on;
+    this.refreshActions();
   }
 
   num(name) {
@@ -363,43 +517,131 @@ class JanusFlowElement extends HTMLElement {
   }
 
   async send() {
+    await this.restoring;
     const text = this.input.value.trim();
     if (this.busy || (!text && !this.pending.length)) return;
     this.input.value = '';
+    this.follow = true;
     if (this.mode === 'draw') return this.draw(text);
     const images = this.pending.splice(0);
     this.thumbs.replaceChildren();
-    this.messages.push({ role: 'user', content: text, images });
-    this.bubble('user', text, images);
-    const out = this.bubble('assistant', '');
+    const m = { role: 'user', content: text, images };
+    this.messages.push(m);
+    this.addBubble(m);
+    this.regens = 0;
+    return this.reply();
+  }
+
+  /**
+   * Answers the conversation's last user message into `bubble` (a new one by default), rendering
+   * the Markdown as it streams (at most once a frame). A failed turn leaves the conversation
+   * without its user message, as if it had not been sent, and shows the error in its place.
+   */
+  async reply(bubble = null) {
+    const conv = this.messages;
+    const m = { role: 'assistant', content: '' };
+    const b = bubble || this.addBubble(m);
+    const md = b.querySelector('.md');
+    b.classList.remove('error');
+    this.bind(m, b);
+    let text = '';
+    let frame = 0;
+    const paint = () => {
+      frame = 0;
+      renderInto(md, text);
+    };
     this.busy = new AbortController();
     this.setBusy(true);
     try {
       const reply = await this.withRecovery(() => {
         // A retry after a recovery answers from the start again.
-        out.textContent = '';
-        return this.engine.chat(this.messages, {
+        text = '';
+        renderInto(md, '');
+        return this.engine.chat(conv, {
           temperature: this.num('temperature'),
           topP: this.num('topP'),
           maxTokens: this.num('maxTokens'),
-          seed: this.num('seed'),
+          seed: this.num('seed') + this.regens,
           signal: this.busy.signal,
           ontoken: (t) => {
-            out.textContent += t;
-            this.log.scrollTop = this.log.scrollHeight;
+            text += t;
+            if (!frame) frame = requestAnimationFrame(paint);
           },
         });
       });
-      out.textContent = reply;
-      this.messages.push({ role: 'assistant', content: reply });
+      cancelAnimationFrame(frame);
+      if (conv !== this.messages) return; // "New conversation" while it ran
+      m.content = reply;
+      renderInto(md, reply);
+      conv.push(m);
+      this.emit('reply', { text: reply, finish: this.engine.lastReply && this.engine.lastReply.finish });
     } catch (e) {
-      this.messages.pop();
-      out.textContent = `⚠ ${e.message}`;
-      out.parentElement.classList.add('error');
+      cancelAnimationFrame(frame);
+      if (conv !== this.messages) return;
+      this.bubbles.delete(m);
+      const user = conv.pop();
+      if (user) this.bubbles.delete(user);
+      md.replaceChildren(`⚠ ${e.message}`);
+      b.classList.add('error');
+      b.querySelector('.actions').remove();
     } finally {
       this.busy = null;
       this.setBusy(false);
     }
+    this.save();
+  }
+
+  /** Answers the last user message again (with the next seed), in place of the last reply. */
+  async regenerate() {
+    const last = this.messages[this.messages.length - 1];
+    if (this.busy || !last || last.role !== 'assistant') return;
+    this.messages.pop();
+    const b = this.bubbles.get(last);
+    this.bubbles.delete(last);
+    this.regens++;
+    return this.reply(b);
+  }
+
+  /** Edits the last user message in its bubble; "Send" drops the replies after it and answers again. */
+  edit(m) {
+    const b = this.bubbles.get(m);
+    if (this.busy || !b || b.querySelector('textarea')) return;
+    const text = b.querySelector('.text');
+    const actions = b.querySelector('.actions');
+    const area = el('textarea', { 'aria-label': 'edit the message', rows: 3 });
+    area.value = m.content;
+    const close = () => {
+      form.remove();
+      text.hidden = actions.hidden = false;
+    };
+    const submit = async () => {
+      const value = area.value.trim();
+      const i = this.messages.indexOf(m);
+      if (this.busy || i === -1 || (!value && !(m.images || []).length)) return;
+      close();
+      for (const later of this.messages.splice(i + 1)) {
+        const lb = this.bubbles.get(later);
+        if (lb) lb.remove();
+        this.bubbles.delete(later);
+      }
+      m.content = value;
+      text.textContent = value;
+      this.regens = 0;
+      this.follow = true;
+      await this.reply();
+    };
+    area.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey) {
+        e.preventDefault();
+        submit();
+      } else if (e.key === 'Escape') {
+        close();
+      }
+    });
+    const form = el('div', { class: 'editing' }, area, el('div', { class: 'row actions' }, el('button', { class: 'send-edit', onclick: submit }, 'Send'), el('button', { class: 'cancel-edit', onclick: close }, 'Cancel')));
+    text.hidden = actions.hidden = true;
+    b.append(form);
+    area.focus();
   }
 
   async draw(prompt) {
@@ -434,7 +676,8 @@ class JanusFlowElement extends HTMLElement {
         box.textContent = 'Stopped.';
         return;
       }
-      const url = URL.createObjectURL(png);
+      const url = this.url(png);
+      this.emit('image', { prompt, png });
       box.append(
         el('img', { src: url, alt: `generated image: ${prompt}` }),
         el('div', { class: 'row' },
@@ -447,7 +690,6 @@ class JanusFlowElement extends HTMLElement {
     } finally {
       this.busy = null;
       this.setBusy(false);
-      this.log.scrollTop = this.log.scrollHeight;
     }
   }
 
@@ -471,10 +713,18 @@ class JanusFlowElement extends HTMLElement {
     if (this.busy) this.busy.abort();
   }
 
+  /** Clears the conversation, on screen and in storage. */
   async newChat() {
+    this.stop();
     this.messages = [];
+    this.bubbles.clear();
     this.log.replaceChildren();
-    await this.engine.reset();
+    for (const u of this.urls.splice(0)) URL.revokeObjectURL(u);
+    this.regens = 0;
+    this.follow = true;
+    const key = this.conversationKey;
+    this.saving = this.saving.then(() => clearConversation(key)).catch((e) => console.warn('janusflow: the stored conversation could not be cleared', e));
+    await Promise.all([this.engine.reset(), this.saving]);
   }
 
   async deleteModel() {

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { startServer, CSP } from './server.mjs';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
@@ -40,6 +41,7 @@ const { server, state, url } = await startServer({
   '/evil/': path.join(e2e, 'evil'),
   '/fixtures/': path.join(root, 'tests/fixtures'),
   '/e2e/': path.join(root, 'tests/e2e'),
+  '/npm/': path.join(e2e, 'npm'),
   '/': path.join(root, 'www'),
 });
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -102,15 +104,30 @@ async function appReady(app, consent = true) {
   }
 }
 
-/** Sets greedy decoding in the app's settings, sends the chat prompt and checks the native reply. */
+/** The text a reply shows: its Markdown rendered by the app's renderer, as plain text. */
+const shownText = (text, p = page) => p.evaluate(async (t) => {
+  const d = document.createElement('div');
+  d.append((await import('/markdown.js')).renderMarkdown(t));
+  return d.textContent;
+}, text);
+
+/** Waits until the app is not answering or drawing (Send enabled again). */
+const appIdle = (p = page) => p.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
+
+/**
+ * Starts a new conversation (one restored from an earlier test would change the prompt), sets
+ * greedy decoding in the app's settings, sends the chat prompt and checks the native reply.
+ */
 async function greedyChatInApp(app) {
   await app.locator('summary', { hasText: 'Settings' }).click();
+  await app.locator('button', { hasText: 'New conversation' }).click();
   await app.locator('input[name=temperature]').fill('0');
   await app.locator('input[name=maxTokens]').fill('24');
-  await app.locator('textarea').fill(expected.chat.prompt);
-  await app.locator('textarea').press('Enter');
-  await page.waitForFunction(() => !document.querySelector('janus-flow').shadowRoot.querySelector('button.primary').disabled, null, { timeout: 120000 });
-  assert.equal(await app.locator('.msg.assistant').last().textContent(), expected.chat.reply);
+  await app.locator('textarea').first().fill(expected.chat.prompt);
+  await app.locator('textarea').first().press('Enter');
+  await appIdle();
+  assert.equal(await page.evaluate(() => document.querySelector('janus-flow').messages.at(-1).content), expected.chat.reply);
+  assert.equal(await app.locator('.msg.assistant .text').last().textContent(), await shownText(expected.chat.reply));
 }
 
 const shardCount = () => shardFiles.reduce((a, f) => a + (state.counts.get(`/pack/${f}`) || 0), 0);
@@ -546,18 +563,284 @@ await test('the app keeps the conversation across a lost GPU device (it reloads 
   }, null, { timeout: 120000 });
   const r = await page.evaluate(async () => {
     const el = document.querySelector('janus-flow');
-    const bubbles = [...el.shadowRoot.querySelectorAll('.msg')].map((b) => b.textContent);
+    const bubbles = [...el.shadowRoot.querySelectorAll('.msg .text')].map((b) => b.textContent);
+    const M = await import('/markdown.js');
+    const shown = (t) => { const d = document.createElement('div'); d.append(M.renderMarkdown(t)); return d.textContent; };
     const status = el.shadowRoot.querySelector('.status').textContent;
     // The reference: the same conversation answered from scratch by the reloaded engine.
     await el.engine.reset();
     const again = await el.engine.chat(el.messages.slice(0, 3), { temperature: 0, maxTokens: 24 });
-    return { bubbles, status, again, reply: el.messages[3].content };
+    return { bubbles, status, again, reply: el.messages[3].content, shown: [shown(el.messages[1].content), shown(el.messages[3].content)], first: el.messages[1].content };
   });
   assert.equal(r.bubbles.length, 4, JSON.stringify(r.bubbles));
-  assert.equal(r.bubbles[1], expected.chat.reply, 'the first answer is still shown');
-  assert.equal(r.bubbles[3], r.reply);
+  assert.equal(r.first, expected.chat.reply);
+  assert.equal(r.bubbles[1], r.shown[0], 'the first answer is still shown');
+  assert.equal(r.bubbles[3], r.shown[1]);
   assert.equal(r.reply, r.again);
   assert.match(r.status, /reloaded/);
+});
+
+// The chat interface of <janus-flow>: Markdown, the actions on the last turn, the conversation
+// kept in IndexedDB, and the log following new output.
+const appUrl = () => `${url}/index.html?pack=/pack/`;
+const app = () => page.locator('janus-flow');
+/** Page code run in the element: `el` is <janus-flow>, `root` its shadow root. */
+const inApp = (body, arg) => page.evaluate(`(async () => { const el = document.querySelector('janus-flow'); const root = el.shadowRoot; const arg = ${JSON.stringify(arg ?? null)}; ${body} })()`);
+/** Stores a conversation under the element's default name, as the element itself would. */
+const storeConversation = (messages) => page.evaluate(async (m) => (await import('/conversation.js')).saveConversation('default', m), messages);
+/** Loads the app page and waits until the stored conversation is shown. */
+async function openApp() {
+  await page.goto(appUrl());
+  await appReady(app());
+  await inApp('await el.restoring;');
+}
+async function greedySettings() {
+  await app().locator('summary', { hasText: 'Settings' }).click();
+  await app().locator('input[name=temperature]').fill('0');
+  await app().locator('input[name=maxTokens]').fill('24');
+}
+
+const NASTY = [
+  '# Heading',
+  'Some **bold**, *italic* and `<b>code</b>` text,',
+  'a [link](https://example.com/x?a=1) and a [bad one](javascript:window.__xss=3).',
+  '<script>window.__xss = 1</script>',
+  '<img src=x onerror="window.__xss = 2"> <iframe src="/"></iframe>',
+  '',
+  '- one',
+  '- two with <b>tags</b>',
+  '',
+  '1. first',
+  '2. second',
+  '',
+  '```html',
+  '<script>window.__xss = 4</script>',
+  '```',
+].join('\n');
+
+/** What the rendered NASTY looks like, checked on the node it was rendered into. */
+const CHECK_NASTY = `
+  const tags = (sel) => node.querySelectorAll(sel).length;
+  const links = [...node.querySelectorAll('a')].map((a) => ({ href: a.getAttribute('href'), target: a.target, rel: a.rel, text: a.textContent }));
+  return { html: tags('script, img, iframe, b, [onerror]'), strong: tags('strong'), em: tags('em'), code: tags('p code'), pre: tags('pre code'), h: tags('h3'), ul: tags('ul > li'), ol: tags('ol > li'), links, text: node.textContent, xss: window.__xss ?? null };`;
+
+function assertNasty(r) {
+  assert.equal(r.html, 0, 'no element was made from HTML in the reply');
+  assert.deepEqual([r.strong, r.em, r.code, r.pre, r.h, r.ul, r.ol], [1, 1, 1, 1, 1, 2, 2], JSON.stringify(r));
+  assert.deepEqual(r.links, [{ href: 'https://example.com/x?a=1', target: '_blank', rel: 'noopener noreferrer', text: 'link' }]);
+  for (const t of ['<b>code</b>', '[bad one](javascript:window.__xss=3)', '<script>window.__xss = 1</script>', '<img src=x onerror="window.__xss = 2">', 'two with <b>tags</b>', '<script>window.__xss = 4</script>']) assert.ok(r.text.includes(t), `shown as text: ${t}`);
+  assert.equal(r.xss, null, 'no script from the reply ran');
+}
+
+await test('chat UI: Markdown replies are built from DOM nodes; <script>, <img onerror> and javascript: links in a reply stay text (artifacts/app-markdown.png)', async () => {
+  // The renderer on its own, including every prefix of the text (what streaming shows).
+  await page.goto(`${url}/e2e/test.html`);
+  // The check goes to the page as source through DevTools (test.html's CSP forbids eval).
+  const r = await page.evaluate(`(async () => {
+    const M = await import('/markdown.js');
+    const text = ${JSON.stringify(NASTY)};
+    const node = document.createElement('div');
+    document.body.append(node);
+    for (let i = 1; i <= text.length; i++) M.renderInto(node, text.slice(0, i));
+    const whole = document.createElement('div');
+    whole.append(M.renderMarkdown(text));
+    if (whole.innerHTML !== node.innerHTML) return { streamed: node.innerHTML, whole: whole.innerHTML };
+    await new Promise((res) => setTimeout(res, 100));
+    ${CHECK_NASTY}
+  })()`);
+  assert.ok(!r.streamed, `rendering while streaming ends where rendering the whole text does: ${JSON.stringify(r)}`);
+  assertNasty(r);
+  // The same reply in the app (a stored conversation, shown on load).
+  await storeConversation([{ role: 'user', content: 'Show me some HTML' }, { role: 'assistant', content: NASTY }]);
+  await openApp();
+  assertNasty(await inApp(`const node = root.querySelector('.msg.assistant .md'); await new Promise((res) => setTimeout(res, 100)); ${CHECK_NASTY}`));
+  assert.equal(await inApp(`return root.querySelectorAll('.log script, .log iframe, .log [onerror]').length + root.querySelectorAll('.msg.assistant img').length;`), 0);
+  await page.screenshot({ path: path.join(artifacts, 'app-markdown.png') });
+});
+
+await test('chat UI: Copy (Clipboard API and fallback), Regenerate and Edit-and-resend on the last turn', async () => {
+  await page.goto(appUrl());
+  await appReady(app());
+  await greedyChatInApp(app());
+  const reply = expected.chat.reply;
+  // Copy through the Clipboard API (recorded), then through the fallback when the API refuses.
+  await inApp(`window.__copied = []; navigator.clipboard.writeText = async (t) => { window.__copied.push(t); };`);
+  await app().locator('.msg.assistant button.copy').last().click();
+  assert.deepEqual(await page.evaluate(() => window.__copied), [reply]);
+  assert.equal(await app().locator('.msg.assistant button.copy').last().textContent(), 'Copied');
+  await inApp(`navigator.clipboard.writeText = async () => { throw new DOMException('denied', 'NotAllowedError'); };
+    document.addEventListener('copy', (e) => { const t = e.composedPath()[0]; window.__fallback = t.value.slice(t.selectionStart, t.selectionEnd); }, { capture: true, once: true });`);
+  await app().locator('.msg.assistant button.copy').last().click();
+  await page.waitForFunction(() => window.__fallback !== undefined, null, { timeout: 5000 });
+  assert.equal(await page.evaluate(() => window.__fallback), reply);
+  // Regenerate: only on the last reply; answers again in its place (greedy: the same text).
+  await inApp(`window.__replies = 0; el.addEventListener('reply', () => window.__replies++);`);
+  assert.equal(await app().locator('.msg.assistant button.regenerate:visible').count(), 1);
+  await app().locator('.msg.assistant button.regenerate').last().click();
+  await appIdle();
+  let s = await inApp(`return { replies: window.__replies, messages: el.messages.map((m) => [m.role, m.content]), bubbles: root.querySelectorAll('.msg').length };`);
+  assert.deepEqual(s, { replies: 1, messages: [['user', expected.chat.prompt], ['assistant', reply]], bubbles: 2 });
+  // Edit the last user message in place and send it: the reply after it is replaced.
+  const edited = 'Tell me about foxes.';
+  await app().locator('.msg.user button.edit').click();
+  await app().locator('.msg.user textarea').fill(edited);
+  await app().locator('.msg.user button.send-edit').click();
+  await appIdle();
+  s = await inApp(`const messages = el.messages.map((m) => [m.role, m.content]);
+    await el.engine.reset();
+    const again = await el.engine.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+    return { messages, again, bubbles: [...root.querySelectorAll('.msg .text')].map((b) => b.textContent), replies: window.__replies };`, edited);
+  assert.equal(s.messages.length, 2, JSON.stringify(s));
+  assert.deepEqual(s.messages[0], ['user', edited]);
+  assert.equal(s.messages[1][1], s.again, 'the reply answers the edited message alone');
+  assert.equal(s.bubbles[0], edited);
+  assert.equal(s.bubbles.length, 2);
+  assert.equal(s.replies, 2);
+  // Edited back to the first prompt: the native reply again.
+  await app().locator('.msg.user button.edit').click();
+  await app().locator('.msg.user textarea').fill(expected.chat.prompt);
+  await app().locator('.msg.user textarea').press('Enter');
+  await appIdle();
+  assert.deepEqual(await inApp(`return el.messages.map((m) => m.content);`), [expected.chat.prompt, reply]);
+});
+
+await test('chat UI: the conversation (with its images) is kept in IndexedDB and restored on reload; New conversation clears it', async () => {
+  await page.goto(appUrl());
+  await appReady(app());
+  await app().locator('summary', { hasText: 'Settings' }).click();
+  await app().locator('button', { hasText: 'New conversation' }).click();
+  await app().locator('input[name=temperature]').fill('0');
+  await app().locator('input[name=maxTokens]').fill('24');
+  const png = path.join(root, 'tests/fixtures/images/square_80.png');
+  await app().locator('input[type=file]').setInputFiles(png);
+  await app().locator('textarea').fill(expected.image.prompt);
+  await app().locator('textarea').press('Enter');
+  await appIdle();
+  assert.equal(await inApp(`return el.messages.at(-1).content;`), expected.image.reply);
+  await inApp(`await el.saving;`);
+  await page.reload();
+  await appReady(app(), false);
+  await inApp(`await el.restoring;`);
+  const r = await inApp(`const img = root.querySelector('.msg.user img');
+    await (img.complete ? null : new Promise((res) => img.addEventListener('load', res, { once: true })));
+    const m = el.messages;
+    return { roles: m.map((x) => x.role), user: m[0].content, image: { size: m[0].images[0].size, type: m[0].images[0].type }, width: img.naturalWidth,
+      bubbles: [...root.querySelectorAll('.msg .text')].map((b) => b.textContent) };`);
+  assert.deepEqual(r.roles, ['user', 'assistant']);
+  assert.equal(r.user, expected.image.prompt);
+  assert.deepEqual(r.image, { size: fs.statSync(png).size, type: 'image/png' });
+  assert.equal(r.width, 80, 'the image shows again');
+  assert.deepEqual(r.bubbles, [expected.image.prompt, await shownText(expected.image.reply)]);
+  // The restored conversation (its image included) is what the engine answers from.
+  await greedySettings();
+  await app().locator('.msg.assistant button.regenerate').click();
+  await appIdle();
+  assert.equal(await inApp(`return el.messages.at(-1).content;`), expected.image.reply);
+  // New conversation: gone from the screen and from storage.
+  await app().locator('button', { hasText: 'New conversation' }).click();
+  assert.equal(await app().locator('.msg').count(), 0);
+  await inApp(`await el.saving;`);
+  await page.reload();
+  await appReady(app(), false);
+  await inApp(`await el.restoring;`);
+  assert.deepEqual(await inApp(`return [el.messages.length, root.querySelectorAll('.msg').length];`), [0, 0]);
+});
+
+await test('chat UI: the log follows new output (replies, drawing progress, images) unless the reader has scrolled up', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  const long = [];
+  // Tall but few tokens: the tiny test model's context is 512 tokens.
+  for (let i = 0; i < 5; i++) long.push({ role: 'user', content: `Q${i}` }, { role: 'assistant', content: Array.from({ length: 5 }, (_, k) => `- ${k}`).join('\n') });
+  await storeConversation(long);
+  await openApp();
+  const where = () => inApp(`const log = root.querySelector('.log'); return { end: log.scrollHeight - log.scrollTop - log.clientHeight < 4, top: log.scrollTop, overflow: log.scrollHeight > 1.5 * log.clientHeight, height: [log.scrollHeight, log.clientHeight] };`);
+  /** The reader scrolls the log with the mouse wheel, to its start or its end. */
+  const scroll = async (up) => {
+    const box = await app().locator('.log').boundingBox();
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    await page.mouse.wheel(0, up ? -100000 : 100000);
+    await page.waitForFunction((up) => { const log = document.querySelector('janus-flow').shadowRoot.querySelector('.log'); return up ? log.scrollTop === 0 : log.scrollHeight - log.scrollTop - log.clientHeight < 4; }, up);
+    await inApp(`await new Promise((res) => requestAnimationFrame(() => requestAnimationFrame(res)));`);
+  };
+  let w = await where();
+  assert.ok(w.overflow, `the restored conversation overflows the log: ${JSON.stringify(w)}`);
+  assert.ok(w.end, `a restored conversation shows its end: ${JSON.stringify(w)}`);
+  await greedySettings();
+  const send = async (text) => {
+    await app().locator('textarea').fill(text);
+    await app().locator('textarea').press('Enter');
+    await appIdle();
+  };
+  await send('And what else?');
+  assert.ok((await where()).end, 'a new reply is in view');
+  // Sending shows the end; output that arrives after the reader scrolled up leaves them there (the
+  // reply is held until they have).
+  await inApp(`const chat = el.engine.chat.bind(el.engine); el.engine.chat = async (m, o) => { await new Promise((res) => (window.__go = res)); el.engine.chat = chat; return chat(m, o); };`);
+  await app().locator('textarea').fill('One more thing.');
+  await app().locator('textarea').press('Enter');
+  await page.waitForFunction(() => !!window.__go);
+  assert.ok((await where()).end, 'the message sent is in view');
+  await scroll(true);
+  await page.evaluate(() => window.__go());
+  await appIdle();
+  assert.equal(await inApp(`return el.messages.length;`), 14, await inApp(`return root.querySelector('.msg.error')?.textContent;`));
+  w = await where();
+  assert.ok(w.top < 4 && !w.end, `the reader stays where they scrolled to: ${JSON.stringify(w)}`);
+  // Back at the end: a drawing's progress box and its picture are followed.
+  await scroll(false);
+  await app().locator('input[value=draw]').check();
+  await app().locator('input[name=steps]').fill('2');
+  await app().locator('textarea').fill('a red fox in snow');
+  await app().locator('button.primary').click();
+  await app().locator('.result progress').waitFor({ timeout: 60000 }).catch(() => {});
+  await app().locator('.result img').waitFor({ timeout: 120000 });
+  await inApp(`const img = root.querySelector('.result img'); if (!img.complete) await new Promise((res) => img.addEventListener('load', res, { once: true })); await new Promise((res) => requestAnimationFrame(res));`);
+  w = await where();
+  assert.ok(w.end, `the finished picture is in view: ${JSON.stringify(w)}`);
+  await app().locator('input[value=chat]').check();
+});
+
+// The browser files as an npm package: what `npm pack` in www/ produces is all a page needs,
+// imported by URL with no bundler, and resolves through its package.json in Node and TypeScript.
+await test('npm package: npm pack in www/ gives a tarball whose janus.js imports without a bundler, loads the tiny pack and chats', async () => {
+  const dir = path.join(e2e, 'npm');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const packed = JSON.parse(execFileSync('npm', ['pack', '--json', '--pack-destination', dir], { cwd: path.join(root, 'www'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }))[0];
+  const files = packed.files.map((f) => f.path);
+  for (const f of ['package.json', 'janus.js', 'janus.d.ts', 'janus-flow.js', 'janus-flow.d.ts', 'worker.js', 'pkg/janusflow.js', 'pkg/janusflow_bg.wasm']) assert.ok(files.includes(f), `the package has ${f}`);
+  for (const f of ['index.html', 'app.js', 'sw.js', 'pkg/shell.js', 'bench.js']) assert.ok(!files.includes(f), `the package leaves out the app's ${f}`);
+  const cargoVersion = /^version = "([^"]+)"/m.exec(fs.readFileSync(path.join(root, 'Cargo.toml'), 'utf8'))[1];
+  assert.equal(packed.version, cargoVersion, 'www/package.json has the crate version');
+  execFileSync('tar', ['xzf', path.join(dir, packed.filename), '-C', dir]);
+  // In a page, by URL: the worker and the wasm come from the package's own folder.
+  await page.goto(`${url}/e2e/test.html`);
+  const r = await page.evaluate(async (reply) => {
+    const J = await import('/npm/package/janus.js');
+    await import('/npm/package/janus-flow.js');
+    const e = await J.create({ source: { pack: '/pack/' } });
+    const text = await e.chat([{ role: 'user', content: reply }], { temperature: 0, maxTokens: 24 });
+    e.terminate();
+    return { exports: Object.keys(J).sort(), element: !!customElements.get('janus-flow'), text };
+  }, expected.chat.prompt);
+  assert.ok(r.exports.includes('create') && r.element, JSON.stringify(r));
+  assert.equal(r.text, expected.chat.reply);
+  const served = [...state.counts.keys()].filter((p) => p.startsWith('/npm/package/pkg/'));
+  assert.ok(served.includes('/npm/package/pkg/janusflow_bg.wasm'), `the wasm came from the package: ${served}`);
+  // Installed as a dependency: the bare name resolves (Node: no WebGPU there, a clean 'webgpu' error)
+  // and TypeScript finds the declarations through "exports".
+  const consumer = path.join(dir, 'consumer');
+  fs.mkdirSync(path.join(consumer, 'node_modules'), { recursive: true });
+  fs.cpSync(path.join(dir, 'package'), path.join(consumer, 'node_modules/janusflow-web'), { recursive: true });
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
+    const J = await import('janusflow-web');
+    await import('janusflow-web/package.json', { with: { type: 'json' } });
+    const error = await J.create().then(() => null, (e) => ({ name: e.name, kind: e.kind }));
+    console.log(JSON.stringify({ create: typeof J.create, error }));`], { cwd: consumer, encoding: 'utf8' });
+  assert.deepEqual(JSON.parse(out), { create: 'function', error: { name: 'JanusError', kind: 'webgpu' } });
+  fs.writeFileSync(path.join(consumer, 'use.ts'), `import { create, type Engine } from 'janusflow-web';\nimport type { JanusFlowElement } from 'janusflow-web/element';\nexport const start: () => Promise<Engine> = () => create({ source: { pack: '/pack/' } });\nexport type El = JanusFlowElement;\n`);
+  fs.writeFileSync(path.join(consumer, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'nodenext', moduleResolution: 'nodenext', lib: ['es2022', 'dom'], types: [], strict: true, noEmit: true }, files: ['use.ts'] }));
+  execFileSync(path.join(root, 'node_modules/.bin/tsc'), ['-p', consumer], { stdio: 'inherit' });
 });
 
 await test('offline: after a complete load the app starts and runs with the network off', async () => {
