@@ -44,6 +44,11 @@ header h2 { font-size: 1rem; margin: 0; flex: 1; }
 .msg.user textarea { width: 100%; color: #1d1d1f; background: #fff; }
 .msg img { max-width: 160px; max-height: 160px; border-radius: 6px; display: block; margin-bottom: .4rem; }
 .result img, .result canvas { width: min(384px, 100%); image-rendering: auto; border-radius: 8px; display: block; }
+.steps { font-size: .85rem; color: #555; margin: .3rem 0; }
+.msg.batch { width: min(95%, 820px); max-width: none; white-space: normal; }
+.grid { display: grid; gap: .6rem; grid-template-columns: repeat(auto-fill, minmax(min(100%, 180px), 1fr)); }
+.grid.single { grid-template-columns: min(384px, 100%); }
+.grid .result img, .grid .result canvas { width: 100%; max-width: none; max-height: none; height: auto; aspect-ratio: 1; }
 .composer { border-top: 1px solid #ececf0; padding: .6rem; display: flex; flex-direction: column; gap: .5rem; }
 .row { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; }
 textarea { flex: 1; min-height: 2.6rem; max-height: 10rem; resize: vertical; font: inherit; padding: .45rem .6rem; border: 1px solid #c9c9d1; border-radius: 8px; min-width: 0; }
@@ -344,6 +349,7 @@ class JanusFlowElement extends HTMLElement {
       ['steps', 'Steps', defaults.steps, 1],
       ['cfg', 'CFG weight', defaults.cfg, 0.5],
       ['imageSeed', 'Image seed', defaults.imageSeed, 1],
+      ['count', 'Pictures', defaults.imageCount, 1],
     ].map(([n, l, v, st]) => {
       const [lab, inp] = num(n, l, v, st);
       s[n] = inp;
@@ -647,46 +653,71 @@ class JanusFlowElement extends HTMLElement {
   async draw(prompt) {
     if (!prompt) return;
     this.bubble('user', `Draw: ${prompt}`);
-    const box = el('div', { class: 'msg assistant result' });
-    const bar = el('progress', { max: this.num('steps'), value: 0, 'aria-label': 'drawing progress' });
-    const canvas = el('canvas', { width: 48, height: 48, 'aria-label': 'preview of the picture forming' });
-    box.append(bar, canvas);
-    this.log.append(box);
-    this.busy = new AbortController();
-    this.setBusy(true);
-    try {
-      const png = await this.withRecovery(() =>
-        this.engine.generate(prompt, {
-          steps: this.num('steps'),
-          cfg: this.num('cfg'),
-          seed: this.num('imageSeed'),
-          signal: this.busy.signal,
-          onstep: ({ step, preview }) => {
-            bar.value = step;
-            if (preview) {
-              canvas.width = preview.width;
-              canvas.height = preview.height;
-              canvas.getContext('2d').putImageData(preview, 0, 0);
-            }
-          },
-        }),
-      );
-      box.replaceChildren();
-      if (!png) {
-        box.textContent = 'Stopped.';
-        return;
+    const steps = this.num('steps');
+    const count = Math.min(8, Math.max(1, Math.round(this.num('count')) || 1));
+    const seed = this.num('imageSeed');
+    // One cell per picture: progress, a step counter with the time left, the preview scaled up
+    // smoothly to the final size, then the picture with its actions.
+    const cells = Array.from({ length: count }, () => {
+      const bar = el('progress', { max: steps, value: 0, 'aria-label': 'drawing progress' });
+      const counter = el('div', { class: 'steps', 'aria-live': 'polite' }, 'waiting…');
+      const canvas = el('canvas', { width: 48, height: 48, 'aria-label': 'preview of the picture forming' });
+      return { box: el('div', { class: 'result' }, bar, counter, canvas), bar, counter, canvas, started: 0, firstDone: 0 };
+    });
+    const grid = el('div', { class: `grid${count === 1 ? ' single' : ''}` }, ...cells.map((c) => c.box));
+    const msg = el('div', { class: 'msg assistant batch' }, grid);
+    this.log.append(msg);
+    const step = (c, { step, preview }) => {
+      const now = performance.now();
+      if (!c.started) c.started = now;
+      c.bar.value = step;
+      if (step === 1) c.firstDone = now;
+      // Time left from the steps after the first (which also compiles the GPU pipelines).
+      const per = step > 1 ? (now - c.firstDone) / (step - 1) : 0;
+      const left = per ? ` · about ${Math.max(1, Math.round((per * (steps - step)) / 1000))} s left` : '';
+      c.counter.textContent = `step ${step} of ${steps}${step < steps ? left : ' · decoding the picture…'}`;
+      if (preview) {
+        c.canvas.width = preview.width;
+        c.canvas.height = preview.height;
+        c.canvas.getContext('2d').putImageData(preview, 0, 0);
       }
+    };
+    const done = (c, png) => {
       const url = this.url(png);
       this.emit('image', { prompt, png });
-      box.append(
+      c.box.replaceChildren(
         el('img', { src: url, alt: `generated image: ${prompt}` }),
+        el('div', { class: 'steps' }, `${steps} steps in ${((performance.now() - c.started) / 1000).toFixed(1)} s`),
         el('div', { class: 'row' },
           el('a', { class: 'btn', href: url, download: 'janusflow.png' }, 'Download PNG'),
           el('button', { onclick: () => this.attach([new File([png], 'generated.png', { type: 'image/png' })]) }, 'Ask about this image')),
       );
+    };
+    this.busy = new AbortController();
+    this.setBusy(true);
+    let next = 0; // pictures finished; after a lost device the batch goes on from there
+    try {
+      await this.withRecovery(() => {
+        const base = next;
+        return this.engine.generateBatch(prompt, {
+          count: count - base,
+          seed: seed + base,
+          steps,
+          cfg: this.num('cfg'),
+          signal: this.busy.signal,
+          onstep: (s) => step(cells[base + s.index], s),
+          onimage: ({ index, png }) => {
+            done(cells[base + index], png);
+            next = base + index + 1;
+          },
+        });
+      });
+      for (const c of cells.slice(next)) c.box.replaceChildren('Stopped.');
     } catch (e) {
-      box.textContent = `⚠ ${e.message}`;
-      box.classList.add('error');
+      for (const c of cells.slice(next)) c.box.replaceChildren();
+      const c = cells[Math.min(next, count - 1)];
+      c.box.textContent = `⚠ ${e.message}`;
+      c.box.classList.add('error');
     } finally {
       this.busy = null;
       this.setBusy(false);

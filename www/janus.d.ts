@@ -174,6 +174,19 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 
+export interface BatchStep extends GenerateStep {
+  /** Which picture of the batch (0-based). */
+  index: number;
+  count: number;
+}
+
+export interface BatchOptions extends Omit<GenerateOptions, 'noise' | 'onstep'> {
+  /** Pictures to draw, 1–8 (default 4); picture i uses seed + i. */
+  count?: number;
+  onstep?: (s: BatchStep) => void;
+  onimage?: (r: { index: number; png: Blob }) => void;
+}
+
 export interface StorageFacts {
   usage?: number;
   quota?: number;
@@ -205,6 +218,8 @@ export interface Engine extends EventTarget {
   chat(messages: ChatMessage[], options?: ChatOptions): Promise<string>;
   /** Draws a picture; resolves to a PNG, or null when stopped. */
   generate(prompt: string, options?: GenerateOptions): Promise<Blob | null>;
+  /** `count` pictures with seeds seed, seed + 1, …; null for those not drawn when stopped. */
+  generateBatch(prompt: string, options?: BatchOptions): Promise<(Blob | null)[]>;
   /** Stops the running chat or generation. */
   cancel(): void;
   /** Forgets the conversation's cached state (the next chat starts from scratch). */
@@ -229,7 +244,7 @@ export declare const officialSource: Readonly<{ hf: Readonly<{ model: string; va
 export declare function hfSource(endpoint: string): HfSource & { hf: { model: string; vae: string } };
 
 /** Sampling and drawing defaults (the JanusFlow demo's). */
-export declare const defaults: Readonly<{ temperature: number; topP: number; maxTokens: number; seed: number; steps: number; cfg: number; imageSeed: number }>;
+export declare const defaults: Readonly<{ temperature: number; topP: number; maxTokens: number; seed: number; steps: number; cfg: number; imageSeed: number; imageCount: number }>;
 
 /** Whether this browser has WebGPU at all. */
 export declare function hasWebGPU(): boolean;

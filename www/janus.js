@@ -38,8 +38,8 @@ function normalize(source) {
   throw new JanusError('the weight source must be {pack: URL} or {hf: {model: URL, vae: URL}}', KIND.config);
 }
 
-/** Spec defaults (JanusFlow demo): chat temperature 0.1, top-p 0.95, 512 tokens; 30 steps, cfg 2. */
-export const defaults = Object.freeze({ temperature: 0.1, topP: 0.95, maxTokens: 512, seed: 42, steps: 30, cfg: 2.0, imageSeed: 12345 });
+/** Spec defaults (JanusFlow demo): chat temperature 0.1, top-p 0.95, 512 tokens; 30 steps, cfg 2; the app draws 4 pictures per prompt. */
+export const defaults = Object.freeze({ temperature: 0.1, topP: 0.95, maxTokens: 512, seed: 42, steps: 30, cfg: 2.0, imageSeed: 12345, imageCount: 4 });
 
 export class JanusError extends Error {
   constructor(message, kind) {
@@ -222,6 +222,27 @@ class Engine extends EventTarget {
       signal,
     );
     return png ? new Blob([png], { type: 'image/png' }) : null;
+  }
+
+  /**
+   * Draws `count` pictures (1–8, default 4) of one prompt, with seeds seed, seed + 1, … (seed
+   * defaults to `defaults.imageSeed`), one after another: picture i equals
+   * `generate(prompt, { ...options, seed: seed + i })`. Options as `generate` (no `noise`), plus
+   * onimage({index, png}) as each finishes; onstep also receives `index` and `count`. Resolves to
+   * the PNG Blobs in order; when stopped, the ones not drawn are null.
+   */
+  async generateBatch(prompt, options = {}) {
+    const { count = 4, seed = defaults.imageSeed, onstep, onimage, signal, noise, ...rest } = options;
+    if (!Number.isInteger(count) || count < 1 || count > 8) throw new JanusError(`count must be a whole number from 1 to 8 (got ${count})`, KIND.badInput);
+    if (noise) throw new JanusError('a batch draws from seeds; pass noise to generate() instead', KIND.badInput);
+    const out = new Array(count).fill(null);
+    for (let index = 0; index < count && !(signal && signal.aborted); index++) {
+      const png = await this.generate(prompt, { ...rest, seed: seed + index, signal, onstep: onstep && ((s) => onstep({ ...s, index, count })) });
+      if (!png) break;
+      out[index] = png;
+      if (onimage) onimage({ index, png });
+    }
+    return out;
   }
 
   /** Stops the running chat or generation. */

@@ -289,6 +289,31 @@ await test('generated image equals the native one within ±2 levels', async () =
   await page.screenshot({ path: path.join(artifacts, 'e2e-generated.png') });
 });
 
+await test('a batch of 3 pictures with seed s equals single runs with seeds s, s+1, s+2 (±2 levels), with per-picture steps', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    const pixels = async (blob) => { const bm = await createImageBitmap(blob); const c = new OffscreenCanvas(bm.width, bm.height); const g = c.getContext('2d'); g.drawImage(bm, 0, 0); return g.getImageData(0, 0, bm.width, bm.height).data; };
+    const seen = []; const order = [];
+    const batch = await E.generateBatch('a red fox in snow', { count: 3, seed: 7, steps: 2, cfg: 2, onstep: (s) => seen.push(s.index + ':' + s.step + '/' + s.count), onimage: ({ index }) => order.push(index) });
+    const worst = [];
+    for (let i = 0; i < 3; i++) {
+      const single = await E.generate('a red fox in snow', { seed: 7 + i, steps: 2, cfg: 2 });
+      const [a, b] = [await pixels(batch[i]), await pixels(single)];
+      let w = 0; for (let j = 0; j < a.length; j++) w = Math.max(w, Math.abs(a[j] - b[j]));
+      worst.push(w);
+    }
+    const [p0, p1] = [await pixels(batch[0]), await pixels(batch[1])];
+    let differ = 0; for (let j = 0; j < p0.length; j++) differ = Math.max(differ, Math.abs(p0[j] - p1[j]));
+    let bad = null; try { await E.generateBatch('x', { count: 9 }); } catch (e) { bad = e.kind; }
+    return { seen, order, worst, differ, bad };
+  `);
+  assert.deepEqual(r.seen, ['0:1/3', '0:2/3', '1:1/3', '1:2/3', '2:1/3', '2:2/3']);
+  assert.deepEqual(r.order, [0, 1, 2]);
+  assert.ok(r.worst.every((w) => w <= 2), `batch vs single: ${r.worst}`);
+  assert.ok(r.differ > 10, 'pictures of different seeds differ');
+  assert.equal(r.bad, 'bad-input');
+});
+
 await test('Stop ends generation promptly', async () => {
   const r = await inPage(`
     ${ENGINE}
@@ -534,7 +559,7 @@ await test('an updated pack replaces the stored copy and its superseded shards a
   }
 });
 
-await test('the app page: chat and drawing through the interface (screenshots in artifacts/)', async () => {
+await test('the app page: chat and drawing a batch as a grid (step counters with time left) through the interface (screenshots in artifacts/)', async () => {
   await page.goto(`${url}/index.html?pack=/pack/`);
   const app = page.locator('janus-flow');
   await appReady(app);
@@ -542,9 +567,16 @@ await test('the app page: chat and drawing through the interface (screenshots in
   await page.screenshot({ path: path.join(artifacts, 'app-chat.png') });
   await app.locator('input[value=draw]').check();
   await app.locator('input[name=steps]').fill('4');
+  await app.locator('input[name=count]').fill('2');
   await app.locator('textarea').fill('a red fox in snow');
   await app.locator('button.primary').click();
-  await app.locator('.result img').waitFor({ timeout: 120000 });
+  // A grid of 2 pictures, each with a step counter and the time left while it draws, then its
+  // total time under the picture.
+  await app.locator('.grid .result .steps', { hasText: /^step [1-4] of 4/ }).first().waitFor({ timeout: 120000 });
+  await app.locator('.grid .result img').nth(1).waitFor({ timeout: 240000 });
+  assert.equal(await app.locator('.grid .result img').count(), 2);
+  for (const t of await app.locator('.grid .result .steps').allTextContents()) assert.match(t, /^4 steps in \d+\.\d s$/);
+  assert.equal(await app.locator('.grid a[download]').count(), 2, 'a download link per picture');
   assert.ok(await app.locator('a[download]').count(), 'download link');
   await page.screenshot({ path: path.join(artifacts, 'app-generated.png') });
 });
@@ -790,6 +822,7 @@ await test('chat UI: the log follows new output (replies, drawing progress, imag
   await scroll(false);
   await app().locator('input[value=draw]').check();
   await app().locator('input[name=steps]').fill('2');
+  await app().locator('input[name=count]').fill('1');
   await app().locator('textarea').fill('a red fox in snow');
   await app().locator('button.primary').click();
   await app().locator('.result progress').waitFor({ timeout: 60000 }).catch(() => {});

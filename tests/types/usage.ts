@@ -31,7 +31,10 @@ export async function use(image: Blob): Promise<void> {
   const last: Reply | undefined = engine.lastReply;
   console.log(text, last?.finish, last?.reusedTokens);
   const png: Blob | null = await engine.generate('a red fox in snow', { steps: defaults.steps, cfg: 2, seed: 3, onstep: ({ step, steps, preview }) => console.log(step, steps, preview?.width) });
-  console.log(png?.size);
+  const batch: (Blob | null)[] = await engine.generateBatch('a red fox in snow', { count: defaults.imageCount, seed: 3, onstep: ({ index, count, step }) => console.log(index, count, step), onimage: ({ index, png }) => console.log(index, png.size) });
+  // @ts-expect-error a batch draws from seeds, never from given noise
+  await engine.generateBatch('x', { noise: new Float32Array(4) });
+  console.log(png?.size, batch.length);
   engine.cancel();
   await engine.reset();
   await engine.storage();
