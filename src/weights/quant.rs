@@ -314,7 +314,7 @@ impl QuantBlob {
 }
 
 /// One group's asymmetric 4-bit fit: `x ≈ scale · l − min` with levels `l` in 0..15, `min ≥ 0`,
-/// minimising Σ w·(error)² with weights `w`. Candidate level assignments come from 21 inverse
+/// minimising Σ w·(error)² with weights `w`. Candidate level assignments come from 11 inverse
 /// scales around 15 / (max − min); for each, scale and min are refitted by weighted least squares
 /// (min clamped to ≥ 0: the group's range always covers 0 or starts above it) and the candidate's
 /// error follows from the same sums, so a candidate costs one pass with no division; the best
@@ -337,8 +337,8 @@ fn fit_q4a_group(x: &[f32], w: &[f32]) -> (f32, f32) {
         return (0.0, -lo);
     }
     let (mut best, mut best_s, mut best_m) = (f32::MAX, (hi - lo) / 15.0, -lo);
-    for step in 0..=20 {
-        let iscale = (14.0 + 0.1 * step as f32) / (hi - lo);
+    for step in 0..=10 {
+        let iscale = (14.0 + 0.2 * step as f32) / (hi - lo);
         let (mut sl, mut sl2, mut sxl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
         for (xs, ws) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
             for k in 0..LANES {
