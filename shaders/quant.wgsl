@@ -65,11 +65,11 @@ fn load_w4(row: u32, k: u32, K: u32, soff: u32) -> vec4<f32> {
 #endif
 }
 
-#if Q4
-// One whole q4 group in a matrix–vector product: Σ_{j<32} W[row, 32·grp + j] · a_j, with `a` the
-// group's 32 activations as 8 vec4. Its 4 words are read together (a lane's 16 B, neighbouring
-// lanes' groups contiguous) and its scale once; the −8 offset is folded into the sum of a:
-// d · (Σ q·a − 8 · Σ a).
+#if Q4 || Q4A
+// One whole 4-bit group in a matrix–vector product: Σ_{j<32} W[row, 32·grp + j] · a_j, with `a`
+// the group's 32 activations as 8 vec4. Its 4 words are read together (a lane's 16 B, neighbouring
+// lanes' groups contiguous) and its scales once; the format's offset is folded into the sum of a
+// (q4_group_finish).
 fn q4_group_dot(row: u32, grp: u32, K: u32, soff: u32, a: array<vec4<f32>, 8>) -> f32 {
     let w0 = (row * K + grp * 32u) / 8u;
     var s = 0.0;
@@ -82,25 +82,21 @@ fn q4_group_dot(row: u32, grp: u32, K: u32, soff: u32, a: array<vec4<f32>, 8>) -
         s += dot(vec4<f32>(f32((q >> 16u) & 15u), f32((q >> 20u) & 15u), f32((q >> 24u) & 15u), f32(q >> 28u)), hi);
         sa += lo + hi;
     }
-    return group_scale(row * K + grp * 32u, soff) * (s - 8.0 * (sa.x + sa.y + sa.z + sa.w));
+    return q4_group_finish(row, grp, K, soff, s, sa.x + sa.y + sa.z + sa.w);
+}
+#endif
+
+#if Q4
+// q4: d · (Σ q·a − 8 · Σ a).
+fn q4_group_finish(row: u32, grp: u32, K: u32, soff: u32, s: f32, sa: f32) -> f32 {
+    return group_scale(row * K + grp * 32u, soff) * (s - 8.0 * sa);
 }
 #endif
 
 #if Q4A
-// As q4_group_dot for q4a: scale · Σ q·a − min · Σ a.
-fn q4_group_dot(row: u32, grp: u32, K: u32, soff: u32, a: array<vec4<f32>, 8>) -> f32 {
-    let w0 = (row * K + grp * 32u) / 8u;
-    var s = 0.0;
-    var sa = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        let q = w[w0 + i];
-        let lo = a[2u * i];
-        let hi = a[2u * i + 1u];
-        s += dot(vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u)), lo);
-        s += dot(vec4<f32>(f32((q >> 16u) & 15u), f32((q >> 20u) & 15u), f32((q >> 24u) & 15u), f32(q >> 28u)), hi);
-        sa += lo + hi;
-    }
+// q4a: scale · Σ q·a − min · Σ a.
+fn q4_group_finish(row: u32, grp: u32, K: u32, soff: u32, s: f32, sa: f32) -> f32 {
     let f = q4a_affine(row, grp * 32u, K, soff);
-    return f.x * s - f.y * (sa.x + sa.y + sa.z + sa.w);
+    return f.x * s - f.y * sa;
 }
 #endif

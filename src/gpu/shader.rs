@@ -1,4 +1,4 @@
-//! WGSL sources and the tiny preprocessor that specialises them (`#if NAME` / `#else` /
+//! WGSL sources and the tiny preprocessor that specialises them (`#if NAME [|| NAME…]` / `#else` /
 //! `#endif` blocks and `//#include file.wgsl` lines), so that one file per kernel family can
 //! serve every weight format without runtime branching in the shader.
 
@@ -38,8 +38,9 @@ pub fn source(name: &str, defines: &[&str]) -> String {
     for line in file(name).lines() {
         let t = line.trim();
         if let Some(d) = t.strip_prefix("#if ") {
+            // `#if A || B`: active when any of the names is defined.
             let parent = active(&stack);
-            stack.push((defines.contains(&d.trim()), parent));
+            stack.push((d.split("||").any(|n| defines.contains(&n.trim())), parent));
         } else if t == "#else" {
             let (a, p) = stack.pop().expect("#else without #if");
             stack.push((!a, p));
@@ -89,6 +90,14 @@ pub fn layout_entries(src: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn any_of_several_defines_selects_a_block() {
+        for (fmt, has) in [("Q4", true), ("Q4A", true), ("Q8", false), ("F32", false)] {
+            let s = super::source("matvec.wgsl", &[fmt]);
+            assert_eq!(s.contains("fn q4_group_dot("), has, "{fmt}");
+        }
+    }
+
     #[test]
     fn defines_select_blocks() {
         let s = super::source("elementwise.wgsl", &["ADD"]);
