@@ -12,25 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 dir=${FLOW_BENCH_DIR:-/tmp/janusflow-flow-mid}
-target=${CARGO_TARGET_DIR:-$PWD/target}
-bins=()
-for a in "$@"; do
-  if [ -x "$a" ] && [ -f "$a" ]; then
-    bins+=("$a")
-    continue
-  fi
-  rev=$(git rev-parse --short "$a^{commit}")
-  out=/tmp/janusflow-bench-bin/janusflow-dev-$rev
-  if [ ! -x "$out" ]; then
-    wt=/tmp/janusflow-bench-src-$rev
-    [ -d "$wt" ] || git worktree add --detach "$wt" "$rev" >&2
-    (cd "$wt" && CARGO_TARGET_DIR="$target" cargo build --bin janusflow >&2)
-    mkdir -p /tmp/janusflow-bench-bin
-    cp "$target/debug/janusflow" "$out"
-    git worktree remove --force "$wt"
-  fi
-  bins+=("$out")
-done
+. benchmarks/bins.sh
+bench_bins dev "$@"
 first=${bins[0]}
 if [ ! -f "$dir/pack/manifest.json" ]; then
   mkdir -p "$dir"
