@@ -228,25 +228,17 @@ export function inline(s, depth = 0, links = true) {
         continue;
       }
     }
-    if (links && c === '<') {
-      AUTO_BRACKET.lastIndex = i;
-      const m = AUTO_BRACKET.exec(s);
-      const href = m && safeUrl(m[1]);
+    // Bare URLs: `<https://…>` (the URL is group 1) or `https://…` at a word start (the match).
+    const auto = !links ? null : c === '<' ? [AUTO_BRACKET, 1] : c === 'h' && (i === 0 || !/\w/.test(s[i - 1])) ? [AUTO, 0] : null;
+    if (auto) {
+      const [re, g] = auto;
+      re.lastIndex = i;
+      const m = re.exec(s);
+      const href = m && safeUrl(m[g]);
       if (href) {
         text();
-        f.append(link(href, m[1]));
-        i = AUTO_BRACKET.lastIndex;
-        continue;
-      }
-    }
-    if (links && c === 'h' && (i === 0 || !/\w/.test(s[i - 1]))) {
-      AUTO.lastIndex = i;
-      const m = AUTO.exec(s);
-      const href = m && safeUrl(m[0]);
-      if (href) {
-        text();
-        f.append(link(href, m[0]));
-        i = AUTO.lastIndex;
+        f.append(link(href, m[g]));
+        i = re.lastIndex;
         continue;
       }
     }

@@ -636,6 +636,7 @@ const NASTY = [
   '# Heading',
   'Some **bold**, *italic* and `<b>code</b>` text,',
   'a [link](https://example.com/x?a=1) and a [bad one](javascript:window.__xss=3).',
+  'bare https://example.org/y and <https://example.net/z> too',
   '<script>window.__xss = 1</script>',
   '<img src=x onerror="window.__xss = 2"> <iframe src="/"></iframe>',
   '',
@@ -659,7 +660,8 @@ const CHECK_NASTY = `
 function assertNasty(r) {
   assert.equal(r.html, 0, 'no element was made from HTML in the reply');
   assert.deepEqual([r.strong, r.em, r.code, r.pre, r.h, r.ul, r.ol], [1, 1, 1, 1, 1, 2, 2], JSON.stringify(r));
-  assert.deepEqual(r.links, [{ href: 'https://example.com/x?a=1', target: '_blank', rel: 'noopener noreferrer', text: 'link' }]);
+  const ext = (href, text) => ({ href, target: '_blank', rel: 'noopener noreferrer', text });
+  assert.deepEqual(r.links, [ext('https://example.com/x?a=1', 'link'), ext('https://example.org/y', 'https://example.org/y'), ext('https://example.net/z', 'https://example.net/z')]);
   for (const t of ['<b>code</b>', '[bad one](javascript:window.__xss=3)', '<script>window.__xss = 1</script>', '<img src=x onerror="window.__xss = 2">', 'two with <b>tags</b>', '<script>window.__xss = 4</script>']) assert.ok(r.text.includes(t), `shown as text: ${t}`);
   assert.equal(r.xss, null, 'no script from the reply ran');
 }
