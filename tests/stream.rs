@@ -106,6 +106,95 @@ fn streaming_matches_convert_and_resumes_after_any_shard() {
     assert!(requested < on_disk && total <= requested, "requested {requested} of {on_disk} bytes, {total} needed");
 }
 
+fn range_converter(inp: &Inputs, preset: Quant, shards: Option<std::ops::Range<usize>>, checkpoint: Option<&[u8]>) -> anyhow::Result<StreamConverter> {
+    let model = header("model.safetensors", &inp.files[0])?;
+    let vae = header("vae", &inp.files[1])?;
+    StreamConverter::new_range(preset, SHARD, &inp.config, inp.side.clone(), &[model], Some(&vae), shards, checkpoint)
+}
+
+/// Runs a range converter to its end; returns its sealed shards, its entries and the input read.
+fn run_range(inp: &Inputs, mut c: StreamConverter, chunk: usize) -> (Vec<Sealed>, Vec<janusflow::weights::pack::ShardEntry>, u64) {
+    let mut sealed = c.take_sealed();
+    let mut read = 0;
+    while let Some(span) = c.next_span() {
+        read += span.end - span.start;
+        let mut at = span.start;
+        while at < span.end {
+            let to = (at + chunk as u64).min(span.end);
+            c.push(span.input, at, &inp.files[span.input][at as usize..to as usize]).unwrap();
+            sealed.extend(c.take_sealed());
+            at = to;
+        }
+    }
+    let entries = c.finish_range().unwrap();
+    sealed.extend(c.take_sealed());
+    (sealed, entries, read)
+}
+
+/// Several converters, each writing a range of shards (the browser's parallel first load), make
+/// the single converter's pack byte for byte, whatever the cuts; each range resumes after any of
+/// its shards; and the planned ranges read little more than one converter does.
+#[test]
+fn ranges_make_the_same_pack_and_resume() {
+    let inp = inputs();
+    for quant in [Quant::Q4A, Quant::Q8] {
+        let (want_sealed, want) = run(&inp, converter(&inp, quant, None).unwrap(), 1 << 20, 0);
+        let n = want.shards.len();
+        assert!(n >= 5, "the test needs several shards");
+        let whole = converter(&inp, quant, None).unwrap();
+        assert_eq!(whole.pack_shards(), n);
+        let (single_total, _) = whole.input_bytes();
+        // Planned ranges, and every shard alone (cuts anywhere: in tensors' rows, their scales,
+        // the side files).
+        let planned: Vec<Vec<std::ops::Range<usize>>> = (2..=5).map(|k| whole.plan_ranges(k)).collect();
+        let singles: Vec<std::ops::Range<usize>> = (0..n).map(|i| i..i + 1).collect();
+        for (k, ranges) in planned.iter().chain([&singles]).enumerate() {
+            assert_eq!(ranges.first().unwrap().start, 0);
+            assert_eq!(ranges.last().unwrap().end, n);
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start && w[0].start < w[0].end), "{ranges:?}");
+            let mut entries = Vec::new();
+            let mut data = Vec::new();
+            let mut read = 0;
+            for r in ranges {
+                let c = range_converter(&inp, quant, Some(r.clone()), None).unwrap();
+                assert_eq!(c.shard_range(), r.clone());
+                let (sealed, e, bytes) = run_range(&inp, c, 3000);
+                assert_eq!(sealed.len(), r.len(), "{quant} range {r:?}");
+                if k < 4 { eprintln!("{quant} {r:?} read {bytes}"); }
+                read += bytes;
+                entries.extend(e);
+                data.extend(sealed.into_iter().map(|s| s.data));
+            }
+            assert_eq!(data, want_sealed.iter().map(|s| s.data.clone()).collect::<Vec<_>>(), "{quant}: ranges {ranges:?}");
+            let m = whole.manifest(&entries).unwrap();
+            assert_eq!(serde_json::to_string(&m).unwrap(), serde_json::to_string(&want).unwrap());
+            if k < planned.len() {
+                assert!(ranges.len() >= 2, "{ranges:?}");
+                assert!(read as f64 <= single_total as f64 * 1.35, "{quant} {ranges:?}: read {read} bytes, one converter reads {single_total}");
+            }
+        }
+        // A range resumes after each of its shards, from the checkpoint alone.
+        let r = planned[1][1].clone();
+        let (sealed, entries, _) = run_range(&inp, range_converter(&inp, quant, Some(r.clone()), None).unwrap(), 5000);
+        for (k, s) in sealed.iter().enumerate() {
+            let c = range_converter(&inp, quant, None, Some(&s.checkpoint)).unwrap();
+            assert_eq!(c.shard_range(), r);
+            assert_eq!(c.shard_count(), k + 1);
+            let (rest, e, _) = run_range(&inp, c, 700);
+            assert_eq!(rest.iter().map(|s| &s.data).collect::<Vec<_>>(), sealed[k + 1..].iter().map(|s| &s.data).collect::<Vec<_>>());
+            assert_eq!(e, entries);
+        }
+        // A checkpoint of one range is refused for another; bad ranges and incomplete sets too.
+        let e = format!("{:#}", range_converter(&inp, quant, Some(0..1), Some(&sealed[0].checkpoint)).err().unwrap());
+        assert!(e.contains("other files or settings"), "{e}");
+        assert!(range_converter(&inp, quant, Some(2..2), None).is_err());
+        assert!(range_converter(&inp, quant, Some(0..n + 1), None).is_err());
+        assert!(whole.manifest(&want.shards[1..]).is_err());
+        let mut c = range_converter(&inp, quant, Some(1..2), None).unwrap();
+        assert!(format!("{:#}", c.finish().err().unwrap()).contains("finish_range"));
+    }
+}
+
 #[test]
 fn streaming_rejects_bad_input_clearly() {
     let inp = inputs();

@@ -173,8 +173,8 @@ async function plan(hf) {
   return { config, files, model: headers, vae: vaeHeader, urls };
 }
 
-function converter(p, quant, shardSize, checkpoint) {
-  return new HfConverter({ quant, shardSize, config: p.config, files: p.files, model: p.model, vae: p.vae, checkpoint });
+function converter(p, quant, shardSize, checkpoint, range) {
+  return new HfConverter({ quant, shardSize, config: p.config, files: p.files, model: p.model, vae: p.vae, checkpoint, range });
 }
 
 /** Sizes before anything is downloaded: `{download, store}` in bytes. */
@@ -189,53 +189,32 @@ export async function describe(hf, quant) {
   }
 }
 
+/** Conversion threads on first load: one per core, leaving one for the page, but at least 2 (on
+ * a 2-core machine the page is idle while it waits) and at most 8. */
+export function defaultWorkers() {
+  const cores = (typeof navigator !== 'undefined' && navigator.hardwareConcurrency) || 2;
+  return Math.min(8, Math.max(2, cores - 1));
+}
+
 /**
- * Converts `hf` into a stored pack (or finishes a stored partial conversion) and returns the
- * manifest text. `progress(p)` receives {phase, loaded, total, speed, remaining, detail}. The
- * caller holds the store's exclusive lock.
+ * Converts one range of the pack's shards (job: `{p, quant, shardSize, range, checkpoint,
+ * retries}`; `range` null with a checkpoint, which carries its own): fetches the spans the range
+ * needs, hands each sealed shard to `commit(s)` and waits for it (so at most one shard waits per
+ * converter), reports `progress(done, total, tensor)` in input bytes, and returns the range's
+ * shard entries (JSON text, for HfConverter.manifest). Runs in a conversion worker
+ * (convert-worker.js) or, with one thread, in the caller's.
  */
-export async function importHf(hf, quant, progress) {
-  quant = quant || DEFAULT_QUANT;
-  const key = hfKey(hf, quant);
-  await migrateKey(hf, quant);
-  const shardSize = hf.shardSize || undefined;
-  let rec = await store.getPack(key);
-  if (rec && rec.complete) return { text: rec.manifestText, downloaded: 0 };
-  progress({ phase: 'download', loaded: 0, total: 0, detail: 'checkpoint headers' });
-  const p = await plan(hf);
-  let conv = null;
-  let committed = [];
-  if (rec && rec.checkpoint) {
-    try {
-      conv = converter(p, quant, shardSize, rec.checkpoint);
-      committed = rec.shards || [];
-    } catch (e) {
-      // The files changed upstream (or the settings): start over.
-      conv = null;
-    }
-  }
-  if (!conv) conv = converter(p, quant, shardSize, null);
+export async function convertRange(job, commit, progress) {
+  const { p, quant, shardSize, range, checkpoint } = job;
+  const retries = job.retries ?? RETRIES;
+  const conv = converter(p, quant, shardSize, checkpoint || null, checkpoint ? null : range);
   try {
-    const total = conv.packBytes();
-    const have = committed.length ? committed.length * (shardSize || 32 << 20) : 0;
-    await store.checkSpace(Math.max(0, total - have));
-    const record = (extra) => ({ kind: 'hf', preset: quant, bytes: total, source: { model: hf.model, vae: hf.vae }, ...extra });
-    const commit = async (s) => {
-      committed = [...committed, s.file];
-      // A shard the converter sealed must hash to its name; if not, retrying cannot help.
-      await store.putShard(s.file, s.data.buffer, key, record({ complete: false, shards: committed, checkpoint: s.checkpoint })).catch((e) => {
-        throw kindError(e.message, e.kind);
-      });
-    };
     for (const s of conv.takeSealed()) await commit(s);
-    const [need, done0] = conv.inputBytes();
-    const t0 = performance.now();
     const report = () => {
-      const [, done] = conv.inputBytes();
-      const speed = (done - done0) / Math.max((performance.now() - t0) / 1000, 1e-3);
-      progress({ phase: 'convert', loaded: done, total: need, speed, remaining: (need - done) / Math.max(speed, 1), detail: `${quant}: ${conv.currentTensor() || 'finishing'}` });
+      const [total, done] = conv.inputBytes();
+      progress(done, total, conv.currentTensor() || 'finishing');
     };
-    const retries = hf.retries ?? RETRIES;
+    report();
     // One span after another; a dropped connection resumes at the exact byte the converter needs
     // next (the next span starts there), under net.js's retry policy.
     for (let more = true; more; ) {
@@ -259,18 +238,205 @@ export async function importHf(hf, quant, progress) {
         {
           retries,
           progressed: () => conv.inputBytes()[1] > before,
-          onRetry: (n, of) => progress({ phase: 'convert', detail: `connection lost, retrying (${n}/${of})` }),
+          onRetry: (n, of) => progress(null, null, `connection lost, retrying (${n}/${of})`),
         },
       ).catch((e) => {
         if (e.kind === KIND.network) throw kindError(`the download of ${url} keeps failing (${e.message}); loading again resumes where it stopped`, KIND.network);
         throw e;
       });
     }
-    const text = conv.finish();
+    const entries = conv.finishRange();
     for (const s of conv.takeSealed()) await commit(s);
-    await store.putPack(key, record({ manifestText: text, complete: true, storedAt: Date.now() }));
-    return { text, downloaded: need - done0 };
+    return entries;
   } finally {
     conv.free();
+  }
+}
+
+/**
+ * One conversion worker (convert-worker.js, its own wasm instance): `run(job, commit, progress)`
+ * converts a range there, as `convertRange` does here; `close()` ends it. The worker's wasm heap
+ * (`heap`, bytes) is its high-water mark so far.
+ */
+function convertWorker() {
+  const w = new Worker(new URL('./convert-worker.js', import.meta.url), { type: 'module', name: 'janusflow-convert' });
+  let pending = null;
+  const out = { heap: 0 };
+  const fail = (e) => {
+    if (!pending) return;
+    const { reject } = pending;
+    pending = null;
+    reject(e);
+  };
+  w.onerror = (e) => {
+    e.preventDefault?.();
+    fail(kindError(`a conversion worker failed (${e.message || 'it could not start'})`, KIND.crashed));
+  };
+  w.onmessage = ({ data: m }) => {
+    if (!pending) return;
+    if (m.heap) out.heap = Math.max(out.heap, m.heap);
+    if (m.type === 'progress') pending.progress(m.done, m.total, m.tensor);
+    else if (m.type === 'sealed') {
+      // The shard is committed before the worker goes on; a failed commit ends its range.
+      pending.commit(m.shard).then(
+        () => w.postMessage({ type: 'ack', id: m.id }),
+        (e) => fail(e),
+      );
+    } else if (m.type === 'done') {
+      const { resolve } = pending;
+      pending = null;
+      resolve(m.entries);
+    } else if (m.type === 'error') fail(kindError(m.message, m.kind || KIND.internal, { retry: m.retry }));
+  };
+  out.run = (job, commit, progress) =>
+    new Promise((resolve, reject) => {
+      pending = { resolve, reject, commit, progress };
+      w.postMessage({ type: 'run', job });
+    });
+  out.close = () => {
+    fail(kindError('the conversion was stopped', KIND.cancelled));
+    w.terminate();
+  };
+  return out;
+}
+
+/** The resumable state of a stored partial conversion, or null to start over (the files or the
+ * settings changed upstream, or nothing was stored). Each range carries its last checkpoint;
+ * records from before ranges hold one checkpoint for the whole pack. */
+function storedRanges(rec, p, quant, shardSize, shards) {
+  if (!rec || rec.complete) return null;
+  const ranges = rec.ranges
+    ? rec.ranges.map((r) => ({ ...r, files: [...r.files] }))
+    : rec.checkpoint
+      ? [{ first: 0, end: shards, files: [...(rec.shards || [])], checkpoint: rec.checkpoint, entries: null }]
+      : null;
+  if (!ranges) return null;
+  try {
+    for (const r of ranges) {
+      if (r.entries || !r.checkpoint) continue;
+      const c = converter(p, quant, shardSize, r.checkpoint, null);
+      const [first, end] = c.shardRange();
+      c.free();
+      if (first !== r.first || end !== r.end) return null;
+    }
+  } catch {
+    return null;
+  }
+  return ranges;
+}
+
+/**
+ * Converts `hf` into a stored pack (or finishes a stored partial conversion) and returns the
+ * manifest text. The pack's shards are split into ranges of about equal work, converted by
+ * several workers at once (`hf.workers`, default `defaultWorkers()`), each reading only its
+ * ranges' bytes with its own HTTP Range requests; every shard is committed with its range's
+ * checkpoint, so a reload resumes each range after its last committed shard. The pack is the
+ * same, byte for byte, however many workers made it. `progress(p)` receives {phase, loaded,
+ * total, speed, remaining, detail}. The caller holds the store's exclusive lock.
+ */
+export async function importHf(hf, quant, progress) {
+  quant = quant || DEFAULT_QUANT;
+  const key = hfKey(hf, quant);
+  await migrateKey(hf, quant);
+  const shardSize = hf.shardSize || undefined;
+  const rec = await store.getPack(key);
+  if (rec && rec.complete) return { text: rec.manifestText, downloaded: 0 };
+  progress({ phase: 'download', loaded: 0, total: 0, detail: 'checkpoint headers' });
+  const p = await plan(hf);
+  const retries = hf.retries ?? RETRIES;
+  const base = converter(p, quant, shardSize, null, null);
+  const threads = [];
+  try {
+    const total = base.packBytes();
+    const shards = base.packShards();
+    const wanted = Math.max(1, Math.floor(hf.workers ?? defaultWorkers()));
+    const ranges =
+      storedRanges(rec, p, quant, shardSize, shards) ||
+      // Twice as many ranges as workers: one that finishes early takes another.
+      Array.from(base.planRanges(wanted > 1 ? 2 * wanted : 1), ([first, end]) => ({ first, end, files: [], checkpoint: null, entries: null }));
+    // Each unfinished range's input, to report progress over all of them.
+    for (const r of ranges) {
+      if (r.entries) continue;
+      const c = converter(p, quant, shardSize, r.checkpoint || null, r.checkpoint ? null : [r.first, r.end]);
+      [r.total, r.done] = c.inputBytes();
+      c.free();
+    }
+    const committedBytes = ranges.reduce((a, r) => a + r.files.length, 0) * (shardSize || 32 << 20);
+    await store.checkSpace(Math.max(0, total - committedBytes));
+    const snapshot = (extra) => ({
+      kind: 'hf',
+      preset: quant,
+      bytes: total,
+      source: { model: hf.model, vae: hf.vae },
+      complete: false,
+      shards: ranges.flatMap((r) => r.files),
+      ranges: ranges.map(({ first, end, files, checkpoint, entries }) => ({ first, end, files, checkpoint, entries })),
+      ...extra,
+    });
+    // Commits one after another, each shard with the record that names it (one transaction).
+    let chain = Promise.resolve();
+    const serial = (fn) => (chain = chain.then(fn));
+    const commit = (r) => (s) =>
+      serial(async () => {
+        r.files.push(s.file);
+        r.checkpoint = s.checkpoint;
+        // A shard the converter sealed must hash to its name; if not, retrying cannot help.
+        await store.putShard(s.file, s.data.buffer, key, snapshot()).catch((e) => {
+          throw kindError(e.message, e.kind);
+        });
+      });
+    const queue = ranges.filter((r) => !r.entries);
+    const workers = typeof Worker === 'function' ? Math.min(wanted, queue.length) : 1;
+    const done0 = queue.reduce((a, r) => a + r.done, 0);
+    const t0 = performance.now();
+    const report = (detail) => {
+      const done = ranges.reduce((a, r) => a + (r.done || 0), 0);
+      const need = ranges.reduce((a, r) => a + (r.total || 0), 0);
+      const speed = (done - done0) / Math.max((performance.now() - t0) / 1000, 1e-3);
+      progress({ phase: 'convert', loaded: done, total: need, speed, remaining: (need - done) / Math.max(speed, 1), detail });
+    };
+    const track = (r) => (done, total, tensor) => {
+      if (done == null) return progress({ phase: 'convert', detail: tensor });
+      [r.done, r.total, r.tensor] = [done, total, tensor];
+      const running = ranges.filter((x) => x.running).map((x) => x.tensor);
+      report(`${quant}${workers > 1 ? ` on ${workers} threads` : ''}: ${running[0] || tensor}${running.length > 1 ? ` (+${running.length - 1})` : ''}`);
+    };
+    let failed = null;
+    const runner = async (thread) => {
+      while (!failed && queue.length) {
+        const r = queue.shift();
+        r.running = true;
+        const job = { p, quant, shardSize, range: [r.first, r.end], checkpoint: r.checkpoint || null, retries };
+        const entries = thread ? await thread.run(job, commit(r), track(r)) : await convertRange(job, commit(r), track(r));
+        r.running = false;
+        r.entries = JSON.parse(entries);
+        await serial(() => store.putPack(key, snapshot()));
+      }
+    };
+    let pool = [null];
+    if (workers > 1) {
+      try {
+        pool = Array.from({ length: workers }, convertWorker);
+        threads.push(...pool);
+      } catch {
+        pool = [null]; // no nested workers here: one thread
+      }
+    }
+    await Promise.all(
+      pool.map((t) =>
+        runner(t).catch((e) => {
+          failed = failed || e;
+          for (const x of threads) x.close();
+        }),
+      ),
+    );
+    if (failed) throw failed;
+    await chain;
+    const text = base.manifest(JSON.stringify(ranges.flatMap((r) => r.entries)));
+    await store.putPack(key, { kind: 'hf', preset: quant, bytes: total, source: { model: hf.model, vae: hf.vae }, manifestText: text, complete: true, storedAt: Date.now() });
+    return { text, downloaded: ranges.reduce((a, r) => a + (r.total || 0), 0) - done0, workers: pool.length, workerHeap: Math.max(0, ...threads.map((t) => t.heap)) };
+  } finally {
+    for (const t of threads) t.close();
+    base.free();
   }
 }

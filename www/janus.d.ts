@@ -60,6 +60,9 @@ export interface HfSource {
     /** Bytes per stored shard (default 32 MiB). */
     shardSize?: number;
     retries?: number;
+    /** Conversion threads on first load (default: one per core but one, at least 2, at most 8);
+     * each converts its own ranges of shards with its own download streams. */
+    workers?: number;
   };
 }
 

@@ -51,8 +51,10 @@ pub struct HfConverter(StreamConverter);
 #[wasm_bindgen]
 impl HfConverter {
     /// `spec`: `{quant, shardSize, config: Uint8Array, files: [[name, Uint8Array]], model:
-    /// [header], vae: header | null, checkpoint: Uint8Array | null}`; a header is `{label, header,
-    /// size}`. Rejects a checkpoint of other files or settings (start again without it).
+    /// [header], vae: header | null, checkpoint: Uint8Array | null, range: [first, end] | null}`;
+    /// a header is `{label, header, size}`. With `range`, the converter writes only those shards
+    /// (one of several workers; see `planRanges`). Rejects a checkpoint of other files or settings
+    /// (start again without it).
     #[wasm_bindgen(constructor)]
     pub fn new(spec: JsValue) -> Result<HfConverter, JsValue> {
         let quant = Quant::parse(&get(&spec, "quant").as_string().unwrap_or_else(|| "q4a".into())).map_err(err)?;
@@ -69,7 +71,54 @@ impl HfConverter {
         let vae = if vae.is_object() { Some(header(&vae)?) } else { None };
         let cp = get(&spec, "checkpoint");
         let cp = if cp.is_object() { Some(bytes(&cp, "checkpoint")?) } else { None };
-        StreamConverter::new(quant, shard, &config, files, &model, vae.as_ref(), cp.as_deref()).map(HfConverter).map_err(err)
+        let range = get(&spec, "range");
+        let range = if range.is_object() {
+            let a = js_sys::Array::from(&range);
+            let at = |i| a.get(i).as_f64().filter(|v| *v >= 0.0 && v.fract() == 0.0).map(|v| v as usize);
+            match (at(0), at(1)) {
+                (Some(first), Some(end)) => Some(first..end),
+                _ => return Err(super::bad_input("range must be [first, end] shard indices")),
+            }
+        } else {
+            None
+        };
+        StreamConverter::new_range(quant, shard, &config, files, &model, vae.as_ref(), range, cp.as_deref()).map(HfConverter).map_err(err)
+    }
+
+    /// Number of shards of the whole pack.
+    #[wasm_bindgen(js_name = packShards)]
+    pub fn pack_shards(&self) -> usize {
+        self.0.pack_shards()
+    }
+
+    /// At most `n` shard ranges `[[first, end], …]` of about equal work, for `n` workers.
+    #[wasm_bindgen(js_name = planRanges)]
+    pub fn plan_ranges(&self, n: usize) -> js_sys::Array {
+        self.0.plan_ranges(n).into_iter().map(|r| js_sys::Array::of2(&(r.start as u32).into(), &(r.end as u32).into())).collect()
+    }
+
+    /// The shards this converter writes, `[first, end]`.
+    #[wasm_bindgen(js_name = shardRange)]
+    pub fn shard_range(&self) -> Vec<u32> {
+        let r = self.0.shard_range();
+        vec![r.start as u32, r.end as u32]
+    }
+
+    /// Ends a range: seals its last shard when it ends the pack (collect it with `takeSealed`)
+    /// and returns the range's shard entries as JSON text (`[{file, sha256, size}]`), for
+    /// `manifest`. An error if input is missing.
+    #[wasm_bindgen(js_name = finishRange)]
+    pub fn finish_range(&mut self) -> Result<String, JsValue> {
+        let shards = self.0.finish_range().map_err(err)?;
+        serde_json::to_string(&shards).map_err(|e| err(e.into()))
+    }
+
+    /// manifest.json's text for the pack made of `shards` (JSON text: every range's entries from
+    /// `finishRange`, concatenated in order), checked against the plan.
+    pub fn manifest(&self, shards: &str) -> Result<String, JsValue> {
+        let shards: Vec<crate::weights::pack::ShardEntry> = serde_json::from_str(shards).map_err(|e| err(e.into()))?;
+        let m = self.0.manifest(&shards).map_err(err)?;
+        serde_json::to_string_pretty(&m).map_err(|e| err(e.into()))
     }
 
     /// Bytes of the finished pack (what IndexedDB will hold).

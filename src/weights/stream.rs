@@ -194,9 +194,15 @@ impl Job {
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     fingerprint: String,
+    /// The shards this converter's range has committed (from its first shard on).
     shards: Vec<ShardEntry>,
     job: usize,
     row: usize,
+    /// The converter's range of shard indices (checkpoints from before ranges: the whole pack).
+    #[serde(default)]
+    first_shard: usize,
+    #[serde(default)]
+    end_shard: Option<usize>,
 }
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"JFCKPT01";
@@ -220,6 +226,15 @@ pub struct Span {
 
 pub struct StreamConverter {
     preset: Quant,
+    /// The shards this converter writes: `first_shard..end_shard` of the pack, i.e. the pack's
+    /// bytes `lo..hi` (the whole pack unless made by [`StreamConverter::new_range`]).
+    first_shard: usize,
+    end_shard: usize,
+    lo: u64,
+    hi: u64,
+    /// The jobs whose output meets `lo..hi`, and the input bytes read before the first of them.
+    range_jobs: std::ops::Range<usize>,
+    consumed_before: u64,
     shard_size: usize,
     config: serde_json::Value,
     files: Vec<(String, Vec<u8>)>,
@@ -252,6 +267,26 @@ impl StreamConverter {
         files: Vec<(String, Vec<u8>)>,
         model: &[Header],
         vae: Option<&Header>,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<Self> {
+        Self::new_range(preset, shard_size, config_json, files, model, vae, None, checkpoint)
+    }
+
+    /// Like [`StreamConverter::new`], but writes only the shards `shards` of the pack (all of them
+    /// with `None`), so that several converters (browser workers) make one pack together: each
+    /// reads only the input its shards need, starting at the first row of the tensor its first
+    /// shard begins in (a tensor's group scales follow its rows, so a shard that starts inside a
+    /// tensor needs all of them). [`StreamConverter::plan_ranges`] picks ranges that split few
+    /// rows. A checkpoint carries its range: with one, `shards` must be that range or `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_range(
+        preset: Quant,
+        shard_size: usize,
+        config_json: &[u8],
+        files: Vec<(String, Vec<u8>)>,
+        model: &[Header],
+        vae: Option<&Header>,
+        shards: Option<std::ops::Range<usize>>,
         checkpoint: Option<&[u8]>,
     ) -> Result<Self> {
         if !(MIN_SHARD..=MAX_SHARD).contains(&shard_size) || shard_size % 4 != 0 {
@@ -309,6 +344,12 @@ impl StreamConverter {
         }
         let mut c = StreamConverter {
             preset,
+            first_shard: 0,
+            end_shard: 0,
+            lo: 0,
+            hi: 0,
+            range_jobs: 0..0,
+            consumed_before: 0,
             shard_size,
             config: cfg.raw.clone(),
             files,
@@ -326,10 +367,25 @@ impl StreamConverter {
             sealed: Vec::new(),
             consumed: 0,
         };
-        if let Some(cp) = checkpoint {
-            c.restore(cp)?;
+        let all = 0..c.pack_shards();
+        match (checkpoint, shards) {
+            (Some(cp), want) => {
+                let range = c.restore(cp)?;
+                if want.as_ref().is_some_and(|w| *w != range) {
+                    bail!("the stored conversion checkpoint belongs to other files or settings (shards {range:?}, not {want:?})");
+                }
+            }
+            (None, range) => {
+                let range = range.unwrap_or(all);
+                c.set_range(range.clone())?;
+                c.committed = c.lo;
+                c.job = c.range_jobs.start;
+                c.consumed = c.consumed_before;
+                // Starting inside the side files writes them (what lies before `lo` is dropped).
+                c.pos = if c.job == 0 { 0 } else { c.jobs[c.job].out };
+            }
         }
-        if c.job == 0 && c.row == 0 {
+        if c.pos == 0 && c.job == 0 && c.row == 0 {
             for i in 0..c.files.len() {
                 let data = std::mem::take(&mut c.files[i].1);
                 c.emit(&data);
@@ -339,7 +395,98 @@ impl StreamConverter {
         Ok(c)
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Number of shards of the whole pack.
+    pub fn pack_shards(&self) -> usize {
+        self.total_out.div_ceil(self.shard_size as u64) as usize
+    }
+
+    /// Sets the shard range and what follows from it (bytes, jobs, input read before).
+    fn set_range(&mut self, range: std::ops::Range<usize>) -> Result<()> {
+        if range.start >= range.end || range.end > self.pack_shards() {
+            bail!("shard range {range:?} is not within the pack's {} shards", self.pack_shards());
+        }
+        let s = self.shard_size as u64;
+        self.first_shard = range.start;
+        self.end_shard = range.end;
+        self.lo = range.start as u64 * s;
+        self.hi = (range.end as u64 * s).min(self.total_out);
+        let (lo, hi) = (self.lo, self.hi);
+        let first = self.jobs.iter().position(|j| j.out + j.len > lo).unwrap_or(self.jobs.len());
+        let end = self.jobs.iter().position(|j| j.out >= hi).unwrap_or(self.jobs.len()).max(first);
+        self.range_jobs = first..end;
+        self.consumed_before = self.jobs[..first].iter().map(|j| j.end - j.begin).sum();
+        Ok(())
+    }
+
+    /// Splits the pack's shards into at most `n` ranges of about equal work for
+    /// [`StreamConverter::new_range`]: work is input bytes read, and a cut inside a tensor costs
+    /// the rows before it, which the next range reads again, so cuts fall near tensor starts and
+    /// never inside a large tensor (the embedding, lm_head) when a cheaper one is near.
+    pub fn plan_ranges(&self, n: usize) -> Vec<std::ops::Range<usize>> {
+        let shards = self.pack_shards();
+        let n = n.clamp(1, shards);
+        let s = self.shard_size as u64;
+        // Input bytes read to write the pack up to `pos` (a job's bytes spread over its output).
+        let work = |pos: u64| -> f64 {
+            self.jobs
+                .iter()
+                .map(|j| {
+                    let f = (pos.saturating_sub(j.out) as f64 / j.len.max(1) as f64).min(1.0);
+                    f * (j.end - j.begin) as f64
+                })
+                .sum()
+        };
+        // Input bytes a range starting at `pos` reads again: its first tensor's earlier rows.
+        let again = |pos: u64| -> f64 {
+            match self.jobs.iter().find(|j| j.out <= pos && pos < j.out + j.len) {
+                None => 0.0,
+                Some(j) => {
+                    let rows = ((pos - j.out) / j.payload_row().max(1)).min(j.rows as u64);
+                    (rows * j.in_row() as u64) as f64
+                }
+            }
+        };
+        let total = work(self.total_out);
+        let target = total / n as f64;
+        let mut cuts = vec![0];
+        for i in 1..n {
+            let ideal = target * i as f64;
+            let best = (cuts[cuts.len() - 1] + 1..shards)
+                .map(|b| (b, work(b as u64 * s), again(b as u64 * s)))
+                .filter(|&(_, w, _)| (w - ideal).abs() <= target / 2.0)
+                .min_by(|a, b| {
+                    let score = |&(_, w, d): &(usize, f64, f64)| (w - ideal).abs() + 2.0 * d;
+                    score(a).total_cmp(&score(b))
+                });
+            if let Some((b, ..)) = best {
+                cuts.push(b);
+            }
+        }
+        cuts.push(shards);
+        cuts.windows(2).map(|w| w[0]..w[1]).collect()
+    }
+
+    /// Where reading the range's last job may stop: the input offset after the last row whose
+    /// payload lies before `hi` (all rows when `hi` lies in the job's scales or beyond).
+    fn input_end(&self, k: usize) -> u64 {
+        let j = &self.jobs[k];
+        if k + 1 < self.range_jobs.end {
+            return j.end;
+        }
+        let payload = j.payload_row() * j.rows as u64;
+        if self.hi >= j.out + payload {
+            return j.end;
+        }
+        let rows = (self.hi - j.out).div_ceil(j.payload_row().max(1));
+        j.begin + rows * j.in_row() as u64
+    }
+
+    /// Whether everything in this converter's range has been written.
+    fn range_written(&self) -> bool {
+        self.pos >= self.hi
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<std::ops::Range<usize>> {
         let bad = || anyhow!("the stored conversion checkpoint is damaged");
         if bytes.len() < 12 || &bytes[..8] != CHECKPOINT_MAGIC {
             return Err(bad());
@@ -350,16 +497,20 @@ impl StreamConverter {
         if cp.fingerprint != self.fingerprint {
             bail!("the stored conversion checkpoint belongs to other files or settings");
         }
+        let range = cp.first_shard..cp.end_shard.unwrap_or(self.pack_shards());
+        self.set_range(range.clone()).map_err(|_| bad())?;
         let scales = &bytes[12 + n..];
         let done = cp.job >= self.jobs.len();
-        let full = cp.shards.iter().all(|s| s.size as usize == self.shard_size);
-        if cp.job > self.jobs.len() || (!done && (!full || cp.row > self.jobs[cp.job].rows)) {
+        // Every shard is full, but the pack's last.
+        let written = self.lo + cp.shards.iter().map(|s| s.size).sum::<u64>();
+        let full = cp.shards.iter().rev().skip(usize::from(written == self.total_out)).all(|s| s.size as usize == self.shard_size);
+        if cp.job > self.jobs.len() || cp.shards.len() > range.len() || (!done && (!full || cp.row > self.jobs[cp.job].rows)) {
             return Err(bad());
         }
         if !done && scales.len() != cp.row * self.jobs[cp.job].scale_row() {
             return Err(bad());
         }
-        self.committed = cp.shards.iter().map(|s| s.size).sum();
+        self.committed = self.lo + cp.shards.iter().map(|s| s.size).sum::<u64>();
         self.shards = cp.shards;
         self.job = cp.job;
         self.row = cp.row;
@@ -372,7 +523,11 @@ impl StreamConverter {
         };
         self.consumed =
             self.jobs[..self.job].iter().map(|j| j.end - j.begin).sum::<u64>() + if done { 0 } else { self.row as u64 * self.jobs[self.job].in_row() as u64 };
-        Ok(())
+        if self.committed >= self.hi {
+            // The range is all written: nothing more to read.
+            self.pos = self.pos.max(self.hi);
+        }
+        Ok(range)
     }
 
     /// Bytes of the finished pack.
@@ -380,9 +535,18 @@ impl StreamConverter {
         self.total_out
     }
 
-    /// Source bytes the conversion reads in all (needed tensors only), and how many are done.
+    /// Source bytes this converter reads in all (needed tensors only, within its range), and how
+    /// many are done.
     pub fn input_bytes(&self) -> (u64, u64) {
-        (self.jobs.iter().map(|j| j.end - j.begin).sum(), self.consumed)
+        let r = self.range_jobs.clone();
+        let total = r.clone().map(|k| self.input_end(k) - self.jobs[k].begin).sum::<u64>();
+        let done = (self.consumed - self.consumed_before).min(total);
+        (total, done)
+    }
+
+    /// The shard range this converter writes.
+    pub fn shard_range(&self) -> std::ops::Range<usize> {
+        self.first_shard..self.end_shard
     }
 
     /// The tensor being converted (for progress), if any.
@@ -390,7 +554,8 @@ impl StreamConverter {
         self.jobs.get(self.job).map(|j| j.name.as_str())
     }
 
-    /// Number of committed shards so far (after a resume: those from before).
+    /// Number of shards of this converter's range committed so far (after a resume: those from
+    /// before).
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
@@ -399,14 +564,18 @@ impl StreamConverter {
     /// tensors in the same file. `None` when everything has been read.
     pub fn next_span(&mut self) -> Option<Span> {
         self.advance();
+        if self.range_written() || self.job >= self.range_jobs.end {
+            return None;
+        }
         let j = self.jobs.get(self.job)?;
         let start = self.need();
-        let mut end = j.end;
-        for k in &self.jobs[self.job + 1..] {
-            if k.input != j.input || k.begin > end + MERGE_GAP {
+        let mut end = self.input_end(self.job);
+        for k in self.job + 1..self.range_jobs.end {
+            let next = &self.jobs[k];
+            if next.input != j.input || next.begin > end + MERGE_GAP {
                 break;
             }
-            end = end.max(k.end);
+            end = end.max(self.input_end(k));
         }
         Some(Span { input: j.input, start, end })
     }
@@ -423,6 +592,9 @@ impl StreamConverter {
     pub fn push(&mut self, input: usize, mut offset: u64, mut data: &[u8]) -> Result<()> {
         loop {
             self.advance();
+            if self.range_written() || self.job >= self.range_jobs.end {
+                return Ok(());
+            }
             let Some(j) = self.jobs.get(self.job) else { return Ok(()) };
             if data.is_empty() || j.input > input {
                 return Ok(());
@@ -441,10 +613,12 @@ impl StreamConverter {
                 continue;
             }
             let in_row = j.in_row();
+            // Rows past the range's end are not converted.
+            let rows = ((self.input_end(self.job) - j.begin) / in_row as u64) as usize;
             let mut take = (in_row - self.pending.len()).min(data.len());
             if self.pending.is_empty() && take == in_row {
                 // As many whole rows as arrived (converted in parallel natively).
-                let n = (data.len() / in_row).min(j.rows - self.row);
+                let n = (data.len() / in_row).min(rows - self.row);
                 take = n * in_row;
                 self.convert_rows(&data[..take])?;
             } else {
@@ -503,13 +677,17 @@ impl StreamConverter {
         }
     }
 
-    /// Appends to the pack's byte stream (dropping what is already committed), sealing full shards.
-    fn emit(&mut self, mut data: &[u8]) {
+    /// Appends to the pack's byte stream (dropping what is already committed, and what lies past
+    /// this converter's range), sealing full shards.
+    fn emit(&mut self, data: &[u8]) {
+        let mut data = data;
         if self.pos < self.committed {
             let skip = (self.committed - self.pos).min(data.len() as u64);
             self.pos += skip;
             data = &data[skip as usize..];
         }
+        let past = (self.pos + data.len() as u64).saturating_sub(self.hi.max(self.pos));
+        let (mut data, rest) = data.split_at(data.len() - past as usize);
         while !data.is_empty() {
             let n = data.len().min(self.shard_size - self.current.len());
             self.current.extend_from_slice(&data[..n]);
@@ -519,6 +697,7 @@ impl StreamConverter {
                 self.seal();
             }
         }
+        self.pos += rest.len() as u64;
     }
 
     fn seal(&mut self) {
@@ -551,7 +730,14 @@ impl StreamConverter {
             _ => &[],
         };
         debug_assert!(job == self.job || row == 0);
-        let cp = Checkpoint { fingerprint: self.fingerprint.clone(), shards: self.shards.clone(), job, row };
+        let cp = Checkpoint {
+            fingerprint: self.fingerprint.clone(),
+            shards: self.shards.clone(),
+            job,
+            row,
+            first_shard: self.first_shard,
+            end_shard: Some(self.end_shard),
+        };
         let json = serde_json::to_vec(&cp).expect("checkpoint serializes");
         let mut out = Vec::with_capacity(12 + json.len() + scales.len());
         out.extend_from_slice(CHECKPOINT_MAGIC);
@@ -561,16 +747,45 @@ impl StreamConverter {
         out
     }
 
-    /// Seals the last shard (if any) and returns the manifest; an error if input is missing.
+    /// Seals the last shard (if any) and returns the manifest; an error if input is missing. For
+    /// a converter of the whole pack; one of a range ends with [`StreamConverter::finish_range`].
     pub fn finish(&mut self) -> Result<Manifest> {
+        if self.shard_range() != (0..self.pack_shards()) {
+            bail!("this converter writes shards {:?} of {}: finish it with finish_range", self.shard_range(), self.pack_shards());
+        }
+        let shards = self.finish_range()?;
+        debug_assert_eq!(self.pos, self.total_out);
+        self.manifest(&shards)
+    }
+
+    /// Seals the range's last shard when it ends the pack, and returns the range's shard entries
+    /// (those committed before a resume included); an error if input is missing.
+    pub fn finish_range(&mut self) -> Result<Vec<ShardEntry>> {
         self.advance();
-        if let Some(j) = self.jobs.get(self.job) {
+        if !self.range_written() {
+            let j = &self.jobs[self.job.min(self.jobs.len() - 1)];
             bail!("the checkpoint data ended early: tensor '{}' in {} is incomplete", j.src, j.name);
         }
-        self.seal();
-        debug_assert_eq!(self.pos, self.total_out);
+        if self.hi == self.total_out {
+            self.seal();
+        }
+        Ok(self.shards.clone())
+    }
+
+    /// The manifest of the pack whose shards are `shards` (every range's, in order), checked
+    /// against the plan's sizes.
+    pub fn manifest(&self, shards: &[ShardEntry]) -> Result<Manifest> {
         let shard_size = self.shard_size as u64;
-        let shards = &self.shards;
+        let n = self.pack_shards();
+        if shards.len() != n {
+            bail!("the pack has {n} shards, {} were given", shards.len());
+        }
+        for (i, s) in shards.iter().enumerate() {
+            let want = if i + 1 < n { shard_size } else { self.total_out - (n as u64 - 1) * shard_size };
+            if s.size != want || s.file != format!("{}.bin", s.sha256) {
+                bail!("shard {i} ({}) has {} bytes, {want} expected", s.file, s.size);
+            }
+        }
         let parts = |mut o: u64, len: u64| -> Vec<Part> {
             let (mut left, mut v) = (len, Vec::new());
             while left > 0 {
@@ -608,7 +823,7 @@ impl StreamConverter {
             config: self.config.clone(),
             files,
             tensors,
-            shards: self.shards.clone(),
+            shards: shards.to_vec(),
             total_bytes: self.total_out,
         })
     }

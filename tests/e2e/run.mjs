@@ -963,6 +963,7 @@ await test('error screens offer "Try again" and "Delete and start over"', async 
 // The Hugging Face layout, converted in the worker while it downloads (the same Rust converter as
 // `janusflow convert`, so the stored pack must be byte-identical to the CLI's pack).
 const hfSource = { hf: { model: '/hf/model/', vae: '/hf/vae/', shardSize: 262144, retries: 1 } };
+const hfSourceAll = hfSource;
 const hfRecord = () => page.evaluate(async (key) => {
   const db = await new Promise((res, rej) => { const q = indexedDB.open('janusflow'); q.onsuccess = () => res(q.result); q.onerror = () => rej(q.error); });
   const rec = await new Promise((res) => { const q = db.transaction('packs').objectStore('packs').get(key); q.onsuccess = () => res(q.result); });
@@ -999,7 +1000,59 @@ await test('Hugging Face layout: converted while downloading into the CLI pack, 
   assert.ok(state.ranges.some((x) => x.path === '/hf/vae/diffusion_pytorch_model.safetensors'), 'the VAE was read by Range');
 });
 
+// The parallel first load: several conversion workers, each with its own ranges of shards and
+// its own Range streams, make the single converter's pack; a cut keeps every range's committed
+// shards, and the next load resumes each range after its last one.
+const hfPartial = () => page.evaluate(async (key) => {
+  const db = await new Promise((res, rej) => { const q = indexedDB.open('janusflow'); q.onsuccess = () => res(q.result); q.onerror = () => rej(q.error); });
+  const rec = await new Promise((res) => { const q = db.transaction('packs').objectStore('packs').get(key); q.onsuccess = () => res(q.result); });
+  db.close();
+  return rec && rec.ranges ? rec.ranges.map((r) => ({ first: r.first, end: r.end, files: r.files.length, done: !!r.entries })) : null;
+}, `hf:${url}/hf/model/|${url}/hf/vae/|q4a`);
+const IMPORT = `
+  await (await import('/pkg/janusflow.js')).default();
+  const hf = await import('/hf.js');
+  const speeds = [];
+  const out = await hf.importHf(arg, 'q4a', (p) => p.detail && speeds.push(p.detail));
+  return { workers: out.workers, heap: out.workerHeap, details: speeds.slice(-3) };`;
+
+await test('parallel first load: 3 conversion workers make the CLI pack byte for byte, and a cut resumes every range after its last shard', async () => {
+  await page.goto(`${url}/e2e/test.html`);
+  await clearStore();
+  state.ranges = [];
+  const r = await inPage(IMPORT, { ...hfSource.hf, workers: 3 });
+  assert.equal(r.workers, 3, JSON.stringify(r));
+  assert.ok(r.heap > 0 && r.heap < 256 << 20, `a worker's wasm heap: ${r.heap}`);
+  assert.ok(r.details.some((d) => / on 3 threads/.test(d)), JSON.stringify(r.details));
+  let rec = await hfRecord();
+  assert.ok(rec && rec.complete);
+  assert.deepEqual(rec.manifest.shards, manifest.shards, 'same shards as janusflow convert');
+  assert.deepEqual(rec.manifest.tensors, manifest.tensors);
+  assert.deepEqual(rec.manifest.files, manifest.files);
+  // Several ranges of the model file were read, each from where its range starts.
+  assert.ok(new Set(dataRanges('/hf/model/model.safetensors').map((x) => x.start)).size >= 3, JSON.stringify(state.ranges));
+  // Cut: the network fails for good after some bytes; committed shards stay, with their ranges.
+  await clearStore();
+  state.budget = 1500000;
+  const err = await inPage(`try { ${IMPORT} } catch (e) { return e.message; }`, { ...hfSource.hf, workers: 3 });
+  assert.match(String(err), /keeps failing|cannot reach/);
+  const partial = await hfPartial();
+  assert.ok(partial && partial.length >= 3 && partial.some((x) => x.files > 0), `partial: ${JSON.stringify(partial)}`);
+  const kept = partial.reduce((a, x) => a + x.files, 0);
+  state.budget = Infinity;
+  const served0 = state.served;
+  const again = await inPage(IMPORT, { ...hfSource.hf, workers: 2 });
+  assert.equal(again.workers, 2);
+  rec = await hfRecord();
+  assert.deepEqual(rec.manifest.shards, manifest.shards, 'the resumed pack is the CLI pack');
+  assert.ok(rec.shards === undefined || rec.complete);
+  // Each committed shard saved at least its share of the input from being read again.
+  assert.ok(state.served - served0 < hfBytes - kept * 100000, `read ${state.served - served0} of ${hfBytes} bytes again with ${kept} shards kept`);
+});
+
 await test('an interrupted Hugging Face download resumes by Range: at the byte within a load, after the last shard across loads', async () => {
+  // One conversion thread, so the requests come in file order.
+  const hfSource = { hf: { ...hfSourceAll.hf, workers: 1 } };
   await clearStore();
   // (a) One connection drops inside the model file: the same load continues from that byte.
   state.ranges = [];
