@@ -1,6 +1,8 @@
 // The element's conversation in IndexedDB, so that a reload shows it again: a small database of
 // its own (the weight store's locks, versions and clean-up have nothing to do with it). One record
-// per conversation name: {messages: [{role, content, images: [{type, bytes}]}], savedAt}. Images
+// per conversation name: {messages: [{role, content, images: [{type, bytes}]}], drawings: [{prompt,
+// after, steps, seconds, images: [{type, bytes}]}], savedAt}; a drawing is shown after the first
+// `after` messages (drawings are not part of what the model reads). Images
 // are kept as bytes and their MIME type (Blobs in IndexedDB are not stored reliably everywhere,
 // e.g. in private windows) and come back as Blobs.
 
@@ -61,28 +63,39 @@ async function imageRecord(blob) {
   return { type: blob.type || 'application/octet-stream', bytes };
 }
 
-/** Saves `messages` ([{role, content, images?: Blob[]}]) under `name`, replacing what was there. */
-export async function saveConversation(name, messages) {
+function imageBlob(i) {
+  const blob = new Blob([i.bytes], { type: i.type });
+  bytesOf.set(blob, i.bytes);
+  return blob;
+}
+
+/**
+ * Saves `messages` ([{role, content, images?: Blob[]}]) and `drawings` ([{prompt, after, steps,
+ * seconds, images: Blob[]}]) under `name`, replacing what was there.
+ */
+export async function saveConversation(name, messages, drawings = []) {
+  const images = (list) => Promise.all((list || []).filter(Boolean).map(imageRecord));
   const record = {
     savedAt: Date.now(),
-    messages: await Promise.all(messages.map(async (m) => ({ role: m.role, content: m.content, images: await Promise.all((m.images || []).map(imageRecord)) }))),
+    messages: await Promise.all(messages.map(async (m) => ({ role: m.role, content: m.content, images: await images(m.images) }))),
+    drawings: await Promise.all(drawings.map(async (d) => ({ prompt: d.prompt, after: d.after, steps: d.steps, seconds: d.seconds, images: await images(d.images) }))),
   };
   await run('readwrite', (s) => s.put(record, name));
 }
 
-/** The messages saved under `name` (images as Blobs), or [] when there are none. */
+/** What was saved under `name` (images as Blobs): `{messages, drawings}`, empty when nothing was. */
 export async function loadConversation(name) {
   const record = await run('readonly', (s) => s.get(name));
-  if (!record || !Array.isArray(record.messages)) return [];
-  return record.messages.map((m) => ({
-    role: m.role,
-    content: String(m.content ?? ''),
-    images: (m.images || []).map((i) => {
-      const blob = new Blob([i.bytes], { type: i.type });
-      bytesOf.set(blob, i.bytes);
-      return blob;
-    }),
+  if (!record || !Array.isArray(record.messages)) return { messages: [], drawings: [] };
+  const messages = record.messages.map((m) => ({ role: m.role, content: String(m.content ?? ''), images: (m.images || []).map(imageBlob) }));
+  const drawings = (Array.isArray(record.drawings) ? record.drawings : []).map((d) => ({
+    prompt: String(d.prompt ?? ''),
+    after: Math.min(messages.length, Math.max(0, Number(d.after) || 0)),
+    steps: Number(d.steps) || 0,
+    seconds: (d.seconds || []).map(Number),
+    images: (d.images || []).map(imageBlob),
   }));
+  return { messages, drawings };
 }
 
 /** Forgets the conversation saved under `name`. */

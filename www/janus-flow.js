@@ -95,6 +95,8 @@ class JanusFlowElement extends HTMLElement {
     this.root = this.attachShadow({ mode: 'open' });
     /** The conversation: [{role: 'user' | 'assistant', content, images?: Blob[]}]. */
     this.messages = [];
+    /** Drawn pictures kept with the conversation: [{prompt, after, steps, seconds, images}]. */
+    this.drawings = [];
     /** message → its bubble in the log. */
     this.bubbles = new Map();
     this.pending = [];
@@ -394,12 +396,18 @@ class JanusFlowElement extends HTMLElement {
   async restore() {
     if (!this.messages.length) {
       try {
-        this.messages = await loadConversation(this.conversationKey);
+        ({ messages: this.messages, drawings: this.drawings } = await loadConversation(this.conversationKey));
       } catch (e) {
         console.warn('janusflow: the stored conversation could not be read', e);
       }
     }
-    for (const m of this.messages) this.addBubble(m);
+    // Drawings in their place among the messages.
+    const drawn = (i) => this.drawings.filter((d) => d.after === i).forEach((d) => this.addDrawing(d));
+    this.messages.forEach((m, i) => {
+      drawn(i);
+      this.addBubble(m);
+    });
+    drawn(this.messages.length);
     this.refreshActions();
     this.follow = true;
     this.stick();
@@ -414,7 +422,8 @@ class JanusFlowElement extends HTMLElement {
   save() {
     const key = this.conversationKey;
     const snapshot = this.messages.map((m) => ({ ...m }));
-    this.saving = this.saving.then(() => saveConversation(key, snapshot)).catch((e) => console.warn('janusflow: the conversation could not be saved', e));
+    const drawings = this.drawings.map((d) => ({ ...d, images: [...d.images] }));
+    this.saving = this.saving.then(() => saveConversation(key, snapshot, drawings)).catch((e) => console.warn('janusflow: the conversation could not be saved', e));
     return this.saving;
   }
 
@@ -650,9 +659,36 @@ class JanusFlowElement extends HTMLElement {
     area.focus();
   }
 
+  /** A picture's cell once drawn: the picture, its time, Download and "Ask about this image". */
+  pictureCell(box, prompt, png, caption) {
+    const url = this.url(png);
+    box.replaceChildren(
+      el('img', { src: url, alt: `generated image: ${prompt}` }),
+      el('div', { class: 'steps' }, caption),
+      el('div', { class: 'row' },
+        el('a', { class: 'btn', href: url, download: 'janusflow.png' }, 'Download PNG'),
+        el('button', { onclick: () => this.attach([new File([png], 'generated.png', { type: 'image/png' })]) }, 'Ask about this image')),
+    );
+  }
+
+  /** A stored drawing, shown again after a reload: its prompt and its grid of pictures. */
+  addDrawing(d) {
+    this.bubble('user', `Draw: ${d.prompt}`);
+    const cells = d.images.map((png, i) => {
+      const box = el('div', { class: 'result' });
+      const s = d.seconds[i];
+      this.pictureCell(box, d.prompt, png, Number.isFinite(s) ? `${d.steps} steps in ${s.toFixed(1)} s` : `${d.steps} steps`);
+      return box;
+    });
+    this.log.append(el('div', { class: 'msg assistant batch' }, el('div', { class: `grid${cells.length === 1 ? ' single' : ''}` }, ...cells)));
+  }
+
   async draw(prompt) {
     if (!prompt) return;
     this.bubble('user', `Draw: ${prompt}`);
+    // Kept with the conversation (in its place in the log), the pictures as they finish.
+    const drawing = { prompt, after: this.messages.length, steps: 0, seconds: [], images: [] };
+    const drawings = this.drawings; // "New conversation" while it draws: not kept
     const steps = this.num('steps');
     const count = Math.min(8, Math.max(1, Math.round(this.num('count')) || 1));
     const seed = this.num('imageSeed');
@@ -682,16 +718,14 @@ class JanusFlowElement extends HTMLElement {
         c.canvas.getContext('2d').putImageData(preview, 0, 0);
       }
     };
+    drawing.steps = steps;
     const done = (c, png) => {
-      const url = this.url(png);
       this.emit('image', { prompt, png });
-      c.box.replaceChildren(
-        el('img', { src: url, alt: `generated image: ${prompt}` }),
-        el('div', { class: 'steps' }, `${steps} steps in ${((performance.now() - c.started) / 1000).toFixed(1)} s`),
-        el('div', { class: 'row' },
-          el('a', { class: 'btn', href: url, download: 'janusflow.png' }, 'Download PNG'),
-          el('button', { onclick: () => this.attach([new File([png], 'generated.png', { type: 'image/png' })]) }, 'Ask about this image')),
-      );
+      const seconds = (performance.now() - c.started) / 1000;
+      this.pictureCell(c.box, prompt, png, `${steps} steps in ${seconds.toFixed(1)} s`);
+      const i = cells.indexOf(c);
+      drawing.images[i] = png;
+      drawing.seconds[i] = seconds;
     };
     this.busy = new AbortController();
     this.setBusy(true);
@@ -721,6 +755,14 @@ class JanusFlowElement extends HTMLElement {
     } finally {
       this.busy = null;
       this.setBusy(false);
+      // The pictures that were drawn (a stopped or failed batch keeps those it finished).
+      if (drawing.images.some(Boolean) && drawings === this.drawings) {
+        const kept = drawing.images.map((png, i) => [png, drawing.seconds[i]]).filter(([png]) => png);
+        drawing.images = kept.map(([png]) => png);
+        drawing.seconds = kept.map(([, s]) => s);
+        this.drawings.push(drawing);
+        this.save();
+      }
     }
   }
 
@@ -748,6 +790,7 @@ class JanusFlowElement extends HTMLElement {
   async newChat() {
     this.stop();
     this.messages = [];
+    this.drawings = [];
     this.bubbles.clear();
     this.log.replaceChildren();
     for (const u of this.urls.splice(0)) URL.revokeObjectURL(u);

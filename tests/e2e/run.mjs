@@ -579,6 +579,18 @@ await test('the app page: chat and drawing a batch as a grid (step counters with
   assert.equal(await app.locator('.grid a[download]').count(), 2, 'a download link per picture');
   assert.ok(await app.locator('a[download]').count(), 'download link');
   await page.screenshot({ path: path.join(artifacts, 'app-generated.png') });
+  // The drawing is kept with the conversation: a reload shows its prompt and both pictures (the
+  // same PNG bytes), with their links.
+  const before = await page.evaluate(async () => Promise.all(document.querySelector('janus-flow').drawings[0].images.map(async (b) => [...new Uint8Array(await b.arrayBuffer())].join())));
+  await page.evaluate(() => document.querySelector('janus-flow').saving);
+  await page.reload();
+  await app.locator('.grid .result img').nth(1).waitFor({ timeout: 120000 });
+  assert.equal(await app.locator('.grid .result img').count(), 2);
+  assert.ok(await app.locator('.msg.user', { hasText: 'Draw: a red fox in snow' }).count(), 'the prompt is shown again');
+  assert.equal(await app.locator('.grid a[download]').count(), 2);
+  const after = await page.evaluate(async () => Promise.all(document.querySelector('janus-flow').drawings[0].images.map(async (b) => [...new Uint8Array(await b.arrayBuffer())].join())));
+  assert.deepEqual(after, before, 'the same pictures');
+  for (const t of await app.locator('.grid .result .steps').allTextContents()) assert.match(t, /^4 steps in \d+\.\d s$/);
 });
 
 await test('the app keeps the conversation across a lost GPU device (it reloads and answers the whole conversation)', async () => {
@@ -1029,8 +1041,9 @@ await test('parallel first load: 3 conversion workers make the CLI pack byte for
   assert.deepEqual(rec.manifest.shards, manifest.shards, 'same shards as janusflow convert');
   assert.deepEqual(rec.manifest.tensors, manifest.tensors);
   assert.deepEqual(rec.manifest.files, manifest.files);
-  // Several ranges of the model file were read, each from where its range starts.
-  assert.ok(new Set(dataRanges('/hf/model/model.safetensors').map((x) => x.start)).size >= 3, JSON.stringify(state.ranges));
+  // Several ranges were read, each from where its range starts (the model file by two or more).
+  assert.ok(new Set(dataRanges('/hf/model/model.safetensors').map((x) => x.start)).size >= 2, JSON.stringify(state.ranges));
+  assert.ok(state.ranges.filter((x) => x.end - x.start > 65536).length >= 4, JSON.stringify(state.ranges));
   // Cut: the network fails for good after some bytes; committed shards stay, with their ranges.
   await clearStore();
   state.budget = 1500000;
