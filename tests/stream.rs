@@ -43,8 +43,18 @@ fn converter(inp: &Inputs, preset: Quant, checkpoint: Option<&[u8]>) -> anyhow::
 /// Runs to the end, feeding `chunk`-byte pieces, each preceded by `overlap` bytes already seen
 /// (as a retried request would resend them). Returns the sealed shards and the manifest.
 fn run(inp: &Inputs, mut c: StreamConverter, chunk: usize, overlap: u64) -> (Vec<Sealed>, Manifest) {
+    let (mut sealed, _) = feed(inp, &mut c, chunk, overlap);
+    let m = c.finish().unwrap();
+    sealed.extend(c.take_sealed());
+    (sealed, m)
+}
+
+/// Feeds every span the converter asks for; returns the shards sealed and the bytes requested.
+fn feed(inp: &Inputs, c: &mut StreamConverter, chunk: usize, overlap: u64) -> (Vec<Sealed>, u64) {
     let mut sealed = c.take_sealed();
+    let mut read = 0;
     while let Some(span) = c.next_span() {
+        read += span.end - span.start;
         let mut at = span.start;
         while at < span.end {
             let from = at.saturating_sub(overlap);
@@ -54,9 +64,7 @@ fn run(inp: &Inputs, mut c: StreamConverter, chunk: usize, overlap: u64) -> (Vec
             at = to;
         }
     }
-    let m = c.finish().unwrap();
-    sealed.extend(c.take_sealed());
-    (sealed, m)
+    (sealed, read)
 }
 
 #[test]
@@ -114,18 +122,7 @@ fn range_converter(inp: &Inputs, preset: Quant, shards: Option<std::ops::Range<u
 
 /// Runs a range converter to its end; returns its sealed shards, its entries and the input read.
 fn run_range(inp: &Inputs, mut c: StreamConverter, chunk: usize) -> (Vec<Sealed>, Vec<janusflow::weights::pack::ShardEntry>, u64) {
-    let mut sealed = c.take_sealed();
-    let mut read = 0;
-    while let Some(span) = c.next_span() {
-        read += span.end - span.start;
-        let mut at = span.start;
-        while at < span.end {
-            let to = (at + chunk as u64).min(span.end);
-            c.push(span.input, at, &inp.files[span.input][at as usize..to as usize]).unwrap();
-            sealed.extend(c.take_sealed());
-            at = to;
-        }
-    }
+    let (mut sealed, read) = feed(inp, &mut c, chunk, 0);
     let entries = c.finish_range().unwrap();
     sealed.extend(c.take_sealed());
     (sealed, entries, read)
@@ -160,7 +157,6 @@ fn ranges_make_the_same_pack_and_resume() {
                 assert_eq!(c.shard_range(), r.clone());
                 let (sealed, e, bytes) = run_range(&inp, c, 3000);
                 assert_eq!(sealed.len(), r.len(), "{quant} range {r:?}");
-                if k < 4 { eprintln!("{quant} {r:?} read {bytes}"); }
                 read += bytes;
                 entries.extend(e);
                 data.extend(sealed.into_iter().map(|s| s.data));
