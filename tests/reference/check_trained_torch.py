@@ -4,12 +4,13 @@ LlamaForCausalLM, in float64 on CPU, against the float64 numpy forward that
 `make_trained_fixture.py` writes as `ref_logits.npy` (and that tests/trained.rs holds the engine's
 f32 logits to, within 1e-4).
 
-Not part of `./build.sh test` (it needs torch and transformers, which CI does not install); run it
-after `make_trained_fixture.py`, with a Python that has both, e.g. Debian 12's packaged torch:
+`./build.sh test` runs it after `make_trained_fixture.py` when `target/torch-venv` exists, a venv
+with PyTorch and transformers that `.ci/run` sets up from Debian 12's packaged torch:
 
-    apt-get install python3-torch
-    /usr/bin/python3 -m venv --system-site-packages /tmp/tv && /tmp/tv/bin/pip install transformers==4.38.2
-    /tmp/tv/bin/python tests/reference/check_trained_torch.py [FIXTURE_DIR]
+    apt-get install python3-torch python3-venv
+    /usr/bin/python3 -m venv --system-site-packages target/torch-venv
+    target/torch-venv/bin/pip install transformers==4.38.2
+    target/torch-venv/bin/python tests/reference/check_trained_torch.py [FIXTURE_DIR]
 
 It loads `FIXTURE_DIR/f32/lm.safetensors` (the language model in the JanusFlow layout: each name
 is `language_model.` + the Hugging Face Llama name) into a LlamaForCausalLM built from the
