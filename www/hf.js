@@ -312,8 +312,9 @@ function storedRanges(rec, p, quant, shardSize, shards) {
       : null;
   if (!ranges) return null;
   try {
+    // Every stored checkpoint (finished ranges' too) must belong to today's files and settings.
     for (const r of ranges) {
-      if (r.entries || !r.checkpoint) continue;
+      if (!r.checkpoint) continue;
       const c = converter(p, quant, shardSize, r.checkpoint, null);
       const [first, end] = c.shardRange();
       c.free();
