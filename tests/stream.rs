@@ -169,6 +169,15 @@ fn ranges_make_the_same_pack_and_resume() {
                 assert!(read as f64 <= single_total as f64 * 1.35, "{quant} {ranges:?}: read {read} bytes, one converter reads {single_total}");
             }
         }
+        // Each one-shard range (ends anywhere: in rows, scales, padding) resumes from its last
+        // checkpoint as finished: nothing more to read, the same entries.
+        for r in &singles {
+            let (sealed, entries, _) = run_range(&inp, range_converter(&inp, quant, Some(r.clone()), None).unwrap(), 1 << 20);
+            let mut c = range_converter(&inp, quant, None, Some(&sealed.last().unwrap().checkpoint)).unwrap();
+            assert_eq!(c.next_span(), None, "{quant} range {r:?}");
+            assert_eq!(c.finish_range().unwrap(), entries);
+            assert!(c.take_sealed().is_empty());
+        }
         // A range resumes after each of its shards, from the checkpoint alone.
         let r = planned[1][1].clone();
         let (sealed, entries, _) = run_range(&inp, range_converter(&inp, quant, Some(r.clone()), None).unwrap(), 5000);

@@ -92,8 +92,8 @@ export async function loadConversation(name) {
     prompt: String(d.prompt ?? ''),
     after: Math.min(messages.length, Math.max(0, Number(d.after) || 0)),
     steps: Number(d.steps) || 0,
-    seconds: (d.seconds || []).map(Number),
-    images: (d.images || []).map(imageBlob),
+    seconds: (Array.isArray(d.seconds) ? d.seconds : []).map(Number),
+    images: (Array.isArray(d.images) ? d.images : []).map(imageBlob),
   }));
   return { messages, drawings };
 }

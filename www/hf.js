@@ -261,6 +261,7 @@ export async function convertRange(job, commit, progress) {
 function convertWorker() {
   const w = new Worker(new URL('./convert-worker.js', import.meta.url), { type: 'module', name: 'janusflow-convert' });
   let pending = null;
+  let started = false;
   const out = { heap: 0 };
   const fail = (e) => {
     if (!pending) return;
@@ -270,9 +271,14 @@ function convertWorker() {
   };
   w.onerror = (e) => {
     e.preventDefault?.();
-    fail(kindError(`a conversion worker failed (${e.message || 'it could not start'})`, KIND.crashed));
+    // Not the engine's crash: the engine worker is fine. One that never started (a policy or a
+    // browser without nested module workers) is marked so the import goes on in one thread.
+    const err = kindError(`a conversion worker failed (${e.message || 'it could not start'})`, KIND.internal);
+    err.startup = !started;
+    fail(err);
   };
   w.onmessage = ({ data: m }) => {
+    started = true;
     if (!pending) return;
     if (m.heap) out.heap = Math.max(out.heap, m.heap);
     if (m.type === 'progress') pending.progress(m.done, m.total, m.tensor);
@@ -354,7 +360,7 @@ export async function importHf(hf, quant, progress) {
     const ranges =
       storedRanges(rec, p, quant, shardSize, shards) ||
       // Twice as many ranges as workers: one that finishes early takes another.
-      Array.from(base.planRanges(wanted > 1 ? 2 * wanted : 1), ([first, end]) => ({ first, end, files: [], checkpoint: null, entries: null }));
+      Array.from(base.planRanges(wanted > 1 && typeof Worker === 'function' ? 2 * wanted : 1), ([first, end]) => ({ first, end, files: [], checkpoint: null, entries: null }));
     // Each unfinished range's input, to report progress over all of them.
     for (const r of ranges) {
       if (r.entries) continue;
@@ -408,7 +414,18 @@ export async function importHf(hf, quant, progress) {
         const r = queue.shift();
         r.running = true;
         const job = { p, quant, shardSize, range: [r.first, r.end], checkpoint: r.checkpoint || null, retries };
-        const entries = thread ? await thread.run(job, commit(r), track(r)) : await convertRange(job, commit(r), track(r));
+        let entries;
+        try {
+          entries = thread ? await thread.run(job, commit(r), track(r)) : await convertRange(job, commit(r), track(r));
+        } catch (e) {
+          if (!(thread && e.startup)) throw e;
+          // This worker could not start: its ranges are converted here instead.
+          thread.close();
+          thread = null;
+          r.running = false;
+          queue.unshift(r);
+          continue;
+        }
         r.running = false;
         r.entries = JSON.parse(entries);
         await serial(() => store.putPack(key, snapshot()));
@@ -417,10 +434,10 @@ export async function importHf(hf, quant, progress) {
     let pool = [null];
     if (workers > 1) {
       try {
-        pool = Array.from({ length: workers }, convertWorker);
-        threads.push(...pool);
+        for (let i = 0; i < workers; i++) threads.push(convertWorker());
+        pool = threads;
       } catch {
-        pool = [null]; // no nested workers here: one thread
+        pool = [null]; // no nested workers here: one thread (those made are closed below)
       }
     }
     await Promise.all(
@@ -431,6 +448,8 @@ export async function importHf(hf, quant, progress) {
         }),
       ),
     );
+    // Commits already queued finish before the caller's lock is released, failure or not.
+    await chain.catch(() => {});
     if (failed) throw failed;
     await chain;
     const text = base.manifest(JSON.stringify(ranges.flatMap((r) => r.entries)));

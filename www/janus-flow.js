@@ -97,6 +97,10 @@ class JanusFlowElement extends HTMLElement {
     this.messages = [];
     /** Drawn pictures kept with the conversation: [{prompt, after, steps, seconds, images}]. */
     this.drawings = [];
+    /** drawing → its two log entries (prompt, grid), to remove it when an edit drops it. */
+    this.drawingNodes = new WeakMap();
+    /** Counts "New conversation"s: a drawing that finishes after one is not kept. */
+    this.generation = 0;
     /** message → its bubble in the log. */
     this.bubbles = new Map();
     this.pending = [];
@@ -394,8 +398,9 @@ class JanusFlowElement extends HTMLElement {
 
   /** Shows the conversation: the one in memory (the UI was rebuilt) or the one stored. */
   async restore() {
-    if (!this.messages.length) {
+    if (!this.messages.length && !this.drawings.length) {
       try {
+        await this.saving;
         ({ messages: this.messages, drawings: this.drawings } = await loadConversation(this.conversationKey));
       } catch (e) {
         console.warn('janusflow: the stored conversation could not be read', e);
@@ -639,6 +644,9 @@ class JanusFlowElement extends HTMLElement {
         if (lb) lb.remove();
         this.bubbles.delete(later);
       }
+      // Drawings made after the edited message go with the replies they followed.
+      for (const d of this.drawings.filter((x) => x.after > i + 1)) for (const n of this.drawingNodes.get(d) || []) n.remove();
+      this.drawings = this.drawings.filter((x) => x.after <= i + 1);
       m.content = value;
       text.textContent = value;
       this.regens = 0;
@@ -673,22 +681,24 @@ class JanusFlowElement extends HTMLElement {
 
   /** A stored drawing, shown again after a reload: its prompt and its grid of pictures. */
   addDrawing(d) {
-    this.bubble('user', `Draw: ${d.prompt}`);
+    const prompt = this.bubble('user', `Draw: ${d.prompt}`);
     const cells = d.images.map((png, i) => {
       const box = el('div', { class: 'result' });
       const s = d.seconds[i];
       this.pictureCell(box, d.prompt, png, Number.isFinite(s) ? `${d.steps} steps in ${s.toFixed(1)} s` : `${d.steps} steps`);
       return box;
     });
-    this.log.append(el('div', { class: 'msg assistant batch' }, el('div', { class: `grid${cells.length === 1 ? ' single' : ''}` }, ...cells)));
+    const grid = el('div', { class: 'msg assistant batch' }, el('div', { class: `grid${cells.length === 1 ? ' single' : ''}` }, ...cells));
+    this.log.append(grid);
+    this.drawingNodes.set(d, [prompt, grid]);
   }
 
   async draw(prompt) {
     if (!prompt) return;
-    this.bubble('user', `Draw: ${prompt}`);
-    // Kept with the conversation (in its place in the log), the pictures as they finish.
+    const promptBubble = this.bubble('user', `Draw: ${prompt}`);
+    // Kept with the conversation (in its place in the log), saved as each picture finishes.
     const drawing = { prompt, after: this.messages.length, steps: 0, seconds: [], images: [] };
-    const drawings = this.drawings; // "New conversation" while it draws: not kept
+    const generation = this.generation; // "New conversation" while it draws: not kept
     const steps = this.num('steps');
     const count = Math.min(8, Math.max(1, Math.round(this.num('count')) || 1));
     const seed = this.num('imageSeed');
@@ -703,6 +713,7 @@ class JanusFlowElement extends HTMLElement {
     const grid = el('div', { class: `grid${count === 1 ? ' single' : ''}` }, ...cells.map((c) => c.box));
     const msg = el('div', { class: 'msg assistant batch' }, grid);
     this.log.append(msg);
+    this.drawingNodes.set(drawing, [promptBubble, msg]);
     const step = (c, { step, preview }) => {
       const now = performance.now();
       if (!c.started) c.started = now;
@@ -723,9 +734,12 @@ class JanusFlowElement extends HTMLElement {
       this.emit('image', { prompt, png });
       const seconds = (performance.now() - c.started) / 1000;
       this.pictureCell(c.box, prompt, png, `${steps} steps in ${seconds.toFixed(1)} s`);
-      const i = cells.indexOf(c);
-      drawing.images[i] = png;
-      drawing.seconds[i] = seconds;
+      // Pictures finish in order, so the kept ones are the first of the batch.
+      drawing.images.push(png);
+      drawing.seconds.push(seconds);
+      if (generation !== this.generation) return;
+      if (!this.drawings.includes(drawing)) this.drawings.push(drawing);
+      this.save();
     };
     this.busy = new AbortController();
     this.setBusy(true);
@@ -755,14 +769,6 @@ class JanusFlowElement extends HTMLElement {
     } finally {
       this.busy = null;
       this.setBusy(false);
-      // The pictures that were drawn (a stopped or failed batch keeps those it finished).
-      if (drawing.images.some(Boolean) && drawings === this.drawings) {
-        const kept = drawing.images.map((png, i) => [png, drawing.seconds[i]]).filter(([png]) => png);
-        drawing.images = kept.map(([png]) => png);
-        drawing.seconds = kept.map(([, s]) => s);
-        this.drawings.push(drawing);
-        this.save();
-      }
     }
   }
 
@@ -791,6 +797,7 @@ class JanusFlowElement extends HTMLElement {
     this.stop();
     this.messages = [];
     this.drawings = [];
+    this.generation++;
     this.bubbles.clear();
     this.log.replaceChildren();
     for (const u of this.urls.splice(0)) URL.revokeObjectURL(u);

@@ -483,7 +483,8 @@ impl StreamConverter {
 
     /// Whether everything in this converter's range has been written.
     fn range_written(&self) -> bool {
-        self.pos >= self.hi
+        // After a resume from the range's last checkpoint, `committed` is at the end already.
+        self.pos.max(self.committed) >= self.hi
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<std::ops::Range<usize>> {
@@ -523,10 +524,6 @@ impl StreamConverter {
         };
         self.consumed =
             self.jobs[..self.job].iter().map(|j| j.end - j.begin).sum::<u64>() + if done { 0 } else { self.row as u64 * self.jobs[self.job].in_row() as u64 };
-        if self.committed >= self.hi {
-            // The range is all written: nothing more to read.
-            self.pos = self.pos.max(self.hi);
-        }
         Ok(range)
     }
 
