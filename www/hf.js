@@ -306,30 +306,35 @@ function convertWorker() {
   return out;
 }
 
-/** The resumable state of a stored partial conversion, or null to start over (the files or the
- * settings changed upstream, or nothing was stored). Each range carries its last checkpoint;
- * records from before ranges hold one checkpoint for the whole pack. */
-function storedRanges(rec, p, quant, shardSize, shards) {
+/** The ranges of a stored partial conversion (each with its last checkpoint; records from before
+ * ranges hold one checkpoint for the whole pack), or null when nothing was stored. */
+function storedRanges(rec, shards) {
   if (!rec || rec.complete) return null;
-  const ranges = rec.ranges
-    ? rec.ranges.map((r) => ({ ...r, files: [...r.files] }))
-    : rec.checkpoint
-      ? [{ first: 0, end: shards, files: [...(rec.shards || [])], checkpoint: rec.checkpoint, entries: null }]
-      : null;
-  if (!ranges) return null;
-  try {
-    // Every stored checkpoint (finished ranges' too) must belong to today's files and settings.
-    for (const r of ranges) {
-      if (!r.checkpoint) continue;
-      const c = converter(p, quant, shardSize, r.checkpoint, null);
-      const [first, end] = c.shardRange();
-      c.free();
-      if (first !== r.first || end !== r.end) return null;
+  if (rec.ranges) return rec.ranges.map((r) => ({ ...r, files: [...r.files] }));
+  if (rec.checkpoint) return [{ first: 0, end: shards, files: [...(rec.shards || [])], checkpoint: rec.checkpoint, entries: null }];
+  return null;
+}
+
+/** Opens each range's converter once: every stored checkpoint (finished ranges' too) must belong
+ * to today's files and settings and to its range; unfinished ranges get their input sizes
+ * (`total`, `done`) for progress. False when a checkpoint does not fit (start over). */
+function measureRanges(ranges, p, quant, shardSize) {
+  for (const r of ranges) {
+    let c;
+    try {
+      c = converter(p, quant, shardSize, r.checkpoint || null, r.checkpoint ? null : [r.first, r.end]);
+    } catch {
+      return false;
     }
-  } catch {
-    return null;
+    try {
+      const [first, end] = c.shardRange();
+      if (first !== r.first || end !== r.end) return false;
+      if (!r.entries) [r.total, r.done] = c.inputBytes();
+    } finally {
+      c.free();
+    }
   }
-  return ranges;
+  return true;
 }
 
 /**
@@ -357,29 +362,23 @@ export async function importHf(hf, quant, progress) {
     const total = base.packBytes();
     const shards = base.packShards();
     const wanted = Math.max(1, Math.floor(hf.workers ?? defaultWorkers()));
-    const ranges =
-      storedRanges(rec, p, quant, shardSize, shards) ||
-      // Twice as many ranges as workers: one that finishes early takes another.
-      Array.from(base.planRanges(wanted > 1 && typeof Worker === 'function' ? 2 * wanted : 1), ([first, end]) => ({ first, end, files: [], checkpoint: null, entries: null }));
-    // Each unfinished range's input, to report progress over all of them.
-    for (const r of ranges) {
-      if (r.entries) continue;
-      const c = converter(p, quant, shardSize, r.checkpoint || null, r.checkpoint ? null : [r.first, r.end]);
-      [r.total, r.done] = c.inputBytes();
-      c.free();
+    // Twice as many ranges as workers: one that finishes early takes another.
+    const planned = () => Array.from(base.planRanges(wanted > 1 && typeof Worker === 'function' ? 2 * wanted : 1), ([first, end]) => ({ first, end, files: [], checkpoint: null, entries: null }));
+    let ranges = storedRanges(rec, shards);
+    // The files or the settings changed upstream: start over.
+    if (!ranges || !measureRanges(ranges, p, quant, shardSize)) {
+      ranges = planned();
+      measureRanges(ranges, p, quant, shardSize);
     }
     const committedBytes = ranges.reduce((a, r) => a + r.files.length, 0) * (shardSize || 32 << 20);
     await store.checkSpace(Math.max(0, total - committedBytes));
-    const snapshot = (extra) => ({
-      kind: 'hf',
-      preset: quant,
-      bytes: total,
-      source: { model: hf.model, vae: hf.vae },
-      complete: false,
-      shards: ranges.flatMap((r) => r.files),
-      ranges: ranges.map(({ first, end, files, checkpoint, entries }) => ({ first, end, files, checkpoint, entries })),
-      ...extra,
-    });
+    const record = (extra) => ({ kind: 'hf', preset: quant, bytes: total, source: { model: hf.model, vae: hf.vae }, ...extra });
+    const snapshot = () =>
+      record({
+        complete: false,
+        shards: ranges.flatMap((r) => r.files),
+        ranges: ranges.map(({ first, end, files, checkpoint, entries }) => ({ first, end, files, checkpoint, entries })),
+      });
     // Commits one after another, each shard with the record that names it (one transaction).
     let chain = Promise.resolve();
     const serial = (fn) => (chain = chain.then(fn));
@@ -453,7 +452,7 @@ export async function importHf(hf, quant, progress) {
     if (failed) throw failed;
     await chain;
     const text = base.manifest(JSON.stringify(ranges.flatMap((r) => r.entries)));
-    await store.putPack(key, { kind: 'hf', preset: quant, bytes: total, source: { model: hf.model, vae: hf.vae }, manifestText: text, complete: true, storedAt: Date.now() });
+    await store.putPack(key, record({ manifestText: text, complete: true, storedAt: Date.now() }));
     return { text, downloaded: ranges.reduce((a, r) => a + (r.total || 0), 0) - done0, workers: pool.length, workerHeap: Math.max(0, ...threads.map((t) => t.heap)) };
   } finally {
     for (const t of threads) t.close();

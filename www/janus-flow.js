@@ -696,10 +696,10 @@ class JanusFlowElement extends HTMLElement {
   async draw(prompt) {
     if (!prompt) return;
     const promptBubble = this.bubble('user', `Draw: ${prompt}`);
-    // Kept with the conversation (in its place in the log), saved as each picture finishes.
-    const drawing = { prompt, after: this.messages.length, steps: 0, seconds: [], images: [] };
-    const generation = this.generation; // "New conversation" while it draws: not kept
     const steps = this.num('steps');
+    // Kept with the conversation (in its place in the log), saved as each picture finishes.
+    const drawing = { prompt, after: this.messages.length, steps, seconds: [], images: [] };
+    const generation = this.generation; // "New conversation" while it draws: not kept
     const count = Math.min(8, Math.max(1, Math.round(this.num('count')) || 1));
     const seed = this.num('imageSeed');
     // One cell per picture: progress, a step counter with the time left, the preview scaled up
@@ -729,7 +729,6 @@ class JanusFlowElement extends HTMLElement {
         c.canvas.getContext('2d').putImageData(preview, 0, 0);
       }
     };
-    drawing.steps = steps;
     const done = (c, png) => {
       this.emit('image', { prompt, png });
       const seconds = (performance.now() - c.started) / 1000;

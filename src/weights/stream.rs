@@ -676,8 +676,7 @@ impl StreamConverter {
 
     /// Appends to the pack's byte stream (dropping what is already committed, and what lies past
     /// this converter's range), sealing full shards.
-    fn emit(&mut self, data: &[u8]) {
-        let mut data = data;
+    fn emit(&mut self, mut data: &[u8]) {
         if self.pos < self.committed {
             let skip = (self.committed - self.pos).min(data.len() as u64);
             self.pos += skip;
