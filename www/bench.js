@@ -46,11 +46,27 @@ export async function run({ tokens = 32, steps = 3 } = {}) {
   figures.gpu_tuning = engine.info.gpuTuning;
   figures.load_from = downloaded ? 'network' : 'IndexedDB';
   status.textContent = 'chat…';
-  const stamps = [];
-  t = performance.now();
-  await engine.chat([{ role: 'user', content: 'Tell me a long story about a fox.' }], { temperature: 0, maxTokens: tokens, ontoken: () => stamps.push(performance.now()) });
-  figures.chat_first_token_s = (stamps[0] - t) / 1000;
-  figures.decode_tokens_per_s = stamps.length > 1 ? (stamps.length - 1) / ((stamps.at(-1) - stamps[0]) / 1000) : NaN;
+  // Tokens are counted, not text callbacks: random or unusual weights emit partial UTF-8, so text
+  // arrives in bursts. Each timed reply starts from an empty cache (reset) and must end with
+  // finish = 'length', so it holds exactly maxTokens tokens. One token = prefill + the first
+  // sample; N tokens − 1 token = N − 1 decode steps.
+  const messages = [{ role: 'user', content: 'Tell me a long story about a fox.' }];
+  const timed = async (n) => {
+    await engine.reset();
+    const t0 = performance.now();
+    await engine.chat(messages, { temperature: 0, maxTokens: n });
+    const r = engine.lastReply;
+    if (r.finish !== 'length') throw new Error(`the reply ended (${r.finish}) before ${n} tokens; the model is too small for this many`);
+    return { ms: performance.now() - t0, promptTokens: r.promptTokens };
+  };
+  await timed(2); // compiles the decode shaders and warms the caches
+  const one = await timed(1);
+  const many = await timed(Math.max(2, tokens));
+  figures.prompt_tokens = one.promptTokens;
+  figures.chat_first_token_s = one.ms / 1000;
+  figures.prefill_tokens_per_s = one.promptTokens / (one.ms / 1000);
+  figures.decode_tokens = Math.max(2, tokens) - 1;
+  figures.decode_tokens_per_s = figures.decode_tokens / ((many.ms - one.ms) / 1000);
   await engine.reset();
   status.textContent = 'image question…';
   const img = await picture();

@@ -959,7 +959,10 @@ await test('the browser benchmark page reports its figures (artifacts/browser-be
   fs.writeFileSync(path.join(artifacts, 'browser-bench.json'), JSON.stringify(f, null, 1));
   console.log('     ', JSON.stringify(f));
   assert.equal(f.load_from, 'IndexedDB');
-  for (const k of ['load_s', 'chat_first_token_s', 'image_question_first_token_s', 'seconds_per_flow_step']) assert.ok(f[k] > 0, `${k} = ${f[k]}`);
+  for (const k of ['load_s', 'chat_first_token_s', 'prefill_tokens_per_s', 'decode_tokens_per_s', 'image_question_first_token_s', 'seconds_per_flow_step']) assert.ok(f[k] > 0, `${k} = ${f[k]}`);
+  // Tokens are counted: 16 asked, so 15 decode steps timed, and the prompt's tokens reported.
+  assert.equal(f.decode_tokens, 15);
+  assert.ok(Number.isInteger(f.prompt_tokens) && f.prompt_tokens > 8, `prompt_tokens = ${f.prompt_tokens}`);
   // SwiftShader is a CPU rasteriser: the worker must have chosen the CPU kernel shapes.
   if (/swiftshader/i.test(f.adapter)) assert.equal(f.gpu_tuning, false);
 });
