@@ -54,6 +54,33 @@ pub fn matvec(gpu: &Gpu, quant: Quant, n: usize, k: usize) -> Result<(f64, u64)>
     Ok((best, wt.bytes()))
 }
 
+/// Seconds for one attention call of shape `s` with `kernel` (q, k and v contiguous, [rows, heads ·
+/// head dim]): up to 20 calls in one submit, timed to the readback, best of 4 after a warm-up.
+pub fn attention(gpu: &Gpu, s: kernels::AttnShape, kernel: kernels::AttnKernel) -> Result<f64> {
+    let width = s.heads * s.head_dim;
+    let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
+    let fill = |n: usize, m: usize| -> Vec<f32> { (0..n).map(|i| ((i * m % 101) as f32 - 50.0) / 101.0).collect() };
+    let qt = Tensor::from_f32(gpu, "bench-q", &[s.t, width], &fill(s.t * width, 7));
+    let kt = Tensor::from_f32(gpu, "bench-k", &[keys, width], &fill(keys * width, 11));
+    let vt = Tensor::from_f32(gpu, "bench-v", &[keys, width], &fill(keys * width, 13));
+    let ot = Tensor::zeros(gpu, "bench-o", &[s.t, width]);
+    // Large calls (seconds each on a CPU adapter) are timed one per submit.
+    let reps = if s.t * keys * s.heads > 1 << 22 { 1 } else { REPS };
+    let mut best = f64::MAX;
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let mut rec = Recorder::new(gpu);
+        for _ in 0..reps {
+            kernels::attention_using(&mut rec, kernel, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0);
+        }
+        pollster::block_on(rec.finish_and_read(&ot.buf, 0, 4))?;
+        if i > 0 {
+            best = best.min(t0.elapsed().as_secs_f64() / reps as f64);
+        }
+    }
+    Ok(best)
+}
+
 /// Products or copies per timed submit in [`matvec`] and [`copy_bandwidth`].
 const REPS: usize = 20;
 

@@ -1,6 +1,6 @@
 //! Every WGSL kernel against a plain CPU reference, on shapes that are not multiples of any tile.
 
-use janusflow::gpu::kernels::{self, AttnShape, Out};
+use janusflow::gpu::kernels::{self, AttnKernel, AttnShape, Out};
 use janusflow::gpu::{Gpu, Recorder, Tensor, Weight};
 use janusflow::weights::quant::{Quant, QuantBlob};
 
@@ -218,8 +218,11 @@ fn cpu_attention(q: &[f32], k: &[f32], v: &[f32], t: usize, h: usize, d: usize, 
 fn attention_causal_with_cache_and_bidirectional() {
     let gpu = gpu();
     let mut rng = Rng(5);
-    // GPU-tuned, the last three split the keys into chunks (few rows); in (3, 2, 32, 126) row 0 has an empty chunk.
-    let shapes = [(9usize, 2usize, 40usize, 0usize), (3, 3, 128, 70), (70, 1, 64, 5), (1, 2, 16, 150), (2, 2, 64, 400), (3, 2, 32, 126)];
+    // Every kernel on every shape (rows past a 16-row tile, head dims of each tile size, 20 padded
+    // to a slice, keys past a 16/32-key tile, a cache before the prompt), then the kernel each
+    // shape set picks. In (3, 2, 32, 126) row 0 has an empty 64-key chunk when split.
+    let shapes = [(9usize, 2usize, 40usize, 0usize), (3, 3, 128, 70), (70, 1, 64, 5), (1, 2, 16, 150), (2, 2, 64, 400), (3, 2, 32, 126), (33, 2, 20, 3), (17, 1, 512, 30), (40, 2, 128, 0)];
+    let kernels = [Some(AttnKernel::Rows), Some(AttnKernel::Split), Some(AttnKernel::Tiled), None];
     for (gpu_tuned, &(t, h, d, pos0)) in [false, true].into_iter().flat_map(|g| shapes.iter().map(move |s| (g, s))) {
         gpu.set_gpu_tuned(gpu_tuned);
         let keys = pos0 + t;
@@ -228,15 +231,22 @@ fn attention_causal_with_cache_and_bidirectional() {
         let v = rng.vec(keys * h * d);
         let (qt, kt, vt) =
             (Tensor::from_f32(&gpu, "q", &[t, h * d], &q), Tensor::from_f32(&gpu, "k", &[keys, h * d], &k), Tensor::from_f32(&gpu, "v", &[keys, h * d], &v));
-        let ot = Tensor::zeros(&gpu, "o", &[t, h * d]);
         for causal in [true, false] {
             let s =
                 AttnShape { t, heads: h, head_dim: d, causal_pos0: causal.then_some(pos0), n_keys: keys, q_stride: h * d, kv_stride: h * d, o_stride: h * d };
-            let mut rec = Recorder::new(&gpu);
-            kernels::attention(&mut rec, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0);
-            rec.finish();
             let want = if causal { cpu_attention(&q, &k, &v, t, h, d, |ti| pos0 + ti + 1) } else { cpu_attention(&q, &k, &v, t, h, d, |_| keys) };
-            assert_close(&read(&gpu, &ot), &want, 1e-5, &format!("attention t{t} h{h} d{d} pos0 {pos0} causal {causal} gpu-tuned {gpu_tuned}"));
+            // The kernels only differ by shape set in the chosen one; run each fixed kernel once.
+            for kernel in kernels.iter().filter(|k| !gpu_tuned || k.is_none()) {
+                let ot = Tensor::zeros(&gpu, "o", &[t, h * d]);
+                let mut rec = Recorder::new(&gpu);
+                match kernel {
+                    Some(kn) => kernels::attention_using(&mut rec, *kn, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0),
+                    None => kernels::attention(&mut rec, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0),
+                }
+                rec.finish();
+                let what = format!("attention t{t} h{h} d{d} pos0 {pos0} causal {causal} gpu-tuned {gpu_tuned} kernel {kernel:?}");
+                assert_close(&read(&gpu, &ot), &want, 1e-5, &what);
+            }
         }
     }
 }

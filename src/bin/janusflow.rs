@@ -172,6 +172,11 @@ enum Cmd {
         /// 11264×2048, 102400×2048) in the preset's format, in GB/s and as a share of a copy.
         #[arg(long)]
         matvec: bool,
+        /// Also time each attention kernel on the real model's shapes (prompt and flow-step
+        /// prefill, decode over 512 and 2048 cached keys with its KV-read GB/s, SigLIP, the VAE
+        /// mid-block at 128 and 384 px), marking the one chosen on this adapter.
+        #[arg(long)]
+        attention: bool,
     },
 }
 
@@ -367,7 +372,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, vae_convs, profile, shapes, json, matvec } => {
+        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, vae_convs, profile, shapes, json, matvec, attention } => {
             let opts = BenchOpts {
                 quant,
                 prompt_tokens,
@@ -379,6 +384,7 @@ fn run(cli: Cli) -> Result<()> {
                 profile,
                 shapes,
                 matvec,
+                attention,
             };
             let fig = bench(model.as_deref(), &opts)?;
             if json {
@@ -434,6 +440,7 @@ struct BenchOpts {
     profile: bool,
     shapes: Option<String>,
     matvec: bool,
+    attention: bool,
 }
 
 fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: f64, per_name: &str) {
@@ -483,11 +490,57 @@ fn vae_conv_table(convs: &[janusflow::bench::VaeConvBench]) -> serde_json::Value
     json!(rows)
 }
 
+/// Times every attention kernel on the real model's shapes; prints a table, returns it for `--json`.
+fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
+    use janusflow::gpu::kernels::{attention_kernel, AttnKernel, AttnShape};
+    use serde_json::json;
+    let causal = |t, pos0, heads, hd| AttnShape { t, heads, head_dim: hd, causal_pos0: Some(pos0), n_keys: pos0 + t, q_stride: heads * hd, kv_stride: heads * hd, o_stride: heads * hd };
+    let both = |t, heads, hd| AttnShape { t, heads, head_dim: hd, causal_pos0: None, n_keys: t, q_stride: heads * hd, kv_stride: heads * hd, o_stride: heads * hd };
+    let shapes = [
+        ("chat prefill, 512-token prompt", causal(512, 0, 16, 128)),
+        ("flow step, one guidance row's 577-row prompt", causal(577, 0, 16, 128)),
+        ("decode over 512 cached keys", causal(1, 511, 16, 128)),
+        ("decode over 2048 cached keys", causal(1, 2047, 16, 128)),
+        ("SigLIP-L/16, 576 patches", both(576, 16, 64)),
+        ("VAE mid-block, 128 px (16×16 latent)", both(256, 1, 512)),
+        ("VAE mid-block, 384 px (48×48 latent)", both(2304, 1, 512)),
+    ];
+    println!("attention: ms per call per kernel (* = chosen here); decode also in GB/s of K and V read");
+    let mut rows = Vec::new();
+    for (what, s) in shapes {
+        let chosen = attention_kernel(gpu, &s, 0);
+        let keys = s.n_keys;
+        let kv_bytes = (2 * keys * s.heads * s.head_dim * 4) as f64;
+        let mut line = format!("  {what}:");
+        let mut times = serde_json::Map::new();
+        for k in [AttnKernel::Rows, AttnKernel::Split, AttnKernel::Tiled] {
+            // Each kernel where it is meant to run: the split kernel for few rows, the tiled one for many.
+            if (k == AttnKernel::Split) != (s.t == 1) && k != AttnKernel::Rows {
+                continue;
+            }
+            let secs = janusflow::bench::attention(gpu, s, k)?;
+            let mark = if k == chosen { "*" } else { "" };
+            line += &format!(" {k:?}{mark} {:.3} ms", secs * 1e3);
+            if s.t == 1 {
+                line += &format!(" ({:.1} GB/s)", kv_bytes / secs / 1e9);
+            }
+            let mut t = json!({"ms": secs * 1e3});
+            if s.t == 1 {
+                t["kv_gb_per_s"] = json!(kv_bytes / secs / 1e9);
+            }
+            times.insert(format!("{k:?}").to_lowercase(), t);
+        }
+        println!("{line}");
+        rows.push(json!({"what": what, "t": s.t, "heads": s.heads, "head_dim": s.head_dim, "keys": keys, "causal": s.causal_pos0.is_some(), "chosen": format!("{chosen:?}").to_lowercase(), "kernels": times}));
+    }
+    Ok(json!(rows))
+}
+
 /// Runs the benchmark, printing each figure as it comes; returns them all for `--json`.
 fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
     let mut fig = serde_json::Map::new();
-    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, vae_convs, profile, ref shapes, matvec } = *o;
+    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, vae_convs, profile, ref shapes, matvec, attention } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     if let Some(s) = shapes {
         gpu.set_gpu_tuned(s == "gpu");
@@ -526,6 +579,9 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
             shapes.push(json!({"n": n, "k": k, "us": secs * 1e6, "gb_per_s": gbs, "share_of_copy": gbs * 1e9 / copy}));
         }
         fig.insert("matvec".into(), json!({"preset": preset.to_string(), "copy_gb_per_s": copy / 1e9, "shapes": shapes}));
+    }
+    if attention {
+        fig.insert("attention".into(), attention_table(&gpu)?);
     }
     let Some(dir) = model else { return Ok(fig) };
     let preset = Quant::parse(quant)?;

@@ -258,6 +258,48 @@ pub struct AttnShape {
     pub o_stride: usize,
 }
 
+/// Which attention kernel serves a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// One workgroup per (query row, head) over all its keys (attention.wgsl).
+    Rows,
+    /// The same, with the keys also split into chunks whose partials a second pass combines: for
+    /// decoding on GPUs, where (row, head) pairs alone are far too few workgroups.
+    Split,
+    /// Tiles of query rows sharing each loaded key and value (attention_tiled.wgsl).
+    Tiled,
+}
+
+/// Query rows at or above this take the query-tiled kernel (below, most of a 16-row tile is idle).
+pub const ATTN_TILED_MIN_ROWS: usize = 8;
+
+/// The kernel [`attention`] uses for `s` on this adapter and kernel-shape set.
+pub fn attention_kernel(gpu: &Gpu, s: &AttnShape, v_off: usize) -> AttnKernel {
+    // Decoding gives only t·heads workgroups, far too few for a GPU, while each scans the whole
+    // cache: then the keys are split into chunks too and the chunks' partials combined. (A CPU
+    // rasteriser is already busy with that many workgroups; the extra pass would only cost.)
+    let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
+    if gpu.gpu_tuned() && s.t * s.heads < 256 && keys.div_ceil(ATTN_CHUNK) > 1 {
+        AttnKernel::Split
+    } else if s.t >= ATTN_TILED_MIN_ROWS && v_off % 4 == 0 {
+        AttnKernel::Tiled
+    } else {
+        AttnKernel::Rows
+    }
+}
+
+/// Lanes per query row and keys per tile of the query-tiled kernel for a head dim: at most 32
+/// accumulated output dims per lane, and the workgroup memory under WebGPU's 16 KiB default.
+fn attn_tile(head_dim: usize) -> (usize, usize) {
+    match head_dim {
+        0..=64 => (4, 32),
+        65..=256 => (8, 32),
+        _ => (16, 16),
+    }
+}
+
+/// Scaled dot-product attention of `s.t` query rows over their keys (causal over a cache, or
+/// bidirectional), with the kernel [`attention_kernel`] picks.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     rec: &mut Recorder,
@@ -271,14 +313,30 @@ pub fn attention(
     o: &wgpu::Buffer,
     o_off: usize,
 ) {
+    let kernel = attention_kernel(rec.gpu, &s, v_off);
+    attention_using(rec, kernel, s, q, q_off, k, k_off, v, v_off, o, o_off)
+}
+
+/// [`attention`] with the kernel chosen by the caller (tests and benchmarks compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_using(
+    rec: &mut Recorder,
+    kernel: AttnKernel,
+    s: AttnShape,
+    q: &wgpu::Buffer,
+    q_off: usize,
+    k: &wgpu::Buffer,
+    k_off: usize,
+    v: &wgpu::Buffer,
+    v_off: usize,
+    o: &wgpu::Buffer,
+    o_off: usize,
+) {
     assert!(s.head_dim <= 512 && s.head_dim % 4 == 0 && s.kv_stride % 4 == 0 && k_off % 4 == 0, "attention reads keys as vec4");
+    assert!(kernel != AttnKernel::Tiled || v_off % 4 == 0, "the query-tiled kernel reads values as vec4");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
-    // Decoding gives only t·heads workgroups, far too few for a GPU, while each scans the whole
-    // cache: then the keys are split into chunks too and the chunks' partials combined. (A CPU
-    // rasteriser is already busy with that many workgroups; the extra pass would only cost.)
     let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
     let chunks = keys.div_ceil(ATTN_CHUNK);
-    let split = rec.gpu.gpu_tuned() && s.t * s.heads < 256 && chunks > 1;
     let params = [
         s.t as u32,
         s.heads as u32,
@@ -297,14 +355,25 @@ pub fn attention(
         ATTN_CHUNK as u32,
         chunks as u32,
     ];
-    if split {
-        let part = rec.gpu.scratch("attention-partials", (s.t * s.heads * chunks * (s.head_dim + 2) * 4) as u64);
-        rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["SPLIT"]), &params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
-        rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["COMBINE"]), &params, &[&part, o], [s.t as u32, s.heads as u32, 1]);
-    } else {
-        rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &[]), &params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]);
+    match kernel {
+        AttnKernel::Split => {
+            let part = rec.gpu.scratch("attention-partials", (s.t * s.heads * chunks * (s.head_dim + 2) * 4) as u64);
+            rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["SPLIT"]), &params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
+            rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["COMBINE"]), &params, &[&part, o], [s.t as u32, s.heads as u32, 1]);
+        }
+        AttnKernel::Rows => rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &[]), &params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]),
+        AttnKernel::Tiled => {
+            let (tpq, bk) = attn_tile(s.head_dim);
+            let sizes = [format!("BQ={ATTN_TILE_ROWS}"), format!("HD={}", s.head_dim), format!("TPQ={tpq}"), format!("BK={bk}")];
+            let defines: Vec<&str> = sizes.iter().map(String::as_str).collect();
+            let rows = (s.t as u32).div_ceil(ATTN_TILE_ROWS);
+            rec.dispatch(pipeline(rec.gpu, "attention_tiled.wgsl", &defines), &params, &[q, k, v, o], [rows, s.heads as u32, 1]);
+        }
     }
 }
+
+/// Query rows per workgroup of the query-tiled kernel (its BQ).
+const ATTN_TILE_ROWS: u32 = 16;
 
 /// Keys per workgroup when attention is split over the keys (a multiple of 64).
 const ATTN_CHUNK: usize = 64;

@@ -1,6 +1,9 @@
 //! WGSL sources and the tiny preprocessor that specialises them (`#if NAME [|| NAME…]` / `#else` /
 //! `#endif` blocks and `//#include file.wgsl` lines), so that one file per kernel family can
-//! serve every weight format without runtime branching in the shader.
+//! serve every weight format without runtime branching in the shader. A define `NAME=VALUE`
+//! becomes `const NAME: u32 = VALUEu;` at the top of the source: sizes (workgroup sizes, tiles)
+//! are chosen once, in the Rust launcher, and the shader uses them as constants
+//! (`@workgroup_size(WG)`, `array<f32, BQ * BK>`); `#if NAME` is true for a value define too.
 
 const FILES: &[(&str, &str)] = &[
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
@@ -15,6 +18,7 @@ const FILES: &[(&str, &str)] = &[
     ("norm.wgsl", include_str!("../../shaders/norm.wgsl")),
     ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
     ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    ("attention_tiled.wgsl", include_str!("../../shaders/attention_tiled.wgsl")),
     ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
     ("embedding.wgsl", include_str!("../../shaders/embedding.wgsl")),
     ("topk.wgsl", include_str!("../../shaders/topk.wgsl")),
@@ -32,6 +36,20 @@ fn file(name: &str) -> &'static str {
 /// Returns the source of `name` with `defines` applied and includes expanded.
 pub fn source(name: &str, defines: &[&str]) -> String {
     let mut out = String::new();
+    for d in defines {
+        if let Some((n, v)) = d.split_once('=') {
+            let v: u32 = v.parse().unwrap_or_else(|_| panic!("value define {d} is not a u32"));
+            out.push_str(&format!("const {n}: u32 = {v}u;\n"));
+        }
+    }
+    let names: Vec<&str> = defines.iter().map(|d| d.split_once('=').map_or(*d, |(n, _)| n)).collect();
+    out.push_str(&expand(name, &names));
+    out
+}
+
+/// `name` with `#if` blocks resolved against `names` and includes expanded.
+fn expand(name: &str, defines: &[&str]) -> String {
+    let mut out = String::new();
     // Stack of (this block active, parent active).
     let mut stack: Vec<(bool, bool)> = Vec::new();
     let active = |stack: &Vec<(bool, bool)>| stack.last().map(|&(a, p)| a && p).unwrap_or(true);
@@ -48,7 +66,7 @@ pub fn source(name: &str, defines: &[&str]) -> String {
             stack.pop().expect("#endif without #if");
         } else if !active(&stack) {
         } else if let Some(inc) = t.strip_prefix("//#include ") {
-            out.push_str(&source(inc.trim(), defines));
+            out.push_str(&expand(inc.trim(), defines));
         } else {
             out.push_str(line);
             out.push('\n');
@@ -106,6 +124,13 @@ mod tests {
         let q = super::source("matvec.wgsl", &["Q4", "ADD"]);
         assert!(q.contains("nibble") || q.contains("15u"));
         assert!(!q.contains("#if"));
+    }
+
+    #[test]
+    fn value_defines_become_constants() {
+        let s = super::source("attention_tiled.wgsl", &["HD=128", "TPQ=8", "BK=32"]);
+        assert!(s.starts_with("const HD: u32 = 128u;\nconst TPQ: u32 = 8u;\nconst BK: u32 = 32u;\n"));
+        assert!(!s.contains("#if"));
     }
 
     #[test]
