@@ -298,8 +298,8 @@ pub struct VaeConvBench {
     pub groupnorm_s: f64,
 }
 
-/// Times every distinct convolution shape of one decode of a `side`² latent (and the GroupNorm
-/// + SiLU pass in front of those that have one) on synthetic data, in decode order: one submit
+/// Times every distinct convolution shape of one decode of a `side`² latent (and the
+/// GroupNorm + SiLU pass in front of those that have one) on synthetic data, in decode order: one submit
 /// per sample, repeated inside the submit until a sample takes ≥ 20 ms, best of two such
 /// samples (one on CPU adapters, where a single call already takes that long). Run it after a
 /// decode so that the pipelines are compiled.

@@ -221,7 +221,17 @@ fn attention_causal_with_cache_and_bidirectional() {
     // Every kernel on every shape (rows past a 16-row tile, head dims of each tile size, 20 padded
     // to a slice, keys past a 16/32-key tile, a cache before the prompt), then the kernel each
     // shape set picks. In (3, 2, 32, 126) row 0 has an empty 64-key chunk when split.
-    let shapes = [(9usize, 2usize, 40usize, 0usize), (3, 3, 128, 70), (70, 1, 64, 5), (1, 2, 16, 150), (2, 2, 64, 400), (3, 2, 32, 126), (33, 2, 20, 3), (17, 1, 512, 30), (40, 2, 128, 0)];
+    let shapes = [
+        (9usize, 2usize, 40usize, 0usize),
+        (3, 3, 128, 70),
+        (70, 1, 64, 5),
+        (1, 2, 16, 150),
+        (2, 2, 64, 400),
+        (3, 2, 32, 126),
+        (33, 2, 20, 3),
+        (17, 1, 512, 30),
+        (40, 2, 128, 0),
+    ];
     let kernels = [Some(AttnKernel::Rows), Some(AttnKernel::Split), Some(AttnKernel::Tiled), None];
     for (gpu_tuned, &(t, h, d, pos0)) in [false, true].into_iter().flat_map(|g| shapes.iter().map(move |s| (g, s))) {
         gpu.set_gpu_tuned(gpu_tuned);

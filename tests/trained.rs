@@ -112,7 +112,12 @@ fn presets_keep_a_trained_models_answers() {
         let t2 = std::time::Instant::now();
         let replies: Vec<Vec<u32>> = PROMPTS.iter().map(|p| pollster::block_on(e.greedy_ids(&chat_ids(&tok, p), REPLY_TOKENS, stop)).unwrap()).collect();
         let t3 = std::time::Instant::now();
-        eprintln!("    ({folder} as {preset}: load {:.1} s, logits {:.1} s, greedy {:.1} s)", (t1 - t0).as_secs_f32(), (t2 - t1).as_secs_f32(), (t3 - t2).as_secs_f32());
+        eprintln!(
+            "    ({folder} as {preset}: load {:.1} s, logits {:.1} s, greedy {:.1} s)",
+            (t1 - t0).as_secs_f32(),
+            (t2 - t1).as_secs_f32(),
+            (t3 - t2).as_secs_f32()
+        );
         (logits, replies, e.llm.weight_bytes_per_token())
     };
     let vocab = 49152;

@@ -372,7 +372,22 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { model, quant, prompt_tokens, decode_tokens, no_matmul, image, generate, flow_steps, vae_convs, profile, shapes, json, matvec, attention } => {
+        Cmd::Bench {
+            model,
+            quant,
+            prompt_tokens,
+            decode_tokens,
+            no_matmul,
+            image,
+            generate,
+            flow_steps,
+            vae_convs,
+            profile,
+            shapes,
+            json,
+            matvec,
+            attention,
+        } => {
             let opts = BenchOpts {
                 quant,
                 prompt_tokens,
@@ -494,8 +509,18 @@ fn vae_conv_table(convs: &[janusflow::bench::VaeConvBench]) -> serde_json::Value
 fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
     use janusflow::gpu::kernels::{attention_kernel, AttnKernel, AttnShape};
     use serde_json::json;
-    let causal = |t, pos0, heads, hd| AttnShape { t, heads, head_dim: hd, causal_pos0: Some(pos0), n_keys: pos0 + t, q_stride: heads * hd, kv_stride: heads * hd, o_stride: heads * hd };
-    let both = |t, heads, hd| AttnShape { t, heads, head_dim: hd, causal_pos0: None, n_keys: t, q_stride: heads * hd, kv_stride: heads * hd, o_stride: heads * hd };
+    let causal = |t, pos0, heads, hd| AttnShape {
+        t,
+        heads,
+        head_dim: hd,
+        causal_pos0: Some(pos0),
+        n_keys: pos0 + t,
+        q_stride: heads * hd,
+        kv_stride: heads * hd,
+        o_stride: heads * hd,
+    };
+    let both =
+        |t, heads, hd| AttnShape { t, heads, head_dim: hd, causal_pos0: None, n_keys: t, q_stride: heads * hd, kv_stride: heads * hd, o_stride: heads * hd };
     let shapes = [
         ("chat prefill, 512-token prompt", causal(512, 0, 16, 128)),
         ("flow step, one guidance row's 577-row prompt", causal(577, 0, 16, 128)),
