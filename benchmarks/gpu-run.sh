@@ -1,6 +1,6 @@
 #!/bin/bash
 # Real-size figures on a GPU machine: a random checkpoint with the real shapes, its q4 pack,
-# one-row product bandwidth against a copy, a profiled bench (per-kernel GPU times) and a plain
+# one-row product bandwidth against a copy, every attention kernel on the real shapes, a profiled bench (per-kernel GPU times) and a plain
 # one (30 measured flow steps, the VAE's convolution shapes timed alone), each also as JSON (the
 # last line of each bench).
 #   benchmarks/gpu-run.sh [janusflow binary] [real config.json]   (writes to $OUT or ./bench-out)
@@ -16,6 +16,10 @@ timeout 300 "$B" convert --model "$W/real" --out "$W/pack" --quant q4 2>&1 | tai
 echo "=== matvec bandwidth, both kernel shapes $(date +%T)" | tee -a "$L"
 for shapes in gpu cpu; do
   timeout 120 "$B" bench --no-matmul --matvec --shapes "$shapes" --json 2>&1 | tee -a "$L"
+done
+echo "=== attention kernels, both kernel shapes $(date +%T)" | tee -a "$L"
+for shapes in gpu cpu; do
+  timeout 120 "$B" bench --no-matmul --attention --shapes "$shapes" --json 2>&1 | tee -a "$L"
 done
 echo "=== bench profile $(date +%T)" | tee -a "$L"
 timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile --json 2>&1 | tee -a "$L"

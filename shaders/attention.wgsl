@@ -71,38 +71,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 #else
 var<workgroup> qs: array<vec4<f32>, 128>; // the query row, D / 4 quads
 var<workgroup> ps: array<f32, 64>;
-var<workgroup> red: array<f32, 64>;
-
-fn reduce_max(li: u32, val: f32) -> f32 {
-    red[li] = val;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] = max(red[li], red[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_sum(li: u32, val: f32) -> f32 {
-    red[li] = val;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
+const RED_LANES: u32 = 64u;
+//#include reduce.wgsl
 
 @compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
+    red_setup(lane);
+    let li = lane.li;
     let t = wid.x;
     let h = wid.y;
     let qb = p.q_off + t * p.q_stride + h * p.D;
@@ -147,13 +122,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
             let dv = s0 + s1;
             s = (dv.x + dv.y + dv.z + dv.w) * p.scale;
         }
-        let m_new = max(m_run, reduce_max(li, s));
+        let m_new = max(m_run, wg_max(s));
         var pj = 0.0;
         if (j < jend) {
             pj = exp(s - m_new);
         }
         ps[li] = pj;
-        let tile_sum = reduce_sum(li, pj); // also orders the ps[] writes before the reads below
+        let tile_sum = wg_sum(pj); // also orders the ps[] writes before the reads below
         let corr = exp(m_run - m_new);
         l_run = l_run * corr + tile_sum;
         let jn = min(64u, jend - j0);

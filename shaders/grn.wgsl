@@ -33,25 +33,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 #if MEAN
 @group(0) @binding(1) var<storage, read_write> g: array<f32>;     // [B, C + 1]
-var<workgroup> red: array<f32, 256>;
+const RED_LANES: u32 = 256u;
+//#include reduce.wgsl
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
+    red_setup(lane);
     let base = wid.x * (p.C + 1u);
     var s = 0.0;
-    for (var c = li; c < p.C; c += 256u) {
+    for (var c = lane.li; c < p.C; c += 256u) {
         s += g[base + c];
     }
-    red[li] = s;
-    workgroupBarrier();
-    for (var k = 128u; k > 0u; k >>= 1u) {
-        if (li < k) {
-            red[li] += red[li + k];
-        }
-        workgroupBarrier();
-    }
-    if (li == 0u) {
-        g[base + p.C] = red[0] / f32(p.C);
+    let total = wg_sum(s);
+    if (lane.li == 0u) {
+        g[base + p.C] = total / f32(p.C);
     }
 }
 #endif

@@ -22,24 +22,13 @@ struct Params {
 #if STATS
 @group(0) @binding(1) var<storage, read> x: array<f32>;            // window [P, C]
 @group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>; // [chunks, G] (count, mean, M2, 0)
-var<workgroup> red: array<f32, 256>;
-
-fn wg_sum(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
+const RED_LANES: u32 = 256u;
+//#include reduce.wgsl
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
+    red_setup(lane);
+    let li = lane.li;
     let g = wid.y;
     let px0 = wid.x * p.chunk;
     let px1 = min(px0 + p.chunk, p.P);
@@ -48,13 +37,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     for (var i = li; i < n; i += 256u) {
         s += x[(px0 + i / p.cpg) * p.C + g * p.cpg + i % p.cpg];
     }
-    let mean = wg_sum(li, s) / f32(n);
+    let mean = wg_sum(s) / f32(n);
     var m2 = 0.0;
     for (var i = li; i < n; i += 256u) {
         let d = x[(px0 + i / p.cpg) * p.C + g * p.cpg + i % p.cpg] - mean;
         m2 += d * d;
     }
-    let total = wg_sum(li, m2);
+    let total = wg_sum(m2);
     if (li == 0u) {
         part[(p.part0 + wid.x) * (p.C / p.cpg) + g] = vec4<f32>(f32(n), mean, total, 0.0);
     }

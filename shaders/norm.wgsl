@@ -18,24 +18,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read> bias: array<f32>;       // [D]
 #endif
 
-var<workgroup> red: array<f32, 256>;
-
-fn row_sum(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
+const RED_LANES: u32 = 256u;
+//#include reduce.wgsl
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
+    red_setup(lane);
+    let li = lane.li;
     let xb = p.x_off + wid.x * p.D;
     let yb = p.y_off + wid.x * p.y_stride;
 #if LAYERNORM
@@ -43,13 +32,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     for (var d = li; d < p.D; d += 256u) {
         s += x[xb + d];
     }
-    let mean = row_sum(li, s) / f32(p.D);
+    let mean = wg_sum(s) / f32(p.D);
     var ss = 0.0;
     for (var d = li; d < p.D; d += 256u) {
         let c = x[xb + d] - mean;
         ss += c * c;
     }
-    let inv = 1.0 / sqrt(row_sum(li, ss) / f32(p.D) + p.eps);
+    let inv = 1.0 / sqrt(wg_sum(ss) / f32(p.D) + p.eps);
     for (var d = li; d < p.D; d += 256u) {
         y[yb + d] = (x[xb + d] - mean) * inv * weight[d] + bias[d];
     }
@@ -59,7 +48,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         let v = x[xb + d];
         ss += v * v;
     }
-    let inv = 1.0 / sqrt(row_sum(li, ss) / f32(p.D) + p.eps);
+    let inv = 1.0 / sqrt(wg_sum(ss) / f32(p.D) + p.eps);
     for (var d = li; d < p.D; d += 256u) {
         y[yb + d] = (x[xb + d] * inv) * weight[d];
     }

@@ -125,10 +125,6 @@ fn rmsnorm_matches() {
     let w = rng.vec(d);
     let xt = Tensor::from_f32(&gpu, "x", &[rows, d], &x);
     let wt = Tensor::from_f32(&gpu, "w", &[d], &w);
-    let yt = Tensor::zeros(&gpu, "y", &[rows, d]);
-    let mut rec = Recorder::new(&gpu);
-    kernels::rmsnorm(&mut rec, &xt.buf, 0, rows, d, &wt.buf, 1e-6, &yt.buf, 0);
-    rec.finish();
     let mut want = vec![0f32; rows * d];
     for r in 0..rows {
         let ms: f64 = x[r * d..(r + 1) * d].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
@@ -137,7 +133,16 @@ fn rmsnorm_matches() {
             want[r * d + i] = (x[r * d + i] as f64 * inv) as f32 * w[i];
         }
     }
-    assert_close(&read(&gpu, &yt), &want, 1e-5, "rmsnorm");
+    // Both reduction paths (reduce.wgsl): subgroup operations where the adapter has them, and
+    // the workgroup-memory tree every adapter can run.
+    for sub in [true, false] {
+        gpu.set_subgroup_reduce_allowed(sub);
+        let yt = Tensor::zeros(&gpu, "y", &[rows, d]);
+        let mut rec = Recorder::new(&gpu);
+        kernels::rmsnorm(&mut rec, &xt.buf, 0, rows, d, &wt.buf, 1e-6, &yt.buf, 0);
+        rec.finish();
+        assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("rmsnorm, subgroup reductions {:?}", gpu.subgroup_reduce()));
+    }
 }
 
 fn rope_table(max_pos: usize, d: usize, theta: f64) -> Vec<f32> {
@@ -233,8 +238,10 @@ fn attention_causal_with_cache_and_bidirectional() {
         (40, 2, 128, 0),
     ];
     let kernels = [Some(AttnKernel::Rows), Some(AttnKernel::Split), Some(AttnKernel::Tiled), None];
-    for (gpu_tuned, &(t, h, d, pos0)) in [false, true].into_iter().flat_map(|g| shapes.iter().map(move |s| (g, s))) {
+    for (i, (gpu_tuned, &(t, h, d, pos0))) in [false, true].into_iter().flat_map(|g| shapes.iter().map(move |s| (g, s))).enumerate() {
         gpu.set_gpu_tuned(gpu_tuned);
+        // Shapes alternate between the two reduction paths (reduce.wgsl) of the row kernels.
+        gpu.set_subgroup_reduce_allowed(i % 2 == 0);
         let keys = pos0 + t;
         let q: Vec<f32> = rng.vec(t * h * d).iter().map(|v| v * 2.0).collect();
         let k: Vec<f32> = rng.vec(keys * h * d).iter().map(|v| v * 2.0).collect();
@@ -254,7 +261,10 @@ fn attention_causal_with_cache_and_bidirectional() {
                     None => kernels::attention(&mut rec, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0),
                 }
                 rec.finish();
-                let what = format!("attention t{t} h{h} d{d} pos0 {pos0} causal {causal} gpu-tuned {gpu_tuned} kernel {kernel:?}");
+                let what = format!(
+                    "attention t{t} h{h} d{d} pos0 {pos0} causal {causal} gpu-tuned {gpu_tuned} kernel {kernel:?} subgroups {:?}",
+                    gpu.subgroup_reduce()
+                );
                 assert_close(&read(&gpu, &ot), &want, 1e-5, &what);
             }
         }
@@ -597,6 +607,8 @@ fn groupnorm_silu_pass_matches_cpu() {
         (4, 4, 8, 8, false, true, false),
     ] {
         gpu.set_binding_cap(if capped { 32 * 1024 } else { u64::MAX });
+        // The statistics' reductions (reduce.wgsl) with and without subgroup operations.
+        gpu.set_subgroup_reduce_allowed(inplace);
         let x = rng.vec(h * w * c).iter().map(|v| v * 2.0 - 0.3).collect::<Vec<_>>();
         let (gamma, beta) = (rng.vec(c).iter().map(|v| 1.0 + 0.3 * v).collect::<Vec<_>>(), rng.vec(c));
         let (xt, yt) = (Tensor::from_f32(&gpu, "x", &[x.len()], &x), Tensor::zeros(&gpu, "y", &[x.len()]));

@@ -44,6 +44,7 @@ export async function run({ tokens = 32, steps = 3 } = {}) {
   figures.compile_s = engine.info.compileSeconds;
   figures.pipelines = engine.info.pipelines;
   figures.gpu_tuning = engine.info.gpuTuning;
+  figures.subgroup_reductions = engine.info.subgroupReductions ?? 'none';
   figures.load_from = downloaded ? 'network' : 'IndexedDB';
   status.textContent = 'chat…';
   // Tokens are counted, not text callbacks: random or unusual weights emit partial UTF-8, so text

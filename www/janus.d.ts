@@ -119,6 +119,9 @@ export interface EngineInfo {
   hasVae: boolean;
   /** Whether kernel shapes were chosen for a GPU (false on a CPU rasteriser such as SwiftShader). */
   gpuTuning: boolean;
+  /** The subgroup width the norms' and attention's reductions use, or null where they go
+   * through workgroup memory (no subgroups, or subgroups of varying width). */
+  subgroupReductions: number | null;
   /** Bytes of weights on the GPU. */
   bytes: number;
   loadSeconds: number;

@@ -177,6 +177,10 @@ enum Cmd {
         /// mid-block at 128 and 384 px), marking the one chosen on this adapter.
         #[arg(long)]
         attention: bool,
+        /// Workgroup reductions (norms, attention) through workgroup memory even where the
+        /// adapter offers subgroups, to compare the two paths.
+        #[arg(long)]
+        tree_reductions: bool,
     },
 }
 
@@ -387,6 +391,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             matvec,
             attention,
+            tree_reductions,
         } => {
             let opts = BenchOpts {
                 quant,
@@ -400,6 +405,7 @@ fn run(cli: Cli) -> Result<()> {
                 shapes,
                 matvec,
                 attention,
+                tree_reductions,
             };
             let fig = bench(model.as_deref(), &opts)?;
             if json {
@@ -456,6 +462,7 @@ struct BenchOpts {
     shapes: Option<String>,
     matvec: bool,
     attention: bool,
+    tree_reductions: bool,
 }
 
 fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: f64, per_name: &str) {
@@ -565,12 +572,14 @@ fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
 fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
     let mut fig = serde_json::Map::new();
-    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, vae_convs, profile, ref shapes, matvec, attention } = *o;
+    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, vae_convs, profile, ref shapes, matvec, attention, tree_reductions } =
+        *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     if let Some(s) = shapes {
         gpu.set_gpu_tuned(s == "gpu");
         gpu.set_sg8_allowed(s != "cpu-tile");
     }
+    gpu.set_subgroup_reduce_allowed(!tree_reductions);
     let shapes = if gpu.gpu_tuned() {
         "gpu"
     } else if gpu.sg8() {
@@ -578,10 +587,11 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     } else {
         "cpu"
     };
-    println!("device: {} ({}, {}), kernel shapes: {shapes}", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
+    let reductions = gpu.subgroup_reduce().map_or("workgroup tree".to_string(), |w| format!("{w}-lane subgroups"));
+    println!("device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
     fig.insert(
         "device".into(),
-        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes}),
+        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes, "reductions": reductions}),
     );
     if profile && !gpu.profiling() {
         println!("(this adapter has no timestamp queries: no per-kernel times)");

@@ -58,6 +58,9 @@ pub struct Gpu {
     gpu_tuned: std::sync::atomic::AtomicBool,
     /// Kernels written for 8-lane subgroups may be used where the adapter's are (see [`Gpu::sg8`]).
     sg8_allowed: std::sync::atomic::AtomicBool,
+    /// Workgroup reductions may use subgroup operations where the adapter has them (see
+    /// [`Gpu::subgroup_reduce`]).
+    subgroup_reduce_allowed: std::sync::atomic::AtomicBool,
     /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
     pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
@@ -197,6 +200,7 @@ impl Gpu {
             binding_cap: u64::MAX.into(),
             gpu_tuned: (info.device_type != wgpu::DeviceType::Cpu).into(),
             sg8_allowed: true.into(),
+            subgroup_reduce_allowed: true.into(),
             bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -233,6 +237,18 @@ impl Gpu {
     /// Allows or forbids the 8-lane subgroup kernels (tests cover the fallbacks on any adapter).
     pub fn set_sg8_allowed(&self, on: bool) {
         self.sg8_allowed.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The subgroup width the workgroup reductions (reduce.wgsl) may count on: the adapter's
+    /// subgroups have one fixed power-of-two width, and tests have not turned them off.
+    pub fn subgroup_reduce(&self) -> Option<u32> {
+        let w = self.summary.features.subgroup_size.filter(|w| w.is_power_of_two() && (4..=128).contains(w))?;
+        self.subgroup_reduce_allowed.load(std::sync::atomic::Ordering::Relaxed).then_some(w)
+    }
+
+    /// Allows or forbids subgroup operations in the workgroup reductions (tests run both paths).
+    pub fn set_subgroup_reduce_allowed(&self, on: bool) {
+        self.subgroup_reduce_allowed.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.

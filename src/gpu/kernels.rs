@@ -12,6 +12,19 @@ fn pipeline(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipelin
     gpu.pipeline(&key, || shader::source(file, defines))
 }
 
+/// [`pipeline`] for a kernel that includes reduce.wgsl: with the adapter's subgroup width as
+/// SUBGROUPS where its reductions may use subgroup operations.
+fn pipeline_reducing(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipeline> {
+    match gpu.subgroup_reduce() {
+        Some(w) => {
+            let sg = format!("SUBGROUPS={w}");
+            let all: Vec<&str> = defines.iter().copied().chain([sg.as_str()]).collect();
+            pipeline(gpu, file, &all)
+        }
+        None => pipeline(gpu, file, defines),
+    }
+}
+
 /// Activation rows at or below this use the matrix–vector kernel.
 pub const MATVEC_MAX_ROWS: usize = 4;
 
@@ -130,7 +143,7 @@ pub fn rmsnorm_strided(
     y_off: usize,
     y_stride: usize,
 ) {
-    let p = pipeline(rec.gpu, "norm.wgsl", &[]);
+    let p = pipeline_reducing(rec.gpu, "norm.wgsl", &[]);
     rec.dispatch(p, &[d as u32, x_off as u32, y_off as u32, eps.to_bits(), y_stride as u32], &[x, weight, y], [rows as u32, 1, 1]);
 }
 
@@ -148,7 +161,7 @@ pub fn layernorm(
     y: &wgpu::Buffer,
     y_off: usize,
 ) {
-    let p = pipeline(rec.gpu, "norm.wgsl", &["LAYERNORM"]);
+    let p = pipeline_reducing(rec.gpu, "norm.wgsl", &["LAYERNORM"]);
     rec.dispatch(p, &[d as u32, x_off as u32, y_off as u32, eps.to_bits(), d as u32], &[x, weight, y, bias], [rows as u32, 1, 1]);
 }
 
@@ -358,10 +371,10 @@ pub fn attention_using(
     match kernel {
         AttnKernel::Split => {
             let part = rec.gpu.scratch("attention-partials", (s.t * s.heads * chunks * (s.head_dim + 2) * 4) as u64);
-            rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["SPLIT"]), &params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
+            rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &["SPLIT"]), &params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
             rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["COMBINE"]), &params, &[&part, o], [s.t as u32, s.heads as u32, 1]);
         }
-        AttnKernel::Rows => rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &[]), &params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]),
+        AttnKernel::Rows => rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &[]), &params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]),
         AttnKernel::Tiled => {
             let (tpq, bk) = attn_tile(s.head_dim);
             let sizes = [format!("BQ={ATTN_TILE_ROWS}"), format!("HD={}", s.head_dim), format!("TPQ={tpq}"), format!("BK={bk}")];
@@ -452,7 +465,7 @@ pub fn grn(rec: &mut Recorder, y: &wgpu::Buffer, b: usize, rows: usize, c: usize
     let params = [b as u32, rows as u32, c as u32];
     let p1 = pipeline(rec.gpu, "grn.wgsl", &["STATS"]);
     rec.dispatch(p1, &params, &[y, stats], [(c as u32).div_ceil(64), b as u32, 1]);
-    let p2 = pipeline(rec.gpu, "grn.wgsl", &["MEAN"]);
+    let p2 = pipeline_reducing(rec.gpu, "grn.wgsl", &["MEAN"]);
     rec.dispatch(p2, &params, &[stats], [b as u32, 1, 1]);
     let p3 = pipeline(rec.gpu, "grn.wgsl", &["APPLY"]);
     rec.dispatch(p3, &params, &[stats, gamma, beta, y], grid(((b * rows * c) as u32).div_ceil(256)));
@@ -620,7 +633,7 @@ pub fn groupnorm_stats(rec: &mut Recorder, x: Map, groups: usize, eps: f32, part
     let (pixels, c) = (x.h * x.w, x.c);
     let cpg = c / groups;
     let per_window = ((rec.gpu.max_binding() / (c as u64 * 4)) as usize / GN_CHUNK).max(1) * GN_CHUNK;
-    let p1 = pipeline(rec.gpu, "groupnorm.wgsl", &["STATS"]);
+    let p1 = pipeline_reducing(rec.gpu, "groupnorm.wgsl", &["STATS"]);
     let mut px0 = 0;
     while px0 < pixels {
         let n = per_window.min(pixels - px0);

@@ -221,6 +221,7 @@ impl WebEngine {
             "latent": self.engine.latent_shape(),
             "hasVae": self.engine.vae.is_some(),
             "gpuTuning": self.engine.gpu.gpu_tuned(),
+            "subgroupReductions": self.engine.gpu.subgroup_reduce(),
         });
         to_js(&info)
     }
