@@ -24,4 +24,4 @@ done
 echo "=== bench profile $(date +%T)" | tee -a "$L"
 timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile --json 2>&1 | tee -a "$L"
 echo "=== bench plain $(date +%T)" | tee -a "$L"
-timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --image --generate --flow-steps 30 --vae-convs --json 2>&1 | tee -a "$L"
+timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --contexts 64,512,2048 --image --generate --flow-steps 30 --vae-convs --json 2>&1 | tee -a "$L"

@@ -4,8 +4,9 @@
 // 0 ..= pos0 + t), decode (T = 1 over the KV cache) and bidirectional encoders (causal = 0).
 // Defines:
 //   SPLIT: decoding has too few (row, head) pairs to fill a GPU, so the keys are also split into
-//          chunks of `chunk` keys, one workgroup each, which write their unnormalised partial
-//          output with its running max and sum to `part`;
+//          at most a fixed number of chunks of `chunk` keys, one workgroup each, which write their
+//          unnormalised partial output with its running max and sum to `part`; keys are loaded
+//          16 lanes to a row (coalesced) instead of one lane per row;
 //   COMBINE: one workgroup per (row, head) rescales and sums the chunks' partials into `o`.
 
 struct Params {
@@ -71,6 +72,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 #else
 var<workgroup> qs: array<vec4<f32>, 128>; // the query row, D / 4 quads
 var<workgroup> ps: array<f32, 64>;
+#if SPLIT
+var<workgroup> sp: array<f32, 64 * 17>; // [key, 16 lane slices (+1 against bank conflicts)] partial scores
+#endif
 const RED_LANES: u32 = 64u;
 //#include reduce.wgsl
 
@@ -105,6 +109,32 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
     for (var j0 = jbeg; j0 < jend; j0 += 64u) {
         let j = j0 + li;
         var s = NEG;
+#if SPLIT
+        // Decoding on GPUs: coalesced key loads. 16 lanes read one key row's consecutive vec4s
+        // (256 contiguous bytes), 4 keys at a time, so many loads are in flight and none is
+        // strided; after one barrier each lane sums its own key's 16 partial products.
+        let d4 = p.D / 4u;
+        let slice = li % 16u;
+        for (var kk = 0u; kk < 16u; kk++) {
+            let key = kk * 4u + li / 16u;
+            var part = 0.0;
+            if (j0 + key < jend) {
+                let kb = (p.k_off + (j0 + key) * p.kv_stride + h * p.D) / 4u;
+                for (var d = slice; d < d4; d += 16u) {
+                    part += dot(qs[d], k[kb + d]);
+                }
+            }
+            sp[key * 17u + slice] = part;
+        }
+        workgroupBarrier();
+        if (j < jend) {
+            var dv = 0.0;
+            for (var i = 0u; i < 16u; i++) {
+                dv += sp[li * 17u + i];
+            }
+            s = dv * p.scale;
+        }
+#else
         if (j < jend) {
             let kb = (p.k_off + j * p.kv_stride + h * p.D) / 4u;
             // vec4 loads and two independent sums, so that several loads are in flight per lane.
@@ -122,6 +152,7 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
             let dv = s0 + s1;
             s = (dv.x + dv.y + dv.z + dv.w) * p.scale;
         }
+#endif
         let m_new = max(m_run, wg_max(s));
         var pj = 0.0;
         if (j < jend) {

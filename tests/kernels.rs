@@ -225,7 +225,8 @@ fn attention_causal_with_cache_and_bidirectional() {
     let mut rng = Rng(5);
     // Every kernel on every shape (rows past a 16-row tile, head dims of each tile size, 20 padded
     // to a slice, keys past a 16/32-key tile, a cache before the prompt), then the kernel each
-    // shape set picks. In (3, 2, 32, 126) row 0 has an empty 64-key chunk when split.
+    // shape set picks. In (3, 2, 32, 126) row 0 has an empty 64-key chunk when split; 2202 keys
+    // need more than the 32 chunks a split may use, so its chunks grow to 128 keys.
     let shapes = [
         (9usize, 2usize, 40usize, 0usize),
         (3, 3, 128, 70),
@@ -236,6 +237,7 @@ fn attention_causal_with_cache_and_bidirectional() {
         (33, 2, 20, 3),
         (17, 1, 512, 30),
         (40, 2, 128, 0),
+        (2, 1, 128, 2200),
     ];
     let kernels = [Some(AttnKernel::Rows), Some(AttnKernel::Split), Some(AttnKernel::Tiled), None];
     for (i, (gpu_tuned, &(t, h, d, pos0))) in [false, true].into_iter().flat_map(|g| shapes.iter().map(move |s| (g, s))).enumerate() {

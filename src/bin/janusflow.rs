@@ -181,6 +181,10 @@ enum Cmd {
         /// adapter offers subgroups, to compare the two paths.
         #[arg(long)]
         tree_reductions: bool,
+        /// Also decode after prompts of these lengths (comma-separated, e.g. 64,512,2048) and
+        /// print decode tokens/s at each context length.
+        #[arg(long, value_delimiter = ',')]
+        contexts: Vec<usize>,
     },
 }
 
@@ -392,6 +396,7 @@ fn run(cli: Cli) -> Result<()> {
             matvec,
             attention,
             tree_reductions,
+            contexts,
         } => {
             let opts = BenchOpts {
                 quant,
@@ -406,6 +411,7 @@ fn run(cli: Cli) -> Result<()> {
                 matvec,
                 attention,
                 tree_reductions,
+                contexts,
             };
             let fig = bench(model.as_deref(), &opts)?;
             if json {
@@ -463,6 +469,7 @@ struct BenchOpts {
     matvec: bool,
     attention: bool,
     tree_reductions: bool,
+    contexts: Vec<usize>,
 }
 
 fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: f64, per_name: &str) {
@@ -572,8 +579,21 @@ fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
 fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
     let mut fig = serde_json::Map::new();
-    let BenchOpts { ref quant, prompt_tokens, decode_tokens, no_matmul, image, flow_steps, vae_convs, profile, ref shapes, matvec, attention, tree_reductions } =
-        *o;
+    let BenchOpts {
+        ref quant,
+        prompt_tokens,
+        decode_tokens,
+        no_matmul,
+        image,
+        flow_steps,
+        vae_convs,
+        profile,
+        ref shapes,
+        matvec,
+        attention,
+        tree_reductions,
+        ref contexts,
+    } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     if let Some(s) = shapes {
         gpu.set_gpu_tuned(s == "gpu");
@@ -621,7 +641,8 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     let Some(dir) = model else { return Ok(fig) };
     let preset = Quant::parse(quant)?;
     let src = ModelSource::open(dir)?;
-    let opts = EngineOptions { preset, context: (prompt_tokens + decode_tokens + 8).max(1024), ..Default::default() };
+    let longest = contexts.iter().copied().chain([prompt_tokens]).max().unwrap_or(0);
+    let opts = EngineOptions { preset, context: (longest + decode_tokens + 8).max(1024), ..Default::default() };
     let t0 = Instant::now();
     let mut engine = pollster::block_on(Engine::load(gpu, &src, opts, |_, _, _| {}))?;
     println!(
@@ -669,6 +690,23 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     );
     print_profile("prefill", &r.prefill_profile, 1.0, "prefill");
     print_profile("decode", &r.decode_profile, r.decoded as f64, "token");
+    if let Some(p) = &r.decode_profile {
+        // GPU time from the timestamp pairs around each kernel; the rest of the wall time is the
+        // host's (recording, submit, readback, sampling) and idle gaps between kernels.
+        let (wall, gpu) = (r.decode_s / r.decoded as f64, p.total_ns() / 1e9 / r.decoded as f64);
+        println!("decode per token: {:.3} ms wall = {:.3} ms GPU in kernels + {:.3} ms host and gaps", wall * 1e3, gpu * 1e3, (wall - gpu) * 1e3);
+        fig.insert("decode_split_ms".into(), json!({"wall": wall * 1e3, "gpu_kernels": gpu * 1e3, "host_and_gaps": (wall - gpu) * 1e3}));
+    }
+    if !contexts.is_empty() {
+        let mut rows = Vec::new();
+        for &c in contexts {
+            let r = pollster::block_on(janusflow::bench::llm(&engine, c, decode_tokens))?;
+            let tps = r.decoded as f64 / r.decode_s;
+            println!("decode after a {}-token prompt: {tps:.2} tokens/s (prefill {:.1} tokens/s)", r.prompt, r.prompt as f64 / r.prefill_s);
+            rows.push(json!({"context": r.prompt, "decode_tokens_per_s": tps, "prefill_tokens_per_s": r.prompt as f64 / r.prefill_s}));
+        }
+        fig.insert("decode_by_context".into(), json!(rows));
+    }
     println!(
         "weight bytes read per decoded token / resident weight bytes: {:.3} ({:.1} MiB / {:.1} MiB)",
         engine.llm.weight_bytes_per_token() as f64 / engine.llm.weight_bytes() as f64,

@@ -349,7 +349,10 @@ pub fn attention_using(
     assert!(kernel != AttnKernel::Tiled || v_off % 4 == 0, "the query-tiled kernel reads values as vec4");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
-    let chunks = keys.div_ceil(ATTN_CHUNK);
+    // At most a fixed number of chunks (each a multiple of 64 keys): long contexts get longer chunks
+    // rather than more partials for the combine pass to read.
+    let chunk = keys.div_ceil(ATTN_MAX_SPLITS).next_multiple_of(ATTN_CHUNK).max(ATTN_CHUNK);
+    let chunks = keys.div_ceil(chunk);
     let params = [
         s.t as u32,
         s.heads as u32,
@@ -365,7 +368,7 @@ pub fn attention_using(
         v_off as u32,
         scale.to_bits(),
         s.o_stride as u32,
-        ATTN_CHUNK as u32,
+        chunk as u32,
         chunks as u32,
     ];
     match kernel {
@@ -388,8 +391,10 @@ pub fn attention_using(
 /// Query rows per workgroup of the query-tiled kernel (its BQ).
 const ATTN_TILE_ROWS: u32 = 16;
 
-/// Keys per workgroup when attention is split over the keys (a multiple of 64).
+/// Keys per workgroup when attention is split over the keys (a multiple of 64), up to
+/// ATTN_MAX_SPLITS chunks; past that the chunks grow.
 const ATTN_CHUNK: usize = 64;
+const ATTN_MAX_SPLITS: usize = 32;
 
 /// y = silu(a) · b over `n` elements.
 /// y[i] = silu(a[2i]) · a[2i + 1] for i < n: the MLP gate over interleaved gate|up outputs.
