@@ -55,6 +55,25 @@ var<workgroup> ps: array<f32, BQ * BK>;        // the tile's probabilities, row 
 var<workgroup> red_max: array<f32, WG>;        // each lane's max over its keys
 var<workgroup> red_sum: array<f32, WG>;        // each lane's sum of its probabilities
 
+// Stages slice c of the tile's keys (or values) into kv: rows past nk_tile and dims past HD as zeros.
+fn stage_kv(values: bool, li: u32, j0: u32, c: u32, nk_tile: u32, hd: u32) {
+    let off = select(p.k_off, p.v_off, values);
+    for (var e = li; e < BK * DC4; e += WG) {
+        let jj = e / DC4;
+        let d = c * DC + 4u * (e % DC4);
+        var val = vec4<f32>(0.0);
+        if (j0 + jj < nk_tile && d < HD) {
+            let i = (off + (j0 + jj) * p.kv_stride + hd + d) / 4u;
+            if (values) {
+                val = v[i];
+            } else {
+                val = k[i];
+            }
+        }
+        kv[jj * ROW + e % DC4] = val;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let t0 = wid.x * BQ;
@@ -96,15 +115,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
                 }
                 qs[rr * ROW + e % DC4] = val;
             }
-            for (var e = li; e < BK * DC4; e += WG) {
-                let jj = e / DC4;
-                let d = c * DC + 4u * (e % DC4);
-                var val = vec4<f32>(0.0);
-                if (j0 + jj < nk_tile && d < HD) {
-                    val = k[(p.k_off + (j0 + jj) * p.kv_stride + hd + d) / 4u];
-                }
-                kv[jj * ROW + e % DC4] = val;
-            }
+            stage_kv(false, li, j0, c, nk_tile, hd);
             workgroupBarrier();
             for (var d4 = 0u; d4 < DC4; d4++) {
                 let qv = qs[r * ROW + d4];
@@ -151,15 +162,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 
         // Output += P · V, slice by slice; a lane owns dims c·DC + 4·sub .. + 3 of its row.
         for (var c = 0u; c < SLICES; c++) {
-            for (var e = li; e < BK * DC4; e += WG) {
-                let jj = e / DC4;
-                let d = c * DC + 4u * (e % DC4);
-                var val = vec4<f32>(0.0);
-                if (j0 + jj < nk_tile && d < HD) {
-                    val = v[(p.v_off + (j0 + jj) * p.kv_stride + hd + d) / 4u];
-                }
-                kv[jj * ROW + e % DC4] = val;
-            }
+            stage_kv(true, li, j0, c, nk_tile, hd);
             workgroupBarrier();
             var a = acc[c] * corr;
             for (var jj = 0u; jj < BK; jj++) {

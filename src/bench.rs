@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::engine::Engine;
-use crate::gpu::kernels::{self, Out};
+use crate::gpu::kernels::{self, Out, View};
 use crate::gpu::profile::Profile;
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
 use crate::weights::quant::{Quant, QuantBlob};
@@ -71,7 +71,7 @@ pub fn attention(gpu: &Gpu, s: kernels::AttnShape, kernel: kernels::AttnKernel) 
         let t0 = Instant::now();
         let mut rec = Recorder::new(gpu);
         for _ in 0..reps {
-            kernels::attention_using(&mut rec, kernel, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0);
+            kernels::attention_using(&mut rec, kernel, s, View::at(&qt.buf, 0), View::at(&kt.buf, 0), View::at(&vt.buf, 0), View::at(&ot.buf, 0));
         }
         pollster::block_on(rec.finish_and_read(&ot.buf, 0, 4))?;
         if i > 0 {

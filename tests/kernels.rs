@@ -1,6 +1,6 @@
 //! Every WGSL kernel against a plain CPU reference, on shapes that are not multiples of any tile.
 
-use janusflow::gpu::kernels::{self, AttnKernel, AttnShape, Out};
+use janusflow::gpu::kernels::{self, AttnKernel, AttnShape, Out, View};
 use janusflow::gpu::{Gpu, Recorder, Tensor, Weight};
 use janusflow::weights::quant::{Quant, QuantBlob};
 
@@ -258,9 +258,10 @@ fn attention_causal_with_cache_and_bidirectional() {
             for kernel in kernels.iter().filter(|k| !gpu_tuned || k.is_none()) {
                 let ot = Tensor::zeros(&gpu, "o", &[t, h * d]);
                 let mut rec = Recorder::new(&gpu);
+                let (qv, kv, vv, ov) = (View::at(&qt.buf, 0), View::at(&kt.buf, 0), View::at(&vt.buf, 0), View::at(&ot.buf, 0));
                 match kernel {
-                    Some(kn) => kernels::attention_using(&mut rec, *kn, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0),
-                    None => kernels::attention(&mut rec, s, &qt.buf, 0, &kt.buf, 0, &vt.buf, 0, &ot.buf, 0),
+                    Some(kn) => kernels::attention_using(&mut rec, *kn, s, qv, kv, vv, ov),
+                    None => kernels::attention(&mut rec, s, qv, kv, vv, ov),
                 }
                 rec.finish();
                 let what = format!(

@@ -32,6 +32,19 @@ pub const MATVEC_MAX_ROWS: usize = 4;
 /// CPU adapters the 4-row matrix–vector kernel.
 pub const SMALL_TILE_MAX_ROWS: usize = 32;
 
+/// A place in a buffer: `buf` from element `off` on.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub off: usize,
+}
+
+impl<'a> View<'a> {
+    pub fn at(buf: &'a wgpu::Buffer, off: usize) -> Self {
+        Self { buf, off }
+    }
+}
+
 /// Where a matrix product writes: `y[y_off + m·y_stride + n]`, overwritten or accumulated.
 #[derive(Clone, Copy)]
 pub struct Out<'a> {
@@ -313,38 +326,14 @@ fn attn_tile(head_dim: usize) -> (usize, usize) {
 
 /// Scaled dot-product attention of `s.t` query rows over their keys (causal over a cache, or
 /// bidirectional), with the kernel [`attention_kernel`] picks.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    rec: &mut Recorder,
-    s: AttnShape,
-    q: &wgpu::Buffer,
-    q_off: usize,
-    k: &wgpu::Buffer,
-    k_off: usize,
-    v: &wgpu::Buffer,
-    v_off: usize,
-    o: &wgpu::Buffer,
-    o_off: usize,
-) {
-    let kernel = attention_kernel(rec.gpu, &s, v_off);
-    attention_using(rec, kernel, s, q, q_off, k, k_off, v, v_off, o, o_off)
+pub fn attention(rec: &mut Recorder, s: AttnShape, q: View, k: View, v: View, o: View) {
+    let kernel = attention_kernel(rec.gpu, &s, v.off);
+    attention_using(rec, kernel, s, q, k, v, o)
 }
 
 /// [`attention`] with the kernel chosen by the caller (tests and benchmarks compare them).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_using(
-    rec: &mut Recorder,
-    kernel: AttnKernel,
-    s: AttnShape,
-    q: &wgpu::Buffer,
-    q_off: usize,
-    k: &wgpu::Buffer,
-    k_off: usize,
-    v: &wgpu::Buffer,
-    v_off: usize,
-    o: &wgpu::Buffer,
-    o_off: usize,
-) {
+pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: View, k: View, v: View, o: View) {
+    let (View { buf: q, off: q_off }, View { buf: k, off: k_off }, View { buf: v, off: v_off }, View { buf: o, off: o_off }) = (q, k, v, o);
     assert!(s.head_dim <= 512 && s.head_dim % 4 == 0 && s.kv_stride % 4 == 0 && k_off % 4 == 0, "attention reads keys as vec4");
     assert!(kernel != AttnKernel::Tiled || v_off % 4 == 0, "the query-tiled kernel reads values as vec4");
     let scale = 1.0 / (s.head_dim as f32).sqrt();

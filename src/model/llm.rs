@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use super::Loader;
 use crate::config::LlmConfig;
-use crate::gpu::kernels::{self, AttnShape, Fused, Out};
+use crate::gpu::kernels::{self, AttnShape, Fused, Out, View};
 use crate::gpu::{BindCache, Gpu, Recorder, Tensor, Weight};
 use crate::weights::quant::QuantBlob;
 
@@ -222,7 +222,7 @@ impl Llm {
                     kv_stride: hd,
                     o_stride: hd,
                 };
-                kernels::attention(rec, shape, &s.q, row0 * hd, kc, 0, vc, 0, &s.attn, row0 * hd);
+                kernels::attention(rec, shape, View::at(&s.q, row0 * hd), View::at(kc, 0), View::at(vc, 0), View::at(&s.attn, row0 * hd));
                 row0 += n;
             }
             kernels::linear(rec, &layer.o, None, &s.attn, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
@@ -260,7 +260,7 @@ impl Llm {
         kernels::norm_matvec(rec, &layer.qkv, input, 0, n, qkv);
         let shape =
             AttnShape { t: 1, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(slot), n_keys: slot + 1, q_stride: hd, kv_stride: hd, o_stride: hd };
-        kernels::attention(rec, shape, &s.q, 0, kc, 0, vc, 0, &s.attn, 0);
+        kernels::attention(rec, shape, View::at(&s.q, 0), View::at(kc, 0), View::at(vc, 0), View::at(&s.attn, 0));
         kernels::linear(rec, &layer.o, None, &s.attn, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true });
         let n = norm(rec, &layer.post_norm);
         kernels::norm_matvec(rec, &layer.gate_up, input, 0, n, gate_up);

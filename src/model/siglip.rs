@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::Loader;
 use crate::config::SiglipConfig;
-use crate::gpu::kernels::{self, Act, AttnShape, Out};
+use crate::gpu::kernels::{self, Act, AttnShape, Out, View};
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
 
 const LN_EPS: f32 = 1e-6;
@@ -145,7 +145,7 @@ impl Siglip {
             kernels::layernorm(rec, &s.x, 0, n, w, &b.norm1.0.buf, &b.norm1.1.buf, LN_EPS, &s.h, 0);
             kernels::linear(rec, &b.qkv, Some(&b.qkv_b.buf), &s.h, 0, n, to(&s.qkv, 3 * w, false));
             // Fused qkv rows: Q in columns 0..W, K in W..2W, V in 2W..3W, heads contiguous inside each.
-            kernels::attention(rec, attn, &s.qkv, 0, &s.qkv, w, &s.qkv, 2 * w, &s.attn, 0);
+            kernels::attention(rec, attn, View::at(&s.qkv, 0), View::at(&s.qkv, w), View::at(&s.qkv, 2 * w), View::at(&s.attn, 0));
             kernels::linear(rec, &b.proj, Some(&b.proj_b.buf), &s.attn, 0, n, to(&s.x, w, true));
             kernels::layernorm(rec, &s.x, 0, n, w, &b.norm2.0.buf, &b.norm2.1.buf, LN_EPS, &s.h, 0);
             kernels::linear_act(rec, &b.fc1, Some(&b.fc1_b.buf), &s.h, 0, n, to(&s.mlp, m, false), Act::Gelu);
