@@ -117,14 +117,14 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
         let slice = li % 16u;
         for (var kk = 0u; kk < 16u; kk++) {
             let key = kk * 4u + li / 16u;
-            var part = 0.0;
+            var pd = 0.0;
             if (j0 + key < jend) {
                 let kb = (p.k_off + (j0 + key) * p.kv_stride + h * p.D) / 4u;
                 for (var d = slice; d < d4; d += 16u) {
-                    part += dot(qs[d], k[kb + d]);
+                    pd += dot(qs[d], k[kb + d]);
                 }
             }
-            sp[key * 17u + slice] = part;
+            sp[key * 17u + slice] = pd;
         }
         workgroupBarrier();
         if (j < jend) {

@@ -242,8 +242,9 @@ fn attention_causal_with_cache_and_bidirectional() {
     let kernels = [Some(AttnKernel::Rows), Some(AttnKernel::Split), Some(AttnKernel::Tiled), None];
     for (i, (gpu_tuned, &(t, h, d, pos0))) in [false, true].into_iter().flat_map(|g| shapes.iter().map(move |s| (g, s))).enumerate() {
         gpu.set_gpu_tuned(gpu_tuned);
-        // Shapes alternate between the two reduction paths (reduce.wgsl) of the row kernels.
-        gpu.set_subgroup_reduce_allowed(i % 2 == 0);
+        // Shapes alternate between the two reduction paths (reduce.wgsl) of the row kernels, the
+        // other way round on the second shape set, so each shape runs both.
+        gpu.set_subgroup_reduce_allowed((i + i / shapes.len()) % 2 == 0);
         let keys = pos0 + t;
         let q: Vec<f32> = rng.vec(t * h * d).iter().map(|v| v * 2.0).collect();
         let k: Vec<f32> = rng.vec(keys * h * d).iter().map(|v| v * 2.0).collect();

@@ -62,11 +62,12 @@ export async function run({ tokens = 32, steps = 3 } = {}) {
   };
   await timed(2); // compiles the decode shaders and warms the caches
   const one = await timed(1);
-  const many = await timed(Math.max(2, tokens));
+  const n = Math.max(4, tokens);
+  const many = await timed(n);
   figures.prompt_tokens = one.promptTokens;
   figures.chat_first_token_s = one.ms / 1000;
   figures.prefill_tokens_per_s = one.promptTokens / (one.ms / 1000);
-  figures.decode_tokens = Math.max(2, tokens) - 1;
+  figures.decode_tokens = n - 1;
   figures.decode_tokens_per_s = figures.decode_tokens / ((many.ms - one.ms) / 1000);
   await engine.reset();
   status.textContent = 'image question…';

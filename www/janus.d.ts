@@ -120,7 +120,8 @@ export interface EngineInfo {
   /** Whether kernel shapes were chosen for a GPU (false on a CPU rasteriser such as SwiftShader). */
   gpuTuning: boolean;
   /** The subgroup width the norms' and attention's reductions use, or null where they go
-   * through workgroup memory (no subgroups, or subgroups of varying width). */
+   * through workgroup memory (no subgroups, subgroups of varying width, and for now always in
+   * the browser). */
   subgroupReductions: number | null;
   /** Bytes of weights on the GPU. */
   bytes: number;

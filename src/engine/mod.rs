@@ -255,7 +255,7 @@ impl Engine {
     }
 
     /// Compiles the shaders of a chat turn and of an image question ahead of first use, by
-    /// recording one prefill chunk, one decode step, the logits and the image encoder without
+    /// recording one prefill chunk, two decode steps (late and early in the cache), the logits and the image encoder without
     /// submitting anything (pipelines are created while recording), then waits for the device
     /// (browsers compile in another process; a 4-byte readback waits for it). Generation and VAE
     /// kernels compile on their first step. Returns the number of pipelines now compiled.
@@ -265,6 +265,8 @@ impl Engine {
         let mut rec = Recorder::new(&self.gpu);
         self.llm.forward(&mut rec, &self.scratch, &cache, Input::Ids(&self.ids, 0), chunk, 0);
         self.llm.forward(&mut rec, &self.scratch, &cache, Input::Ids(&self.ids, chunk), 1, chunk);
+        // A decode step early in a chat: on GPUs its attention takes the row kernel, not the split one.
+        self.llm.forward(&mut rec, &self.scratch, &cache, Input::Ids(&self.ids, 0), 1, 0);
         self.llm.logits_of_row(&mut rec, &self.scratch, 0, &self.logits);
         kernels::topk(&mut rec, &self.logits, 0, self.cfg.llm.vocab, 64, &self.topk_scratch, &self.topk_out);
         if self.preprocess.is_some() {

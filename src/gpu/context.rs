@@ -240,8 +240,14 @@ impl Gpu {
     }
 
     /// The subgroup width the workgroup reductions (reduce.wgsl) may count on: the adapter's
-    /// subgroups have one fixed power-of-two width, and tests have not turned them off.
+    /// subgroups have one fixed power-of-two width, and tests have not turned them off. Never in
+    /// the browser: the path needs WGSL's `subgroup_id` builtin, a language extension browsers
+    /// added after subgroups themselves, and it has not been run in one (wgpu 30 reports no
+    /// subgroup width there anyway).
     pub fn subgroup_reduce(&self) -> Option<u32> {
+        if cfg!(target_arch = "wasm32") {
+            return None;
+        }
         let w = self.summary.features.subgroup_size.filter(|w| w.is_power_of_two() && (4..=128).contains(w))?;
         self.subgroup_reduce_allowed.load(std::sync::atomic::Ordering::Relaxed).then_some(w)
     }

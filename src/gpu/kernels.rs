@@ -299,6 +299,9 @@ pub enum AttnKernel {
 /// Query rows at or above this take the query-tiled kernel (below, most of a 16-row tile is idle).
 pub const ATTN_TILED_MIN_ROWS: usize = 8;
 
+/// On GPU kernel shapes, the fewest tiled workgroups (tiles × heads) worth the tiled kernel.
+const ATTN_TILED_MIN_GROUPS: usize = 128;
+
 /// The kernel [`attention`] uses for `s` on this adapter and kernel-shape set.
 pub fn attention_kernel(gpu: &Gpu, s: &AttnShape, v_off: usize) -> AttnKernel {
     // Decoding gives only t·heads workgroups, far too few for a GPU, while each scans the whole
@@ -307,7 +310,9 @@ pub fn attention_kernel(gpu: &Gpu, s: &AttnShape, v_off: usize) -> AttnKernel {
     let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
     if gpu.gpu_tuned() && s.t * s.heads < 256 && keys.div_ceil(ATTN_CHUNK) > 1 {
         AttnKernel::Split
-    } else if s.t >= ATTN_TILED_MIN_ROWS && v_off % 4 == 0 {
+    } else if s.t >= ATTN_TILED_MIN_ROWS && v_off % 4 == 0 && (!gpu.gpu_tuned() || s.t.div_ceil(ATTN_TILE_ROWS as usize) * s.heads >= ATTN_TILED_MIN_GROUPS) {
+        // On GPUs only where the tiles still fill the machine (the 16×16-latent VAE mid-block,
+        // one head of 256 rows, would be 16 workgroups against 256 row workgroups).
         AttnKernel::Tiled
     } else {
         AttnKernel::Rows
@@ -338,9 +343,9 @@ pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: 
     assert!(kernel != AttnKernel::Tiled || v_off % 4 == 0, "the query-tiled kernel reads values as vec4");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
-    // At most a fixed number of chunks (each a multiple of 64 keys): long contexts get longer chunks
-    // rather than more partials for the combine pass to read.
-    let chunk = keys.div_ceil(ATTN_MAX_SPLITS).next_multiple_of(ATTN_CHUNK).max(ATTN_CHUNK);
+    // At most a fixed number of chunks: long contexts get longer chunks (in steps of 16 keys, so
+    // the count stays near the most) rather than more partials for the combine pass to read.
+    let chunk = keys.div_ceil(ATTN_MAX_SPLITS).next_multiple_of(16).max(ATTN_CHUNK);
     let chunks = keys.div_ceil(chunk);
     let params = [
         s.t as u32,
@@ -380,8 +385,8 @@ pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: 
 /// Query rows per workgroup of the query-tiled kernel (its BQ).
 const ATTN_TILE_ROWS: u32 = 16;
 
-/// Keys per workgroup when attention is split over the keys (a multiple of 64), up to
-/// ATTN_MAX_SPLITS chunks; past that the chunks grow.
+/// Keys per workgroup when attention is split over the keys, up to ATTN_MAX_SPLITS chunks; past
+/// that the chunks grow.
 const ATTN_CHUNK: usize = 64;
 const ATTN_MAX_SPLITS: usize = 32;
 

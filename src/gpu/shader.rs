@@ -4,7 +4,8 @@
 //! becomes `const NAME: u32 = VALUEu;` at the top of the source: sizes (workgroup sizes, tiles)
 //! are chosen once, in the Rust launcher, and the shader uses them as constants
 //! (`@workgroup_size(WG)`, `array<f32, BQ * BK>`); `#if NAME` is true for a value define too.
-//! A define named SUBGROUPS also puts `enable subgroups;` first in the browser, which requires it.
+//! (Kernels with subgroup operations run natively only: naga 30 takes them without the
+//! `enable subgroups;` directive browsers would need, and rejects the directive.)
 
 const FILES: &[(&str, &str)] = &[
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
@@ -38,12 +39,6 @@ fn file(name: &str) -> &'static str {
 /// Returns the source of `name` with `defines` applied and includes expanded.
 pub fn source(name: &str, defines: &[&str]) -> String {
     let mut out = String::new();
-    // Directives come before any declaration; SUBGROUPS is what the kernels call the subgroup path.
-    // Browsers require the directive; native wgpu's WGSL front end (naga 30) rejects it and
-    // takes the subgroup builtins without it.
-    if cfg!(target_arch = "wasm32") && defines.iter().any(|d| d.split('=').next() == Some("SUBGROUPS")) {
-        out.push_str("enable subgroups;\n");
-    }
     for d in defines {
         if let Some((n, v)) = d.split_once('=') {
             let v: u32 = v.parse().unwrap_or_else(|_| panic!("value define {d} is not a u32"));
