@@ -284,6 +284,29 @@ pub struct AttnShape {
     pub o_stride: usize,
 }
 
+/// The `Params` block of attention.wgsl and attention_tiled.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttnParams {
+    t: u32,
+    heads: u32,
+    head_dim: u32,
+    pos0: u32,
+    n_keys: u32,
+    causal: u32,
+    q_off: u32,
+    o_off: u32,
+    q_stride: u32,
+    kv_stride: u32,
+    k_off: u32,
+    v_off: u32,
+    scale: f32,
+    o_stride: u32,
+    chunk: u32,
+    chunks: u32,
+}
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 16 * 4, "one 4-byte field per WGSL Params member");
+
 /// Which attention kernel serves a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnKernel {
@@ -347,37 +370,38 @@ pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: 
     // the count stays near the most) rather than more partials for the combine pass to read.
     let chunk = keys.div_ceil(ATTN_MAX_SPLITS).next_multiple_of(16).max(ATTN_CHUNK);
     let chunks = keys.div_ceil(chunk);
-    let params = [
-        s.t as u32,
-        s.heads as u32,
-        s.head_dim as u32,
-        s.causal_pos0.unwrap_or(0) as u32,
-        s.n_keys as u32,
-        s.causal_pos0.is_some() as u32,
-        q_off as u32,
-        o_off as u32,
-        s.q_stride as u32,
-        s.kv_stride as u32,
-        k_off as u32,
-        v_off as u32,
-        scale.to_bits(),
-        s.o_stride as u32,
-        chunk as u32,
-        chunks as u32,
-    ];
+    let params = AttnParams {
+        t: s.t as u32,
+        heads: s.heads as u32,
+        head_dim: s.head_dim as u32,
+        pos0: s.causal_pos0.unwrap_or(0) as u32,
+        n_keys: s.n_keys as u32,
+        causal: s.causal_pos0.is_some() as u32,
+        q_off: q_off as u32,
+        o_off: o_off as u32,
+        q_stride: s.q_stride as u32,
+        kv_stride: s.kv_stride as u32,
+        k_off: k_off as u32,
+        v_off: v_off as u32,
+        scale,
+        o_stride: s.o_stride as u32,
+        chunk: chunk as u32,
+        chunks: chunks as u32,
+    };
+    let params: &[u32] = bytemuck::cast_slice(std::slice::from_ref(&params));
     match kernel {
         AttnKernel::Split => {
             let part = rec.gpu.scratch("attention-partials", (s.t * s.heads * chunks * (s.head_dim + 2) * 4) as u64);
-            rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &["SPLIT"]), &params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
-            rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["COMBINE"]), &params, &[&part, o], [s.t as u32, s.heads as u32, 1]);
+            rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &["SPLIT"]), params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
+            rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["COMBINE"]), params, &[&part, o], [s.t as u32, s.heads as u32, 1]);
         }
-        AttnKernel::Rows => rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &[]), &params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]),
+        AttnKernel::Rows => rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &[]), params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]),
         AttnKernel::Tiled => {
             let (tpq, bk) = attn_tile(s.head_dim);
             let sizes = [format!("BQ={ATTN_TILE_ROWS}"), format!("HD={}", s.head_dim), format!("TPQ={tpq}"), format!("BK={bk}")];
             let defines: Vec<&str> = sizes.iter().map(String::as_str).collect();
             let rows = (s.t as u32).div_ceil(ATTN_TILE_ROWS);
-            rec.dispatch(pipeline(rec.gpu, "attention_tiled.wgsl", &defines), &params, &[q, k, v, o], [rows, s.heads as u32, 1]);
+            rec.dispatch(pipeline(rec.gpu, "attention_tiled.wgsl", &defines), params, &[q, k, v, o], [rows, s.heads as u32, 1]);
         }
     }
 }
