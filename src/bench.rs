@@ -58,7 +58,7 @@ pub fn matvec(gpu: &Gpu, quant: Quant, n: usize, k: usize) -> Result<(f64, u64)>
 /// head dim]): up to 20 calls in one submit, timed to the readback, best of 4 after a warm-up.
 pub fn attention(gpu: &Gpu, s: kernels::AttnShape, kernel: kernels::AttnKernel) -> Result<f64> {
     let width = s.heads * s.head_dim;
-    let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
+    let keys = s.keys();
     let fill = |n: usize, m: usize| -> Vec<f32> { (0..n).map(|i| ((i * m % 101) as f32 - 50.0) / 101.0).collect() };
     let qt = Tensor::from_f32(gpu, "bench-q", &[s.t, width], &fill(s.t * width, 7));
     let kt = Tensor::from_f32(gpu, "bench-k", &[keys, width], &fill(keys * width, 11));

@@ -548,7 +548,7 @@ fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
     let mut rows = Vec::new();
     for (what, s) in shapes {
         let chosen = attention_kernel(gpu, &s, 0);
-        let keys = s.n_keys;
+        let keys = s.keys();
         let kv_bytes = (2 * keys * s.heads * s.head_dim * 4) as f64;
         let mut line = format!("  {what}:");
         let mut times = serde_json::Map::new();

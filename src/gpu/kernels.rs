@@ -284,6 +284,13 @@ pub struct AttnShape {
     pub o_stride: usize,
 }
 
+impl AttnShape {
+    /// Keys the last query row sees (the most any row reads).
+    pub fn keys(&self) -> usize {
+        self.causal_pos0.map(|p0| p0 + self.t).unwrap_or(self.n_keys)
+    }
+}
+
 /// The `Params` block of attention.wgsl and attention_tiled.wgsl, field for field.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -330,8 +337,7 @@ pub fn attention_kernel(gpu: &Gpu, s: &AttnShape, v_off: usize) -> AttnKernel {
     // Decoding gives only t·heads workgroups, far too few for a GPU, while each scans the whole
     // cache: then the keys are split into chunks too and the chunks' partials combined. (A CPU
     // rasteriser is already busy with that many workgroups; the extra pass would only cost.)
-    let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
-    if gpu.gpu_tuned() && s.t * s.heads < 256 && keys.div_ceil(ATTN_CHUNK) > 1 {
+    if gpu.gpu_tuned() && s.t * s.heads < 256 && s.keys().div_ceil(ATTN_CHUNK) > 1 {
         AttnKernel::Split
     } else if s.t >= ATTN_TILED_MIN_ROWS && v_off % 4 == 0 && (!gpu.gpu_tuned() || s.t.div_ceil(ATTN_TILE_ROWS as usize) * s.heads >= ATTN_TILED_MIN_GROUPS) {
         // On GPUs only where the tiles still fill the machine (the 16×16-latent VAE mid-block,
@@ -365,7 +371,7 @@ pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: 
     assert!(s.head_dim <= 512 && s.head_dim % 4 == 0 && s.kv_stride % 4 == 0 && k_off % 4 == 0, "attention reads keys as vec4");
     assert!(kernel != AttnKernel::Tiled || v_off % 4 == 0, "the query-tiled kernel reads values as vec4");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
-    let keys = s.causal_pos0.map(|p0| p0 + s.t).unwrap_or(s.n_keys);
+    let keys = s.keys();
     // At most a fixed number of chunks: long contexts get longer chunks (in steps of 16 keys, so
     // the count stays near the most) rather than more partials for the combine pass to read.
     let chunk = keys.div_ceil(ATTN_MAX_SPLITS).next_multiple_of(16).max(ATTN_CHUNK);
