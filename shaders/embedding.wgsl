@@ -1,6 +1,7 @@
 // Embedding gather from a (possibly quantized) table split in row chunks: for every token whose
 // id falls in this chunk's rows [row0, row0 + rows), y[t, :] = dequant(table[id − row0, :]).
-// Defines: one of F32/F16/Q8/Q4.
+// Defines: one of F32/F16/Q8/Q4; NORM_COPY: also write the rows times the first RMSNorm's weight,
+// yg = y · g, which a decoded token's first fused product reads (matvec_fused.wgsl, PRESCALED).
 
 struct Params {
     T: u32,      // tokens
@@ -16,6 +17,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read> w: array<u32>;            // table chunk [rows, K], packed
 @group(0) @binding(2) var<storage, read> ids: array<u32>;          // [T] token ids
 @group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>; // [T, K]
+#if NORM_COPY
+@group(0) @binding(4) var<storage, read> g: array<vec4<f32>>;      // RMSNorm weight [K]
+@group(0) @binding(5) var<storage, read_write> yg: array<vec4<f32>>; // y · g [T, K], at y_off
+#endif
 
 //#include quant.wgsl
 
@@ -30,5 +35,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (id < p.row0 || id >= p.row0 + p.rows) {
         return;
     }
-    y[(p.y_off + t * p.K + k) / 4u] = load_w4(id - p.row0, k, p.K, p.soff);
+    let v = load_w4(id - p.row0, k, p.K, p.soff);
+    let o = (p.y_off + t * p.K + k) / 4u;
+    y[o] = v;
+#if NORM_COPY
+    yg[o] = v * g[k / 4u];
+#endif
 }

@@ -1,5 +1,7 @@
 // Output stage shared by matvec.wgsl and matmul.wgsl: adds the bias (BIAS), applies exact GELU
 // (GELU) or SiLU (SILU), then writes or accumulates (ADD) one element y[m, row0 + n] of the product.
+// NORM_COPY (matvec.wgsl, with ADD): also writes the new residual element times the next RMSNorm's
+// weight, yg[m, row0 + n] = y · g[row0 + n], so the next fused product needs no norm pass.
 
 //#include activation.wgsl
 
@@ -19,5 +21,8 @@ fn store_out(m: u32, n: u32, acc: f32) {
     y[o] += v;
 #else
     y[o] = v;
+#endif
+#if NORM_COPY
+    yg[o] = y[o] * g[p.row0 + n];
 #endif
 }

@@ -2,6 +2,7 @@
 // Memory-bound: each weight word is read exactly once per activation row. A workgroup owns 8
 // output rows; 32 lanes stride along K so that neighbouring lanes read neighbouring words.
 // Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD (accumulate into y); BIAS;
+// NORM_COPY (with ADD, without BIAS): also write y · g (see linear_out.wgsl);
 // Q4_GROUPS (with Q4, real GPUs): a whole 32-weight group per lane (q4_group_dot): 16 B loads,
 // contiguous across lanes, one scale per group. CPU rasterisers keep quads of weights per lane,
 // which SwiftShader runs ~6 % faster;
@@ -26,6 +27,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;      // output [M, y_stride]
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;         // [row0 + N] full bias vector
+#endif
+#if NORM_COPY
+@group(0) @binding(4) var<storage, read> g: array<f32>;            // next RMSNorm weight [row0 + N]
+@group(0) @binding(5) var<storage, read_write> yg: array<f32>;     // y · g, laid out as y
 #endif
 
 //#include quant.wgsl

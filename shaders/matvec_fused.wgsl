@@ -1,18 +1,23 @@
 // The two stacked matrix–vector products of a decoded token's layer, each with the RMSNorm before
-// it in its prologue and the work after it in its epilogue, so a layer is five or six dispatches:
+// it folded in and the work after it in its epilogue, so a layer is five dispatches (six where
+// attention is split over the keys):
 //   QKV:     W = [Wq; Wk; Wv] (3·H·D rows), each head's rows stored as RoPE rotation pairs
 //            (i, i + D/2) side by side (kernels::qkv_row_order), so neighbouring outputs are the
 //            two halves of a pair: rotate-half RoPE is applied to q and k in registers, q is
 //            written to `q`, k and v straight into their cache slot.
 //   GATE_UP: W = gate and up rows interleaved (gate_j, up_j); writes silu(gate_j) · up_j.
-//   PLAIN:   writes the product (the final norm folded into lm_head).
+//   PLAIN:   writes the product (lm_head).
 // One activation row. Exact in f32 up to summation order:
 //   y_n = (Σ_k W[n, k] · x_k · g_k) · 1/sqrt(mean(x²) + eps)   (g: the RMSNorm weight).
 // Each workgroup owns 8 rows; its 32-lane groups stride along K as in matvec.wgsl.
-// NORMED: x is already normalised by norm.wgsl (CPU rasterisers: there the prologue's extra load
-// and multiply per weight cost more, ~18 % of a q4 product on lavapipe, than the separate pass).
-// Defines: QKV, GATE_UP or PLAIN; NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl); Q4_GROUPS as in
-// matvec.wgsl.
+// The norm is never a pass of its own on the decode path: whoever writes the residual x (the
+// embedding gather, the o_proj and down_proj products) also writes xg = x · g for the norm that
+// follows it (NORM_COPY in embedding.wgsl and matvec.wgsl). This kernel takes the dot with xg and
+// scales by 1/sqrt(mean(x²) + eps), one lane group summing x² (PRESCALED). NORMED: the input is
+// already normalised by norm.wgsl (the final norm before lm_head, whose 12 800 workgroups would
+// each sum x² again).
+// Defines: QKV, GATE_UP or PLAIN; PRESCALED or NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl);
+// Q4_GROUPS as in matvec.wgsl.
 
 struct Params {
     K: u32,      // row length (hidden size; K % 4 == 0)
@@ -20,7 +25,7 @@ struct Params {
     row0: u32,   // first row of the chunk in the stacked matrix (QKV: a multiple of D)
     soff: u32,   // word offset of the group scales inside w (quantized formats)
     x_off: u32,  // element offset of the activation row in x (multiple of 4)
-    eps: f32,    // RMSNorm epsilon
+    eps: f32,    // RMSNorm epsilon (PRESCALED)
     hd: u32,     // QKV: H·D, rows per section of W
     D: u32,      // QKV: head dim (even)
     pos: u32,    // QKV: RoPE position of the token
@@ -30,8 +35,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;             // weight chunk [N, K], packed
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;       // residual stream, row of K at x_off
-@group(0) @binding(3) var<storage, read> g: array<vec4<f32>>;       // RMSNorm weight [K] (NORMED: unused)
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;       // the dot's input, row of K at x_off: x · g (PRESCALED) or normalised
+@group(0) @binding(3) var<storage, read> r: array<vec4<f32>>;       // PRESCALED: the residual x itself, row at x_off (NORMED: unused)
 #if QKV
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>;   // RoPE (cos, sin) [max_pos, D/2]
 @group(0) @binding(5) var<storage, read_write> q: array<f32>;       // queries [H·D] at y_off
@@ -48,10 +53,9 @@ struct Params {
 
 //#include quant.wgsl
 
-var<workgroup> partial: array<f32, 256>; // per lane: Σ w·x(·g)
-#if NORMED
-#else
-var<workgroup> squares: array<f32, 32>;  // group 0's lanes: Σ x²
+var<workgroup> partial: array<f32, 256>; // per lane: Σ w·x
+#if PRESCALED
+var<workgroup> squares: array<f32, 32>;  // group 0's lanes: Σ r²
 #endif
 
 // The chunk row that lane group `grp` (0..8) of workgroup `wg` computes, or N when none. Group
@@ -65,12 +69,20 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let lane = li % 32u;
     let grp = li / 32u;
     let n = row_of(wid.x, grp);
-    // Lane j of every group reads the same x slice, so group 0 alone sums x² (a whole
-    // subgroup/SIMD batch takes the branch or none does; a CPU rasteriser then skips it for
-    // the other seven, where staging h in workgroup memory would cost a barrier round trip).
     let xb = p.x_off / 4u;
+#if PRESCALED
+    // Group 0 alone sums the residual's squares (a whole subgroup/SIMD batch takes the branch or
+    // none does; a CPU rasteriser then skips it for the other seven groups).
+    if (grp == 0u) {
+        var ss = 0.0;
+        for (var k = lane; k < p.K / 4u; k += 32u) {
+            let rv = r[xb + k];
+            ss += dot(rv, rv);
+        }
+        squares[lane] = ss;
+    }
+#endif
     var acc = 0.0;
-#if NORMED
     if (n < p.N) {
 #if Q4_GROUPS
         for (var grp = lane; grp < p.K / 32u; grp += 32u) {
@@ -84,38 +96,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }
 #endif
     }
-#else
-    if (grp == 0u) {
-        var ss = 0.0;
-        for (var k = lane; k < p.K / 4u; k += 32u) {
-            let xv = x[xb + k];
-            ss += dot(xv, xv);
-        }
-        squares[lane] = ss;
-    }
-    if (n < p.N) {
-#if Q4_GROUPS
-        for (var grp = lane; grp < p.K / 32u; grp += 32u) {
-            let b = xb + grp * 8u;
-            let c = grp * 8u;
-            let a = array<vec4<f32>, 8>(x[b] * g[c], x[b + 1u] * g[c + 1u], x[b + 2u] * g[c + 2u], x[b + 3u] * g[c + 3u],
-                                        x[b + 4u] * g[c + 4u], x[b + 5u] * g[c + 5u], x[b + 6u] * g[c + 6u], x[b + 7u] * g[c + 7u]);
-            acc += q4_group_dot(n, grp, p.K, p.soff, a);
-        }
-#else
-        for (var k = lane * 4u; k < p.K; k += 128u) {
-            acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u] * g[k / 4u]);
-        }
-#endif
-    }
-#endif
     partial[li] = acc;
     workgroupBarrier();
     for (var s = 16u; s > 0u; s >>= 1u) {
         if (lane < s) {
             partial[li] += partial[li + s];
-#if NORMED
-#else
+#if PRESCALED
             if (grp == 0u) {
                 squares[lane] += squares[lane + s];
             }
@@ -123,10 +109,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }
         workgroupBarrier();
     }
-#if NORMED
-    let inv = 1.0;
-#else
+#if PRESCALED
     let inv = 1.0 / sqrt(squares[0] / f32(p.K) + p.eps);
+#else
+    let inv = 1.0;
 #endif
 #if PLAIN
     if (lane == 0u && n < p.N) {

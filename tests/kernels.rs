@@ -82,6 +82,20 @@ fn linear_all_formats_and_shapes() {
                     want[i] += bias[i % n] + resid[i];
                 }
                 assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("linear {quant} m{m} n{n} k{k} gpu-tuned {gpu_tuned}"));
+                if m == 1 {
+                    // The decode path's residual writer: y += x · Wᵀ, and y · g for the next norm.
+                    let g = rng.vec(n);
+                    let (yt, gt, ygt) = (Tensor::from_f32(&gpu, "y", &[n], &resid), Tensor::from_f32(&gpu, "g", &[n], &g), Tensor::zeros(&gpu, "yg", &[n]));
+                    let mut rec = Recorder::new(&gpu);
+                    kernels::linear_residual(&mut rec, &w, &xt.buf, 0, View::at(&yt.buf, 0), kernels::NormCopy { g: &gt.buf, yg: &ygt.buf });
+                    rec.finish();
+                    let want: Vec<f32> = cpu_linear(&x, &wd, 1, n, k).iter().zip(&resid).map(|(a, b)| a + b).collect();
+                    let what = format!("linear_residual {quant} n{n} k{k} gpu-tuned {gpu_tuned}");
+                    let got = read(&gpu, &yt);
+                    assert_close(&got, &want, 1e-5, &what);
+                    let scaled: Vec<f32> = got.iter().zip(&g).map(|(a, b)| a * b).collect();
+                    assert_eq!(read(&gpu, &ygt), scaled, "{what}: y · g");
+                }
             }
         }
     }
@@ -342,19 +356,20 @@ fn fused_decode_products_and_rope_scatter() {
         }
         let ht = Tensor::from_f32(&gpu, "h", &[k], &h);
         let slot = 3;
-        // The norm in the prologue (GPU shapes), or x already normalised (NORMED, CPU shapes).
-        for fold in [true, false] {
+        // x · g written beside x by the residual's writer (PRESCALED, the decode path), or x
+        // already normalised (NORMED).
+        let xg: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * g[i % k]).collect();
+        let xgt = Tensor::from_f32(&gpu, "xg", &[2, k], &xg);
+        for prescaled in [true, false] {
             let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[hd]), Tensor::zeros(&gpu, "k", &[slots, hd]), Tensor::zeros(&gpu, "v", &[slots, hd]));
             let f = kernels::Fused::Qkv { heads, head_dim: d, pos, table: &tt.buf, q: &qt.buf, q_off: 0, kc: &kt.buf, vc: &vt.buf, slot };
-            assert!(kernels::fusable(&w, &f));
+            assert!(kernels::pairs_fusable(&w));
             let mut rec = Recorder::new(&gpu);
-            if fold {
-                kernels::norm_matvec(&mut rec, &w, &xt.buf, k, Some((&gt.buf, eps)), f);
-            } else {
-                kernels::norm_matvec(&mut rec, &w, &ht.buf, 0, None, f);
-            }
+            let input =
+                if prescaled { kernels::NormIn::Prescaled { xg: &xgt.buf, x: &xt.buf, off: k, eps } } else { kernels::NormIn::Normed(View::at(&ht.buf, 0)) };
+            kernels::norm_matvec(&mut rec, &w, input, f);
             rec.finish();
-            let what = format!("fused qkv {quant} fold {fold} gpu-tuned {tuned}");
+            let what = format!("fused qkv {quant} prescaled {prescaled} gpu-tuned {tuned}");
             assert_close(&read(&gpu, &qt), &q, 1e-5, &what);
             assert_close(&read(&gpu, &kt)[slot * hd..(slot + 1) * hd], &kk, 1e-5, &what);
             assert_close(&read(&gpu, &vt)[slot * hd..(slot + 1) * hd], &v, 1e-5, &what);
@@ -384,8 +399,9 @@ fn fused_decode_products_and_rope_scatter() {
         let yt = Tensor::zeros(&gpu, "y", &[inter]);
         let pt = Tensor::zeros(&gpu, "p", &[2 * inter]);
         let mut rec = Recorder::new(&gpu);
-        kernels::norm_matvec(&mut rec, &w, &xt.buf, k, Some((&gt.buf, eps)), kernels::Fused::GateUp { y: &yt.buf, y_off: 0 });
-        kernels::norm_matvec(&mut rec, &w, &ht.buf, 0, None, kernels::Fused::Plain { y: &pt.buf, y_off: 0 });
+        let prescaled = kernels::NormIn::Prescaled { xg: &xgt.buf, x: &xt.buf, off: k, eps };
+        kernels::norm_matvec(&mut rec, &w, prescaled, kernels::Fused::GateUp { y: &yt.buf, y_off: 0 });
+        kernels::norm_matvec(&mut rec, &w, kernels::NormIn::Normed(View::at(&ht.buf, 0)), kernels::Fused::Plain { y: &pt.buf, y_off: 0 });
         rec.finish();
         assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("fused gate|up {quant}"));
         assert_close(&read(&gpu, &pt), &cpu_linear(&h, &gu.dequantize(), 1, 2 * inter, k), 1e-5, &format!("fused plain {quant}"));
@@ -406,10 +422,20 @@ fn embedding_gather_across_chunks() {
         let idb = gpu.storage_buffer_init("ids", bytemuck::cast_slice(&ids));
         let yt = Tensor::zeros(&gpu, "y", &[ids.len(), k]);
         let mut rec = Recorder::new(&gpu);
-        kernels::embedding(&mut rec, &w, &idb, 0, ids.len(), &yt.buf, 0);
+        kernels::embedding(&mut rec, &w, &idb, 0, ids.len(), &yt.buf, 0, None);
         rec.finish();
         let want: Vec<f32> = ids.iter().flat_map(|&i| deq[i as usize * k..(i as usize + 1) * k].to_vec()).collect();
         assert_eq!(read(&gpu, &yt), want, "embedding {quant}");
+        // With the first norm's copy (the decode path), at an offset.
+        let g = rng.vec(k);
+        let (gt, y2, yg) =
+            (Tensor::from_f32(&gpu, "g", &[k], &g), Tensor::zeros(&gpu, "y2", &[ids.len() + 1, k]), Tensor::zeros(&gpu, "yg", &[ids.len() + 1, k]));
+        let mut rec = Recorder::new(&gpu);
+        kernels::embedding(&mut rec, &w, &idb, 0, ids.len(), &y2.buf, k, Some(kernels::NormCopy { g: &gt.buf, yg: &yg.buf }));
+        rec.finish();
+        assert_eq!(read(&gpu, &y2)[k..], want[..], "embedding {quant} with norm copy");
+        let scaled: Vec<f32> = want.iter().enumerate().map(|(i, v)| v * g[i % k]).collect();
+        assert_eq!(read(&gpu, &yg)[k..], scaled[..], "embedding {quant}: y · g");
     }
 }
 

@@ -397,7 +397,7 @@ impl Engine {
         let mut rec = Recorder::new(&self.gpu);
         let feats = p.images.iter().map(|(boi, pic)| Ok((*boi, self.encode_image(&mut rec, pic, None)?))).collect::<Result<Vec<_>>>()?;
         let splices = self.splices(&feats, 0, t);
-        self.llm.embed(&mut rec, &Input::Spliced(&self.ids, 0, &splices), t, &out, 0);
+        self.llm.embed(&mut rec, &Input::Spliced(&self.ids, 0, &splices), t, &out, 0, None);
         rec.finish();
         self.gpu.read_f32(&out, 0, t * hd).await
     }

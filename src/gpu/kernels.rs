@@ -54,6 +54,15 @@ pub struct Out<'a> {
     pub add: bool,
 }
 
+/// Where a writer of the residual stream also puts each new element times the weight of the
+/// RMSNorm that follows (`yg = y · g`, laid out as its output), so the decode path's fused products
+/// need no norm pass (see matvec_fused.wgsl).
+#[derive(Clone, Copy)]
+pub struct NormCopy<'a> {
+    pub g: &'a wgpu::Buffer,
+    pub yg: &'a wgpu::Buffer,
+}
+
 /// An activation fused into the output stage of a matrix product (applied after the bias,
 /// before an accumulate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +91,42 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
 /// [`linear`] with an activation applied to each output element.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out, act: Act) {
+    linear_impl(rec, w, bias, x, x_off, rows, out, act, None)
+}
+
+/// One activation row: y += x · Wᵀ into the residual stream, also writing y · g for the norm that
+/// follows (`copy`, at the output's offsets).
+pub fn linear_residual(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, y: View, copy: NormCopy) {
+    let out = Out { buf: y.buf, off: y.off, stride: w.n, add: true };
+    linear_impl(rec, w, None, x, x_off, 1, out, Act::None, Some(copy))
+}
+
+/// The `Params` block of matvec.wgsl and matmul.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LinearParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    x_off: u32,
+    y_off: u32,
+    y_stride: u32,
+    row0: u32,
+    soff: u32,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_impl(
+    rec: &mut Recorder,
+    w: &Weight,
+    bias: Option<&wgpu::Buffer>,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    rows: usize,
+    out: Out,
+    act: Act,
+    copy: Option<NormCopy>,
+) {
     assert!(x_off % 4 == 0, "activation offsets must be multiples of 4");
     // One read of the tuning flag: the shaders and the grid must agree.
     let tuned = rec.gpu.gpu_tuned();
@@ -91,6 +136,7 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
     // kernel 4 rows at a time instead; GPUs keep the 16×64 tile.
     let rows4 = small && !tuned;
     let vec = rows <= MATVEC_MAX_ROWS || rows4;
+    assert!(copy.is_none() || (rows == 1 && out.add && bias.is_none() && act == Act::None), "the norm copy is for one residual row");
     let mut defines = vec![w.quant.define()];
     if vec && !rows4 && tuned && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
@@ -115,6 +161,9 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
     if bias.is_some() {
         defines.push("BIAS");
     }
+    if copy.is_some() {
+        defines.push("NORM_COPY");
+    }
     match act {
         Act::None => {}
         Act::Gelu => defines.push("GELU"),
@@ -122,17 +171,27 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
     }
     let p = pipeline(rec.gpu, if vec { "matvec.wgsl" } else { "matmul.wgsl" }, &defines);
     for c in &w.chunks {
-        let params = [rows as u32, c.rows as u32, w.k as u32, x_off as u32, out.off as u32, out.stride as u32, c.row0 as u32, c.soff];
+        let params = LinearParams {
+            m: rows as u32,
+            n: c.rows as u32,
+            k: w.k as u32,
+            x_off: x_off as u32,
+            y_off: out.off as u32,
+            y_stride: out.stride as u32,
+            row0: c.row0 as u32,
+            soff: c.soff,
+        };
         let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, out.buf];
-        if let Some(b) = bias {
-            bufs.push(b);
+        bufs.extend(bias);
+        if let Some(NormCopy { g, yg }) = copy {
+            bufs.extend([g, yg]);
         }
         let wg = if vec {
             [(c.rows as u32).div_ceil(8), (rows as u32).div_ceil(if rows4 { 4 } else { 1 }), 1]
         } else {
             [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1]
         };
-        rec.dispatch(p.clone(), &params, &bufs, wg);
+        rec.dispatch(p.clone(), bytemuck::cast_slice(std::slice::from_ref(&params)), &bufs, wg);
     }
 }
 
@@ -231,41 +290,78 @@ pub enum Fused<'a> {
     Plain { y: &'a wgpu::Buffer, y_off: usize },
 }
 
-/// Whether `w` can go through [`norm_matvec`] with `f`: the row pairs its epilogue combines must
-/// not straddle two weight chunks (uploads cut chunks at even rows, so this holds).
-pub fn fusable(w: &Weight, f: &Fused) -> bool {
-    matches!(f, Fused::Plain { .. }) || w.chunks.iter().all(|c| c.row0 % 2 == 0 && c.rows % 2 == 0)
+/// Whether `w` can take [`norm_matvec`]'s pairing epilogues (QKV, GATE_UP): the row pairs they
+/// combine must not straddle two weight chunks (uploads cut chunks at even rows, so this holds).
+pub fn pairs_fusable(w: &Weight) -> bool {
+    w.chunks.iter().all(|c| c.row0 % 2 == 0 && c.rows % 2 == 0)
 }
 
-/// One activation row `x[x_off..]` → RMSNorm (weight `norm`, epsilon) → `w` → the epilogue of `f`,
-/// in one dispatch per weight chunk; with `norm` None, `x` is already normalised. Check
-/// [`fusable`] first.
-pub fn norm_matvec(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, norm: Option<(&wgpu::Buffer, f32)>, f: Fused) {
-    assert!(x_off % 4 == 0 && fusable(w, &f), "norm_matvec: unaligned activation row or weight chunks");
+/// The normalised activation row a fused decode product takes (see matvec_fused.wgsl).
+#[derive(Clone, Copy)]
+pub enum NormIn<'a> {
+    /// Already normalised (norm.wgsl).
+    Normed(View<'a>),
+    /// `xg = x · g` (written by the residual's writer, [`NormCopy`]) and the residual `x` itself,
+    /// both at `off`: the product's dot takes xg and is scaled by 1/sqrt(mean(x²) + eps).
+    Prescaled { xg: &'a wgpu::Buffer, x: &'a wgpu::Buffer, off: usize, eps: f32 },
+}
+
+/// The `Params` block of matvec_fused.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FusedParams {
+    k: u32,
+    n: u32,
+    row0: u32,
+    soff: u32,
+    x_off: u32,
+    eps: f32,
+    hd: u32,
+    d: u32,
+    pos: u32,
+    y_off: u32,
+    kv_off: u32,
+}
+
+/// One normalised activation row → `w` → the epilogue of `f`, in one dispatch per weight chunk.
+/// Check [`pairs_fusable`] first.
+pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
+    let (x, r, x_off, eps, norm) = match input {
+        NormIn::Normed(v) => (v.buf, v.buf, v.off, 0.0, "NORMED"),
+        NormIn::Prescaled { xg, x, off, eps } => (xg, x, off, eps, "PRESCALED"),
+    };
+    assert!(x_off % 4 == 0 && (matches!(f, Fused::Plain { .. }) || pairs_fusable(w)), "norm_matvec: unaligned activation row or weight chunks");
     let (mode, hd, d, pos, y_off, kv_off) = match &f {
         Fused::Qkv { heads, head_dim, pos, q_off, slot, .. } => ("QKV", heads * head_dim, *head_dim, *pos, *q_off, slot * heads * head_dim),
         Fused::GateUp { y_off, .. } => ("GATE_UP", 0, 0, 0, *y_off, 0),
         Fused::Plain { y_off, .. } => ("PLAIN", 0, 0, 0, *y_off, 0),
     };
-    let mut defines = vec![mode, w.quant.define()];
-    if norm.is_none() {
-        defines.push("NORMED");
-    }
+    let mut defines = vec![mode, w.quant.define(), norm];
     if rec.gpu.gpu_tuned() && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
     }
     let p = pipeline(rec.gpu, "matvec_fused.wgsl", &defines);
-    // NORMED binds x again in the norm weight's unused slot.
-    let (g, eps) = norm.unwrap_or((x, 0.0));
     for c in &w.chunks {
-        let params =
-            [w.k as u32, c.rows as u32, c.row0 as u32, c.soff, x_off as u32, eps.to_bits(), hd as u32, d as u32, pos as u32, y_off as u32, kv_off as u32];
-        let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, g];
+        let params = FusedParams {
+            k: w.k as u32,
+            n: c.rows as u32,
+            row0: c.row0 as u32,
+            soff: c.soff,
+            x_off: x_off as u32,
+            eps,
+            hd: hd as u32,
+            d: d as u32,
+            pos: pos as u32,
+            y_off: y_off as u32,
+            kv_off: kv_off as u32,
+        };
+        // NORMED binds its input again in the residual's unused slot.
+        let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, r];
         match &f {
             Fused::Qkv { table, q, kc, vc, .. } => bufs.extend([*table, *q, *kc, *vc]),
             Fused::GateUp { y, .. } | Fused::Plain { y, .. } => bufs.push(y),
         }
-        rec.dispatch(p.clone(), &params, &bufs, [(c.rows as u32).div_ceil(8), 1, 1]);
+        rec.dispatch(p.clone(), bytemuck::cast_slice(std::slice::from_ref(&params)), &bufs, [(c.rows as u32).div_ceil(8), 1, 1]);
     }
 }
 
@@ -530,12 +626,22 @@ pub fn cfg_euler(
     }
 }
 
-/// Gathers embedding rows for `t` token ids into y[y_off..] ([t, w.k]).
-pub fn embedding(rec: &mut Recorder, w: &Weight, ids: &wgpu::Buffer, ids_off: usize, t: usize, y: &wgpu::Buffer, y_off: usize) {
-    let p = pipeline(rec.gpu, "embedding.wgsl", &[w.quant.define()]);
+/// Gathers embedding rows for `t` token ids into y[y_off..] ([t, w.k]); with `copy`, also the rows
+/// times the first RMSNorm's weight (a decoded token's first fused product reads them).
+#[allow(clippy::too_many_arguments)]
+pub fn embedding(rec: &mut Recorder, w: &Weight, ids: &wgpu::Buffer, ids_off: usize, t: usize, y: &wgpu::Buffer, y_off: usize, copy: Option<NormCopy>) {
+    let mut defines = vec![w.quant.define()];
+    if copy.is_some() {
+        defines.push("NORM_COPY");
+    }
+    let p = pipeline(rec.gpu, "embedding.wgsl", &defines);
     for c in &w.chunks {
         let params = [t as u32, w.k as u32, c.row0 as u32, c.rows as u32, c.soff, y_off as u32, ids_off as u32];
-        rec.dispatch(p.clone(), &params, &[&c.buf, ids, y], [(w.k as u32 / 4).div_ceil(64), t as u32, 1]);
+        let mut bufs = vec![&c.buf, ids, y];
+        if let Some(NormCopy { g, yg }) = copy {
+            bufs.extend([g, yg]);
+        }
+        rec.dispatch(p.clone(), &params, &bufs, [(w.k as u32 / 4).div_ceil(64), t as u32, 1]);
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use super::Loader;
 use crate::config::LlmConfig;
-use crate::gpu::kernels::{self, AttnShape, Fused, Out, View};
+use crate::gpu::kernels::{self, AttnShape, Fused, NormCopy, NormIn, Out, View};
 use crate::gpu::{BindCache, Gpu, Recorder, Tensor, Weight};
 use crate::weights::quant::QuantBlob;
 
@@ -97,6 +97,17 @@ pub enum Input<'a> {
     Spliced(&'a wgpu::Buffer, usize, &'a [Splice<'a>]),
     /// Ready embeddings [t, hidden] at element offset `off` (generation tokens).
     Embeds(&'a wgpu::Buffer, usize),
+}
+
+impl Input<'_> {
+    /// Whether every row is a token-table gather (no image features, no ready embeddings).
+    fn gathers_only(&self) -> bool {
+        match self {
+            Input::Ids(..) => true,
+            Input::Spliced(_, _, splices) => splices.is_empty(),
+            Input::Embeds(..) => false,
+        }
+    }
 }
 
 /// `rows` embedding rows taken from `src` (row `src_row` on, rows of `hidden`) instead of the
@@ -198,13 +209,25 @@ impl Llm {
         let (hd, id) = (c.hidden, c.intermediate);
         let t: usize = seqs.iter().map(|q| q.rows).sum();
         assert!(t <= s.rows && seqs.iter().all(|q| q.slot0 + q.rows <= q.cache.capacity && q.pos0 + q.rows <= c.max_positions));
-        self.embed(rec, &input, t, &s.x, 0);
-        for (l, layer) in self.layers.iter().enumerate() {
-            if let [q] = seqs {
-                if t == 1 && self.decode_layer(rec, s, layer, &q.cache.k[l], &q.cache.v[l], q.slot0, q.pos0) {
-                    continue;
-                }
+        // A single decoded token takes the fused schedule: no norm passes, the residual's writers
+        // leave x · g in `s.h` for the product after them.
+        let decode = match seqs {
+            [q] if t == 1 && input.gathers_only() && self.layers.iter().all(|l| kernels::pairs_fusable(&l.qkv) && kernels::pairs_fusable(&l.gate_up)) => {
+                Some(q)
             }
+            _ => None,
+        };
+        if let Some(q) = decode {
+            let first = NormCopy { g: &self.layers[0].input_norm.buf, yg: &s.h };
+            self.embed(rec, &input, t, &s.x, 0, Some(first));
+            for (l, layer) in self.layers.iter().enumerate() {
+                let next = self.layers.get(l + 1).map(|n| &n.input_norm.buf);
+                self.decode_layer(rec, s, layer, next, &q.cache.k[l], &q.cache.v[l], q.slot0, q.pos0);
+            }
+            return;
+        }
+        self.embed(rec, &input, t, &s.x, 0, None);
+        for (l, layer) in self.layers.iter().enumerate() {
             kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.input_norm.buf, c.rms_eps, &s.h, 0);
             kernels::linear(rec, &layer.qkv, None, &s.h, 0, t, Out { buf: &s.qkv, off: 0, stride: 3 * hd, add: false });
             let mut row0 = 0;
@@ -233,67 +256,69 @@ impl Llm {
         }
     }
 
-    /// One decoded token through `layer` in six dispatches on GPUs (norm + Q|K|V + RoPE + cache
-    /// write, attention split over the keys and combined, o_proj + residual, norm + gate|up +
-    /// SwiGLU, down_proj + residual), seven on CPU rasterisers (the norms apart, attention whole). False (nothing recorded) when the weights' chunking does not allow it.
+    /// One decoded token through `layer` in five dispatches (six on GPU shapes, where attention is
+    /// split over the keys and then combined): Q|K|V + RoPE + cache write, attention, o_proj +
+    /// residual, gate|up + SwiGLU, down_proj + residual. No norm pass: each product reads the
+    /// residual `s.x` and `s.h` = x · g, which the writer before it left (the embedding gather or
+    /// the previous layer's down_proj, then o_proj), and applies 1/sqrt(mean(x²) + eps) itself.
+    /// `next`: the next layer's input-norm weight (None after the last layer, whose output the
+    /// final norm takes as a pass of its own).
     #[allow(clippy::too_many_arguments)]
-    fn decode_layer<'a>(&self, rec: &mut Recorder, s: &Scratch, layer: &'a Layer, kc: &wgpu::Buffer, vc: &wgpu::Buffer, slot: usize, pos: usize) -> bool {
+    fn decode_layer(
+        &self,
+        rec: &mut Recorder,
+        s: &Scratch,
+        layer: &Layer,
+        next: Option<&wgpu::Buffer>,
+        kc: &wgpu::Buffer,
+        vc: &wgpu::Buffer,
+        slot: usize,
+        pos: usize,
+    ) {
         let c = &self.cfg;
         let hd = c.hidden;
+        let normed = NormIn::Prescaled { xg: &s.h, x: &s.x, off: 0, eps: c.rms_eps };
         let qkv = Fused::Qkv { heads: c.heads, head_dim: c.head_dim, pos, table: &self.rope.buf, q: &s.q, q_off: 0, kc, vc, slot };
-        let gate_up = Fused::GateUp { y: &s.m, y_off: 0 };
-        if !kernels::fusable(&layer.qkv, &qkv) || !kernels::fusable(&layer.gate_up, &gate_up) {
-            return false;
-        }
-        // GPUs fold the norms into the products (memory-bound there, the prologue is free); CPU
-        // rasterisers pay per weight for it, more than a separate norm pass costs them.
-        let fold = self.fold_norms(rec.gpu);
-        let input = if fold { &s.x } else { &s.h };
-        let norm = |rec: &mut Recorder, w: &'a Tensor| -> Option<(&'a wgpu::Buffer, f32)> {
-            if fold {
-                return Some((&w.buf, c.rms_eps));
-            }
-            kernels::rmsnorm(rec, &s.x, 0, 1, hd, &w.buf, c.rms_eps, &s.h, 0);
-            None
-        };
-        let n = norm(rec, &layer.input_norm);
-        kernels::norm_matvec(rec, &layer.qkv, input, 0, n, qkv);
+        kernels::norm_matvec(rec, &layer.qkv, normed, qkv);
         let shape =
             AttnShape { t: 1, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(slot), n_keys: slot + 1, q_stride: hd, kv_stride: hd, o_stride: hd };
         kernels::attention(rec, shape, View::at(&s.q, 0), View::at(kc, 0), View::at(vc, 0), View::at(&s.attn, 0));
-        kernels::linear(rec, &layer.o, None, &s.attn, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true });
-        let n = norm(rec, &layer.post_norm);
-        kernels::norm_matvec(rec, &layer.gate_up, input, 0, n, gate_up);
-        kernels::linear(rec, &layer.down, None, &s.m, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true });
-        true
+        kernels::linear_residual(rec, &layer.o, &s.attn, 0, View::at(&s.x, 0), NormCopy { g: &layer.post_norm.buf, yg: &s.h });
+        kernels::norm_matvec(rec, &layer.gate_up, normed, Fused::GateUp { y: &s.m, y_off: 0 });
+        match next {
+            Some(g) => kernels::linear_residual(rec, &layer.down, &s.m, 0, View::at(&s.x, 0), NormCopy { g, yg: &s.h }),
+            None => kernels::linear(rec, &layer.down, None, &s.m, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true }),
+        }
     }
 
     /// The first layer's input for `t` rows, written to `y[y_off ..]` ([t, hidden]).
-    pub fn embed(&self, rec: &mut Recorder, input: &Input, t: usize, y: &wgpu::Buffer, y_off: usize) {
+    /// With `copy` (decoding a token id), also the row times the first norm's weight.
+    pub fn embed(&self, rec: &mut Recorder, input: &Input, t: usize, y: &wgpu::Buffer, y_off: usize, copy: Option<NormCopy>) {
         let hd = self.cfg.hidden as u64;
         match *input {
-            Input::Ids(ids, off) => kernels::embedding(rec, &self.embed, ids, off, t, y, y_off),
+            Input::Ids(ids, off) => kernels::embedding(rec, &self.embed, ids, off, t, y, y_off, copy),
             Input::Spliced(ids, off, splices) => {
-                kernels::embedding(rec, &self.embed, ids, off, t, y, y_off);
+                assert!(copy.is_none() || splices.is_empty(), "spliced rows get no norm copy");
+                kernels::embedding(rec, &self.embed, ids, off, t, y, y_off, copy);
                 for sp in splices {
                     assert!(sp.row + sp.rows <= t);
                     rec.copy(sp.src, sp.src_row as u64 * hd * 4, y, (y_off as u64 + sp.row as u64 * hd) * 4, sp.rows as u64 * hd * 4);
                 }
             }
-            Input::Embeds(buf, off) => rec.copy(buf, off as u64 * 4, y, y_off as u64 * 4, t as u64 * hd * 4),
+            Input::Embeds(buf, off) => {
+                assert!(copy.is_none(), "ready embeddings get no norm copy");
+                rec.copy(buf, off as u64 * 4, y, y_off as u64 * 4, t as u64 * hd * 4)
+            }
         }
     }
 
-    /// Final norm and lm_head on residual row `row` of `s.x` → logits[0 .. vocab].
+    /// Final norm and lm_head on residual row `row` of `s.x` → logits[0 .. vocab]: the norm as a
+    /// pass of its own (folded into the product, each of lm_head's vocab/8 workgroups would sum the
+    /// row's squares again).
     pub fn logits_of_row(&self, rec: &mut Recorder, s: &Scratch, row: usize, logits: &wgpu::Buffer) {
         let hd = self.cfg.hidden;
-        let out = Fused::Plain { y: logits, y_off: 0 };
-        if self.fold_norms(rec.gpu) {
-            kernels::norm_matvec(rec, &self.lm_head, &s.x, row * hd, Some((&self.norm.buf, self.cfg.rms_eps)), out);
-        } else {
-            kernels::rmsnorm(rec, &s.x, row * hd, 1, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
-            kernels::norm_matvec(rec, &self.lm_head, &s.h, 0, None, out);
-        }
+        kernels::rmsnorm(rec, &s.x, row * hd, 1, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
+        kernels::norm_matvec(rec, &self.lm_head, NormIn::Normed(View::at(&s.h, 0)), Fused::Plain { y: logits, y_off: 0 });
     }
 
     /// Final norm and lm_head on residual rows 0..t of `s.x` → logits [t, vocab] (one GEMM; for
@@ -302,12 +327,6 @@ impl Llm {
         let hd = self.cfg.hidden;
         kernels::rmsnorm(rec, &s.x, 0, t, hd, &self.norm.buf, self.cfg.rms_eps, &s.h, 0);
         kernels::linear(rec, &self.lm_head, None, &s.h, 0, t, kernels::Out { buf: logits, off: 0, stride: self.cfg.vocab, add: false });
-    }
-
-    /// Whether RMSNorms run inside the decode products' prologue (GPU kernel shapes) or as their
-    /// own pass (CPU rasterisers; see matvec_fused.wgsl).
-    fn fold_norms(&self, gpu: &Gpu) -> bool {
-        gpu.gpu_tuned()
     }
 }
 
