@@ -305,6 +305,34 @@ fn swiglu_pairs_and_add() {
     assert_close(&read(&gpu, &yt), &want, 1e-6, "swiglu pairs + add");
 }
 
+#[test]
+fn prepared_work_runs_only_when_submitted_and_after_what_came_before() {
+    // How decoding overlaps host and GPU: a step is recorded and encoded while the one before
+    // runs, then submitted once its token is known, or dropped unsubmitted when the reply ends.
+    let gpu = gpu();
+    let n = 512;
+    let ones = Tensor::from_f32(&gpu, "ones", &[n], &vec![1.0; n]);
+    let y = Tensor::zeros(&gpu, "y", &[n]);
+    let record = |gpu| {
+        let mut rec = Recorder::new(gpu);
+        kernels::add(&mut rec, &ones.buf, 0, &y.buf, 0, n);
+        rec
+    };
+    // Dropped: never runs.
+    let dropped = record(&gpu).prepare();
+    assert_eq!(dropped.dispatches(), 1);
+    drop(dropped);
+    assert!(read(&gpu, &y).iter().all(|&v| v == 0.0), "dropped prepared work ran");
+    // Prepared first, submitted after other work: runs after it, with its own parameters.
+    let ahead = record(&gpu).prepare();
+    let mut rec = Recorder::new(&gpu);
+    kernels::silu(&mut rec, &ones.buf, 0, &y.buf, 0, n);
+    rec.finish();
+    ahead.submit();
+    let want = 1.0 / (1.0 + (-1.0f32).exp()) + 1.0;
+    assert_close(&read(&gpu, &y), &vec![want; n], 1e-6, "prepared add after silu");
+}
+
 fn cpu_rmsnorm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len() as f64;
     let inv = 1.0 / (ms + eps as f64).sqrt();

@@ -12,6 +12,7 @@ use crate::config::{JanusConfig, VaeConfig};
 use crate::error::{Kind, WithKind as _};
 use crate::fail;
 use crate::gpu::kernels;
+use crate::gpu::recorder::Prepared;
 use crate::gpu::{Gpu, Recorder};
 use crate::image_io::{Picture, Preprocess};
 use crate::model::llm::{Input, KvCache, Llm, Scratch, Splice};
@@ -111,6 +112,16 @@ impl Prompt {
     pub fn from_ids(ids: Vec<u32>) -> Self {
         Prompt { keys: ids.iter().map(|&i| i as u64).collect(), ids, images: Vec::new() }
     }
+}
+
+/// A decode step recorded and encoded before its token id is known (see [`Engine::decode_next`]).
+pub(crate) struct DecodeStep<'e> {
+    work: Prepared<'e>,
+    /// The cache position it feeds.
+    pos: usize,
+    /// Candidates it reads back.
+    k: usize,
+    staging: wgpu::Buffer,
 }
 
 /// Cache identity of feature slot `j` (1..=N) of an image with content hash `hash`;
@@ -468,31 +479,70 @@ impl Engine {
 
     /// Logits of scratch row `row`, top-k on the GPU, and the only readback of the step.
     async fn finish_step(&self, mut rec: Recorder<'_>, row: usize, k: usize) -> Result<Vec<(f32, u32)>> {
-        self.llm.logits_of_row(&mut rec, &self.scratch, row, &self.logits);
-        kernels::topk(&mut rec, &self.logits, 0, self.cfg.llm.vocab, k, &self.topk_scratch, &self.topk_out);
-        let (submits, dispatches) = (rec.submits + 1, rec.dispatches);
-        let bytes = rec.finish_and_read(&self.topk_out, 0, k as u64 * 8).await?;
-        {
-            let mut c = self.counters.lock().unwrap();
-            c.submits += submits;
-            c.dispatches += dispatches;
-            c.bytes_read_back += bytes.len() as u64;
-        }
+        let staging = self.record_candidates(&mut rec, row, k);
+        rec.flush();
+        self.count(&rec, 0);
+        self.read_candidates(&staging).await
+    }
+
+    /// Records the logits of scratch row `row` and their top `k` on the GPU, copied into the
+    /// returned buffer for [`Engine::read_candidates`].
+    fn record_candidates(&self, rec: &mut Recorder<'_>, row: usize, k: usize) -> wgpu::Buffer {
+        self.llm.logits_of_row(rec, &self.scratch, row, &self.logits);
+        kernels::topk(rec, &self.logits, 0, self.cfg.llm.vocab, k, &self.topk_scratch, &self.topk_out);
+        rec.read_back(&self.topk_out, 0, k as u64 * 8)
+    }
+
+    /// Waits for the step that fills `staging` and returns its (logit, id) candidates, best first.
+    async fn read_candidates(&self, staging: &wgpu::Buffer) -> Result<Vec<(f32, u32)>> {
+        let bytes = crate::gpu::context::map_read(&self.gpu, staging).await?;
+        self.counters.lock().unwrap().bytes_read_back += bytes.len() as u64;
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
         Ok(words.chunks_exact(2).map(|p| (f32::from_bits(p[0]), p[1])).collect())
     }
 
-    /// Feeds one token at `pos` and returns the next candidates.
-    pub(crate) async fn decode_step(&self, cache: &mut KvCache, id: u32, k: usize) -> Result<Vec<(f32, u32)>> {
+    /// Records the decode step for the next cache position and its `k` candidates, everything but
+    /// the token id, which is read from `ids` when it runs.
+    fn record_decode(&self, cache: &KvCache, k: usize) -> Result<DecodeStep<'_>> {
         let pos = cache.len();
         if pos >= self.opts.context.min(cache.capacity) {
             bail!("the context of {} tokens is full", self.opts.context.min(cache.capacity));
         }
-        self.gpu.queue.write_buffer(&self.ids, pos as u64 * 4, bytemuck::bytes_of(&id));
         let mut rec = Recorder::with_binds(&self.gpu, &cache.binds);
         self.llm.forward(&mut rec, &self.scratch, cache, Input::Ids(&self.ids, pos), 1, pos);
+        let staging = self.record_candidates(&mut rec, 0, k);
+        Ok(DecodeStep { work: rec.prepare(), pos, k, staging })
+    }
+
+    /// Feeds token `id` at the next cache position and returns the next candidates. The step's
+    /// commands come from `ahead` when it holds them for this position (recorded while the step
+    /// before ran); with `more`, the step after this one is recorded into `ahead` while this one
+    /// runs, so only the id write, the submit and the 8-byte readback (greedy) stay between two
+    /// tokens. A step recorded ahead and never used is dropped unsubmitted.
+    pub(crate) async fn decode_next<'e>(
+        &'e self,
+        cache: &mut KvCache,
+        id: u32,
+        k: usize,
+        ahead: &mut Option<DecodeStep<'e>>,
+        more: bool,
+    ) -> Result<Vec<(f32, u32)>> {
+        let step = match ahead.take() {
+            Some(s) if s.pos == cache.len() && s.k == k => s,
+            _ => self.record_decode(cache, k)?,
+        };
+        self.gpu.queue.write_buffer(&self.ids, step.pos as u64 * 4, bytemuck::bytes_of(&id));
+        {
+            let mut c = self.counters.lock().unwrap();
+            c.submits += 1;
+            c.dispatches += step.work.dispatches();
+        }
+        step.work.submit();
         cache.keys.push(id as u64);
-        self.finish_step(rec, 0, k).await
+        if more && cache.len() < self.opts.context.min(cache.capacity) {
+            *ahead = Some(self.record_decode(cache, k)?);
+        }
+        self.read_candidates(&step.staging).await
     }
 
     /// Answers the last user message of `conv`, streaming text through `on_text` (return false to
@@ -521,6 +571,8 @@ impl Engine {
         let mut sampler = Sampler::new(params.clone());
         let mut stream = StreamDecoder::new();
         let mut out = Vec::new();
+        // The next decode step, recorded while the current one runs on the GPU.
+        let mut ahead = None;
         let finish = loop {
             let id = sampler.pick(&cands);
             if id == self.tok.eos {
@@ -538,7 +590,7 @@ impl Engine {
             if cache.len() >= cache.capacity {
                 break FinishReason::Context;
             }
-            cands = self.decode_step(cache, id, k).await?;
+            cands = self.decode_next(cache, id, k, &mut ahead, out.len() + 1 < params.max_tokens).await?;
         };
         let text = stream.text(&self.tok)?;
         Ok(Reply { text: text.trim_end_matches('\u{FFFD}').to_string(), ids: out, finish, prompt_tokens: ids.len(), reused_tokens: common })
@@ -583,9 +635,10 @@ impl Engine {
         let mut cache = self.llm.new_cache(&self.gpu, ids.len() + max)?;
         let mut best = self.prefill(&mut cache, &Prompt::from_ids(ids.to_vec()), 0, 1).await?;
         let mut out = Vec::new();
+        let mut ahead = None;
         while out.len() < max && best[0].1 != stop {
             out.push(best[0].1);
-            best = self.decode_step(&mut cache, best[0].1, 1).await?;
+            best = self.decode_next(&mut cache, best[0].1, 1, &mut ahead, out.len() < max).await?;
         }
         Ok(out)
     }

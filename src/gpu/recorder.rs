@@ -152,17 +152,33 @@ impl<'a> Recorder<'a> {
         if self.ops.is_empty() {
             return;
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.gpu.profiling() && self.ops.iter().any(|o| matches!(o, Op::Dispatch { .. })) {
+            self.write_params();
+            let enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+            let ops = std::mem::take(&mut self.ops);
+            self.flush_profiled(enc, ops);
+            return;
+        }
+        let cmd = self.encode();
+        self.write_params();
+        self.gpu.queue.submit([cmd]);
+        self.submits += 1;
+    }
+
+    /// Queues the parameter blocks for the next submit (queue order makes that safe while an
+    /// earlier submit still reads the same arena).
+    fn write_params(&mut self) {
         if let Some(arena) = &self.arena {
             self.gpu.queue.write_buffer(arena, 0, &self.params);
         }
         self.params.clear();
+    }
+
+    /// Encodes (and takes) the recorded operations.
+    fn encode(&mut self) -> wgpu::CommandBuffer {
         let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         let ops = std::mem::take(&mut self.ops);
-        #[cfg(not(target_arch = "wasm32"))]
-        if self.gpu.profiling() && ops.iter().any(|o| matches!(o, Op::Dispatch { .. })) {
-            self.flush_profiled(enc, ops);
-            return;
-        }
         let mut i = 0;
         while i < ops.len() {
             if let Op::Copy { src, src_off, dst, dst_off, size } = &ops[i] {
@@ -178,8 +194,30 @@ impl<'a> Recorder<'a> {
                 i += 1;
             }
         }
-        self.gpu.queue.submit([enc.finish()]);
-        self.submits += 1;
+        enc.finish()
+    }
+
+    /// Records a copy of `size` bytes of `src` into a new mappable buffer, returned for
+    /// [`super::context::map_read`] once the work is submitted.
+    pub fn read_back(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::Buffer {
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.copy(src, offset, &staging, 0, size);
+        staging
+    }
+
+    /// Encodes everything recorded into a command buffer without submitting it: the host work
+    /// of a step done while the GPU still runs the step before (see [`Prepared`]). Everything
+    /// must have fit one parameter arena (nothing submitted yet).
+    pub fn prepare(mut self) -> Prepared<'a> {
+        assert_eq!(self.submits, 0, "a prepared recording must not have been flushed part-way");
+        // Profiled work is timed pass by pass at submit time instead.
+        let cmd = if self.gpu.profiling() || self.ops.is_empty() { None } else { Some(self.encode()) };
+        Prepared { rec: self, cmd }
     }
 
     /// [`Recorder::flush`] with each dispatch in its own pass between two timestamps; waits for
@@ -227,13 +265,7 @@ impl<'a> Recorder<'a> {
 
     /// Submits, then copies `size` bytes of `src` back to the CPU (the only readback of a step).
     pub async fn finish_and_read(mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.copy(src, offset, &staging, 0, size);
+        let staging = self.read_back(src, offset, size);
         self.flush();
         super::context::map_read(self.gpu, &staging).await
     }
@@ -256,6 +288,40 @@ impl Drop for Recorder<'_> {
         if let Some(a) = self.arena.take() {
             self.gpu.return_arena(a);
         }
+    }
+}
+
+/// Work recorded and encoded ahead of its submit. Dropped without [`Prepared::submit`], nothing
+/// of it ever runs.
+pub struct Prepared<'a> {
+    rec: Recorder<'a>,
+    cmd: Option<wgpu::CommandBuffer>,
+}
+
+impl Prepared<'_> {
+    /// Dispatches in this work.
+    pub fn dispatches(&self) -> usize {
+        self.rec.dispatches
+    }
+
+    /// Queues the parameter blocks and submits (one submit).
+    pub fn submit(mut self) {
+        match self.cmd.take() {
+            Some(cmd) => {
+                self.rec.write_params();
+                self.rec.gpu.queue.submit([cmd]);
+                self.rec.submits += 1;
+            }
+            None => self.rec.flush(),
+        }
+    }
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        // Unsubmitted: nothing is flushed when the recorder goes (it returns its arena).
+        self.rec.ops.clear();
+        self.rec.params.clear();
     }
 }
 
