@@ -13,7 +13,7 @@
 // The norm is never a pass of its own on the decode path: whoever writes the residual x (the
 // embedding gather, the o_proj and down_proj products) also writes xg = x · g for the norm that
 // follows it (NORM_COPY in embedding.wgsl and matvec.wgsl). This kernel takes the dot with xg and
-// scales by 1/sqrt(mean(x²) + eps), one lane group summing x² (PRESCALED). NORMED: the input is
+// scales by 1/sqrt(mean(x²) + eps), every lane summing the squares of a share of x (PRESCALED). NORMED: the input is
 // already normalised by norm.wgsl (the final norm before lm_head, whose 12 800 workgroups would
 // each sum x² again).
 // Defines: QKV, GATE_UP or PLAIN; PRESCALED or NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl);
@@ -53,10 +53,9 @@ struct Params {
 
 //#include quant.wgsl
 
-var<workgroup> partial: array<f32, 256>; // per lane: Σ w·x
-#if PRESCALED
-var<workgroup> squares: array<f32, 32>;  // group 0's lanes: Σ r²
-#endif
+// Per lane: (Σ w·x of its row, its share of Σ r²). One tree sums both: a second tree or a
+// branch in this one cost lavapipe ~20 % of the product.
+var<workgroup> partial: array<vec2<f32>, 256>;
 
 // The chunk row that lane group `grp` (0..8) of workgroup `wg` computes, or N when none. Group
 // pairs (2j, 2j+1) hold neighbouring rows: a rotation pair (QKV) or a (gate, up) pair.
@@ -70,16 +69,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let grp = li / 32u;
     let n = row_of(wid.x, grp);
     let xb = p.x_off / 4u;
+    // Every lane sums the squares of its share of the residual (PRESCALED).
+    var ss = 0.0;
 #if PRESCALED
-    // Group 0 alone sums the residual's squares (a whole subgroup/SIMD batch takes the branch or
-    // none does; a CPU rasteriser then skips it for the other seven groups).
-    if (grp == 0u) {
-        var ss = 0.0;
-        for (var k = lane; k < p.K / 4u; k += 32u) {
-            let rv = r[xb + k];
-            ss += dot(rv, rv);
-        }
-        squares[lane] = ss;
+    for (var k = li; k < p.K / 4u; k += 256u) {
+        let rv = r[xb + k];
+        ss += dot(rv, rv);
     }
 #endif
     var acc = 0.0;
@@ -96,27 +91,26 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }
 #endif
     }
-    partial[li] = acc;
+    partial[li] = vec2<f32>(acc, ss);
     workgroupBarrier();
     for (var s = 16u; s > 0u; s >>= 1u) {
         if (lane < s) {
             partial[li] += partial[li + s];
-#if PRESCALED
-            if (grp == 0u) {
-                squares[lane] += squares[lane + s];
-            }
-#endif
         }
         workgroupBarrier();
     }
 #if PRESCALED
-    let inv = 1.0 / sqrt(squares[0] / f32(p.K) + p.eps);
+    var total = 0.0;
+    for (var g = 0u; g < 8u; g++) {
+        total += partial[g * 32u].y;
+    }
+    let inv = 1.0 / sqrt(total / f32(p.K) + p.eps);
 #else
     let inv = 1.0;
 #endif
 #if PLAIN
     if (lane == 0u && n < p.N) {
-        y[p.y_off + p.row0 + n] = partial[li] * inv;
+        y[p.y_off + p.row0 + n] = partial[li].x * inv;
     }
 #else
     // Four epilogue lanes, one per row pair.
@@ -127,8 +121,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     if (r >= p.N) {
         return;
     }
-    let va = partial[2u * li * 32u] * inv;
-    let vb = partial[(2u * li + 1u) * 32u] * inv;
+    let va = partial[2u * li * 32u].x * inv;
+    let vb = partial[(2u * li + 1u) * 32u].x * inv;
 #if QKV
     let half = p.D / 2u;
     let row = p.row0 + r;           // global row of the pair's first half (even)

@@ -205,6 +205,11 @@ pub struct GenerateBench {
     /// Every convolution shape of the VAE timed alone when asked (see [`vae_convs`]).
     pub vae_convs: Vec<VaeConvBench>,
     pub submits_per_step: f64,
+    pub dispatches_per_step: f64,
+    /// The step's language-model products (one layer's four matrices at the step's rows) and its
+    /// attention (both guidance rows, all layers), each timed alone.
+    pub step_gemms: Vec<GemmBench>,
+    pub attention_s_per_step: f64,
     /// Per-kernel GPU times of the flow steps after the first, of the batched LLM pass and of the
     /// VAE (when profiling).
     pub step_profile: Option<Profile>,
@@ -252,6 +257,8 @@ pub async fn generate(engine: &Engine, steps: usize, vae_convs: bool) -> Result<
     rec.finish_and_read(&scratch.x, 0, 4).await?;
     let llm_s = t0.elapsed().as_secs_f64();
     let llm_profile = engine.gpu.take_profile();
+    let (step_gemms, attention_s_per_step) = step_parts(engine, n + 1, 31)?;
+    engine.gpu.take_profile();
     let per_row: u64 = engine.llm.layers.iter().map(|l| l.weights().iter().map(|w| (w.n * w.k) as u64).sum::<u64>()).sum();
     let llm_flops = 2.0 * per_row as f64 * rows as f64;
 
@@ -282,11 +289,73 @@ pub async fn generate(engine: &Engine, steps: usize, vae_convs: bool) -> Result<
         vae_s,
         vae_convs: conv_figures,
         submits_per_step: (after.submits - before.submits) as f64 / steps as f64,
+        dispatches_per_step: (after.dispatches - before.dispatches) as f64 / steps as f64,
+        step_gemms,
+        attention_s_per_step,
         step_profile,
         llm_profile,
         vae_profile,
         memory_bytes: weights + vae_mem + kv(64 + n + 1) + kv(n + 2) + scratch_bytes,
     })
+}
+
+/// One matrix product of a flow step's language-model pass, timed alone.
+pub struct GemmBench {
+    pub name: &'static str,
+    /// Activation rows, output columns, inner dimension.
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Calls per flow step (one per layer).
+    pub per_step: usize,
+    pub s: f64,
+}
+
+impl GemmBench {
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// Times the pieces of a flow step's batched language-model pass alone, as `forward_seqs` records
+/// them: the first layer's four products over both guidance rows (`rows` each) with its real
+/// weights, and both rows' attention (the conditional row after a `prompt`-token prompt, the
+/// unconditional one after its single token), returned as seconds per step over all layers.
+pub fn step_parts(engine: &Engine, rows: usize, prompt: usize) -> Result<(Vec<GemmBench>, f64)> {
+    use crate::gpu::kernels::AttnShape;
+    let gpu = &engine.gpu;
+    let c = &engine.cfg.llm;
+    let (layer, m) = (&engine.llm.layers[0], 2 * rows);
+    let widest = c.intermediate.max(c.hidden);
+    let xs: Vec<f32> = (0..m * widest).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let x = Tensor::from_f32(gpu, "bench-step-x", &[xs.len()], &xs);
+    let y = Tensor::zeros(gpu, "bench-step-y", &[m * 2 * c.intermediate.max(3 * c.hidden / 2)]);
+    let mut gemms = Vec::new();
+    for (name, w) in [("q|k|v", &layer.qkv), ("o_proj", &layer.o), ("gate|up", &layer.gate_up), ("down_proj", &layer.down)] {
+        let out = Out { buf: &y.buf, off: 0, stride: w.n, add: false };
+        let s = time_call(gpu, &y.buf, &|rec: &mut Recorder| kernels::linear(rec, w, None, &x.buf, 0, m, out))?;
+        gemms.push(GemmBench { name, m, n: w.n, k: w.k, per_step: c.layers, s });
+    }
+    let hd = c.hidden;
+    let keys = prompt + rows;
+    let (q, o) = (Tensor::from_f32(gpu, "bench-step-q", &[rows * hd], &xs[..rows * hd]), Tensor::zeros(gpu, "bench-step-o", &[rows * hd]));
+    let kv = Tensor::from_f32(gpu, "bench-step-kv", &[keys * hd], &xs[..keys * hd]);
+    let shape = |slot0: usize| AttnShape {
+        t: rows,
+        heads: c.heads,
+        head_dim: c.head_dim,
+        causal_pos0: Some(slot0),
+        n_keys: slot0 + rows,
+        q_stride: hd,
+        kv_stride: hd,
+        o_stride: hd,
+    };
+    let (kv, qv, ov) = (View::at(&kv.buf, 0), View::at(&q.buf, 0), View::at(&o.buf, 0));
+    let attention = time_call(gpu, &o.buf, &|rec: &mut Recorder| {
+        kernels::attention(rec, shape(prompt), qv, kv, kv, ov);
+        kernels::attention(rec, shape(1), qv, kv, kv, ov);
+    })?;
+    Ok((gemms, attention * c.layers as f64))
 }
 
 /// One convolution shape of the VAE decoder, timed alone.

@@ -480,6 +480,20 @@ fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: 
 
 /// Prints the VAE's convolutions timed alone (those after a GroupNorm + SiLU pass first, with
 /// the pass's own time) and returns them for `--json`.
+/// Prints the flow step's language-model products timed alone; returns them as JSON.
+fn step_gemm_table(gemms: &[janusflow::bench::GemmBench]) -> serde_json::Value {
+    use serde_json::json;
+    println!("generation: the step's language-model products timed alone (first layer's weights)");
+    println!("  {:>9} {:>8} {:>10}  product", "ms", "TFLOP/s", "ms/step");
+    let mut rows = Vec::new();
+    for g in gemms {
+        let tflops = g.flops() / g.s / 1e12;
+        println!("  {:>9.3} {:>8.3} {:>10.3}  {} [{}×{}]·[{}×{}]ᵀ", g.s * 1e3, tflops, g.s * 1e3 * g.per_step as f64, g.name, g.m, g.k, g.n, g.k);
+        rows.push(json!({"name": g.name, "m": g.m, "n": g.n, "k": g.k, "ms": g.s * 1e3, "tflop_per_s": tflops, "ms_per_step": g.s * 1e3 * g.per_step as f64}));
+    }
+    json!(rows)
+}
+
 fn vae_conv_table(convs: &[janusflow::bench::VaeConvBench]) -> serde_json::Value {
     use serde_json::json;
     if convs.is_empty() {
@@ -727,7 +741,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     }
     if let Some(steps) = flow_steps {
         let g = pollster::block_on(janusflow::bench::generate(&engine, steps, vae_convs))?;
-        println!("generation: {:.3} s per flow step, {:.0} submits per step", g.step_s, g.submits_per_step);
+        println!("generation: {:.3} s per flow step, {:.0} submits and {:.0} dispatches per step", g.step_s, g.submits_per_step, g.dispatches_per_step);
         println!(
             "generation: batched LLM pass (2 rows × {} tokens) {:.3} s = {:.1} GFLOP/s of matrix products",
             engine.cfg.gen.tokens() + 1,
@@ -740,6 +754,8 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
             println!("generation: VAE decode {:.3} s; 30 steps + VAE ≈ {:.1} s (from {} steps)", g.vae_s, 30.0 * g.step_s + g.vae_s, g.steps);
         }
         println!("generation: GPU memory (weights + one generation's buffers) ≈ {:.0} MiB", g.memory_bytes as f64 / (1 << 20) as f64);
+        let gemms = step_gemm_table(&g.step_gemms);
+        println!("generation: attention (both guidance rows, all layers) timed alone {:.3} ms per step", g.attention_s_per_step * 1e3);
         let convs = vae_conv_table(&g.vae_convs);
         fig.insert(
             "generation".into(),
@@ -747,6 +763,9 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
                 "steps": g.steps,
                 "step_s": g.step_s,
                 "submits_per_step": g.submits_per_step,
+                "dispatches_per_step": g.dispatches_per_step,
+                "step_gemms": gemms,
+                "attention_ms_per_step": g.attention_s_per_step * 1e3,
                 "llm_pass_s": g.llm_s,
                 "llm_pass_gflop_per_s": g.llm_flops / g.llm_s / 1e9,
                 "vae_s": g.vae_s,
