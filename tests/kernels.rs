@@ -55,7 +55,9 @@ fn linear_all_formats_and_shapes() {
     for ((gpu_tuned, sg8), quant) in shapes.into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (t, q))) {
         gpu.set_gpu_tuned(gpu_tuned);
         gpu.set_sg8_allowed(sg8);
-        let gpu_tuned = format!("{gpu_tuned} sg8 {}", gpu.sg8());
+        // With and without wgpu's shader runtime checks (see Gpu::trusted_shaders).
+        gpu.set_trusted_shaders(quant != Quant::Q8);
+        let gpu_tuned = format!("{gpu_tuned} sg8 {} trusted {}", gpu.sg8(), gpu.trusted_shaders());
         // Large K: many matrix-tile slices, many matvec strides.
         let ks: &[usize] = if quant.is_grouped() { &[96, 160, 1056] } else { &[44, 96, 1060] };
         for &k in ks {
@@ -259,6 +261,9 @@ fn attention_causal_with_cache_and_bidirectional() {
         // Shapes alternate between the two reduction paths (reduce.wgsl) of the row kernels, the
         // other way round on the second shape set, so each shape runs both.
         gpu.set_subgroup_reduce_allowed((i + i / shapes.len()) % 2 == 0);
+        // Natively shaders run without wgpu's runtime checks; every third shape with them (the
+        // browser's path).
+        gpu.set_trusted_shaders(i % 3 != 0);
         let keys = pos0 + t;
         let q: Vec<f32> = rng.vec(t * h * d).iter().map(|v| v * 2.0).collect();
         let k: Vec<f32> = rng.vec(keys * h * d).iter().map(|v| v * 2.0).collect();

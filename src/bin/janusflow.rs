@@ -181,6 +181,11 @@ enum Cmd {
         /// adapter offers subgroups, to compare the two paths.
         #[arg(long)]
         tree_reductions: bool,
+        /// Shader modules with wgpu's runtime checks (index clamping, loop bounding, division
+        /// guards) and zero-initialised workgroup memory, as in the browser, to compare with the
+        /// native default that leaves them out.
+        #[arg(long)]
+        checked_shaders: bool,
         /// Also decode after prompts of these lengths (comma-separated, e.g. 64,512,2048) and
         /// print decode tokens/s at each context length.
         #[arg(long, value_delimiter = ',')]
@@ -396,6 +401,7 @@ fn run(cli: Cli) -> Result<()> {
             matvec,
             attention,
             tree_reductions,
+            checked_shaders,
             contexts,
         } => {
             let opts = BenchOpts {
@@ -411,6 +417,7 @@ fn run(cli: Cli) -> Result<()> {
                 matvec,
                 attention,
                 tree_reductions,
+                checked_shaders,
                 contexts,
             };
             let fig = bench(model.as_deref(), &opts)?;
@@ -469,6 +476,7 @@ struct BenchOpts {
     matvec: bool,
     attention: bool,
     tree_reductions: bool,
+    checked_shaders: bool,
     contexts: Vec<usize>,
 }
 
@@ -606,6 +614,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         matvec,
         attention,
         tree_reductions,
+        checked_shaders,
         ref contexts,
     } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
@@ -614,6 +623,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         gpu.set_sg8_allowed(s != "cpu-tile");
     }
     gpu.set_subgroup_reduce_allowed(!tree_reductions);
+    gpu.set_trusted_shaders(!checked_shaders);
     let shapes = if gpu.gpu_tuned() {
         "gpu"
     } else if gpu.sg8() {
@@ -622,7 +632,11 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         "cpu"
     };
     let reductions = gpu.subgroup_reduce().map_or("workgroup tree".to_string(), |w| format!("{w}-lane subgroups"));
-    println!("device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
+    let checks = if gpu.trusted_shaders() { "none (trusted)" } else { "wgpu's" };
+    println!(
+        "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}",
+        gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
+    );
     fig.insert(
         "device".into(),
         json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes, "reductions": reductions}),

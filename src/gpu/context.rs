@@ -61,6 +61,9 @@ pub struct Gpu {
     /// Workgroup reductions may use subgroup operations where the adapter has them (see
     /// [`Gpu::subgroup_reduce`]).
     subgroup_reduce_allowed: std::sync::atomic::AtomicBool,
+    /// Shader modules are created without wgpu's runtime checks and pipelines without
+    /// zero-initialised workgroup memory (native only; see [`Gpu::trusted_shaders`]).
+    trusted_shaders: std::sync::atomic::AtomicBool,
     /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
     pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
@@ -201,6 +204,7 @@ impl Gpu {
             gpu_tuned: (info.device_type != wgpu::DeviceType::Cpu).into(),
             sg8_allowed: true.into(),
             subgroup_reduce_allowed: true.into(),
+            trusted_shaders: true.into(),
             bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -257,6 +261,20 @@ impl Gpu {
         self.subgroup_reduce_allowed.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether shaders run without wgpu's runtime checks (buffer index clamping, loop bounding,
+    /// division guards) and without zeroing workgroup memory first. Native only: there our own
+    /// WGSL is the only shader code, every kernel guards its indices itself, bounds its loops and
+    /// writes workgroup memory before reading it, and the kernel tests run both ways. The browser
+    /// always keeps the checked path (the WebGPU implementation decides there anyway).
+    pub fn trusted_shaders(&self) -> bool {
+        !cfg!(target_arch = "wasm32") && self.trusted_shaders.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Allows or forbids trusted shaders (`bench --checked-shaders` and the tests compare).
+    pub fn set_trusted_shaders(&self, on: bool) {
+        self.trusted_shaders.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// `Some(reason)` once the device has been lost; every later call fails with it.
     pub fn lost_reason(&self) -> Option<String> {
         self.lost.lock().unwrap().clone()
@@ -282,7 +300,9 @@ impl Gpu {
 
     /// Compiles (once) the pipeline for `key`; `source` is only called on a cache miss.
     pub fn pipeline(&self, key: &str, source: impl FnOnce() -> String) -> Arc<wgpu::ComputePipeline> {
-        if let Some(p) = self.pipelines.lock().unwrap().get(key) {
+        let trusted = self.trusted_shaders();
+        let key = if trusted { format!("{key}:trusted") } else { key.to_string() };
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
         }
         let src = source();
@@ -290,23 +310,30 @@ impl Gpu {
         // a dynamic offset: a bind group then stays valid from one token to the next and can be
         // reused (see `Recorder`), instead of one being created per dispatch.
         let entries = super::shader::layout_entries(&src);
-        let bind_layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(key), entries: &entries });
+        let bind_layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&key), entries: &entries });
         let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(key),
+            label: Some(&key),
             bind_group_layouts: &[Some(&bind_layout)],
             immediate_size: 0,
         });
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(key), source: wgpu::ShaderSource::Wgsl(src.into()) });
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(&key), source: wgpu::ShaderSource::Wgsl(src.into()) };
+        let module = if trusted {
+            // SAFETY: our kernels only (see `trusted_shaders`): indices guarded in WGSL, every loop
+            // bounded by its parameters, no division by a value that can be zero.
+            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        } else {
+            self.device.create_shader_module(desc)
+        };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(key),
+            label: Some(&key),
             layout: Some(&layout),
             module: &module,
             entry_point: Some("main"),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions { zero_initialize_workgroup_memory: !trusted, ..Default::default() },
             cache: None,
         });
         let p = Arc::new(pipeline);
-        self.pipelines.lock().unwrap().insert(key.to_string(), p.clone());
+        self.pipelines.lock().unwrap().insert(key, p.clone());
         p
     }
 
