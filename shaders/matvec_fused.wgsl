@@ -1,6 +1,6 @@
 // The two stacked matrix–vector products of a decoded token's layer, each with the RMSNorm before
-// it folded in and the work after it in its epilogue, so a layer is five dispatches (six where
-// attention is split over the keys):
+// it folded in (PRESCALED) and the work after it in its epilogue, so a layer is six dispatches on
+// GPU kernel shapes (attention split over the keys and combined):
 //   QKV:     W = [Wq; Wk; Wv] (3·H·D rows), each head's rows stored as RoPE rotation pairs
 //            (i, i + D/2) side by side (kernels::qkv_row_order), so neighbouring outputs are the
 //            two halves of a pair: rotate-half RoPE is applied to q and k in registers, q is
@@ -10,12 +10,13 @@
 // One activation row. Exact in f32 up to summation order:
 //   y_n = (Σ_k W[n, k] · x_k · g_k) · 1/sqrt(mean(x²) + eps)   (g: the RMSNorm weight).
 // Each workgroup owns 8 rows; its 32-lane groups stride along K as in matvec.wgsl.
-// The norm is never a pass of its own on the decode path: whoever writes the residual x (the
+// On GPU shapes the norm is not a pass of its own: whoever writes the residual x (the
 // embedding gather, the o_proj and down_proj products) also writes xg = x · g for the norm that
 // follows it (NORM_COPY in embedding.wgsl and matvec.wgsl). This kernel takes the dot with xg and
-// scales by 1/sqrt(mean(x²) + eps), every lane summing the squares of a share of x (PRESCALED). NORMED: the input is
-// already normalised by norm.wgsl (the final norm before lm_head, whose 12 800 workgroups would
-// each sum x² again).
+// scales by 1/sqrt(mean(x²) + eps), one lane group summing x² (PRESCALED). NORMED: the input is
+// already normalised by norm.wgsl: CPU rasterisers (SwiftShader decoded 16 % slower summing x² in
+// every workgroup) and the final norm before lm_head (whose vocab/8 workgroups would each sum
+// x² again).
 // Defines: QKV, GATE_UP or PLAIN; PRESCALED or NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl);
 // Q4_GROUPS as in matvec.wgsl.
 
@@ -53,9 +54,12 @@ struct Params {
 
 //#include quant.wgsl
 
-// Per lane: (Σ w·x of its row, its share of Σ r²). One tree sums both: a second tree or a
-// branch in this one cost lavapipe ~20 % of the product.
-var<workgroup> partial: array<vec2<f32>, 256>;
+// Per lane: Σ w·x of its row (a tree over vec2 sums that also carried the squares cost
+// SwiftShader ~25 % of a decoded token).
+var<workgroup> partial: array<f32, 256>;
+#if PRESCALED
+var<workgroup> squares: array<f32, 32>; // group 0's lanes: Σ r² over their share
+#endif
 
 // The chunk row that lane group `grp` (0..8) of workgroup `wg` computes, or N when none. Group
 // pairs (2j, 2j+1) hold neighbouring rows: a rotation pair (QKV) or a (gate, up) pair.
@@ -69,12 +73,15 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let grp = li / 32u;
     let n = row_of(wid.x, grp);
     let xb = p.x_off / 4u;
-    // Every lane sums the squares of its share of the residual (PRESCALED).
-    var ss = 0.0;
 #if PRESCALED
-    for (var k = li; k < p.K / 4u; k += 256u) {
-        let rv = r[xb + k];
-        ss += dot(rv, rv);
+    // Group 0 sums the residual's squares (a whole SIMD batch takes the branch or none does).
+    if (grp == 0u) {
+        var ss = 0.0;
+        for (var k = lane; k < p.K / 4u; k += 32u) {
+            let rv = r[xb + k];
+            ss += dot(rv, rv);
+        }
+        squares[lane] = ss;
     }
 #endif
     var acc = 0.0;
@@ -91,7 +98,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }
 #endif
     }
-    partial[li] = vec2<f32>(acc, ss);
+    partial[li] = acc;
     workgroupBarrier();
     for (var s = 16u; s > 0u; s >>= 1u) {
         if (lane < s) {
@@ -100,9 +107,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         workgroupBarrier();
     }
 #if PRESCALED
+    // Summed serially after the tree: a branch for them inside it cost lavapipe ~20 %.
     var total = 0.0;
-    for (var g = 0u; g < 8u; g++) {
-        total += partial[g * 32u].y;
+    for (var i = 0u; i < 32u; i++) {
+        total += squares[i];
     }
     let inv = 1.0 / sqrt(total / f32(p.K) + p.eps);
 #else
@@ -110,7 +118,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 #endif
 #if PLAIN
     if (lane == 0u && n < p.N) {
-        y[p.y_off + p.row0 + n] = partial[li].x * inv;
+        y[p.y_off + p.row0 + n] = partial[li] * inv;
     }
 #else
     // Four epilogue lanes, one per row pair.
@@ -121,8 +129,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     if (r >= p.N) {
         return;
     }
-    let va = partial[2u * li * 32u].x * inv;
-    let vb = partial[(2u * li + 1u) * 32u].x * inv;
+    let va = partial[2u * li * 32u] * inv;
+    let vb = partial[(2u * li + 1u) * 32u] * inv;
 #if QKV
     let half = p.D / 2u;
     let row = p.row0 + r;           // global row of the pair's first half (even)

@@ -209,8 +209,7 @@ impl Llm {
         let (hd, id) = (c.hidden, c.intermediate);
         let t: usize = seqs.iter().map(|q| q.rows).sum();
         assert!(t <= s.rows && seqs.iter().all(|q| q.slot0 + q.rows <= q.cache.capacity && q.pos0 + q.rows <= c.max_positions));
-        // A single decoded token takes the fused schedule: no norm passes, the residual's writers
-        // leave x · g in `s.h` for the product after them.
+        // A single decoded token takes the fused schedule (see `decode_layer`).
         let decode = match seqs {
             [q] if t == 1 && input.gathers_only() && self.layers.iter().all(|l| kernels::pairs_fusable(&l.qkv) && kernels::pairs_fusable(&l.gate_up)) => {
                 Some(q)
@@ -219,7 +218,7 @@ impl Llm {
         };
         if let Some(q) = decode {
             let first = NormCopy { g: &self.layers[0].input_norm.buf, yg: &s.h };
-            self.embed(rec, &input, t, &s.x, 0, Some(first));
+            self.embed(rec, &input, t, &s.x, 0, self.prescaled_norms(rec.gpu).then_some(first));
             for (l, layer) in self.layers.iter().enumerate() {
                 let next = self.layers.get(l + 1).map(|n| &n.input_norm.buf);
                 self.decode_layer(rec, s, layer, next, &q.cache.k[l], &q.cache.v[l], q.slot0, q.pos0);
@@ -256,11 +255,12 @@ impl Llm {
         }
     }
 
-    /// One decoded token through `layer` in five dispatches (six on GPU shapes, where attention is
-    /// split over the keys and then combined): Q|K|V + RoPE + cache write, attention, o_proj +
-    /// residual, gate|up + SwiGLU, down_proj + residual. No norm pass: each product reads the
-    /// residual `s.x` and `s.h` = x · g, which the writer before it left (the embedding gather or
-    /// the previous layer's down_proj, then o_proj), and applies 1/sqrt(mean(x²) + eps) itself.
+    /// One decoded token through `layer`: Q|K|V + RoPE + cache write, attention, o_proj +
+    /// residual, gate|up + SwiGLU, down_proj + residual. On GPU kernel shapes that is six
+    /// dispatches (attention split over the keys, then combined) and no norm pass: each product
+    /// reads the residual `s.x` and `s.h` = x · g, which the writer before it left (the embedding
+    /// gather or the previous layer's down_proj, then o_proj), and applies 1/sqrt(mean(x²) + eps)
+    /// itself. CPU rasterisers run the two norms as passes (seven; see `prescaled_norms`).
     /// `next`: the next layer's input-norm weight (None after the last layer, whose output the
     /// final norm takes as a pass of its own).
     #[allow(clippy::too_many_arguments)]
@@ -277,18 +277,39 @@ impl Llm {
     ) {
         let c = &self.cfg;
         let hd = c.hidden;
-        let normed = NormIn::Prescaled { xg: &s.h, x: &s.x, off: 0, eps: c.rms_eps };
+        let prescaled = self.prescaled_norms(rec.gpu);
+        // The normalised input of a fused product: x · g left by the residual's writer, or (CPU
+        // rasterisers) a norm pass into `s.h`.
+        let normed = |rec: &mut Recorder, g: &wgpu::Buffer| {
+            if prescaled {
+                return NormIn::Prescaled { xg: &s.h, x: &s.x, off: 0, eps: c.rms_eps };
+            }
+            kernels::rmsnorm(rec, &s.x, 0, 1, hd, g, c.rms_eps, &s.h, 0);
+            NormIn::Normed(View::at(&s.h, 0))
+        };
+        // o_proj and down_proj add into the residual, leaving x · g for the next norm if prescaled.
+        let residual = |rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, g: Option<&wgpu::Buffer>| match g.filter(|_| prescaled) {
+            Some(g) => kernels::linear_residual(rec, w, x, 0, View::at(&s.x, 0), NormCopy { g, yg: &s.h }),
+            None => kernels::linear(rec, w, None, x, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true }),
+        };
         let qkv = Fused::Qkv { heads: c.heads, head_dim: c.head_dim, pos, table: &self.rope.buf, q: &s.q, q_off: 0, kc, vc, slot };
-        kernels::norm_matvec(rec, &layer.qkv, normed, qkv);
+        let input = normed(rec, &layer.input_norm.buf);
+        kernels::norm_matvec(rec, &layer.qkv, input, qkv);
         let shape =
             AttnShape { t: 1, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(slot), n_keys: slot + 1, q_stride: hd, kv_stride: hd, o_stride: hd };
         kernels::attention(rec, shape, View::at(&s.q, 0), View::at(kc, 0), View::at(vc, 0), View::at(&s.attn, 0));
-        kernels::linear_residual(rec, &layer.o, &s.attn, 0, View::at(&s.x, 0), NormCopy { g: &layer.post_norm.buf, yg: &s.h });
-        kernels::norm_matvec(rec, &layer.gate_up, normed, Fused::GateUp { y: &s.m, y_off: 0 });
-        match next {
-            Some(g) => kernels::linear_residual(rec, &layer.down, &s.m, 0, View::at(&s.x, 0), NormCopy { g, yg: &s.h }),
-            None => kernels::linear(rec, &layer.down, None, &s.m, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true }),
-        }
+        residual(rec, &layer.o, &s.attn, Some(&layer.post_norm.buf));
+        let input = normed(rec, &layer.post_norm.buf);
+        kernels::norm_matvec(rec, &layer.gate_up, input, Fused::GateUp { y: &s.m, y_off: 0 });
+        residual(rec, &layer.down, &s.m, next);
+    }
+
+    /// Whether the decode path's norms ride on the residual's writers (x · g) and the fused
+    /// products (GPU kernel shapes), or run as passes of their own (CPU rasterisers: in Chromium
+    /// on SwiftShader the products that sum x² per workgroup decoded 3.54 tokens/s against 4.23
+    /// with norm passes, where lavapipe saw no difference).
+    fn prescaled_norms(&self, gpu: &Gpu) -> bool {
+        gpu.gpu_tuned()
     }
 
     /// The first layer's input for `t` rows, written to `y[y_off ..]` ([t, hidden]).
