@@ -148,7 +148,8 @@ pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBenc
     }
     let decode_s = t1.elapsed().as_secs_f64();
     let after = engine.counters.lock().unwrap().clone();
-    let bind_groups_per_token = if steps > 1 { (engine.gpu.bind_groups_created() - binds) as f64 / (steps - 1) as f64 } else { f64::NAN };
+    // Step i + 1 is recorded during step i: after the count at step 1, steps 2.. were recorded.
+    let bind_groups_per_token = if steps > 2 { (engine.gpu.bind_groups_created() - binds) as f64 / (steps - 2) as f64 } else { f64::NAN };
     Ok(LlmBench {
         prompt,
         prefill_s,

@@ -486,8 +486,6 @@ fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: 
     }
 }
 
-/// Prints the VAE's convolutions timed alone (those after a GroupNorm + SiLU pass first, with
-/// the pass's own time) and returns them for `--json`.
 /// Prints the flow step's language-model products timed alone; returns them as JSON.
 fn step_gemm_table(gemms: &[janusflow::bench::GemmBench]) -> serde_json::Value {
     use serde_json::json;
@@ -502,6 +500,8 @@ fn step_gemm_table(gemms: &[janusflow::bench::GemmBench]) -> serde_json::Value {
     json!(rows)
 }
 
+/// Prints the VAE's convolutions timed alone (those after a GroupNorm + SiLU pass first, with
+/// the pass's own time) and returns them for `--json`.
 fn vae_conv_table(convs: &[janusflow::bench::VaeConvBench]) -> serde_json::Value {
     use serde_json::json;
     if convs.is_empty() {
