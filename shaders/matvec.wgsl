@@ -6,6 +6,8 @@
 // Q4_GROUPS (with Q4, real GPUs): a whole 32-weight group per lane (q4_group_dot): 16 B loads,
 // contiguous across lanes, one scale per group. CPU rasterisers keep quads of weights per lane,
 // which SwiftShader runs ~6 % faster;
+// LANE_ROWS (CPU rasterisers, M ≤ 4): four whole rows per lane and no barrier, see
+// matvec_lanes.wgsl; LANE_WG lanes per workgroup.
 // ROWS4: each workgroup takes 4 activation rows (grid y = ceil(M / 4)) and applies every weight it
 // decodes to all of them. That is the short-prompt kernel on CPU adapters, where decoding q4 costs
 // more than the multiply and a 32-row matmul tile spends most of its work on padding rows.
@@ -36,6 +38,25 @@ struct Params {
 //#include quant.wgsl
 //#include linear_out.wgsl
 
+#if LANE_ROWS
+//#include matvec_lanes.wgsl
+
+// CPU rasterisers: four rows per lane, no barrier (see matvec_lanes.wgsl); grid y = M.
+@compute @workgroup_size(LANE_WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x * 4u;
+    if (n >= p.N) {
+        return;
+    }
+    let m = gid.y;
+    let acc = lane_dot4(lane_rows(n, p.N), p.K, p.soff, (p.x_off + m * p.K) / 4u);
+    for (var j = 0u; j < 4u; j++) {
+        if (n + j < p.N) {
+            store_out(m, n + j, acc[j]);
+        }
+    }
+}
+#else
 #if ROWS4
 var<workgroup> partial: array<vec4<f32>, 256>; // per lane: its sums for the 4 rows
 #else
@@ -109,4 +130,5 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         store_out(m, n, partial[li]);
     }
 }
+#endif
 #endif

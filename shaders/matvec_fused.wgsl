@@ -18,7 +18,8 @@
 // every workgroup) and the final norm before lm_head (whose vocab/8 workgroups would each sum
 // x² again).
 // Defines: QKV, GATE_UP or PLAIN; PRESCALED or NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl);
-// Q4_GROUPS as in matvec.wgsl.
+// Q4_GROUPS as in matvec.wgsl; LANE_ROWS (CPU rasterisers): four whole rows per lane and no
+// barrier (matvec_lanes.wgsl), LANE_WG lanes per workgroup.
 
 struct Params {
     K: u32,      // row length (hidden size; K % 4 == 0)
@@ -54,6 +55,78 @@ struct Params {
 
 //#include quant.wgsl
 
+#if QKV
+// Rotation pair (r, r + 1) of the chunk with its dots (va, vb): RoPE on q and k, then q to `q`, k
+// and v into their cache slot.
+fn pair_out(r: u32, va: f32, vb: f32) {
+    let half = p.D / 2u;
+    let row = p.row0 + r;           // global row of the pair's first half (even)
+    let section = row / p.hd;       // 0: q, 1: k, 2: v
+    let e = row % p.hd;             // head · D + 2i
+    let c = (e / p.D) * p.D + (e % p.D) / 2u; // element of the first half: head · D + i
+    if (section == 2u) {
+        vc[p.kv_off + c] = va;
+        vc[p.kv_off + c + half] = vb;
+        return;
+    }
+    let cs = table[p.pos * half + c % p.D];
+    let ra = va * cs.x - vb * cs.y;
+    let rb = vb * cs.x + va * cs.y;
+    if (section == 0u) {
+        q[p.y_off + c] = ra;
+        q[p.y_off + c + half] = rb;
+    } else {
+        kc[p.kv_off + c] = ra;
+        kc[p.kv_off + c + half] = rb;
+    }
+}
+#endif
+#if GATE_UP
+// (gate, up) pair (r, r + 1) of the chunk with its dots: silu(gate) · up.
+fn pair_out(r: u32, va: f32, vb: f32) {
+    y[p.y_off + (p.row0 + r) / 2u] = silu(va) * vb;
+}
+#endif
+
+#if LANE_ROWS
+//#include matvec_lanes.wgsl
+
+// CPU rasterisers: four rows per lane, two pairs, no barrier (matvec_lanes.wgsl).
+@compute @workgroup_size(LANE_WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x * 4u;
+    if (n >= p.N) {
+        return;
+    }
+    let xb = p.x_off / 4u;
+#if PRESCALED
+    // Every lane sums the residual's squares itself: a pass over K, against its four rows' 2·K
+    // weight words and K/4 activation loads.
+    var ss = 0.0;
+    for (var k = 0u; k < p.K / 4u; k++) {
+        let rv = r[xb + k];
+        ss += dot(rv, rv);
+    }
+    let inv = 1.0 / sqrt(ss / f32(p.K) + p.eps);
+#else
+    let inv = 1.0;
+#endif
+    let v = lane_dot4(lane_rows(n, p.N), p.K, p.soff, xb) * inv;
+#if PLAIN
+    for (var j = 0u; j < 4u; j++) {
+        if (n + j < p.N) {
+            y[p.y_off + p.row0 + n + j] = v[j];
+        }
+    }
+#else
+    // N is even (kernels::pairs_fusable), so a lane holds whole pairs.
+    pair_out(n, v.x, v.y);
+    if (n + 2u < p.N) {
+        pair_out(n + 2u, v.z, v.w);
+    }
+#endif
+}
+#else
 // Per lane: Σ w·x of its row (a tree over vec2 sums that also carried the squares cost
 // SwiftShader ~25 % of a decoded token).
 var<workgroup> partial: array<f32, 256>;
@@ -131,30 +204,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }
     let va = partial[2u * li * 32u] * inv;
     let vb = partial[(2u * li + 1u) * 32u] * inv;
-#if QKV
-    let half = p.D / 2u;
-    let row = p.row0 + r;           // global row of the pair's first half (even)
-    let section = row / p.hd;       // 0: q, 1: k, 2: v
-    let e = row % p.hd;             // head · D + 2i
-    let c = (e / p.D) * p.D + (e % p.D) / 2u; // element of the first half: head · D + i
-    if (section == 2u) {
-        vc[p.kv_off + c] = va;
-        vc[p.kv_off + c + half] = vb;
-        return;
-    }
-    let cs = table[p.pos * half + c % p.D];
-    let ra = va * cs.x - vb * cs.y;
-    let rb = vb * cs.x + va * cs.y;
-    if (section == 0u) {
-        q[p.y_off + c] = ra;
-        q[p.y_off + c + half] = rb;
-    } else {
-        kc[p.kv_off + c] = ra;
-        kc[p.kv_off + c + half] = rb;
-    }
-#endif
-#if GATE_UP
-    y[p.y_off + (p.row0 + r) / 2u] = silu(va) * vb;
-#endif
+    pair_out(r, va, vb);
 #endif
 }
+#endif

@@ -66,6 +66,12 @@ fn load_w4(row: u32, k: u32, K: u32, soff: u32) -> vec4<f32> {
 }
 
 #if Q4 || Q4A
+// Σ_j q_j · a_j over the 8 nibbles of word `q` (low nibble first) against activations lo, hi.
+fn nibble_dot(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    return dot(vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u)), lo)
+         + dot(vec4<f32>(f32((q >> 16u) & 15u), f32((q >> 20u) & 15u), f32((q >> 24u) & 15u), f32(q >> 28u)), hi);
+}
+
 // One whole 4-bit group in a matrix–vector product: Σ_{j<32} W[row, 32·grp + j] · a_j, with `a`
 // the group's 32 activations as 8 vec4. Its 4 words are read together (a lane's 16 B, neighbouring
 // lanes' groups contiguous) and its scales once; the format's offset is folded into the sum of a
@@ -75,11 +81,9 @@ fn q4_group_dot(row: u32, grp: u32, K: u32, soff: u32, a: array<vec4<f32>, 8>) -
     var s = 0.0;
     var sa = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
-        let q = w[w0 + i];
         let lo = a[2u * i];
         let hi = a[2u * i + 1u];
-        s += dot(vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u)), lo);
-        s += dot(vec4<f32>(f32((q >> 16u) & 15u), f32((q >> 20u) & 15u), f32((q >> 24u) & 15u), f32(q >> 28u)), hi);
+        s += nibble_dot(w[w0 + i], lo, hi);
         sa += lo + hi;
     }
     return q4_group_finish(row, grp, K, soff, s, sa.x + sa.y + sa.z + sa.w);

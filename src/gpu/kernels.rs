@@ -25,6 +25,15 @@ fn pipeline_reducing(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::Compu
     }
 }
 
+/// Lanes per workgroup of the CPU-rasteriser matrix–vector kernels, each lane owning four output
+/// rows (matvec_lanes.wgsl): 64 rows per workgroup.
+const LANE_WG: u32 = 16;
+
+/// Workgroups of the lane-rows matrix–vector kernels for a chunk of `rows` output rows.
+fn lane_groups(rows: usize) -> u32 {
+    (rows as u32).div_ceil(4 * LANE_WG)
+}
+
 /// Activation rows at or below this use the matrix–vector kernel.
 pub const MATVEC_MAX_ROWS: usize = 4;
 
@@ -137,11 +146,15 @@ fn linear_impl(
     let rows4 = small && !tuned;
     let vec = rows <= MATVEC_MAX_ROWS || rows4;
     assert!(copy.is_none() || (rows == 1 && out.add && bias.is_none() && act == Act::None), "the norm copy is for one residual row");
+    let lanes = vec && !rows4 && !tuned;
+    let lane_wg = format!("LANE_WG={LANE_WG}");
     let mut defines = vec![w.quant.define()];
     if vec && !rows4 && tuned && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
     }
-    if rows4 {
+    if lanes {
+        defines.extend(["LANE_ROWS", lane_wg.as_str()]);
+    } else if rows4 {
         defines.push("ROWS4");
     } else if small {
         defines.push("SMALL_M");
@@ -186,7 +199,9 @@ fn linear_impl(
         if let Some(NormCopy { g, yg }) = copy {
             bufs.extend([g, yg]);
         }
-        let wg = if vec {
+        let wg = if lanes {
+            [lane_groups(c.rows), rows as u32, 1]
+        } else if vec {
             [(c.rows as u32).div_ceil(8), (rows as u32).div_ceil(if rows4 { 4 } else { 1 }), 1]
         } else {
             [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1]
@@ -336,9 +351,15 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
         Fused::GateUp { y_off, .. } => ("GATE_UP", 0, 0, 0, *y_off, 0),
         Fused::Plain { y_off, .. } => ("PLAIN", 0, 0, 0, *y_off, 0),
     };
+    let tuned = rec.gpu.gpu_tuned();
+    let lane_wg = format!("LANE_WG={LANE_WG}");
     let mut defines = vec![mode, w.quant.define(), norm];
-    if rec.gpu.gpu_tuned() && w.quant.is_4bit() {
+    if tuned && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
+    }
+    // CPU rasterisers take four rows per lane (matvec_lanes.wgsl).
+    if !tuned {
+        defines.extend(["LANE_ROWS", lane_wg.as_str()]);
     }
     let p = pipeline(rec.gpu, "matvec_fused.wgsl", &defines);
     for c in &w.chunks {
@@ -361,7 +382,8 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
             Fused::Qkv { table, q, kc, vc, .. } => bufs.extend([*table, *q, *kc, *vc]),
             Fused::GateUp { y, .. } | Fused::Plain { y, .. } => bufs.push(y),
         }
-        rec.dispatch(p.clone(), bytemuck::cast_slice(std::slice::from_ref(&params)), &bufs, [(c.rows as u32).div_ceil(8), 1, 1]);
+        let groups = if tuned { (c.rows as u32).div_ceil(8) } else { lane_groups(c.rows) };
+        rec.dispatch(p.clone(), bytemuck::cast_slice(std::slice::from_ref(&params)), &bufs, [groups, 1, 1]);
     }
 }
 
