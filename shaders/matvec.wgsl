@@ -41,6 +41,45 @@ struct Params {
 #if LANE_ROWS
 //#include matvec_lanes.wgsl
 
+#if LANE_M
+// CPU rasterisers without 8-lane subgroups, more than 4 activation rows (prefill): each lane owns
+// four weight rows × LANE_M activation rows and walks K alone, applying each decoded weight quad to
+// its LANE_M rows; no workgroup memory, no barrier. Grid y = ceil(M / LANE_M).
+@compute @workgroup_size(LANE_WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x * 4u;
+    if (n >= p.N) {
+        return;
+    }
+    let m0 = gid.y * LANE_M;
+    let r = lane_rows(n, p.N);
+    // Rows past M read row M − 1 again (always in bounds) and are never stored.
+    var xr: array<u32, LANE_M>;
+    for (var j = 0u; j < LANE_M; j++) {
+        xr[j] = (p.x_off + min(m0 + j, p.M - 1u) * p.K) / 4u;
+    }
+    var acc: array<vec4<f32>, LANE_M>;
+    for (var k = 0u; k < p.K; k += 4u) {
+        let wa = load_w4(r.x, k, p.K, p.soff);
+        let wb = load_w4(r.y, k, p.K, p.soff);
+        let wc = load_w4(r.z, k, p.K, p.soff);
+        let wd = load_w4(r.w, k, p.K, p.soff);
+        for (var j = 0u; j < LANE_M; j++) {
+            let xv = x[xr[j] + k / 4u];
+            acc[j] += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
+        }
+    }
+    for (var j = 0u; j < LANE_M; j++) {
+        if (m0 + j < p.M) {
+            for (var i = 0u; i < 4u; i++) {
+                if (n + i < p.N) {
+                    store_out(m0 + j, n + i, acc[j][i]);
+                }
+            }
+        }
+    }
+}
+#else
 // CPU rasterisers: four rows per lane, no barrier (see matvec_lanes.wgsl); grid y = M.
 @compute @workgroup_size(LANE_WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -56,6 +95,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 }
+#endif
 #else
 #if ROWS4
 var<workgroup> partial: array<vec4<f32>, 256>; // per lane: its sums for the 4 rows

@@ -29,6 +29,9 @@ fn pipeline_reducing(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::Compu
 /// rows (matvec_lanes.wgsl): 64 rows per workgroup.
 const LANE_WG: u32 = 16;
 
+/// Activation rows per lane of the CPU-rasteriser prefill kernel (LANE_M in matvec.wgsl).
+const LANE_M: u32 = 8;
+
 /// Workgroups of the lane-rows matrix–vector kernels for a chunk of `rows` output rows.
 fn lane_groups(rows: usize) -> u32 {
     (rows as u32).div_ceil(4 * LANE_WG)
@@ -146,21 +149,27 @@ fn linear_impl(
     let rows4 = small && !tuned;
     let vec = rows <= MATVEC_MAX_ROWS || rows4;
     assert!(copy.is_none() || (rows == 1 && out.add && bias.is_none() && act == Act::None), "the norm copy is for one residual row");
-    let lanes = vec && !rows4 && !tuned;
+    // CPU rasterisers: the SG8 register tile (gemm_sg8.wgsl) for prompts where the adapter has
+    // 8-lane subgroups, the barrier-free lane kernels (matvec_lanes.wgsl) otherwise.
+    let sg8 = !tuned && rows > SMALL_TILE_MAX_ROWS && rec.gpu.sg8();
+    let lanes = !tuned && !sg8;
+    let lane_m = rows > MATVEC_MAX_ROWS;
     let lane_wg = format!("LANE_WG={LANE_WG}");
+    let lane_m_define = format!("LANE_M={LANE_M}");
     let mut defines = vec![w.quant.define()];
     if vec && !rows4 && tuned && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
     }
     if lanes {
         defines.extend(["LANE_ROWS", lane_wg.as_str()]);
+        if lane_m {
+            defines.push(lane_m_define.as_str());
+        }
     } else if rows4 {
         defines.push("ROWS4");
     } else if small {
         defines.push("SMALL_M");
     }
-    // CPU rasterisers with 8-lane subgroups take the SG8 register tile (see gemm_sg8.wgsl).
-    let sg8 = !vec && !small && !tuned && rec.gpu.sg8();
     let (tile_m, tile_n) = if sg8 { SG8_TILE } else { gemm_tile(tuned, small) };
     if tuned && !vec {
         defines.push("GPU_TILE");
@@ -182,7 +191,7 @@ fn linear_impl(
         Act::Gelu => defines.push("GELU"),
         Act::Silu => defines.push("SILU"),
     }
-    let p = pipeline(rec.gpu, if vec { "matvec.wgsl" } else { "matmul.wgsl" }, &defines);
+    let p = pipeline(rec.gpu, if vec || lanes { "matvec.wgsl" } else { "matmul.wgsl" }, &defines);
     for c in &w.chunks {
         let params = LinearParams {
             m: rows as u32,
@@ -200,7 +209,7 @@ fn linear_impl(
             bufs.extend([g, yg]);
         }
         let wg = if lanes {
-            [lane_groups(c.rows), rows as u32, 1]
+            [lane_groups(c.rows), if lane_m { (rows as u32).div_ceil(LANE_M) } else { rows as u32 }, 1]
         } else if vec {
             [(c.rows as u32).div_ceil(8), (rows as u32).div_ceil(if rows4 { 4 } else { 1 }), 1]
         } else {
