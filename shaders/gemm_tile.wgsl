@@ -1,20 +1,15 @@
-// The tiled matrix-product body shared by matmul.wgsl and conv.wgsl (included, not dispatched):
-// each 16×16 workgroup stages 16-deep slices of x and of the (dequantized) weights in workgroup
-// memory (16 KiB: deep slices halve the barriers per product, which a CPU rasteriser pays dearly
-// for) and accumulates TM×8 outputs per invocation in f32, for a TILE_M×128 output tile:
-// 128×128 by default, 32×128 with SMALL_M (a short prefill chunk would otherwise pay for 128
-// rows of arithmetic). The includer defines a cursor over x (`XCursor`, `x_start(m, k)`,
+// The tiled matrix-product body of conv.wgsl on CPU rasterisers without 8-lane subgroups
+// (included, not dispatched): each 16×16 workgroup stages 16-deep slices of x and of the
+// (dequantized) weights in workgroup memory (16 KiB: deep slices halve the barriers per product,
+// which a CPU rasteriser pays dearly for) and accumulates TM×8 outputs per invocation in f32, for
+// a 128×128 output tile. The includer defines a cursor over x (`XCursor`, `x_start(m, k)`,
 // `x_advance(&c, dk)`, `x_load(c)`: four activations of row m from column k; a plain read or a
 // convolution's gather, whose index arithmetic is then done once, not per load), and includes
 // quant.wgsl (`load_w4`) and linear_out.wgsl (`store_out`) first.
 
 const BK: u32 = 16u;
 const TILE: u32 = 128u;
-#if SMALL_M
-const TM: u32 = 2u; // output rows per invocation
-#else
-const TM: u32 = 8u;
-#endif
+const TM: u32 = 8u; // output rows per invocation
 const TILE_M: u32 = 16u * TM;
 var<workgroup> As: array<f32, 2048>; // [BK][TILE_M] slice of x, k-major
 var<workgroup> Bs: array<f32, 2048>; // [BK][128] slice of W, k-major

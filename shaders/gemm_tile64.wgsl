@@ -1,5 +1,6 @@
 // The tiled matrix-product body for real GPUs (included by matmul.wgsl and conv.wgsl with
-// GPU_TILE; CPU adapters such as lavapipe and SwiftShader keep the 128×128 gemm_tile.wgsl).
+// GPU_TILE; CPU rasterisers take gemm_sg8.wgsl, matvec.wgsl's lane kernels or, for convolutions,
+// the 128×128 gemm_tile.wgsl).
 //
 // Why a second shape: a 128×128 tile gives a 2048-wide projection over ~1000 rows only ~130
 // workgroups, one per SM of a large GPU, and one resident workgroup cannot hide the latency of
@@ -8,7 +9,7 @@
 // one needs little shared memory and few registers. The next 16-deep slices of x and W are
 // fetched into registers while the current ones are multiplied out of workgroup memory.
 // Workgroup reads are vec4 and conflict-free: B by column quad, A broadcast per row quad.
-// The includer defines the cursor over x of gemm_tile.wgsl (`XCursor`, `x_start`, `x_advance`,
+// The includer defines a cursor over x (`XCursor`, `x_start`, `x_advance`,
 // `x_load`) and includes quant.wgsl (`load_w4`) and linear_out.wgsl (`store_out`) first.
 
 const BK: u32 = 16u;

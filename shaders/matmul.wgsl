@@ -1,7 +1,7 @@
 // Tiled matrix–matrix product for prefill and batched work: y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
-// The tiling is in gemm_tile.wgsl (128×128 tiles, for CPU adapters), gemm_tile64.wgsl (64×64
-// tiles, GPU_TILE, for real GPUs) or gemm_sg8.wgsl (SG8: 128 × 32 per workgroup in 8-lane
-// subgroups' registers, for CPU rasterisers with 8-lane subgroups). Accumulation is f32.
+// The tiling is in gemm_tile64.wgsl (64×64 tiles, GPU_TILE, for real GPUs) or gemm_sg8.wgsl (SG8:
+// 128 × 32 per workgroup in 8-lane subgroups' registers, for CPU rasterisers with 8-lane
+// subgroups); other CPU rasterisers take matvec.wgsl's lane kernels. Accumulation is f32.
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD; BIAS; GELU/SILU;
 // SMALL_M; GPU_TILE or SG8.
 
@@ -27,7 +27,7 @@ struct Params {
 //#include quant.wgsl
 //#include linear_out.wgsl
 
-// The cursor interface of gemm_tile.wgsl and gemm_tile64.wgsl: here just a position.
+// The cursor interface of gemm_tile64.wgsl: here just a position.
 struct XCursor {
     m: u32,
     k: u32,
@@ -62,9 +62,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32, @b
     sg8_store(acc, m0, n0);
 }
 #else
-#if GPU_TILE
 //#include gemm_tile64.wgsl
-#else
-//#include gemm_tile.wgsl
-#endif
 #endif

@@ -1,16 +1,15 @@
-// Matrix–vector product for decoding (few activation rows): y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
-// Memory-bound: each weight word is read exactly once per activation row. A workgroup owns 8
-// output rows; 32 lanes stride along K so that neighbouring lanes read neighbouring words.
-// Defines: one of F32/F16/Q8/Q4 (weight format, see quant.wgsl); ADD (accumulate into y); BIAS;
-// NORM_COPY (with ADD, without BIAS): also write y · g (see linear_out.wgsl);
-// Q4_GROUPS (with Q4, real GPUs): a whole 32-weight group per lane (q4_group_dot): 16 B loads,
-// contiguous across lanes, one scale per group. CPU rasterisers keep quads of weights per lane,
-// which SwiftShader runs ~6 % faster;
-// LANE_ROWS (CPU rasterisers, M ≤ 4): four whole rows per lane and no barrier, see
-// matvec_lanes.wgsl; LANE_WG lanes per workgroup.
-// ROWS4: each workgroup takes 4 activation rows (grid y = ceil(M / 4)) and applies every weight it
-// decodes to all of them. That is the short-prompt kernel on CPU adapters, where decoding q4 costs
-// more than the multiply and a 32-row matmul tile spends most of its work on padding rows.
+// Matrix–vector product for decoding and, on CPU rasterisers without 8-lane subgroups, for every
+// product: y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b). Memory-bound for few rows: each weight
+// word is read once per activation row (LANE_M: once per LANE_M rows).
+// GPU shapes (M ≤ 4): a workgroup owns 8 output rows; 32 lanes stride along K so that neighbouring
+// lanes read neighbouring words, and a workgroup tree adds them up.
+// Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD (accumulate into y);
+// BIAS; GELU/SILU; NORM_COPY (with ADD, without BIAS): also write y · g (see linear_out.wgsl);
+// Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_dot): 16 B
+// loads, contiguous across lanes, one scale per group;
+// LANE_ROWS (CPU rasterisers): four whole rows per lane and no barrier (see matvec_lanes.wgsl),
+// LANE_WG lanes per workgroup, grid y = M; with LANE_M (more than 4 activation rows): LANE_M
+// activation rows per lane as well, grid y = ceil(M / LANE_M).
 
 struct Params {
     M: u32,        // activation rows
@@ -97,11 +96,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 #endif
 #else
-#if ROWS4
-var<workgroup> partial: array<vec4<f32>, 256>; // per lane: its sums for the 4 rows
-#else
 var<workgroup> partial: array<f32, 256>;
-#endif
 
 // Adds up the 32 lanes of each output row into its lane 0, once every lane has written its sums.
 fn sum_lanes(li: u32, lane: u32) {
@@ -114,35 +109,6 @@ fn sum_lanes(li: u32, lane: u32) {
     }
 }
 
-#if ROWS4
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lane = li % 32u;
-    let n = wid.x * 8u + li / 32u;
-    let m0 = wid.y * 4u;
-    let rows = min(4u, p.M - m0);
-    var acc = vec4<f32>(0.0);
-    if (n < p.N) {
-        let xb = (p.x_off + m0 * p.K) / 4u;
-        let kq = p.K / 4u;
-        for (var k = lane * 4u; k < p.K; k += 128u) {
-            let wv = load_w4(n, k, p.K, p.soff);
-            let xi = xb + k / 4u;
-            // Rows past M read row m0 again (always in bounds) and are never stored.
-            acc += vec4<f32>(dot(wv, x[xi]), dot(wv, x[xi + select(0u, kq, rows > 1u)]),
-                             dot(wv, x[xi + select(0u, 2u * kq, rows > 2u)]), dot(wv, x[xi + select(0u, 3u * kq, rows > 3u)]));
-        }
-    }
-    partial[li] = acc;
-    sum_lanes(li, lane);
-    if (lane == 0u && n < p.N) {
-        let sum = partial[li];
-        for (var r = 0u; r < rows; r++) {
-            store_out(m0 + r, n, sum[r]);
-        }
-    }
-}
-#else
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let lane = li % 32u;
@@ -170,5 +136,4 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         store_out(m, n, partial[li]);
     }
 }
-#endif
 #endif

@@ -49,8 +49,10 @@ fn cpu_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 fn linear_all_formats_and_shapes() {
     let gpu = gpu();
     let mut rng = Rng(1);
-    // Every tiling on any adapter: 128×128 / 32×128 (CPU adapters), the SG8 register tile (CPU
-    // adapters with 8-lane subgroups, where this one has them) and 64×64 / 16×64 (GPUs).
+    // Every kernel on any adapter: the barrier-free lane products (CPU adapters: every row count
+    // without 8-lane subgroups, one to 32 rows with them), the SG8 register tile (CPU adapters
+    // with 8-lane subgroups, where this one has them), and the row-tree matvec with 64×64 /
+    // 16×64 tiles (GPUs).
     let shapes = [(false, true), (false, false), (true, false)];
     for ((gpu_tuned, sg8), quant) in shapes.into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (t, q))) {
         gpu.set_gpu_tuned(gpu_tuned);
@@ -61,8 +63,8 @@ fn linear_all_formats_and_shapes() {
         // Large K: many matrix-tile slices, many matvec strides.
         let ks: &[usize] = if quant.is_grouped() { &[96, 160, 1056] } else { &[44, 96, 1060] };
         for &k in ks {
-            // matvec (≤ 4 rows); 5–32 rows: the small tiles (one or two) on GPUs, the 4-row matvec on
-            // CPU adapters (last block of 1, 2, 3 or 4 rows); the large tiles (one to three row tiles).
+            // matvec (≤ 4 rows); 5–32 rows: the small tiles (one or two) on GPUs, the lane product
+            // on CPU adapters (last block of 1 to 8 rows); the large tiles (one to three row tiles).
             for &(m, n) in &[(1usize, 67usize), (3, 130), (6, 67), (9, 67), (17, 67), (31, 131), (32, 131), (37, 67), (70, 131), (150, 131)] {
                 let x = rng.vec(m * k);
                 let wv = rng.vec(n * k);

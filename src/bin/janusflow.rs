@@ -160,9 +160,10 @@ enum Cmd {
         /// Also print per-kernel GPU times (timestamp queries; slows the run a little).
         #[arg(long)]
         profile: bool,
-        /// Kernel shapes: `gpu` (many small workgroups) or `cpu` (few large ones, for lavapipe
-        /// and SwiftShader; with the 8-lane subgroup kernels where the adapter allows them), or
-        /// `cpu-tile` (CPU shapes without those, to compare); default: chosen from the adapter.
+        /// Kernel shapes: `gpu` (many small workgroups) or `cpu` (barrier-free lane products for
+        /// lavapipe and SwiftShader; with the 8-lane subgroup kernels where the adapter allows
+        /// them), or `cpu-tile` (CPU shapes without those, as SwiftShader in the browser runs:
+        /// lane products for prompts too, 128×128 convolution tiles); default: from the adapter.
         #[arg(long, value_parser = ["cpu", "cpu-tile", "gpu"])]
         shapes: Option<String>,
         /// Also print every figure as one JSON object (the last line of the output).

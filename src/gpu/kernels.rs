@@ -85,15 +85,17 @@ pub enum Act {
     Silu,
 }
 
-/// Output rows × columns of one matrix-product workgroup (see gemm_tile.wgsl, gemm_tile64.wgsl).
-fn gemm_tile(gpu_tuned: bool, small: bool) -> (u32, u32) {
-    match (gpu_tuned, small) {
-        (true, true) => (16, 64),
-        (true, false) => (64, 64),
-        (false, true) => (32, 128),
-        (false, false) => (128, 128),
+/// Output rows × columns of one GPU-shape matrix-product workgroup (see gemm_tile64.wgsl).
+fn gemm_tile(small: bool) -> (u32, u32) {
+    if small {
+        (16, 64)
+    } else {
+        (64, 64)
     }
 }
+
+/// Output rows × columns of one CPU-rasteriser convolution workgroup (see gemm_tile.wgsl).
+const CPU_TILE: (u32, u32) = (128, 128);
 
 /// y[m, :] (+)= x[m, :] · Wᵀ (+ bias) for m in 0..rows; `x` holds rows of `w.k` elements.
 pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out) {
@@ -142,35 +144,30 @@ fn linear_impl(
     assert!(x_off % 4 == 0, "activation offsets must be multiples of 4");
     // One read of the tuning flag: the shaders and the grid must agree.
     let tuned = rec.gpu.gpu_tuned();
-    let small = rows > MATVEC_MAX_ROWS && rows <= SMALL_TILE_MAX_ROWS;
-    // On a CPU adapter a 32-row tile for a short prompt costs as much as 20 one-row products
-    // (lavapipe, real-size q4: 407 ms per call against 21 ms), so short prompts take the matvec
-    // kernel 4 rows at a time instead; GPUs keep the 16×64 tile.
-    let rows4 = small && !tuned;
-    let vec = rows <= MATVEC_MAX_ROWS || rows4;
+    let vec = rows <= MATVEC_MAX_ROWS;
+    let small = !vec && rows <= SMALL_TILE_MAX_ROWS;
     assert!(copy.is_none() || (rows == 1 && out.add && bias.is_none() && act == Act::None), "the norm copy is for one residual row");
     // CPU rasterisers: the SG8 register tile (gemm_sg8.wgsl) for prompts where the adapter has
-    // 8-lane subgroups, the barrier-free lane kernels (matvec_lanes.wgsl) otherwise.
+    // 8-lane subgroups; otherwise barrier-free lane kernels for every row count
+    // (matvec_lanes.wgsl): on lavapipe a 32-row tile for a short prompt cost as much as 20
+    // one-row products, and the 128×128 tile's barriers cost SwiftShader 2.6× its prefill.
     let sg8 = !tuned && rows > SMALL_TILE_MAX_ROWS && rec.gpu.sg8();
     let lanes = !tuned && !sg8;
-    let lane_m = rows > MATVEC_MAX_ROWS;
+    let lane_m = lanes && !vec;
     let lane_wg = format!("LANE_WG={LANE_WG}");
     let lane_m_define = format!("LANE_M={LANE_M}");
     let mut defines = vec![w.quant.define()];
-    if vec && !rows4 && tuned && w.quant.is_4bit() {
-        defines.push("Q4_GROUPS");
-    }
     if lanes {
         defines.extend(["LANE_ROWS", lane_wg.as_str()]);
         if lane_m {
             defines.push(lane_m_define.as_str());
         }
-    } else if rows4 {
-        defines.push("ROWS4");
+    } else if vec && w.quant.is_4bit() {
+        defines.push("Q4_GROUPS");
     } else if small {
         defines.push("SMALL_M");
     }
-    let (tile_m, tile_n) = if sg8 { SG8_TILE } else { gemm_tile(tuned, small) };
+    let (tile_m, tile_n) = if sg8 { SG8_TILE } else { gemm_tile(small) };
     if tuned && !vec {
         defines.push("GPU_TILE");
     }
@@ -211,7 +208,7 @@ fn linear_impl(
         let wg = if lanes {
             [lane_groups(c.rows), if lane_m { (rows as u32).div_ceil(LANE_M) } else { rows as u32 }, 1]
         } else if vec {
-            [(c.rows as u32).div_ceil(8), (rows as u32).div_ceil(if rows4 { 4 } else { 1 }), 1]
+            [(c.rows as u32).div_ceil(8), rows as u32, 1]
         } else {
             [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1]
         };
@@ -750,8 +747,10 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
     } else {
         if tuned {
             defines.push("GPU_TILE");
+            gemm_tile(false)
+        } else {
+            CPU_TILE
         }
-        gemm_tile(tuned, false)
     };
     let p = pipeline(rec.gpu, "conv.wgsl", &defines);
     let mut r0 = 0;
