@@ -1,7 +1,8 @@
 // Embedding gather from a (possibly quantized) table split in row chunks: for every token whose
 // id falls in this chunk's rows [row0, row0 + rows), y[t, :] = dequant(table[id − row0, :]).
 // Defines: one of F32/F16/Q8/Q4; NORM_COPY: also write the rows times the first RMSNorm's weight,
-// yg = y · g, which a decoded token's first fused product reads (matvec_fused.wgsl, PRESCALED).
+// yg = y · g, and the sums of squares of each 4 elements, ssq, which a decoded token's first fused
+// product reads (matvec_fused.wgsl, PRESCALED).
 
 struct Params {
     T: u32,      // tokens
@@ -20,6 +21,7 @@ struct Params {
 #if NORM_COPY
 @group(0) @binding(4) var<storage, read> g: array<vec4<f32>>;      // RMSNorm weight [K]
 @group(0) @binding(5) var<storage, read_write> yg: array<vec4<f32>>; // y · g [T, K], at y_off
+@group(0) @binding(6) var<storage, read_write> ssq: array<f32>;      // Σ y² per 4 elements [T, K / 4]
 #endif
 
 //#include quant.wgsl
@@ -40,5 +42,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     y[o] = v;
 #if NORM_COPY
     yg[o] = v * g[k / 4u];
+    ssq[(t * p.K + k) / 4u] = dot(v, v);
 #endif
 }

@@ -4,7 +4,9 @@
 // GPU shapes (M ≤ 4): a workgroup owns 8 output rows; 32 lanes stride along K so that neighbouring
 // lanes read neighbouring words, and a workgroup tree adds them up.
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD (accumulate into y);
-// BIAS; GELU/SILU; NORM_COPY (with ADD, without BIAS): also write y · g (see linear_out.wgsl);
+// BIAS; GELU/SILU; NORM_COPY (with ADD, without BIAS, one activation row, chunks starting at
+// multiples of 4 rows): also write y · g (see linear_out.wgsl) and the sum of the new y² over
+// each 4 rows, from which the next fused product gets its RMSNorm scale (matvec_fused.wgsl);
 // Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_dot): 16 B
 // loads, contiguous across lanes, one scale per group;
 // LANE_ROWS (CPU rasterisers): four whole rows per lane and no barrier (see matvec_lanes.wgsl),
@@ -32,6 +34,7 @@ struct Params {
 #if NORM_COPY
 @group(0) @binding(4) var<storage, read> g: array<f32>;            // next RMSNorm weight [row0 + N]
 @group(0) @binding(5) var<storage, read_write> yg: array<f32>;     // y · g, laid out as y
+@group(0) @binding(6) var<storage, read_write> ssq: array<f32>;    // Σ y² of each 4 rows [(row0 + N) / 4] (one activation row)
 #endif
 
 //#include quant.wgsl
@@ -93,10 +96,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             store_out(m, n + j, acc[j]);
         }
     }
+#if NORM_COPY
+    var sq = 0.0;
+    for (var j = 0u; j < min(4u, p.N - n); j++) {
+        let v = y[p.y_off + p.row0 + n + j];
+        sq += v * v;
+    }
+    ssq[(p.row0 + n) / 4u] = sq;
+#endif
 }
 #endif
 #else
 var<workgroup> partial: array<f32, 256>;
+#if NORM_COPY
+var<workgroup> squares: array<f32, 8>; // per row of the workgroup: its new y²
+#endif
 
 // Adds up the 32 lanes of each output row into its lane 0, once every lane has written its sums.
 fn sum_lanes(li: u32, lane: u32) {
@@ -135,5 +149,19 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     if (lane == 0u && n < p.N) {
         store_out(m, n, partial[li]);
     }
+#if NORM_COPY
+    // Each 4 rows' Σ y² (one activation row; the chunk starts at a multiple of 4 rows).
+    if (lane == 0u) {
+        var v = 0.0;
+        if (n < p.N) {
+            v = y[p.y_off + p.row0 + n];
+        }
+        squares[li / 32u] = v * v;
+    }
+    workgroupBarrier();
+    if (li < 2u && wid.x * 8u + 4u * li < p.N) {
+        ssq[(p.row0 + wid.x * 8u) / 4u + li] = squares[4u * li] + squares[4u * li + 1u] + squares[4u * li + 2u] + squares[4u * li + 3u];
+    }
+#endif
 }
 #endif

@@ -1,6 +1,6 @@
 // The two stacked matrix–vector products of a decoded token's layer, each with the RMSNorm before
 // it folded in (PRESCALED) and the work after it in its epilogue, so a layer is six dispatches on
-// GPU kernel shapes (attention split over the keys and combined):
+// GPU kernel shapes (attention split over the keys and combined) and five on CPU rasterisers:
 //   QKV:     W = [Wq; Wk; Wv] (3·H·D rows), each head's rows stored as RoPE rotation pairs
 //            (i, i + D/2) side by side (kernels::qkv_row_order), so neighbouring outputs are the
 //            two halves of a pair: rotate-half RoPE is applied to q and k in registers, q is
@@ -9,24 +9,24 @@
 //   PLAIN:   writes the product (lm_head).
 // One activation row. Exact in f32 up to summation order:
 //   y_n = (Σ_k W[n, k] · x_k · g_k) · 1/sqrt(mean(x²) + eps)   (g: the RMSNorm weight).
-// Each workgroup owns 8 rows; its 32-lane groups stride along K as in matvec.wgsl.
-// On GPU shapes the norm is not a pass of its own: whoever writes the residual x (the
-// embedding gather, the o_proj and down_proj products) also writes xg = x · g for the norm that
-// follows it (NORM_COPY in embedding.wgsl and matvec.wgsl). This kernel takes the dot with xg and
-// scales by 1/sqrt(mean(x²) + eps), one lane group summing x² (PRESCALED). NORMED: the input is
-// already normalised by norm.wgsl: CPU rasterisers (SwiftShader decoded 16 % slower summing x² in
-// every workgroup) and the final norm before lm_head (whose vocab/8 workgroups would each sum
-// x² again).
+// GPU shapes: each workgroup owns 8 rows; its 32-lane groups stride along K as in matvec.wgsl.
+// The norm is not a pass of its own: whoever writes the residual x (the embedding gather, the
+// o_proj and down_proj products) also writes xg = x · g for the norm that follows it and the sums
+// of x² over each 4 elements (NORM_COPY in embedding.wgsl and matvec.wgsl). This kernel takes the
+// dot with xg and scales by 1/sqrt(mean(x²) + eps), adding up those K/4 partial sums (PRESCALED;
+// summing x² itself cost every lane of the CPU kernel ~20 % of lavapipe's decode). NORMED: the
+// input is already normalised by norm.wgsl: the final norm before lm_head (whose vocab/8
+// workgroups would each add up the sums again).
 // Defines: QKV, GATE_UP or PLAIN; PRESCALED or NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl);
 // Q4_GROUPS as in matvec.wgsl; LANE_ROWS (CPU rasterisers): four whole rows per lane and no
 // barrier (matvec_lanes.wgsl), LANE_WG lanes per workgroup.
 
 struct Params {
-    K: u32,      // row length (hidden size; K % 4 == 0)
+    K: u32,      // row length (hidden size; K % 4 == 0, PRESCALED: K % 16 == 0)
     N: u32,      // rows of this weight chunk
     row0: u32,   // first row of the chunk in the stacked matrix (QKV: a multiple of D)
     soff: u32,   // word offset of the group scales inside w (quantized formats)
-    x_off: u32,  // element offset of the activation row in x (multiple of 4)
+    x_off: u32,  // element offset of the activation row in x (multiple of 4; PRESCALED: of 16)
     eps: f32,    // RMSNorm epsilon (PRESCALED)
     hd: u32,     // QKV: H·D, rows per section of W
     D: u32,      // QKV: head dim (even)
@@ -38,7 +38,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;             // weight chunk [N, K], packed
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;       // the dot's input, row of K at x_off: x · g (PRESCALED) or normalised
-@group(0) @binding(3) var<storage, read> r: array<vec4<f32>>;       // PRESCALED: the residual x itself, row at x_off (NORMED: unused)
+@group(0) @binding(3) var<storage, read> ssq: array<vec4<f32>>;     // PRESCALED: Σ x² of each 4 elements of the residual row [K / 4], at x_off / 4 (NORMED: unused)
 #if QKV
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>;   // RoPE (cos, sin) [max_pos, D/2]
 @group(0) @binding(5) var<storage, read_write> q: array<f32>;       // queries [H·D] at y_off
@@ -100,12 +100,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let xb = p.x_off / 4u;
 #if PRESCALED
-    // Every lane sums the residual's squares itself: a pass over K, against its four rows' 2·K
-    // weight words and K/4 activation loads.
+    // Every lane adds up the residual writer's K/4 partial sums itself (K/16 loads, against its
+    // four rows' K/2 weight words and K/4 activation loads).
     var ss = 0.0;
-    for (var k = 0u; k < p.K / 4u; k++) {
-        let rv = r[xb + k];
-        ss += dot(rv, rv);
+    for (var k = 0u; k < p.K / 16u; k++) {
+        ss += dot(ssq[xb / 4u + k], vec4<f32>(1.0));
     }
     let inv = 1.0 / sqrt(ss / f32(p.K) + p.eps);
 #else
@@ -131,7 +130,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 // SwiftShader ~25 % of a decoded token).
 var<workgroup> partial: array<f32, 256>;
 #if PRESCALED
-var<workgroup> squares: array<f32, 32>; // group 0's lanes: Σ r² over their share
+var<workgroup> squares: array<f32, 32>; // group 0's lanes: Σ x² over their share
 #endif
 
 // The chunk row that lane group `grp` (0..8) of workgroup `wg` computes, or N when none. Group
@@ -147,12 +146,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let n = row_of(wid.x, grp);
     let xb = p.x_off / 4u;
 #if PRESCALED
-    // Group 0 sums the residual's squares (a whole SIMD batch takes the branch or none does).
+    // Group 0 adds up the residual writer's partial sums of squares (a whole SIMD batch takes the
+    // branch or none does).
     if (grp == 0u) {
         var ss = 0.0;
-        for (var k = lane; k < p.K / 4u; k += 32u) {
-            let rv = r[xb + k];
-            ss += dot(rv, rv);
+        for (var k = lane; k < p.K / 16u; k += 32u) {
+            ss += dot(ssq[xb / 4u + k], vec4<f32>(1.0));
         }
         squares[lane] = ss;
     }

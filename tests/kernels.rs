@@ -31,6 +31,12 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
+/// Σ v² over each 4 consecutive elements (the last quad may be short): what the residual's
+/// writers leave for the decode path's norms.
+fn quad_squares(v: &[f32]) -> Vec<f32> {
+    v.chunks(4).map(|q| q.iter().map(|e| e * e).sum()).collect()
+}
+
 fn cpu_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     for i in 0..m {
@@ -90,8 +96,10 @@ fn linear_all_formats_and_shapes() {
                     // The decode path's residual writer: y += x · Wᵀ, and y · g for the next norm.
                     let g = rng.vec(n);
                     let (yt, gt, ygt) = (Tensor::from_f32(&gpu, "y", &[n], &resid), Tensor::from_f32(&gpu, "g", &[n], &g), Tensor::zeros(&gpu, "yg", &[n]));
+                    let ssq = Tensor::zeros(&gpu, "ssq", &[n.div_ceil(4)]);
                     let mut rec = Recorder::new(&gpu);
-                    kernels::linear_residual(&mut rec, &w, &xt.buf, 0, View::at(&yt.buf, 0), kernels::NormCopy { g: &gt.buf, yg: &ygt.buf });
+                    let copy = kernels::NormCopy { g: &gt.buf, yg: &ygt.buf, ssq: &ssq.buf };
+                    kernels::linear_residual(&mut rec, &w, &xt.buf, 0, View::at(&yt.buf, 0), copy);
                     rec.finish();
                     let want: Vec<f32> = cpu_linear(&x, &wd, 1, n, k).iter().zip(&resid).map(|(a, b)| a + b).collect();
                     let what = format!("linear_residual {quant} n{n} k{k} gpu-tuned {gpu_tuned}");
@@ -99,6 +107,7 @@ fn linear_all_formats_and_shapes() {
                     assert_close(&got, &want, 1e-5, &what);
                     let scaled: Vec<f32> = got.iter().zip(&g).map(|(a, b)| a * b).collect();
                     assert_eq!(read(&gpu, &ygt), scaled, "{what}: y · g");
+                    assert_close(&read(&gpu, &ssq), &quad_squares(&got), 1e-6, &format!("{what}: Σ y² per 4 rows"));
                 }
             }
         }
@@ -395,13 +404,14 @@ fn fused_decode_products_and_rope_scatter() {
         // already normalised (NORMED).
         let xg: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * g[i % k]).collect();
         let xgt = Tensor::from_f32(&gpu, "xg", &[2, k], &xg);
+        let ssq = Tensor::from_f32(&gpu, "ssq", &[2, k / 4], &quad_squares(&x));
         for prescaled in [true, false] {
             let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[hd]), Tensor::zeros(&gpu, "k", &[slots, hd]), Tensor::zeros(&gpu, "v", &[slots, hd]));
             let f = kernels::Fused::Qkv { heads, head_dim: d, pos, table: &tt.buf, q: &qt.buf, q_off: 0, kc: &kt.buf, vc: &vt.buf, slot };
             assert!(kernels::pairs_fusable(&w));
             let mut rec = Recorder::new(&gpu);
             let input =
-                if prescaled { kernels::NormIn::Prescaled { xg: &xgt.buf, x: &xt.buf, off: k, eps } } else { kernels::NormIn::Normed(View::at(&ht.buf, 0)) };
+                if prescaled { kernels::NormIn::Prescaled { xg: &xgt.buf, ssq: &ssq.buf, off: k, eps } } else { kernels::NormIn::Normed(View::at(&ht.buf, 0)) };
             kernels::norm_matvec(&mut rec, &w, input, f);
             rec.finish();
             let what = format!("fused qkv {quant} prescaled {prescaled} gpu-tuned {tuned}");
@@ -434,7 +444,7 @@ fn fused_decode_products_and_rope_scatter() {
         let yt = Tensor::zeros(&gpu, "y", &[inter]);
         let pt = Tensor::zeros(&gpu, "p", &[2 * inter]);
         let mut rec = Recorder::new(&gpu);
-        let prescaled = kernels::NormIn::Prescaled { xg: &xgt.buf, x: &xt.buf, off: k, eps };
+        let prescaled = kernels::NormIn::Prescaled { xg: &xgt.buf, ssq: &ssq.buf, off: k, eps };
         kernels::norm_matvec(&mut rec, &w, prescaled, kernels::Fused::GateUp { y: &yt.buf, y_off: 0 });
         kernels::norm_matvec(&mut rec, &w, kernels::NormIn::Normed(View::at(&ht.buf, 0)), kernels::Fused::Plain { y: &pt.buf, y_off: 0 });
         rec.finish();
@@ -466,11 +476,13 @@ fn embedding_gather_across_chunks() {
         let (gt, y2, yg) =
             (Tensor::from_f32(&gpu, "g", &[k], &g), Tensor::zeros(&gpu, "y2", &[ids.len() + 1, k]), Tensor::zeros(&gpu, "yg", &[ids.len() + 1, k]));
         let mut rec = Recorder::new(&gpu);
-        kernels::embedding(&mut rec, &w, &idb, 0, ids.len(), &y2.buf, k, Some(kernels::NormCopy { g: &gt.buf, yg: &yg.buf }));
+        let ssq = Tensor::zeros(&gpu, "ssq", &[ids.len(), k / 4]);
+        kernels::embedding(&mut rec, &w, &idb, 0, ids.len(), &y2.buf, k, Some(kernels::NormCopy { g: &gt.buf, yg: &yg.buf, ssq: &ssq.buf }));
         rec.finish();
         assert_eq!(read(&gpu, &y2)[k..], want[..], "embedding {quant} with norm copy");
         let scaled: Vec<f32> = want.iter().enumerate().map(|(i, v)| v * g[i % k]).collect();
         assert_eq!(read(&gpu, &yg)[k..], scaled[..], "embedding {quant}: y · g");
+        assert_close(&read(&gpu, &ssq), &quad_squares(&want), 1e-6, &format!("embedding {quant}: Σ y² per 4 elements"));
     }
 }
 

@@ -67,12 +67,14 @@ pub struct Out<'a> {
 }
 
 /// Where a writer of the residual stream also puts each new element times the weight of the
-/// RMSNorm that follows (`yg = y · g`, laid out as its output), so the decode path's fused products
-/// need no norm pass (see matvec_fused.wgsl).
+/// RMSNorm that follows (`yg = y · g`, laid out as its output) and the sums of the new row's
+/// squares over each 4 elements (`ssq`, [hidden / 4] from element 0), so the decode path's fused
+/// products need no norm pass (see matvec_fused.wgsl).
 #[derive(Clone, Copy)]
 pub struct NormCopy<'a> {
     pub g: &'a wgpu::Buffer,
     pub yg: &'a wgpu::Buffer,
+    pub ssq: &'a wgpu::Buffer,
 }
 
 /// An activation fused into the output stage of a matrix product (applied after the bias,
@@ -111,6 +113,7 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
 /// One activation row: y += x · Wᵀ into the residual stream, also writing y · g for the norm that
 /// follows (`copy`, at the output's offsets).
 pub fn linear_residual(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, y: View, copy: NormCopy) {
+    assert!(w.chunks.iter().all(|c| c.row0 % 4 == 0), "linear_residual: the sums of squares need chunks of whole row quads");
     let out = Out { buf: y.buf, off: y.off, stride: w.n, add: true };
     linear_impl(rec, w, None, x, x_off, 1, out, Act::None, Some(copy))
 }
@@ -202,8 +205,8 @@ fn linear_impl(
         };
         let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, out.buf];
         bufs.extend(bias);
-        if let Some(NormCopy { g, yg }) = copy {
-            bufs.extend([g, yg]);
+        if let Some(NormCopy { g, yg, ssq }) = copy {
+            bufs.extend([g, yg, ssq]);
         }
         let wg = if lanes {
             [lane_groups(c.rows), if lane_m { (rows as u32).div_ceil(LANE_M) } else { rows as u32 }, 1]
@@ -322,9 +325,10 @@ pub fn pairs_fusable(w: &Weight) -> bool {
 pub enum NormIn<'a> {
     /// Already normalised (norm.wgsl).
     Normed(View<'a>),
-    /// `xg = x · g` (written by the residual's writer, [`NormCopy`]) and the residual `x` itself,
-    /// both at `off`: the product's dot takes xg and is scaled by 1/sqrt(mean(x²) + eps).
-    Prescaled { xg: &'a wgpu::Buffer, x: &'a wgpu::Buffer, off: usize, eps: f32 },
+    /// `xg = x · g` at `off` and the sums of x² over each 4 elements at `off / 4` (written by the
+    /// residual's writer, [`NormCopy`]): the product's dot takes xg and is scaled by
+    /// 1/sqrt(mean(x²) + eps). The row length and `off` must be multiples of 16.
+    Prescaled { xg: &'a wgpu::Buffer, ssq: &'a wgpu::Buffer, off: usize, eps: f32 },
 }
 
 /// The `Params` block of matvec_fused.wgsl.
@@ -349,7 +353,10 @@ struct FusedParams {
 pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
     let (x, r, x_off, eps, norm) = match input {
         NormIn::Normed(v) => (v.buf, v.buf, v.off, 0.0, "NORMED"),
-        NormIn::Prescaled { xg, x, off, eps } => (xg, x, off, eps, "PRESCALED"),
+        NormIn::Prescaled { xg, ssq, off, eps } => {
+            assert!(w.k % 16 == 0 && off % 16 == 0, "norm_matvec: prescaled rows add up K/4 partial sums four at a time");
+            (xg, ssq, off, eps, "PRESCALED")
+        }
     };
     assert!(x_off % 4 == 0 && (matches!(f, Fused::Plain { .. }) || pairs_fusable(w)), "norm_matvec: unaligned activation row or weight chunks");
     let (mode, hd, d, pos, y_off, kv_off) = match &f {
@@ -666,8 +673,8 @@ pub fn embedding(rec: &mut Recorder, w: &Weight, ids: &wgpu::Buffer, ids_off: us
     for c in &w.chunks {
         let params = [t as u32, w.k as u32, c.row0 as u32, c.rows as u32, c.soff, y_off as u32, ids_off as u32];
         let mut bufs = vec![&c.buf, ids, y];
-        if let Some(NormCopy { g, yg }) = copy {
-            bufs.extend([g, yg]);
+        if let Some(NormCopy { g, yg, ssq }) = copy {
+            bufs.extend([g, yg, ssq]);
         }
         rec.dispatch(p.clone(), &params, &bufs, [(w.k as u32 / 4).div_ceil(64), t as u32, 1]);
     }

@@ -63,8 +63,9 @@ impl Weight {
             bail!("tensor {name}: inner dimension {k} is not a multiple of 4");
         }
         let row_bytes = blob.row_bytes() as u64;
-        // Even row counts keep the f16 scale pairs of every chunk word-aligned.
-        let mut rows_per = ((max / row_bytes.max(1)) as usize).max(2) & !1;
+        // Multiples of 4 rows: even counts keep the f16 scale pairs of every chunk word-aligned,
+        // and a decode product's sums of squares cover whole row quads (matvec.wgsl, NORM_COPY).
+        let mut rows_per = ((max / row_bytes.max(1)) as usize).max(4) & !3;
         if rows_per >= n {
             rows_per = n;
         }

@@ -77,6 +77,7 @@ pub struct Scratch {
     pub attn: wgpu::Buffer, // [rows, hidden]
     pub gu: wgpu::Buffer,   // [rows, 2·intermediate] interleaved gate|up
     pub m: wgpu::Buffer,    // [rows, intermediate] silu(gate)·up
+    pub ssq: wgpu::Buffer,  // [hidden / 4] decoding: Σ x² of each 4 residual elements (NormCopy)
 }
 
 /// One sequence of a batched forward pass: `rows` new tokens with RoPE positions `pos0..`,
@@ -192,6 +193,7 @@ impl Llm {
             attn: gpu.storage_buffer("attn", r * h),
             gu: gpu.storage_buffer("gate-up", r * 2 * i),
             m: gpu.storage_buffer("m", r * i),
+            ssq: gpu.storage_buffer("ssq", h / 4),
         }
     }
 
@@ -217,8 +219,8 @@ impl Llm {
             _ => None,
         };
         if let Some(q) = decode {
-            let first = NormCopy { g: &self.layers[0].input_norm.buf, yg: &s.h };
-            self.embed(rec, &input, t, &s.x, 0, self.prescaled_norms(rec.gpu).then_some(first));
+            let first = NormCopy { g: &self.layers[0].input_norm.buf, yg: &s.h, ssq: &s.ssq };
+            self.embed(rec, &input, t, &s.x, 0, self.prescaled_norms().then_some(first));
             for (l, layer) in self.layers.iter().enumerate() {
                 let next = self.layers.get(l + 1).map(|n| &n.input_norm.buf);
                 self.decode_layer(rec, s, layer, next, &q.cache.k[l], &q.cache.v[l], q.slot0, q.pos0);
@@ -256,11 +258,11 @@ impl Llm {
     }
 
     /// One decoded token through `layer`: Q|K|V + RoPE + cache write, attention, o_proj +
-    /// residual, gate|up + SwiGLU, down_proj + residual. On GPU kernel shapes that is six
-    /// dispatches (attention split over the keys, then combined) and no norm pass: each product
-    /// reads the residual `s.x` and `s.h` = x · g, which the writer before it left (the embedding
-    /// gather or the previous layer's down_proj, then o_proj), and applies 1/sqrt(mean(x²) + eps)
-    /// itself. CPU rasterisers run the two norms as passes (seven; see `prescaled_norms`).
+    /// residual, gate|up + SwiGLU, down_proj + residual: six dispatches on GPU kernel shapes
+    /// (attention split over the keys, then combined), five on CPU rasterisers, and no norm pass:
+    /// each product reads `s.h` = x · g and `s.ssq`, the sums of x² over each 4 elements, which
+    /// the residual's writer before it left (the embedding gather or the previous layer's
+    /// down_proj, then o_proj), and applies 1/sqrt(mean(x²) + eps) itself (see `prescaled_norms`).
     /// `next`: the next layer's input-norm weight (None after the last layer, whose output the
     /// final norm takes as a pass of its own).
     #[allow(clippy::too_many_arguments)]
@@ -277,19 +279,19 @@ impl Llm {
     ) {
         let c = &self.cfg;
         let hd = c.hidden;
-        let prescaled = self.prescaled_norms(rec.gpu);
+        let prescaled = self.prescaled_norms();
         // The normalised input of a fused product: x · g left by the residual's writer, or (CPU
         // rasterisers) a norm pass into `s.h`.
         let normed = |rec: &mut Recorder, g: &wgpu::Buffer| {
             if prescaled {
-                return NormIn::Prescaled { xg: &s.h, x: &s.x, off: 0, eps: c.rms_eps };
+                return NormIn::Prescaled { xg: &s.h, ssq: &s.ssq, off: 0, eps: c.rms_eps };
             }
             kernels::rmsnorm(rec, &s.x, 0, 1, hd, g, c.rms_eps, &s.h, 0);
             NormIn::Normed(View::at(&s.h, 0))
         };
         // o_proj and down_proj add into the residual, leaving x · g for the next norm if prescaled.
         let residual = |rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, g: Option<&wgpu::Buffer>| match g.filter(|_| prescaled) {
-            Some(g) => kernels::linear_residual(rec, w, x, 0, View::at(&s.x, 0), NormCopy { g, yg: &s.h }),
+            Some(g) => kernels::linear_residual(rec, w, x, 0, View::at(&s.x, 0), NormCopy { g, yg: &s.h, ssq: &s.ssq }),
             None => kernels::linear(rec, w, None, x, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true }),
         };
         let qkv = Fused::Qkv { heads: c.heads, head_dim: c.head_dim, pos, table: &self.rope.buf, q: &s.q, q_off: 0, kc, vc, slot };
@@ -304,12 +306,12 @@ impl Llm {
         residual(rec, &layer.down, &s.m, next);
     }
 
-    /// Whether the decode path's norms ride on the residual's writers (x · g) and the fused
-    /// products (GPU kernel shapes), or run as passes of their own (CPU rasterisers: in Chromium
-    /// on SwiftShader the products that sum x² per workgroup decoded 3.54 tokens/s against 4.23
-    /// with norm passes, where lavapipe saw no difference).
-    fn prescaled_norms(&self, gpu: &Gpu) -> bool {
-        gpu.gpu_tuned() || true
+    /// Whether the decode path's norms ride on the residual's writers (x · g and partial sums of
+    /// x²) and the fused products, or run as passes of their own: the products add up the
+    /// partial sums four at a time, so the hidden size must be a multiple of 16 (every real
+    /// config is).
+    fn prescaled_norms(&self) -> bool {
+        self.cfg.hidden % 16 == 0
     }
 
     /// The first layer's input for `t` rows, written to `y[y_off ..]` ([t, hidden]).
