@@ -70,7 +70,7 @@ fn linear_all_formats_and_shapes() {
         let ks: &[usize] = if quant.is_grouped() { &[96, 160, 1056] } else { &[44, 96, 1060] };
         for &k in ks {
             // matvec (≤ 4 rows); 5–32 rows: the small tiles (one or two) on GPUs, the lane product
-            // on CPU adapters (last block of 1 to 8 rows); the large tiles (one to three row tiles).
+            // on CPU adapters (last block of 1 to 16 rows); the large tiles (one to three row tiles).
             for &(m, n) in &[(1usize, 67usize), (3, 130), (6, 67), (9, 67), (17, 67), (31, 131), (32, 131), (37, 67), (70, 131), (150, 131)] {
                 let x = rng.vec(m * k);
                 let wv = rng.vec(n * k);

@@ -30,7 +30,7 @@ fn pipeline_reducing(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::Compu
 const LANE_WG: u32 = 16;
 
 /// Activation rows per lane of the CPU-rasteriser prefill kernel (LANE_M in matvec.wgsl).
-const LANE_M: u32 = 8;
+const LANE_M: u32 = 16;
 
 /// Workgroups of the lane-rows matrix–vector kernels for a chunk of `rows` output rows.
 fn lane_groups(rows: usize) -> u32 {
