@@ -21,7 +21,7 @@ struct Params {
 #if NORM_COPY
 @group(0) @binding(4) var<storage, read> g: array<vec4<f32>>;      // RMSNorm weight [K]
 @group(0) @binding(5) var<storage, read_write> yg: array<vec4<f32>>; // y · g [T, K], at y_off
-@group(0) @binding(6) var<storage, read_write> ssq: array<f32>;      // Σ y² per 4 elements [T, K / 4]
+@group(0) @binding(6) var<storage, read_write> ssq: array<f32>;      // Σ y² per 4 elements [T, K / 4], at y_off / 4
 #endif
 
 //#include quant.wgsl
@@ -42,6 +42,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     y[o] = v;
 #if NORM_COPY
     yg[o] = v * g[k / 4u];
-    ssq[(t * p.K + k) / 4u] = dot(v, v);
+    ssq[o] = dot(v, v);
 #endif
 }

@@ -34,7 +34,7 @@ struct Params {
 #if NORM_COPY
 @group(0) @binding(4) var<storage, read> g: array<f32>;            // next RMSNorm weight [row0 + N]
 @group(0) @binding(5) var<storage, read_write> yg: array<f32>;     // y · g, laid out as y
-@group(0) @binding(6) var<storage, read_write> ssq: array<f32>;    // Σ y² of each 4 rows [(row0 + N) / 4] (one activation row)
+@group(0) @binding(6) var<storage, read_write> ssq: array<f32>;    // Σ y² of each 4 rows, laid out as y / 4 (one activation row)
 #endif
 
 //#include quant.wgsl
@@ -102,7 +102,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let v = y[p.y_off + p.row0 + n + j];
         sq += v * v;
     }
-    ssq[(p.row0 + n) / 4u] = sq;
+    ssq[(p.y_off + p.row0 + n) / 4u] = sq;
 #endif
 }
 #endif
@@ -160,7 +160,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }
     workgroupBarrier();
     if (li < 2u && wid.x * 8u + 4u * li < p.N) {
-        ssq[(p.row0 + wid.x * 8u) / 4u + li] = squares[4u * li] + squares[4u * li + 1u] + squares[4u * li + 2u] + squares[4u * li + 3u];
+        ssq[(p.y_off + p.row0 + wid.x * 8u) / 4u + li] = squares[4u * li] + squares[4u * li + 1u] + squares[4u * li + 2u] + squares[4u * li + 3u];
     }
 #endif
 }

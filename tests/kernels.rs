@@ -476,13 +476,13 @@ fn embedding_gather_across_chunks() {
         let (gt, y2, yg) =
             (Tensor::from_f32(&gpu, "g", &[k], &g), Tensor::zeros(&gpu, "y2", &[ids.len() + 1, k]), Tensor::zeros(&gpu, "yg", &[ids.len() + 1, k]));
         let mut rec = Recorder::new(&gpu);
-        let ssq = Tensor::zeros(&gpu, "ssq", &[ids.len(), k / 4]);
+        let ssq = Tensor::zeros(&gpu, "ssq", &[ids.len() + 1, k / 4]);
         kernels::embedding(&mut rec, &w, &idb, 0, ids.len(), &y2.buf, k, Some(kernels::NormCopy { g: &gt.buf, yg: &yg.buf, ssq: &ssq.buf }));
         rec.finish();
         assert_eq!(read(&gpu, &y2)[k..], want[..], "embedding {quant} with norm copy");
         let scaled: Vec<f32> = want.iter().enumerate().map(|(i, v)| v * g[i % k]).collect();
         assert_eq!(read(&gpu, &yg)[k..], scaled[..], "embedding {quant}: y · g");
-        assert_close(&read(&gpu, &ssq), &quad_squares(&want), 1e-6, &format!("embedding {quant}: Σ y² per 4 elements"));
+        assert_close(&read(&gpu, &ssq)[k / 4..], &quad_squares(&want), 1e-6, &format!("embedding {quant}: Σ y² per 4 elements"));
     }
 }
 

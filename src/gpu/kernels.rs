@@ -68,8 +68,8 @@ pub struct Out<'a> {
 
 /// Where a writer of the residual stream also puts each new element times the weight of the
 /// RMSNorm that follows (`yg = y · g`, laid out as its output) and the sums of the new row's
-/// squares over each 4 elements (`ssq`, [hidden / 4] from element 0), so the decode path's fused
-/// products need no norm pass (see matvec_fused.wgsl).
+/// squares over each 4 elements (`ssq`, element e's quad at e / 4; the output offset must be a
+/// multiple of 4), so the decode path's fused products need no norm pass (see matvec_fused.wgsl).
 #[derive(Clone, Copy)]
 pub struct NormCopy<'a> {
     pub g: &'a wgpu::Buffer,
@@ -113,7 +113,7 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
 /// One activation row: y += x · Wᵀ into the residual stream, also writing y · g for the norm that
 /// follows (`copy`, at the output's offsets).
 pub fn linear_residual(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, y: View, copy: NormCopy) {
-    assert!(w.chunks.iter().all(|c| c.row0 % 4 == 0), "linear_residual: the sums of squares need chunks of whole row quads");
+    assert!(y.off % 4 == 0 && w.chunks.iter().all(|c| c.row0 % 4 == 0), "linear_residual: the sums of squares need whole row quads");
     let out = Out { buf: y.buf, off: y.off, stride: w.n, add: true };
     linear_impl(rec, w, None, x, x_off, 1, out, Act::None, Some(copy))
 }
@@ -665,6 +665,7 @@ pub fn cfg_euler(
 /// times the first RMSNorm's weight (a decoded token's first fused product reads them).
 #[allow(clippy::too_many_arguments)]
 pub fn embedding(rec: &mut Recorder, w: &Weight, ids: &wgpu::Buffer, ids_off: usize, t: usize, y: &wgpu::Buffer, y_off: usize, copy: Option<NormCopy>) {
+    assert!(y_off % 4 == 0, "embedding: unaligned output");
     let mut defines = vec![w.quant.define()];
     if copy.is_some() {
         defines.push("NORM_COPY");
