@@ -10,7 +10,8 @@
 //   SG8: for CPU rasterisers whose subgroups are 8 SIMD lanes (lavapipe): taps outer, channels
 //        inner, each x value loaded by one lane and broadcast to the others (see below);
 //   GPU_TILE: the 64×64 matrix tiling of gemm_tile64.wgsl (real GPUs);
-//   neither: gemm_tile.wgsl's 128×128 tiling (CPU rasterisers with other subgroup sizes).
+//   LANE_ROWS (with LANE_WG, LANE_M): barrier-free lanes for CPU rasterisers with other
+//   subgroup sizes (SwiftShader; a 128×128 tile with barriers took 4.5× as long on lavapipe).
 
 struct Params {
     M: u32,        // output pixels in this band (rows × W_out)
@@ -55,6 +56,60 @@ fn tap_src(iy: i32, ix: i32) -> i32 {
     return i32((((sy - p.in_row0) * p.W_in + sx) * p.Cin) >> 2u);
 }
 
+#if LANE_ROWS
+// CPU rasterisers without 8-lane subgroups (SwiftShader): each lane owns four output channels ×
+// LANE_M pixels and walks the taps (outer) and input channels (inner) alone, its pixels' sources
+// worked out once per tap as in SG8; no workgroup memory, no barrier (see matvec_lanes.wgsl for
+// why). Grid: (ceil(N / (4·LANE_WG)), ceil(M / LANE_M)).
+@compute @workgroup_size(LANE_WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x * 4u;
+    if (n >= p.N) {
+        return;
+    }
+    let m0 = gid.y * LANE_M;
+    let r = min(vec4<u32>(n, n + 1u, n + 2u, n + 3u), vec4<u32>(p.N - 1u));
+    var oy: array<i32, LANE_M>;
+    var ox: array<i32, LANE_M>;
+    for (var j = 0u; j < LANE_M; j++) {
+        let m = m0 + j;
+        oy[j] = i32(p.out_row0 + m / p.W_out) - i32(p.pad);
+        ox[j] = i32(m % p.W_out) - i32(p.pad);
+    }
+    var acc: array<vec4<f32>, LANE_M>;
+    var src: array<i32, LANE_M>;
+    for (var dy = 0u; dy < p.ks; dy++) {
+        for (var dx = 0u; dx < p.ks; dx++) {
+            // Pixels past the band's end read nothing and are not stored.
+            for (var j = 0u; j < LANE_M; j++) {
+                src[j] = select(-1, tap_src(oy[j] + i32(dy), ox[j] + i32(dx)), m0 + j < p.M);
+            }
+            let k0 = (dy * p.ks + dx) * p.Cin;
+            for (var ci = 0u; ci < p.Cin; ci += 4u) {
+                let wa = load_w4(r.x, k0 + ci, p.K, p.soff);
+                let wb = load_w4(r.y, k0 + ci, p.K, p.soff);
+                let wc = load_w4(r.z, k0 + ci, p.K, p.soff);
+                let wd = load_w4(r.w, k0 + ci, p.K, p.soff);
+                for (var j = 0u; j < LANE_M; j++) {
+                    if (src[j] >= 0) {
+                        let xv = x[u32(src[j]) + (ci >> 2u)];
+                        acc[j] += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
+                    }
+                }
+            }
+        }
+    }
+    for (var j = 0u; j < LANE_M; j++) {
+        if (m0 + j < p.M) {
+            for (var i = 0u; i < 4u; i++) {
+                if (n + i < p.N) {
+                    store_out(m0 + j, n + i, acc[j][i]);
+                }
+            }
+        }
+    }
+}
+#else
 #if SG8
 // The SG8 register tile (gemm_sg8.wgsl). Taps are the outer loop: a pixel's source position and
 // its bounds check are worked out once per tap, and the reduction over channels does no division
@@ -95,7 +150,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32, @b
     sg8_store(acc, m0, n0);
 }
 #else
-// The cursor interface of gemm_tile.wgsl and gemm_tile64.wgsl: a loader's pixel and (tap,
+// The cursor interface of gemm_tile64.wgsl: a loader's pixel and (tap,
 // channel) position, divided out once and then advanced by adding, so that the reduction loop
 // does no integer division (slow on GPUs, and without a vector instruction on CPU rasterisers).
 struct XCursor {
@@ -132,9 +187,6 @@ fn x_load(c: XCursor) -> vec4<f32> {
     return x[u32(src) + (c.ci >> 2u)];
 }
 
-#if GPU_TILE
 //#include gemm_tile64.wgsl
-#else
-//#include gemm_tile.wgsl
 #endif
 #endif

@@ -1,8 +1,7 @@
 // The tiled matrix-product body for real GPUs (included by matmul.wgsl and conv.wgsl with
-// GPU_TILE; CPU rasterisers take gemm_sg8.wgsl, matvec.wgsl's lane kernels or, for convolutions,
-// the 128×128 gemm_tile.wgsl).
+// GPU_TILE; CPU rasterisers take gemm_sg8.wgsl or the barrier-free lane kernels).
 //
-// Why a second shape: a 128×128 tile gives a 2048-wide projection over ~1000 rows only ~130
+// Why this shape: a 128×128 tile gives a 2048-wide projection over ~1000 rows only ~130
 // workgroups, one per SM of a large GPU, and one resident workgroup cannot hide the latency of
 // its own loads. Here each 16×16 workgroup owns a 64×64 output tile (16×64 with SMALL_M),
 // 4×4 outputs per invocation (1×4 with SMALL_M), so the grid has 4× more workgroups and each

@@ -1,5 +1,5 @@
 // The matrix–vector inner loop for CPU rasterisers (LANE_ROWS in matvec.wgsl and
-// matvec_fused.wgsl): each invocation owns four whole output rows and walks K alone, so the kernel
+// matvec_fused.wgsl; conv.wgsl has the same lanes over taps): each invocation owns four whole output rows and walks K alone, so the kernel
 // has no workgroup memory and no barrier. SwiftShader runs a workgroup that meets a barrier as
 // coroutines switched at every barrier; the 32-lanes-per-row tree cost it ~9× the time of this
 // loop on a 5632×1024 q4 product (Chromium, 2 cores). Four rows per lane share each activation

@@ -163,7 +163,7 @@ enum Cmd {
         /// Kernel shapes: `gpu` (many small workgroups) or `cpu` (barrier-free lane products for
         /// lavapipe and SwiftShader; with the 8-lane subgroup kernels where the adapter allows
         /// them), or `cpu-tile` (CPU shapes without those, as SwiftShader in the browser runs:
-        /// lane products for prompts too, 128×128 convolution tiles); default: from the adapter.
+        /// lane products for prompts and convolutions too); default: from the adapter.
         #[arg(long, value_parser = ["cpu", "cpu-tile", "gpu"])]
         shapes: Option<String>,
         /// Also print every figure as one JSON object (the last line of the output).

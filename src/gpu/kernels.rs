@@ -96,9 +96,6 @@ fn gemm_tile(small: bool) -> (u32, u32) {
     }
 }
 
-/// Output rows × columns of one CPU-rasteriser convolution workgroup (see gemm_tile.wgsl).
-const CPU_TILE: (u32, u32) = (128, 128);
-
 /// y[m, :] (+)= x[m, :] · Wᵀ (+ bias) for m in 0..rows; `x` holds rows of `w.k` elements.
 pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out) {
     linear_act(rec, w, bias, x, x_off, rows, out, Act::None)
@@ -723,7 +720,7 @@ const SG8_TILE: (u32, u32) = (8 * 16, 32);
 /// `w` is [Cout, ks·ks·Cin] (taps major, input channels minor). Works in bands of output rows so
 /// that every bound window stays within the device's binding limit. Kernel shapes: the 64×64
 /// matrix tile on GPUs; on CPU rasterisers the subgroup kernel where subgroups are 8 lanes wide,
-/// else the 128×128 tile.
+/// else barrier-free lanes of 4 channels × LANE_M pixels.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x: Map, upsample: bool, y: Map, add: bool) {
     let up = if upsample { 2 } else { 1 };
@@ -749,16 +746,17 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
     }
     let tuned = rec.gpu.gpu_tuned();
     let sg8 = !tuned && rec.gpu.sg8();
+    // CPU rasterisers without 8-lane subgroups: barrier-free lanes of 4 channels × LANE_M pixels.
+    let lane_sizes = [format!("LANE_WG={LANE_WG}"), format!("LANE_M={LANE_M}")];
     let (tile_m, tile_n) = if sg8 {
         defines.push("SG8");
         SG8_TILE
+    } else if tuned {
+        defines.push("GPU_TILE");
+        gemm_tile(false)
     } else {
-        if tuned {
-            defines.push("GPU_TILE");
-            gemm_tile(false)
-        } else {
-            CPU_TILE
-        }
+        defines.extend(["LANE_ROWS", lane_sizes[0].as_str(), lane_sizes[1].as_str()]);
+        (LANE_M, 4 * LANE_WG)
     };
     let p = pipeline(rec.gpu, "conv.wgsl", &defines);
     let mut r0 = 0;

@@ -14,7 +14,6 @@ const FILES: &[(&str, &str)] = &[
     ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
     ("matvec_fused.wgsl", include_str!("../../shaders/matvec_fused.wgsl")),
     ("matvec_lanes.wgsl", include_str!("../../shaders/matvec_lanes.wgsl")),
-    ("gemm_tile.wgsl", include_str!("../../shaders/gemm_tile.wgsl")),
     ("gemm_tile64.wgsl", include_str!("../../shaders/gemm_tile64.wgsl")),
     ("gemm_sg8.wgsl", include_str!("../../shaders/gemm_sg8.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
