@@ -57,6 +57,8 @@ fn tap_src(iy: i32, ix: i32) -> i32 {
 }
 
 #if LANE_ROWS
+//#include matvec_lanes.wgsl
+
 // CPU rasterisers without 8-lane subgroups (SwiftShader): each lane owns four output channels ×
 // LANE_M pixels and walks the taps (outer) and input channels (inner) alone, its pixels' sources
 // worked out once per tap as in SG8; no workgroup memory, no barrier (see matvec_lanes.wgsl for
@@ -68,7 +70,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let m0 = gid.y * LANE_M;
-    let r = min(vec4<u32>(n, n + 1u, n + 2u, n + 3u), vec4<u32>(p.N - 1u));
+    let r = lane_rows(n, p.N);
     var oy: array<i32, LANE_M>;
     var ox: array<i32, LANE_M>;
     for (var j = 0u; j < LANE_M; j++) {
@@ -86,28 +88,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
             let k0 = (dy * p.ks + dx) * p.Cin;
             for (var ci = 0u; ci < p.Cin; ci += 4u) {
-                let wa = load_w4(r.x, k0 + ci, p.K, p.soff);
-                let wb = load_w4(r.y, k0 + ci, p.K, p.soff);
-                let wc = load_w4(r.z, k0 + ci, p.K, p.soff);
-                let wd = load_w4(r.w, k0 + ci, p.K, p.soff);
+                let wm = lane_w4(r, k0 + ci, p.K, p.soff);
                 for (var j = 0u; j < LANE_M; j++) {
                     if (src[j] >= 0) {
-                        let xv = x[u32(src[j]) + (ci >> 2u)];
-                        acc[j] += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
+                        acc[j] += x[u32(src[j]) + (ci >> 2u)] * wm;
                     }
                 }
             }
         }
     }
-    for (var j = 0u; j < LANE_M; j++) {
-        if (m0 + j < p.M) {
-            for (var i = 0u; i < 4u; i++) {
-                if (n + i < p.N) {
-                    store_out(m0 + j, n + i, acc[j][i]);
-                }
-            }
-        }
-    }
+    lane_store(m0, n, p.M, p.N, acc);
 }
 #else
 #if SG8

@@ -62,24 +62,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var acc: array<vec4<f32>, LANE_M>;
     for (var k = 0u; k < p.K; k += 4u) {
-        let wa = load_w4(r.x, k, p.K, p.soff);
-        let wb = load_w4(r.y, k, p.K, p.soff);
-        let wc = load_w4(r.z, k, p.K, p.soff);
-        let wd = load_w4(r.w, k, p.K, p.soff);
+        let wm = lane_w4(r, k, p.K, p.soff);
         for (var j = 0u; j < LANE_M; j++) {
-            let xv = x[xr[j] + k / 4u];
-            acc[j] += vec4<f32>(dot(wa, xv), dot(wb, xv), dot(wc, xv), dot(wd, xv));
+            acc[j] += x[xr[j] + k / 4u] * wm;
         }
     }
-    for (var j = 0u; j < LANE_M; j++) {
-        if (m0 + j < p.M) {
-            for (var i = 0u; i < 4u; i++) {
-                if (n + i < p.N) {
-                    store_out(m0 + j, n + i, acc[j][i]);
-                }
-            }
-        }
-    }
+    lane_store(m0, n, p.M, p.N, acc);
 }
 #else
 // CPU rasterisers: four rows per lane, no barrier (see matvec_lanes.wgsl); grid y = M.

@@ -31,13 +31,33 @@ fn lane_dot4(r: vec4<u32>, K: u32, soff: u32, xb: u32) -> vec4<f32> {
     }
 #else
     for (var k = 0u; k < K; k += 4u) {
-        let xv = x[xb + k / 4u];
-        acc += vec4<f32>(dot(load_w4(r.x, k, K, soff), xv), dot(load_w4(r.y, k, K, soff), xv),
-                         dot(load_w4(r.z, k, K, soff), xv), dot(load_w4(r.w, k, K, soff), xv));
+        acc += x[xb + k / 4u] * lane_w4(r, k, K, soff);
     }
 #endif
     return acc;
 }
+
+// Weights [r_j, k .. k+4) of the lane's four rows as the columns of a matrix, so that `xv * m` is
+// the four rows' dots with the activation quad xv.
+fn lane_w4(r: vec4<u32>, k: u32, K: u32, soff: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(load_w4(r.x, k, K, soff), load_w4(r.y, k, K, soff), load_w4(r.z, k, K, soff), load_w4(r.w, k, K, soff));
+}
+
+#if LANE_M
+// Stores a lane's LANE_M × 4 sums (activation rows m0.., output rows n..), leaving out rows past
+// M or N. The includer has linear_out.wgsl's `store_out`.
+fn lane_store(m0: u32, n: u32, M: u32, N: u32, acc: array<vec4<f32>, LANE_M>) {
+    for (var j = 0u; j < LANE_M; j++) {
+        if (m0 + j < M) {
+            for (var i = 0u; i < 4u; i++) {
+                if (n + i < N) {
+                    store_out(m0 + j, n + i, acc[j][i]);
+                }
+            }
+        }
+    }
+}
+#endif
 
 // The four rows a lane owns from row n on, clamped to the chunk's last row.
 fn lane_rows(n: u32, N: u32) -> vec4<u32> {
