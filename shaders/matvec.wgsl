@@ -1,8 +1,8 @@
 // Matrix–vector product for decoding and, on CPU rasterisers without 8-lane subgroups, for every
 // product: y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b). Memory-bound for few rows: each weight
 // word is read once per activation row (LANE_M: once per LANE_M rows).
-// GPU shapes (M ≤ 4): a workgroup owns 8 output rows; 32 lanes stride along K so that neighbouring
-// lanes read neighbouring words, and a workgroup tree adds them up.
+// GPU shapes (M ≤ 4): a workgroup owns 8 output rows, 32 lanes per row striding along K
+// (matvec_rows.wgsl: subgroupAdd with SUBGROUPS, a workgroup tree without).
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD (accumulate into y);
 // BIAS; GELU/SILU; NORM_COPY (with ADD, without BIAS, one activation row, chunks starting at
 // multiples of 4 rows): also write y · g (see linear_out.wgsl) and the sum of the new y² over
@@ -95,60 +95,48 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 #endif
 #else
-var<workgroup> partial: array<f32, 256>;
+//#include matvec_rows.wgsl
 #if NORM_COPY
 var<workgroup> squares: array<f32, 8>; // per row of the workgroup: its new y²
 #endif
 
-// Adds up the 32 lanes of each output row into its lane 0, once every lane has written its sums.
-fn sum_lanes(li: u32, lane: u32) {
-    workgroupBarrier();
-    for (var s = 16u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            partial[li] += partial[li + s];
-        }
-        workgroupBarrier();
-    }
-}
-
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lane = li % 32u;
-    let n = wid.x * 8u + li / 32u;
+fn main(inv: RowInvocation, @builtin(workgroup_id) wid: vec3<u32>) {
+    let rl = row_lane(inv);
+    let n = wid.x * 8u + rl.row;
     let m = wid.y;
     var acc = 0.0;
     if (n < p.N) {
         let xb = (p.x_off + m * p.K) / 4u;
 #if Q4_GROUPS
         // A whole group per lane (K % 32 == 0 for q4).
-        for (var grp = lane; grp < p.K / 32u; grp += 32u) {
+        for (var grp = rl.lane; grp < p.K / 32u; grp += 32u) {
             let b = xb + grp * 8u;
             let a = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
             acc += q4_group_dot(n, grp, p.K, p.soff, a);
         }
 #else
-        for (var k = lane * 4u; k < p.K; k += 128u) {
+        for (var k = rl.lane * 4u; k < p.K; k += 128u) {
             acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
 #endif
     }
-    partial[li] = acc;
-    sum_lanes(li, lane);
-    if (lane == 0u && n < p.N) {
-        store_out(m, n, partial[li]);
+    let total = row_sum(rl, acc);
+    if (rl.lane == 0u && n < p.N) {
+        store_out(m, n, total);
     }
 #if NORM_COPY
     // Each 4 rows' Σ y² (one activation row; the chunk starts at a multiple of 4 rows).
-    if (lane == 0u) {
+    if (rl.lane == 0u) {
         var v = 0.0;
         if (n < p.N) {
             v = y[p.y_off + p.row0 + n];
         }
-        squares[li / 32u] = v * v;
+        squares[rl.row] = v * v;
     }
     workgroupBarrier();
-    if (li < 2u && wid.x * 8u + 4u * li < p.N) {
-        ssq[(p.y_off + p.row0 + wid.x * 8u) / 4u + li] = squares[4u * li] + squares[4u * li + 1u] + squares[4u * li + 2u] + squares[4u * li + 3u];
+    if (inv.li < 2u && wid.x * 8u + 4u * inv.li < p.N) {
+        ssq[(p.y_off + p.row0 + wid.x * 8u) / 4u + inv.li] = squares[4u * inv.li] + squares[4u * inv.li + 1u] + squares[4u * inv.li + 2u] + squares[4u * inv.li + 3u];
     }
 #endif
 }

@@ -9,7 +9,7 @@
 //   PLAIN:   writes the product (lm_head).
 // One activation row. Exact in f32 up to summation order:
 //   y_n = (Σ_k W[n, k] · x_k · g_k) · 1/sqrt(mean(x²) + eps)   (g: the RMSNorm weight).
-// GPU shapes: each workgroup owns 8 rows; its 32-lane groups stride along K as in matvec.wgsl.
+// GPU shapes: each workgroup owns 8 rows, 32 lanes per row striding along K (matvec_rows.wgsl).
 // The norm is not a pass of its own: whoever writes the residual x (the embedding gather, the
 // o_proj and down_proj products) also writes xg = x · g for the norm that follows it and the sums
 // of x² over each 4 elements (NORM_COPY in embedding.wgsl and matvec.wgsl). This kernel takes the
@@ -126,84 +126,77 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 #endif
 }
 #else
-// Per lane: Σ w·x of its row (a tree over vec2 sums that also carried the squares cost
-// SwiftShader ~25 % of a decoded token).
-var<workgroup> partial: array<f32, 256>;
+//#include matvec_rows.wgsl
+var<workgroup> row_totals: array<f32, 8>;
 #if PRESCALED
-var<workgroup> squares: array<f32, 32>; // group 0's lanes: Σ x² over their share
+var<workgroup> squares: array<f32, 32>; // row 0's lanes: Σ x² over their share
 #endif
 
-// The chunk row that lane group `grp` (0..8) of workgroup `wg` computes, or N when none. Group
-// pairs (2j, 2j+1) hold neighbouring rows: a rotation pair (QKV) or a (gate, up) pair.
-fn row_of(wg: u32, grp: u32) -> u32 {
-    return min(wg * 8u + grp, p.N);
+// The chunk row that row `r` (0..8) of workgroup `wg` computes, or N when none. Row pairs
+// (2j, 2j+1) are neighbouring rows: a rotation pair (QKV) or a (gate, up) pair.
+fn row_of(wg: u32, r: u32) -> u32 {
+    return min(wg * 8u + r, p.N);
 }
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lane = li % 32u;
-    let grp = li / 32u;
-    let n = row_of(wid.x, grp);
+fn main(inv: RowInvocation, @builtin(workgroup_id) wid: vec3<u32>) {
+    let rl = row_lane(inv);
+    let n = row_of(wid.x, rl.row);
     let xb = p.x_off / 4u;
 #if PRESCALED
-    // Group 0 adds up the residual writer's partial sums of squares (a whole SIMD batch takes the
-    // branch or none does).
-    if (grp == 0u) {
+    // Row 0's lanes add up the residual writer's partial sums of squares (a whole SIMD batch takes
+    // the branch or none does).
+    if (rl.row == 0u) {
         var ss = 0.0;
-        for (var k = lane; k < p.K / 16u; k += 32u) {
+        for (var k = rl.lane; k < p.K / 16u; k += 32u) {
             ss += dot(ssq[xb / 4u + k], vec4<f32>(1.0));
         }
-        squares[lane] = ss;
+        squares[rl.lane] = ss;
     }
 #endif
     var acc = 0.0;
     if (n < p.N) {
 #if Q4_GROUPS
-        for (var grp = lane; grp < p.K / 32u; grp += 32u) {
+        for (var grp = rl.lane; grp < p.K / 32u; grp += 32u) {
             let b = xb + grp * 8u;
             let a = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
             acc += q4_group_dot(n, grp, p.K, p.soff, a);
         }
 #else
-        for (var k = lane * 4u; k < p.K; k += 128u) {
+        for (var k = rl.lane * 4u; k < p.K; k += 128u) {
             acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
 #endif
     }
-    partial[li] = acc;
+    let total = row_sum(rl, acc);
+    if (rl.lane == 0u) {
+        row_totals[rl.row] = total;
+    }
     workgroupBarrier();
-    for (var s = 16u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            partial[li] += partial[li + s];
-        }
-        workgroupBarrier();
-    }
 #if PRESCALED
-    // Summed serially after the tree: a branch for them inside it cost lavapipe ~20 %.
-    var total = 0.0;
+    // Summed serially after the rows: a branch for them inside the tree cost lavapipe ~20 %.
+    var sq = 0.0;
     for (var i = 0u; i < 32u; i++) {
-        total += squares[i];
+        sq += squares[i];
     }
-    let inv = 1.0 / sqrt(total / f32(p.K) + p.eps);
+    let scale = 1.0 / sqrt(sq / f32(p.K) + p.eps);
 #else
-    let inv = 1.0;
+    let scale = 1.0;
 #endif
 #if PLAIN
-    if (lane == 0u && n < p.N) {
-        y[p.y_off + p.row0 + n] = partial[li] * inv;
+    if (inv.li < 8u && row_of(wid.x, inv.li) < p.N) {
+        y[p.y_off + p.row0 + row_of(wid.x, inv.li)] = row_totals[inv.li] * scale;
     }
 #else
     // Four epilogue lanes, one per row pair.
-    if (li >= 4u) {
+    if (inv.li >= 4u) {
         return;
     }
-    let r = row_of(wid.x, 2u * li);
+    let r = row_of(wid.x, 2u * inv.li);
     if (r >= p.N) {
         return;
     }
-    let va = partial[2u * li * 32u] * inv;
-    let vb = partial[(2u * li + 1u) * 32u] * inv;
-    pair_out(r, va, vb);
+    pair_out(r, row_totals[2u * inv.li] * scale, row_totals[2u * inv.li + 1u] * scale);
 #endif
 }
 #endif

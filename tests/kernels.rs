@@ -57,15 +57,17 @@ fn linear_all_formats_and_shapes() {
     let mut rng = Rng(1);
     // Every kernel on any adapter: the barrier-free lane products (CPU adapters: every row count
     // without 8-lane subgroups, one to 32 rows with them), the SG8 register tile (CPU adapters
-    // with 8-lane subgroups, where this one has them), and the row-tree matvec with 64×64 /
-    // 16×64 tiles (GPUs).
-    let shapes = [(false, true), (false, false), (true, false)];
-    for ((gpu_tuned, sg8), quant) in shapes.into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (t, q))) {
+    // with 8-lane subgroups, where this one has them), and the 32-lanes-per-row matvec with
+    // 64×64 / 16×64 tiles (GPUs), its rows added up by subgroup (where this adapter has them) and
+    // by the workgroup tree.
+    let shapes = [(false, true, true), (false, false, true), (true, false, true), (true, false, false)];
+    for ((gpu_tuned, sg8, sub), quant) in shapes.into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (t, q))) {
         gpu.set_gpu_tuned(gpu_tuned);
         gpu.set_sg8_allowed(sg8);
+        gpu.set_subgroup_reduce_allowed(sub);
         // With and without wgpu's shader runtime checks (see Gpu::trusted_shaders).
         gpu.set_trusted_shaders(quant != Quant::Q8);
-        let gpu_tuned = format!("{gpu_tuned} sg8 {} trusted {}", gpu.sg8(), gpu.trusted_shaders());
+        let gpu_tuned = format!("{gpu_tuned} sg8 {} subgroups {:?} trusted {}", gpu.sg8(), gpu.subgroup_reduce(), gpu.trusted_shaders());
         // Large K: many matrix-tile slices, many matvec strides.
         let ks: &[usize] = if quant.is_grouped() { &[96, 160, 1056] } else { &[44, 96, 1060] };
         for &k in ks {
@@ -379,9 +381,12 @@ fn fused_decode_products_and_rope_scatter() {
     let table = janusflow::model::llm::rope_table(16, d, 10000.0);
     let tt = Tensor::from_f32(&gpu, "rope", &[16, d], &table);
     let cs = &table[pos * d..(pos + 1) * d];
-    // Both kernel shape sets (GPU shapes read q4 a whole group per lane).
-    for (tuned, quant) in [false, true].into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(|q| (t, q))) {
+    // Both kernel shape sets (GPU shapes read q4 a whole group per lane; their rows added up by
+    // subgroup where this adapter has them, and by the workgroup tree).
+    let shapes = [(false, true), (true, true), (true, false)];
+    for ((tuned, sub), quant) in shapes.into_iter().flat_map(|t| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (t, q))) {
         gpu.set_gpu_tuned(tuned);
+        gpu.set_subgroup_reduce_allowed(sub);
         let x = rng.vec(2 * k);
         let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + v * 0.5).collect();
         let h = cpu_rmsnorm(&x[k..], &g, eps); // row 1 of x
@@ -414,7 +419,7 @@ fn fused_decode_products_and_rope_scatter() {
                 if prescaled { kernels::NormIn::Prescaled { xg: &xgt.buf, ssq: &ssq.buf, off: k, eps } } else { kernels::NormIn::Normed(View::at(&ht.buf, 0)) };
             kernels::norm_matvec(&mut rec, &w, input, f);
             rec.finish();
-            let what = format!("fused qkv {quant} prescaled {prescaled} gpu-tuned {tuned}");
+            let what = format!("fused qkv {quant} prescaled {prescaled} gpu-tuned {tuned} subgroups {:?}", gpu.subgroup_reduce());
             assert_close(&read(&gpu, &qt), &q, 1e-5, &what);
             assert_close(&read(&gpu, &kt)[slot * hd..(slot + 1) * hd], &kk, 1e-5, &what);
             assert_close(&read(&gpu, &vt)[slot * hd..(slot + 1) * hd], &v, 1e-5, &what);

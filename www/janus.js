@@ -283,6 +283,14 @@ class Engine extends EventTarget {
     return this.#post(URGENT.debugLoseDevice, { when });
   }
 
+  /**
+   * Test hook: allows (the default) or forbids subgroup operations in the loaded engine's workgroup
+   * reductions; resolves to the subgroup width they now use, or null for the workgroup tree.
+   */
+  debugSubgroupReductions(on) {
+    return this.#post(URGENT.debugSubgroupReductions, { on });
+  }
+
   /** Test hook: makes the wasm engine panic (trap); rejects with kind 'crashed'. */
   debugPanic() {
     return this.#post(URGENT.debugPanic);

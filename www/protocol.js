@@ -17,12 +17,13 @@ export const OP = Object.freeze({
 
 /**
  * Operations handled at once, even while another one runs: Stop, and the test hooks that break
- * the engine on purpose (named debug* so nobody mistakes them for API).
+ * the engine on purpose or switch its kernels (named debug* so nobody mistakes them for API).
  */
 export const URGENT = Object.freeze({
   cancel: 'cancel',
   debugLoseDevice: 'debugLoseDevice',
   debugPanic: 'debugPanic',
+  debugSubgroupReductions: 'debugSubgroupReductions',
 });
 
 /** Message types from the worker. */

@@ -51,13 +51,17 @@ if (typeof GPUAdapter !== 'undefined') {
   const requestDevice = GPUAdapter.prototype.requestDevice;
   GPUAdapter.prototype.requestDevice = async function (descriptor) {
     const d = { ...(descriptor || {}) };
-    // Subgroup operations when the adapter offers them (kernels may use them); if asking for
-    // them fails, the device is requested exactly as wgpu asked.
+    // Subgroup operations when the adapter offers them (wgpu 30 cannot ask for them here); if
+    // asking fails, the device is requested exactly as wgpu asked. The engine reads
+    // `self.janusflowSubgroups` right after: its workgroup reductions use subgroups only when the
+    // device has them and WGSL has the `subgroup_id` builtin they are written with.
     let device = null;
+    self.janusflowSubgroups = false;
     if (this.features && this.features.has('subgroups') && !(d.requiredFeatures || []).includes('subgroups')) {
       device = await requestDevice.call(this, { ...d, requiredFeatures: [...(d.requiredFeatures || []), 'subgroups'] }).catch(() => null);
     }
     device = device || (await requestDevice.call(this, descriptor));
+    self.janusflowSubgroups = !!(device.features.has('subgroups') && navigator.gpu.wgslLanguageFeatures?.has('subgroup_id'));
     lastDevice = device;
     return device;
   };
@@ -480,6 +484,12 @@ const urgent = {
     if (when === 'now') return loseDevice();
     loseOn = when;
     return !!gpu.device;
+  },
+  /** Test hook: {on}; resolves to the subgroup width the reductions now use (null: the tree). */
+  [URGENT.debugSubgroupReductions](id, { on }) {
+    if (!engine) throw kindError('no engine is loaded', KIND.config);
+    engine.setSubgroupReductions(!!on);
+    return engine.info().subgroupReductions ?? null;
   },
   /** Test hook: a Rust panic, which traps the wasm instance. */
   async [URGENT.debugPanic]() {

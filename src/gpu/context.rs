@@ -162,6 +162,12 @@ impl Gpu {
             })
             .await
             .map_err(|e| tagged(Kind::Webgpu, format!("could not open the GPU device: {e}")))?;
+        // wgpu 30 cannot ask for subgroups in the browser; the worker's requestDevice wrapper does
+        // (www/worker.js) and says whether the device got them and WGSL has `subgroup_id`.
+        if cfg!(target_arch = "wasm32") && web_device_subgroups() {
+            gf.subgroups = true;
+            gf.subgroup_size = (info.subgroup_min_size == info.subgroup_max_size).then_some(info.subgroup_min_size);
+        }
         let lost = Arc::new(Mutex::new(None));
         let lost2 = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -243,15 +249,10 @@ impl Gpu {
         self.sg8_allowed.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The subgroup width the workgroup reductions (reduce.wgsl) may count on: the adapter's
-    /// subgroups have one fixed power-of-two width, and tests have not turned them off. Never in
-    /// the browser: the path needs WGSL's `subgroup_id` builtin, a language extension browsers
-    /// added after subgroups themselves, and it has not been run in one (wgpu 30 reports no
-    /// subgroup width there anyway).
+    /// The subgroup width the workgroup reductions (reduce.wgsl) may count on: the device has
+    /// subgroups of one fixed power-of-two width (in the browser also WGSL's `subgroup_id`
+    /// builtin, see `web_device_subgroups`), and tests have not turned them off.
     pub fn subgroup_reduce(&self) -> Option<u32> {
-        if cfg!(target_arch = "wasm32") {
-            return None;
-        }
         let w = self.summary.features.subgroup_size.filter(|w| w.is_power_of_two() && (4..=128).contains(w))?;
         self.subgroup_reduce_allowed.load(std::sync::atomic::Ordering::Relaxed).then_some(w)
     }
@@ -457,4 +458,17 @@ pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
     let data = staging.slice(..).get_mapped_range().map_err(|e| anyhow!("GPU readback failed: {e:?}"))?.to_vec();
     staging.unmap();
     Ok(data)
+}
+
+/// Whether the browser device has `subgroups` and WGSL offers `subgroup_id`, as the worker's
+/// `requestDevice` wrapper (www/worker.js) records in `self.janusflowSubgroups` for the device it
+/// has just opened. Outside such a worker (no wrapper): no.
+#[cfg(target_arch = "wasm32")]
+fn web_device_subgroups() -> bool {
+    js_sys::Reflect::get(&js_sys::global(), &"janusflowSubgroups".into()).map(|v| v.is_truthy()).unwrap_or(false)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn web_device_subgroups() -> bool {
+    false
 }

@@ -25,6 +25,12 @@ fn pipeline_reducing(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::Compu
     }
 }
 
+/// The SUBGROUPS define of the GPU-shape matrix–vector kernels (matvec_rows.wgsl): the width the
+/// workgroup reductions may use, where a 32-lane row holds whole subgroups.
+fn row_subgroups(gpu: &Gpu) -> Option<String> {
+    gpu.subgroup_reduce().filter(|&w| w <= 32).map(|w| format!("SUBGROUPS={w}"))
+}
+
 /// Lanes per workgroup of the CPU-rasteriser matrix–vector kernels, each lane owning four output
 /// rows (matvec_lanes.wgsl): 64 rows per workgroup.
 const LANE_WG: u32 = 16;
@@ -168,6 +174,10 @@ fn linear_impl(
         defines.push("SMALL_M");
     }
     let (tile_m, tile_n) = if sg8 { SG8_TILE } else { gemm_tile(small) };
+    let row_sg = row_subgroups(rec.gpu);
+    if vec && !lanes {
+        defines.extend(row_sg.as_deref());
+    }
     if tuned && !vec {
         defines.push("GPU_TILE");
     }
@@ -368,7 +378,10 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
         defines.push("Q4_GROUPS");
     }
     // CPU rasterisers take four rows per lane (matvec_lanes.wgsl).
-    if !tuned {
+    let row_sg = row_subgroups(rec.gpu);
+    if tuned {
+        defines.extend(row_sg.as_deref());
+    } else {
         defines.extend(["LANE_ROWS", lane_wg.as_str()]);
     }
     let p = pipeline(rec.gpu, "matvec_fused.wgsl", &defines);

@@ -4,8 +4,8 @@
 //! becomes `const NAME: u32 = VALUEu;` at the top of the source: sizes (workgroup sizes, tiles)
 //! are chosen once, in the Rust launcher, and the shader uses them as constants
 //! (`@workgroup_size(WG)`, `array<f32, BQ * BK>`); `#if NAME` is true for a value define too.
-//! (Kernels with subgroup operations run natively only: naga 30 takes them without the
-//! `enable subgroups;` directive browsers would need, and rejects the directive.)
+//! Kernels with subgroup operations (defines `SUBGROUPS=n`, `SG8`) start with `enable subgroups;`
+//! in the browser, which requires it; naga 30 natively takes them without it and rejects it.
 
 const FILES: &[(&str, &str)] = &[
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
@@ -14,6 +14,7 @@ const FILES: &[(&str, &str)] = &[
     ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
     ("matvec_fused.wgsl", include_str!("../../shaders/matvec_fused.wgsl")),
     ("matvec_lanes.wgsl", include_str!("../../shaders/matvec_lanes.wgsl")),
+    ("matvec_rows.wgsl", include_str!("../../shaders/matvec_rows.wgsl")),
     ("gemm_tile64.wgsl", include_str!("../../shaders/gemm_tile64.wgsl")),
     ("gemm_sg8.wgsl", include_str!("../../shaders/gemm_sg8.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
@@ -39,6 +40,9 @@ fn file(name: &str) -> &'static str {
 /// Returns the source of `name` with `defines` applied and includes expanded.
 pub fn source(name: &str, defines: &[&str]) -> String {
     let mut out = String::new();
+    if cfg!(target_arch = "wasm32") && defines.iter().any(|d| d.starts_with("SUBGROUPS=") || *d == "SG8") {
+        out.push_str("enable subgroups;\n");
+    }
     for d in defines {
         if let Some((n, v)) = d.split_once('=') {
             let v: u32 = v.parse().unwrap_or_else(|_| panic!("value define {d} is not a u32"));

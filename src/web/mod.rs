@@ -233,6 +233,13 @@ impl WebEngine {
         self.engine.gpu.set_gpu_tuned(on);
     }
 
+    /// Allows (the default) or forbids subgroup operations in the workgroup reductions, so that
+    /// tests run both paths in the browser.
+    #[wasm_bindgen(js_name = setSubgroupReductions)]
+    pub fn set_subgroup_reductions(&self, on: bool) {
+        self.engine.gpu.set_subgroup_reduce_allowed(on);
+    }
+
     /// Compiles the chat and image-question shaders now (the load's last phase), so the first
     /// message does not wait for them; returns the number of pipelines compiled.
     #[wasm_bindgen(js_name = compileKernels)]

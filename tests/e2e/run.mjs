@@ -269,6 +269,32 @@ await test('image question equals the native CLI', async () => {
   assert.equal(text, expected.image.reply);
 });
 
+await test('workgroup reductions: subgroups where the browser offers them, the tree when forbidden; both give the native replies', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    const offered = (await navigator.gpu.requestAdapter()).features.has('subgroups');
+    const ask = async () => {
+      await E.reset();
+      const chat = await E.chat([{ role: 'user', content: arg.chat }], { temperature: 0, maxTokens: 24 });
+      await E.reset();
+      const blob = await (await fetch('/fixtures/images/square_80.png')).blob();
+      const image = await E.chat([{ role: 'user', content: arg.image, images: [blob] }], { temperature: 0, maxTokens: 24 });
+      return { chat, image };
+    };
+    const width = await E.debugSubgroupReductions(true);
+    const tree = await E.debugSubgroupReductions(false);
+    const treeReplies = await ask();
+    await E.debugSubgroupReductions(true);
+    await E.reset();
+    return { offered, width, tree, treeReplies };
+  `, { chat: expected.chat.prompt, image: expected.image.prompt });
+  // SwiftShader offers 4-lane subgroups: the earlier tests ran on the subgroup path.
+  if (r.offered) assert.ok(r.width >= 4, `subgroup reductions in use: ${r.width}`);
+  assert.equal(r.tree, null);
+  assert.equal(r.treeReplies.chat, expected.chat.reply);
+  assert.equal(r.treeReplies.image, expected.image.reply);
+});
+
 await test('generated image equals the native one within ±2 levels', async () => {
   const r = await inPage(`
     ${ENGINE}
