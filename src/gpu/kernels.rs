@@ -12,6 +12,25 @@ fn pipeline(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipelin
     gpu.pipeline(&key, || shader::source(file, defines))
 }
 
+/// Declares the `#[repr(C)]` mirror of a WGSL `Params` block: 4-byte fields (u32 or f32) in the
+/// shader's order, which the declaration checks by size.
+macro_rules! wgsl_params {
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty,)* }) => {
+        $(#[$doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        struct $name {
+            $($field: $ty,)*
+        }
+        const _: () = assert!(std::mem::size_of::<$name>() == 4 * [$(stringify!($field)),*].len(), "one 4-byte field per WGSL Params member");
+    };
+}
+
+/// A parameter block as the words the recorder uploads.
+fn words<P: bytemuck::Pod>(params: &P) -> &[u32] {
+    bytemuck::cast_slice(std::slice::from_ref(params))
+}
+
 /// [`pipeline`] for a kernel that includes reduce.wgsl: with the adapter's subgroup width as
 /// SUBGROUPS where its reductions may use subgroup operations.
 fn pipeline_reducing(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipeline> {
@@ -222,7 +241,7 @@ fn linear_impl(
         } else {
             [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1]
         };
-        rec.dispatch(p.clone(), bytemuck::cast_slice(std::slice::from_ref(&params)), &bufs, wg);
+        rec.dispatch(p.clone(), words(&params), &bufs, wg);
     }
 }
 
@@ -247,7 +266,13 @@ pub fn rmsnorm_strided(
     y_stride: usize,
 ) {
     let p = pipeline_reducing(rec.gpu, "norm.wgsl", &[]);
-    rec.dispatch(p, &[d as u32, x_off as u32, y_off as u32, eps.to_bits(), y_stride as u32], &[x, weight, y], [rows as u32, 1, 1]);
+    let params = NormParams { d: d as u32, x_off: x_off as u32, y_off: y_off as u32, eps, y_stride: y_stride as u32 };
+    rec.dispatch(p, words(&params), &[x, weight, y], [rows as u32, 1, 1]);
+}
+
+wgsl_params! {
+    /// The `Params` block of norm.wgsl.
+    NormParams { d: u32, x_off: u32, y_off: u32, eps: f32, y_stride: u32, }
 }
 
 /// LayerNorm (with affine weight and bias) of `rows` rows of length `d`.
@@ -265,7 +290,8 @@ pub fn layernorm(
     y_off: usize,
 ) {
     let p = pipeline_reducing(rec.gpu, "norm.wgsl", &["LAYERNORM"]);
-    rec.dispatch(p, &[d as u32, x_off as u32, y_off as u32, eps.to_bits(), d as u32], &[x, weight, y, bias], [rows as u32, 1, 1]);
+    let params = NormParams { d: d as u32, x_off: x_off as u32, y_off: y_off as u32, eps, y_stride: d as u32 };
+    rec.dispatch(p, words(&params), &[x, weight, y, bias], [rows as u32, 1, 1]);
 }
 
 /// Stacked Q|K|V rows ([t, 3·h·d] from one matrix product in [`qkv_row_order`], at `x_off`) → RoPE on q and k from
@@ -288,8 +314,22 @@ pub fn rope_scatter(
 ) {
     let p = pipeline(rec.gpu, "rope.wgsl", &[]);
     let n = (t * 3 * h * d / 2) as u32;
-    let params = [t as u32, h as u32, d as u32, pos0 as u32, x_off as u32, (3 * h * d) as u32, q_off as u32, slot0 as u32];
-    rec.dispatch(p, &params, &[x, table, q, kc, vc], grid(n.div_ceil(256)));
+    let params = RopeParams {
+        t: t as u32,
+        h: h as u32,
+        d: d as u32,
+        pos0: pos0 as u32,
+        x_off: x_off as u32,
+        row_stride: (3 * h * d) as u32,
+        q_off: q_off as u32,
+        slot0: slot0 as u32,
+    };
+    rec.dispatch(p, words(&params), &[x, table, q, kc, vc], grid(n.div_ceil(256)));
+}
+
+wgsl_params! {
+    /// The `Params` block of rope.wgsl.
+    RopeParams { t: u32, h: u32, d: u32, pos0: u32, x_off: u32, row_stride: u32, q_off: u32, slot0: u32, }
 }
 
 /// The rows of [Wq; Wk; Wv] ([3·hidden, hidden], as (matrix, row) pairs) in the order the stacked
@@ -406,7 +446,7 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
             Fused::GateUp { y, .. } | Fused::Plain { y, .. } => bufs.push(y),
         }
         let groups = if tuned { (c.rows as u32).div_ceil(8) } else { lane_groups(c.rows) };
-        rec.dispatch(p.clone(), bytemuck::cast_slice(std::slice::from_ref(&params)), &bufs, [groups, 1, 1]);
+        rec.dispatch(p.clone(), words(&params), &bufs, [groups, 1, 1]);
     }
 }
 
@@ -535,7 +575,7 @@ pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: 
         chunk: chunk as u32,
         chunks: chunks as u32,
     };
-    let params: &[u32] = bytemuck::cast_slice(std::slice::from_ref(&params));
+    let params: &[u32] = words(&params);
     match kernel {
         AttnKernel::Split => {
             let part = rec.gpu.scratch("attention-partials", (s.t * s.heads * chunks * (s.head_dim + 2) * 4) as u64);
@@ -561,30 +601,37 @@ const ATTN_TILE_ROWS: u32 = 16;
 const ATTN_CHUNK: usize = 64;
 const ATTN_MAX_SPLITS: usize = 32;
 
-/// y = silu(a) · b over `n` elements.
+wgsl_params! {
+    /// The `Params` block of elementwise.wgsl (one layout for every operation; unused fields 0).
+    EltParams { n: u32, a_off: u32, b_off: u32, y_off: u32, cols: u32, a_stride: u32, y_stride: u32, }
+}
+
 /// y[i] = silu(a[2i]) · a[2i + 1] for i < n: the MLP gate over interleaved gate|up outputs.
 pub fn swiglu_pairs(rec: &mut Recorder, a: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) {
     let p = pipeline(rec.gpu, "elementwise.wgsl", &["SWIGLU_PAIRS"]);
-    rec.dispatch(p, &[n as u32, 0, 0, 0, 0, 0, 0], &[a, y], grid((n as u32).div_ceil(256)));
+    rec.dispatch(p, words(&EltParams { n: n as u32, ..Default::default() }), &[a, y], grid((n as u32).div_ceil(256)));
 }
 
 /// y[y_off..] += a[a_off..] over `n` elements.
 pub fn add(rec: &mut Recorder, a: &wgpu::Buffer, a_off: usize, y: &wgpu::Buffer, y_off: usize, n: usize) {
     let p = pipeline(rec.gpu, "elementwise.wgsl", &["ADD"]);
-    rec.dispatch(p, &[n as u32, a_off as u32, 0, y_off as u32, 0, 0, 0], &[a, y], grid((n as u32).div_ceil(256)));
+    let params = EltParams { n: n as u32, a_off: a_off as u32, y_off: y_off as u32, ..Default::default() };
+    rec.dispatch(p, words(&params), &[a, y], grid((n as u32).div_ceil(256)));
 }
 
 /// y[y_off + i] = silu(a[a_off + i]) over `n` elements.
 pub fn silu(rec: &mut Recorder, a: &wgpu::Buffer, a_off: usize, y: &wgpu::Buffer, y_off: usize, n: usize) {
     let p = pipeline(rec.gpu, "elementwise.wgsl", &["SILU"]);
-    rec.dispatch(p, &[n as u32, a_off as u32, 0, y_off as u32, 0, 0, 0], &[a, y], grid((n as u32).div_ceil(256)));
+    let params = EltParams { n: n as u32, a_off: a_off as u32, y_off: y_off as u32, ..Default::default() };
+    rec.dispatch(p, words(&params), &[a, y], grid((n as u32).div_ceil(256)));
 }
 
 /// FiLM in place over `rows` rows of `cols`: y = y·(1 + scale) + shift, `film[film_off..]` = [scale | shift].
 pub fn film(rec: &mut Recorder, film: &wgpu::Buffer, film_off: usize, y: &wgpu::Buffer, y_off: usize, rows: usize, cols: usize) {
     let p = pipeline(rec.gpu, "elementwise.wgsl", &["FILM"]);
     let n = rows * cols;
-    rec.dispatch(p, &[n as u32, film_off as u32, 0, y_off as u32, cols as u32, 0, 0], &[film, y], grid((n as u32).div_ceil(256)));
+    let params = EltParams { n: n as u32, a_off: film_off as u32, y_off: y_off as u32, cols: cols as u32, ..Default::default() };
+    rec.dispatch(p, words(&params), &[film, y], grid((n as u32).div_ceil(256)));
 }
 
 /// Copies `rows` rows of `cols` elements: y[y_off + r·y_stride + c] = a[a_off + r·a_stride + c].
@@ -602,7 +649,9 @@ pub fn copy_rows(
 ) {
     let p = pipeline(rec.gpu, "elementwise.wgsl", &["COPY_ROWS"]);
     let n = rows * cols;
-    rec.dispatch(p, &[n as u32, a_off as u32, 0, y_off as u32, cols as u32, a_stride as u32, y_stride as u32], &[a, y], grid((n as u32).div_ceil(256)));
+    let params =
+        EltParams { n: n as u32, a_off: a_off as u32, b_off: 0, y_off: y_off as u32, cols: cols as u32, a_stride: a_stride as u32, y_stride: y_stride as u32 };
+    rec.dispatch(p, words(&params), &[a, y], grid((n as u32).div_ceil(256)));
 }
 
 /// Depthwise k×k convolution (zero padding k/2, stride 1, bias) over `b` channels-last maps [h·w, c].
@@ -621,7 +670,13 @@ pub fn depthwise(
 ) {
     let p = pipeline(rec.gpu, "depthwise.wgsl", &[]);
     let n = (b * h * w * c) as u32;
-    rec.dispatch(p, &[b as u32, h as u32, w as u32, c as u32, k as u32, (k / 2) as u32], &[x, weight, bias, y], grid(n.div_ceil(256)));
+    let params = DepthwiseParams { b: b as u32, h: h as u32, w: w as u32, c: c as u32, k: k as u32, pad: (k / 2) as u32 };
+    rec.dispatch(p, words(&params), &[x, weight, bias, y], grid(n.div_ceil(256)));
+}
+
+wgsl_params! {
+    /// The `Params` block of depthwise.wgsl.
+    DepthwiseParams { b: u32, h: u32, w: u32, c: u32, k: u32, pad: u32, }
 }
 
 /// Bytes of the statistics buffer [`grn`] needs.
@@ -632,20 +687,30 @@ pub fn grn_stats_bytes(b: usize, c: usize) -> u64 {
 /// Global response norm in place over `b` channels-last maps of `rows` × `c` (γ, β per channel).
 #[allow(clippy::too_many_arguments)]
 pub fn grn(rec: &mut Recorder, y: &wgpu::Buffer, b: usize, rows: usize, c: usize, gamma: &wgpu::Buffer, beta: &wgpu::Buffer, stats: &wgpu::Buffer) {
-    let params = [b as u32, rows as u32, c as u32];
+    let params = GrnParams { b: b as u32, rows: rows as u32, c: c as u32 };
     let p1 = pipeline(rec.gpu, "grn.wgsl", &["STATS"]);
-    rec.dispatch(p1, &params, &[y, stats], [(c as u32).div_ceil(64), b as u32, 1]);
+    rec.dispatch(p1, words(&params), &[y, stats], [(c as u32).div_ceil(64), b as u32, 1]);
     let p2 = pipeline_reducing(rec.gpu, "grn.wgsl", &["MEAN"]);
-    rec.dispatch(p2, &params, &[stats], [b as u32, 1, 1]);
+    rec.dispatch(p2, words(&params), &[stats], [b as u32, 1, 1]);
     let p3 = pipeline(rec.gpu, "grn.wgsl", &["APPLY"]);
-    rec.dispatch(p3, &params, &[stats, gamma, beta, y], grid(((b * rows * c) as u32).div_ceil(256)));
+    rec.dispatch(p3, words(&params), &[stats, gamma, beta, y], grid(((b * rows * c) as u32).div_ceil(256)));
+}
+
+wgsl_params! {
+    /// The `Params` block of grn.wgsl.
+    GrnParams { b: u32, rows: u32, c: u32, }
 }
 
 /// The latent [cz, s, s] as patch rows [(s/2)², cz·4] (2×2 patchify conv columns).
 pub fn patchify(rec: &mut Recorder, z: &wgpu::Buffer, s: usize, cz: usize, rows: &wgpu::Buffer) {
     let p = pipeline(rec.gpu, "flow.wgsl", &["PATCHIFY"]);
     let n = (cz * s * s) as u32;
-    rec.dispatch(p, &[s as u32, cz as u32, 0, 0, 0, 0], &[z, rows], [n.div_ceil(256), 1, 1]);
+    rec.dispatch(p, words(&FlowParams { s: s as u32, cz: cz as u32, ..Default::default() }), &[z, rows], [n.div_ceil(256), 1, 1]);
+}
+
+wgsl_params! {
+    /// The `Params` block of flow.wgsl.
+    FlowParams { s: u32, cz: u32, w: f32, dt: f32, t: f32, v_off: u32, }
 }
 
 /// Guidance + Euler step in place on z [cz, s, s] from velocity token rows (cond rows at 0,
@@ -663,11 +728,12 @@ pub fn cfg_euler(
     t: f32,
     preview: Option<&wgpu::Buffer>,
 ) {
-    let params = [s as u32, cz as u32, w.to_bits(), dt.to_bits(), t.to_bits(), v_off as u32];
+    let params = FlowParams { s: s as u32, cz: cz as u32, w, dt, t, v_off: v_off as u32 };
+    let params = words(&params);
     let n = (s * s) as u32;
     match preview {
-        Some(rgba) => rec.dispatch(pipeline(rec.gpu, "flow.wgsl", &["EULER", "PREVIEW"]), &params, &[v, z, rgba], [n.div_ceil(256), 1, 1]),
-        None => rec.dispatch(pipeline(rec.gpu, "flow.wgsl", &["EULER"]), &params, &[v, z], [n.div_ceil(256), 1, 1]),
+        Some(rgba) => rec.dispatch(pipeline(rec.gpu, "flow.wgsl", &["EULER", "PREVIEW"]), params, &[v, z, rgba], [n.div_ceil(256), 1, 1]),
+        None => rec.dispatch(pipeline(rec.gpu, "flow.wgsl", &["EULER"]), params, &[v, z], [n.div_ceil(256), 1, 1]),
     }
 }
 
@@ -682,13 +748,26 @@ pub fn embedding(rec: &mut Recorder, w: &Weight, ids: &wgpu::Buffer, ids_off: us
     }
     let p = pipeline(rec.gpu, "embedding.wgsl", &defines);
     for c in &w.chunks {
-        let params = [t as u32, w.k as u32, c.row0 as u32, c.rows as u32, c.soff, y_off as u32, ids_off as u32];
+        let params = EmbeddingParams {
+            t: t as u32,
+            k: w.k as u32,
+            row0: c.row0 as u32,
+            rows: c.rows as u32,
+            soff: c.soff,
+            y_off: y_off as u32,
+            ids_off: ids_off as u32,
+        };
         let mut bufs = vec![&c.buf, ids, y];
         if let Some(NormCopy { g, yg, ssq }) = copy {
             bufs.extend([g, yg, ssq]);
         }
-        rec.dispatch(p.clone(), &params, &bufs, [(w.k as u32 / 4).div_ceil(64), t as u32, 1]);
+        rec.dispatch(p.clone(), words(&params), &bufs, [(w.k as u32 / 4).div_ceil(64), t as u32, 1]);
     }
+}
+
+wgsl_params! {
+    /// The `Params` block of embedding.wgsl.
+    EmbeddingParams { t: u32, k: u32, row0: u32, rows: u32, soff: u32, y_off: u32, ids_off: u32, }
 }
 
 pub const TOPK_MAX: usize = 64;
@@ -704,9 +783,14 @@ pub fn topk(rec: &mut Recorder, x: &wgpu::Buffer, x_off: usize, n: usize, k: usi
     assert!((1..=TOPK_MAX).contains(&k));
     let groups = n.div_ceil(TOPK_CHUNK);
     let p1 = pipeline(rec.gpu, "topk.wgsl", &["PASS1"]);
-    rec.dispatch(p1, &[n as u32, k as u32, x_off as u32], &[x, scratch], [groups as u32, 1, 1]);
+    rec.dispatch(p1, words(&TopkParams { n: n as u32, k: k as u32, x_off: x_off as u32 }), &[x, scratch], [groups as u32, 1, 1]);
     let p2 = pipeline(rec.gpu, "topk.wgsl", &["PASS2"]);
-    rec.dispatch(p2, &[(groups * k) as u32, k as u32, 0], &[scratch, out], [1, 1, 1]);
+    rec.dispatch(p2, words(&TopkParams { n: (groups * k) as u32, k: k as u32, x_off: 0 }), &[scratch, out], [1, 1, 1]);
+}
+
+wgsl_params! {
+    /// The `Params` block of topk.wgsl.
+    TopkParams { n: u32, k: u32, x_off: u32, }
 }
 
 /// A channels-last feature map [h, w, c] held in one buffer.
@@ -781,28 +865,54 @@ pub fn conv2d(rec: &mut Recorder, w: &Weight, ks: usize, bias: &wgpu::Buffer, x:
         assert!(xr.1 % 256 == 0 && yr.1 % 256 == 0, "conv2d band offsets must be 256-byte aligned");
         let m = (r1 - r0) * y.w;
         for c in &w.chunks {
-            let params = [
-                m as u32,
-                c.rows as u32,
-                w.k as u32,
-                x.c as u32,
-                y.w as u32,
-                y.h as u32,
-                r0 as u32,
-                i0 as u32,
-                x.w as u32,
-                ks as u32,
-                pad as u32,
-                0,
-                y.c as u32,
-                c.row0 as u32,
-                c.soff,
-            ];
+            let params = ConvParams {
+                m: m as u32,
+                n: c.rows as u32,
+                k: w.k as u32,
+                cin: x.c as u32,
+                w_out: y.w as u32,
+                h_conv: y.h as u32,
+                out_row0: r0 as u32,
+                in_row0: i0 as u32,
+                w_in: x.w as u32,
+                ks: ks as u32,
+                pad: pad as u32,
+                y_off: 0,
+                y_stride: y.c as u32,
+                row0: c.row0 as u32,
+                soff: c.soff,
+            };
             let bufs = [(&c.buf, 0, None), xr, yr, (bias, 0, None)];
-            rec.dispatch_ranges(p.clone(), &params, &bufs, [(c.rows as u32).div_ceil(tile_n), (m as u32).div_ceil(tile_m), 1]);
+            rec.dispatch_ranges(p.clone(), words(&params), &bufs, [(c.rows as u32).div_ceil(tile_n), (m as u32).div_ceil(tile_m), 1]);
         }
         r0 = r1;
     }
+}
+
+wgsl_params! {
+    /// The `Params` block of conv.wgsl.
+    ConvParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        cin: u32,
+        w_out: u32,
+        h_conv: u32,
+        out_row0: u32,
+        in_row0: u32,
+        w_in: u32,
+        ks: u32,
+        pad: u32,
+        y_off: u32,
+        y_stride: u32,
+        row0: u32,
+        soff: u32,
+    }
+}
+
+wgsl_params! {
+    /// The `Params` block of groupnorm.wgsl.
+    GroupNormParams { p: u32, c: u32, cpg: u32, chunk: u32, part0: u32, parts: u32, eps: f32, }
 }
 
 const GN_CHUNK: usize = 1024;
@@ -821,14 +931,14 @@ pub fn groupnorm_stats(rec: &mut Recorder, x: Map, groups: usize, eps: f32, part
     let mut px0 = 0;
     while px0 < pixels {
         let n = per_window.min(pixels - px0);
-        let params = [n as u32, c as u32, cpg as u32, GN_CHUNK as u32, (px0 / GN_CHUNK) as u32, 0, eps.to_bits()];
+        let params = GroupNormParams { p: n as u32, c: c as u32, cpg: cpg as u32, chunk: GN_CHUNK as u32, part0: (px0 / GN_CHUNK) as u32, parts: 0, eps };
         let xr = (x.buf, (px0 * c * 4) as u64, Some((n * c * 4) as u64));
-        rec.dispatch_ranges(p1.clone(), &params, &[xr, (partials, 0, None)], [n.div_ceil(GN_CHUNK) as u32, groups as u32, 1]);
+        rec.dispatch_ranges(p1.clone(), words(&params), &[xr, (partials, 0, None)], [n.div_ceil(GN_CHUNK) as u32, groups as u32, 1]);
         px0 += n;
     }
     let p2 = pipeline(rec.gpu, "groupnorm.wgsl", &["FINAL"]);
-    let params = [0, c as u32, cpg as u32, GN_CHUNK as u32, 0, pixels.div_ceil(GN_CHUNK) as u32, eps.to_bits()];
-    rec.dispatch(p2, &params, &[partials, stats], [(groups as u32).div_ceil(64), 1, 1]);
+    let params = GroupNormParams { c: c as u32, cpg: cpg as u32, chunk: GN_CHUNK as u32, parts: pixels.div_ceil(GN_CHUNK) as u32, eps, ..Default::default() };
+    rec.dispatch(p2, words(&params), &[partials, stats], [(groups as u32).div_ceil(64), 1, 1]);
 }
 
 /// Pixel rows of invocations per [`groupnorm_apply`] window (groupnorm.wgsl APPLY: each
@@ -863,14 +973,14 @@ pub fn groupnorm_apply(
     let mut px0 = 0;
     while px0 < pixels {
         let n = per_window.min(pixels - px0);
-        let params = [n as u32, c as u32, (c / groups) as u32, 0, 0, 0, 0];
+        let params = GroupNormParams { p: n as u32, c: c as u32, cpg: (c / groups) as u32, ..Default::default() };
         let win = |b| (b, (px0 * c * 4) as u64, Some((n * c * 4) as u64));
         let mut bufs = vec![win(x.buf), (stats, 0, None), (gamma, 0, None), (beta, 0, None)];
         if let Some(y) = y {
             bufs.push(win(y));
         }
         let wg = [(c as u32 / 4).div_ceil(16), (n.min(GN_APPLY_PIXEL_SLOTS) as u32).div_ceil(16), 1];
-        rec.dispatch_ranges(p.clone(), &params, &bufs, wg);
+        rec.dispatch_ranges(p.clone(), words(&params), &bufs, wg);
         px0 += n;
     }
 }
