@@ -331,8 +331,9 @@ fn prepared_work_runs_only_when_submitted_and_after_what_came_before() {
     let n = 512;
     let ones = Tensor::from_f32(&gpu, "ones", &[n], &vec![1.0; n]);
     let y = Tensor::zeros(&gpu, "y", &[n]);
+    let binds = janusflow::gpu::BindCache::default();
     let record = |gpu| {
-        let mut rec = Recorder::new(gpu);
+        let mut rec = Recorder::ahead(gpu, &binds);
         kernels::add(&mut rec, &ones.buf, 0, &y.buf, 0, n);
         rec
     };
@@ -349,6 +350,19 @@ fn prepared_work_runs_only_when_submitted_and_after_what_came_before() {
     ahead.submit();
     let want = 1.0 / (1.0 + (-1.0f32).exp()) + 1.0;
     assert_close(&read(&gpu, &y), &vec![want; n], 1e-6, "prepared add after silu");
+    // More dispatches than one parameter arena holds: still one submit, every block in place
+    // (each add at its own offset, so a block written to the wrong arena shows).
+    let y = Tensor::zeros(&gpu, "y", &[n]);
+    let adds = 5000;
+    let mut rec = Recorder::ahead(&gpu, &binds);
+    for i in 0..adds {
+        kernels::add(&mut rec, &ones.buf, 0, &y.buf, i % n, 1);
+    }
+    let many = rec.prepare();
+    assert_eq!(many.dispatches(), adds);
+    many.submit();
+    let want: Vec<f32> = (0..n).map(|i| (adds / n + usize::from(i < adds % n)) as f32).collect();
+    assert_close(&read(&gpu, &y), &want, 0.0, "5000 prepared adds");
 }
 
 fn cpu_rmsnorm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
@@ -390,7 +404,6 @@ fn fused_decode_products_and_rope_scatter() {
         let x = rng.vec(2 * k);
         let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + v * 0.5).collect();
         let h = cpu_rmsnorm(&x[k..], &g, eps); // row 1 of x
-        let (xt, gt) = (Tensor::from_f32(&gpu, "x", &[2, k], &x), Tensor::from_f32(&gpu, "g", &[k], &g));
 
         // Q|K|V: three [hd, k] matrices stacked, chunks of whole heads.
         let parts: Vec<QuantBlob> = (0..3).map(|_| QuantBlob::quantize(quant, hd, k, &rng.vec(hd * k)).unwrap()).collect();

@@ -508,7 +508,7 @@ impl Engine {
         if pos >= self.opts.context.min(cache.capacity) {
             bail!("the context of {} tokens is full", self.opts.context.min(cache.capacity));
         }
-        let mut rec = Recorder::with_binds(&self.gpu, &cache.binds);
+        let mut rec = Recorder::ahead(&self.gpu, &cache.binds);
         self.llm.forward(&mut rec, &self.scratch, cache, Input::Ids(&self.ids, pos), 1, pos);
         let staging = self.record_candidates(&mut rec, 0, k);
         Ok(DecodeStep { work: rec.prepare(), pos, k, staging })

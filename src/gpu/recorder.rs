@@ -51,6 +51,10 @@ pub struct Recorder<'a> {
     params: Vec<u8>,
     ops: Vec<Op>,
     binds: Option<BindCache>,
+    /// Work prepared ahead (see [`Recorder::ahead`]) never submits part-way: a full arena waits
+    /// here with its parameter blocks, and recording goes on in a fresh one.
+    hold: bool,
+    full: Vec<(wgpu::Buffer, Vec<u8>)>,
     /// Submits made by this recorder (for the benchmark's submits-per-token figure).
     pub submits: usize,
     pub dispatches: usize,
@@ -58,7 +62,15 @@ pub struct Recorder<'a> {
 
 impl<'a> Recorder<'a> {
     pub fn new(gpu: &'a Gpu) -> Self {
-        Recorder { gpu, arena: None, params: Vec::new(), ops: Vec::new(), binds: None, submits: 0, dispatches: 0 }
+        Recorder { gpu, arena: None, params: Vec::new(), ops: Vec::new(), binds: None, hold: false, full: Vec::new(), submits: 0, dispatches: 0 }
+    }
+
+    /// A recorder for work encoded now and submitted later as one command buffer ([`Recorder::prepare`]),
+    /// however many dispatches it records; bind groups come from and go to `binds`.
+    pub fn ahead(gpu: &'a Gpu, binds: &BindCache) -> Self {
+        let mut rec = Self::with_binds(gpu, binds);
+        rec.hold = true;
+        rec
     }
 
     /// A recorder that takes bind groups from `binds` and adds the ones it creates.
@@ -96,7 +108,13 @@ impl<'a> Recorder<'a> {
             return;
         }
         if self.params.len() as u64 >= SLOT * SLOTS {
-            self.flush();
+            match self.arena.take() {
+                Some(arena) if self.hold => self.full.push((arena, std::mem::take(&mut self.params))),
+                arena => {
+                    self.arena = arena;
+                    self.flush();
+                }
+            }
         }
         let arena = self.arena();
         let off = self.params.len() as u64;
@@ -169,6 +187,11 @@ impl<'a> Recorder<'a> {
     /// Queues the parameter blocks for the next submit (queue order makes that safe while an
     /// earlier submit still reads the same arena).
     fn write_params(&mut self) {
+        // Nothing runs between this and the submit, so the arenas may go back to the pool now.
+        for (arena, params) in std::mem::take(&mut self.full) {
+            self.gpu.queue.write_buffer(&arena, 0, &params);
+            self.gpu.return_arena(arena);
+        }
         if let Some(arena) = &self.arena {
             self.gpu.queue.write_buffer(arena, 0, &self.params);
         }
@@ -211,10 +234,10 @@ impl<'a> Recorder<'a> {
     }
 
     /// Encodes everything recorded into a command buffer without submitting it: the host work
-    /// of a step done while the GPU still runs the step before (see [`Prepared`]). Everything
-    /// must have fit one parameter arena (nothing submitted yet).
+    /// of a step done while the GPU still runs the step before (see [`Prepared`]). The recorder
+    /// comes from [`Recorder::ahead`], so nothing of it has been submitted yet.
     pub fn prepare(mut self) -> Prepared<'a> {
-        assert_eq!(self.submits, 0, "a prepared recording must not have been flushed part-way");
+        assert!(self.hold && self.submits == 0, "prepared work is recorded by Recorder::ahead");
         // Profiled work is timed pass by pass at submit time instead.
         let cmd = if self.gpu.profiling() || self.ops.is_empty() { None } else { Some(self.encode()) };
         Prepared { rec: self, cmd }
@@ -277,8 +300,16 @@ impl<'a> Recorder<'a> {
     /// Drops everything recorded without submitting it. Recording alone creates the pipelines,
     /// which is how shaders are compiled ahead of first use.
     pub fn discard(mut self) {
+        self.drop_recorded();
+    }
+
+    /// Forgets what was recorded; its arenas go back to the pool.
+    fn drop_recorded(&mut self) {
         self.ops.clear();
         self.params.clear();
+        for (arena, _) in std::mem::take(&mut self.full) {
+            self.gpu.return_arena(arena);
+        }
     }
 }
 
@@ -319,9 +350,8 @@ impl Prepared<'_> {
 
 impl Drop for Prepared<'_> {
     fn drop(&mut self) {
-        // Unsubmitted: nothing is flushed when the recorder goes (it returns its arena).
-        self.rec.ops.clear();
-        self.rec.params.clear();
+        // Unsubmitted: nothing is flushed when the recorder goes (it returns its arenas).
+        self.rec.drop_recorded();
     }
 }
 
