@@ -39,6 +39,9 @@ pub struct Llm {
     pub lm_head: Arc<Weight>,
     /// cos/sin for positions 0..max_positions, [pos, head_dim/2] pairs.
     rope: Tensor,
+    /// Every layer's Q|K|V and gate|up chunks keep their row pairs whole, so a decoded token can
+    /// take the fused schedule (`decode_layer`); known once the weights are uploaded.
+    fused_decode: bool,
 }
 
 /// Keys and values of every layer for positions 0..len, plus what each position was computed
@@ -156,7 +159,8 @@ impl Llm {
         let norm = l.vector(&format!("{p}.norm.weight"), h).await?;
         let lm_head = l.mat("language_model.lm_head.weight", &[cfg.vocab, h]).await?;
         let rope = Tensor::from_f32(gpu, "rope", &[cfg.max_positions, cfg.head_dim], &rope_table(cfg.max_positions, cfg.head_dim, cfg.rope_theta));
-        Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope })
+        let fused_decode = layers.iter().all(|l| kernels::pairs_fusable(&l.qkv) && kernels::pairs_fusable(&l.gate_up));
+        Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, fused_decode })
     }
 
     /// Resident weight bytes.
@@ -213,9 +217,7 @@ impl Llm {
         assert!(t <= s.rows && seqs.iter().all(|q| q.slot0 + q.rows <= q.cache.capacity && q.pos0 + q.rows <= c.max_positions));
         // A single decoded token takes the fused schedule (see `decode_layer`).
         let decode = match seqs {
-            [q] if t == 1 && input.gathers_only() && self.layers.iter().all(|l| kernels::pairs_fusable(&l.qkv) && kernels::pairs_fusable(&l.gate_up)) => {
-                Some(q)
-            }
+            [q] if t == 1 && input.gathers_only() && self.fused_decode => Some(q),
             _ => None,
         };
         if let Some(q) = decode {
