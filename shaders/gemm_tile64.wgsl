@@ -96,11 +96,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         if (m >= p.M) {
             break;
         }
+#if SWIGLU_PAIRS
+        if (n0 + tx * 4u < p.N) {
+            store_quad(m, n0 + tx * 4u, acc[i]);
+        }
+#else
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + tx * 4u + j;
             if (n < p.N) {
                 store_out(m, n, acc[i][j]);
             }
         }
+#endif
     }
 }

@@ -3,7 +3,7 @@
 // 128 × 32 per workgroup in 8-lane subgroups' registers, for CPU rasterisers with 8-lane
 // subgroups); other CPU rasterisers take matvec.wgsl's lane kernels. Accumulation is f32.
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD; BIAS; GELU/SILU;
-// SMALL_M; GPU_TILE or SG8.
+// SWIGLU_PAIRS (GPU_TILE only; see linear_out.wgsl); SMALL_M; GPU_TILE or SG8.
 
 struct Params {
     M: u32,        // activation rows

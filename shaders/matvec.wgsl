@@ -4,8 +4,8 @@
 // GPU shapes (M ≤ 4): a workgroup owns 8 output rows, 32 lanes per row striding along K
 // (matvec_rows.wgsl: subgroupAdd with SUBGROUPS, a workgroup tree without).
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD (accumulate into y);
-// BIAS; GELU/SILU; NORM_COPY (with ADD, without BIAS, one activation row, chunks starting at
-// multiples of 4 rows): also write y · g (see linear_out.wgsl) and the sum of the new y² over
+// BIAS; GELU/SILU; SWIGLU_PAIRS (lane kernels; see linear_out.wgsl); NORM_COPY (with ADD,
+// without BIAS, one activation row, chunks starting at multiples of 4 rows): also write y · g (see linear_out.wgsl) and the sum of the new y² over
 // each 4 rows, from which the next fused product gets its RMSNorm scale (matvec_fused.wgsl);
 // Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_dot): 16 B
 // loads, contiguous across lanes, one scale per group;
@@ -79,11 +79,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let m = gid.y;
     let acc = lane_dot4(lane_rows(n, p.N), p.K, p.soff, (p.x_off + m * p.K) / 4u);
+#if SWIGLU_PAIRS
+    store_quad(m, n, acc);
+#else
     for (var j = 0u; j < 4u; j++) {
         if (n + j < p.N) {
             store_out(m, n + j, acc[j]);
         }
     }
+#endif
 #if NORM_COPY
     var sq = 0.0;
     for (var j = 0u; j < min(4u, p.N - n); j++) {

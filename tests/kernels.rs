@@ -324,6 +324,40 @@ fn swiglu_pairs_and_add() {
 }
 
 #[test]
+fn gate_up_products_gate_in_their_output_stage() {
+    // linear_swiglu: the lane kernels and the GPU tile gate (gate, up) column quads in their
+    // output stage (one dispatch per weight chunk); the SG8 tile (CPU adapters with 8-lane
+    // subgroups, prompts over 32 rows) and the GPU matvec go through a gating pass.
+    let gpu = gpu();
+    let mut rng = Rng(21);
+    let (k, inter) = (96usize, 68usize);
+    for ((tuned, sg8), quant) in
+        [(false, true), (false, false), (true, false)].into_iter().flat_map(|t| [Quant::F32, Quant::Q8, Quant::Q4].map(move |q| (t, q)))
+    {
+        gpu.set_gpu_tuned(tuned);
+        gpu.set_sg8_allowed(sg8);
+        let blob = QuantBlob::quantize(quant, 2 * inter, k, &rng.vec(2 * inter * k)).unwrap();
+        let wd = blob.dequantize();
+        let w = Weight::upload_with_budget(&gpu, "gate-up", &blob, (blob.row_bytes() * 40) as u64).unwrap();
+        assert!(w.chunks.len() > 1);
+        for m in [1usize, 3, 9, 37, 70] {
+            let x = rng.vec(m * k);
+            let (xt, gut, yt) = (Tensor::from_f32(&gpu, "x", &[m, k], &x), Tensor::zeros(&gpu, "gu", &[m, 2 * inter]), Tensor::zeros(&gpu, "y", &[m, inter]));
+            let mut rec = Recorder::new(&gpu);
+            kernels::linear_swiglu(&mut rec, &w, &xt.buf, 0, m, &gut.buf, &yt.buf);
+            let dispatches = rec.dispatches;
+            rec.finish();
+            let gu = cpu_linear(&x, &wd, m, 2 * inter, k);
+            let want: Vec<f32> = gu.chunks_exact(2).map(|p| p[0] / (1.0 + (-p[0]).exp()) * p[1]).collect();
+            let what = format!("gate|up {quant} m{m} gpu-tuned {tuned} sg8 {}", gpu.sg8());
+            assert_close(&read(&gpu, &yt), &want, 1e-5, &what);
+            let fused = if tuned { m > kernels::MATVEC_MAX_ROWS } else { !(gpu.sg8() && m > kernels::SMALL_TILE_MAX_ROWS) };
+            assert_eq!(dispatches, w.chunks.len() + usize::from(!fused), "{what}: dispatches");
+        }
+    }
+}
+
+#[test]
 fn prepared_work_runs_only_when_submitted_and_after_what_came_before() {
     // How decoding overlaps host and GPU: a step is recorded and encoded while the one before
     // runs, then submitted once its token is known, or dropped unsubmitted when the reply ends.

@@ -65,8 +65,8 @@ fn lane_groups(rows: usize) -> u32 {
 /// Activation rows at or below this use the matrix–vector kernel.
 pub const MATVEC_MAX_ROWS: usize = 4;
 
-/// Activation rows at or below this (and above MATVEC_MAX_ROWS) use the small matmul tile, or on
-/// CPU adapters the 4-row matrix–vector kernel.
+/// Activation rows at or below this (and above MATVEC_MAX_ROWS) use the small matmul tile on
+/// GPUs; CPU adapters take the lane product up to here even with 8-lane subgroups.
 pub const SMALL_TILE_MAX_ROWS: usize = 32;
 
 /// A place in a buffer: `buf` from element `off` on.
@@ -110,6 +110,55 @@ pub enum Act {
     /// Exact (erf) GELU.
     Gelu,
     Silu,
+    /// silu(gate) · up over (gate, up) row pairs, halving the width: only through [`linear_swiglu`].
+    SwiGluPairs,
+}
+
+/// The kernel family a matrix product of some number of activation rows takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Product {
+    /// CPU rasterisers: barrier-free lanes of four weight rows (matvec_lanes.wgsl), times LANE_M
+    /// activation rows above MATVEC_MAX_ROWS.
+    Lanes,
+    /// CPU rasterisers with 8-lane subgroups, prompts: the SG8 register tile (gemm_sg8.wgsl).
+    Sg8,
+    /// GPUs, up to MATVEC_MAX_ROWS rows: 32 lanes per output row (matvec_rows.wgsl).
+    Matvec,
+    /// GPUs: the 64×64 (16×64) tile (gemm_tile64.wgsl).
+    Tile,
+}
+
+/// CPU rasterisers: the SG8 register tile for prompts where the adapter has 8-lane subgroups;
+/// otherwise barrier-free lane kernels for every row count: on lavapipe a 32-row tile for a
+/// short prompt cost as much as 20 one-row products, and the 128×128 tile's barriers cost
+/// SwiftShader 2.6× its prefill.
+fn product_kernel(gpu: &Gpu, rows: usize) -> Product {
+    match (gpu.gpu_tuned(), rows <= MATVEC_MAX_ROWS) {
+        (true, true) => Product::Matvec,
+        (true, false) => Product::Tile,
+        (false, _) if rows > SMALL_TILE_MAX_ROWS && gpu.sg8() => Product::Sg8,
+        (false, _) => Product::Lanes,
+    }
+}
+
+/// Whether `kind` can gate (gate, up) pairs in its output stage: it hands over whole column quads
+/// (the SG8 tile's lane holds columns 8 apart, the GPU matvec one column per row of lanes), and
+/// every chunk of `w` holds whole quads.
+fn swiglu_fusable(kind: Product, w: &Weight) -> bool {
+    matches!(kind, Product::Lanes | Product::Tile) && w.chunks.iter().all(|c| c.row0 % 4 == 0 && c.rows % 4 == 0)
+}
+
+/// The MLP's gate|up product and SwiGLU over `rows` activation rows: the rows of `w` are (gate_j,
+/// up_j) pairs, and y[r, j] = silu(gate_j) · up_j ([rows, w.n / 2]). In the product's output
+/// stage where the kernel allows it (one dispatch, no [rows, w.n] round trip); otherwise through
+/// `gu` ([rows, w.n]) and a gating pass.
+pub fn linear_swiglu(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, rows: usize, gu: &wgpu::Buffer, y: &wgpu::Buffer) {
+    if swiglu_fusable(product_kernel(rec.gpu, rows), w) {
+        linear_impl(rec, w, None, x, x_off, rows, Out { buf: y, off: 0, stride: w.n / 2, add: false }, Act::SwiGluPairs, None);
+    } else {
+        linear_impl(rec, w, None, x, x_off, rows, Out { buf: gu, off: 0, stride: w.n, add: false }, Act::None, None);
+        swiglu_pairs(rec, gu, y, rows * w.n / 2);
+    }
 }
 
 /// Output rows × columns of one GPU-shape matrix-product workgroup (see gemm_tile64.wgsl).
@@ -168,16 +217,14 @@ fn linear_impl(
 ) {
     assert!(x_off % 4 == 0, "activation offsets must be multiples of 4");
     // One read of the tuning flag: the shaders and the grid must agree.
-    let tuned = rec.gpu.gpu_tuned();
+    let kind = product_kernel(rec.gpu, rows);
+    let tuned = matches!(kind, Product::Matvec | Product::Tile);
     let vec = rows <= MATVEC_MAX_ROWS;
     let small = !vec && rows <= SMALL_TILE_MAX_ROWS;
     assert!(copy.is_none() || (rows == 1 && out.add && bias.is_none() && act == Act::None), "the norm copy is for one residual row");
-    // CPU rasterisers: the SG8 register tile (gemm_sg8.wgsl) for prompts where the adapter has
-    // 8-lane subgroups; otherwise barrier-free lane kernels for every row count
-    // (matvec_lanes.wgsl): on lavapipe a 32-row tile for a short prompt cost as much as 20
-    // one-row products, and the 128×128 tile's barriers cost SwiftShader 2.6× its prefill.
-    let sg8 = !tuned && rows > SMALL_TILE_MAX_ROWS && rec.gpu.sg8();
-    let lanes = !tuned && !sg8;
+    assert!(act != Act::SwiGluPairs || (swiglu_fusable(kind, w) && bias.is_none() && !out.add), "linear_swiglu decides where the gate is fused");
+    let sg8 = kind == Product::Sg8;
+    let lanes = kind == Product::Lanes;
     let lane_m = lanes && !vec;
     let lane_wg = format!("LANE_WG={LANE_WG}");
     let lane_m_define = format!("LANE_M={LANE_M}");
@@ -216,6 +263,7 @@ fn linear_impl(
         Act::None => {}
         Act::Gelu => defines.push("GELU"),
         Act::Silu => defines.push("SILU"),
+        Act::SwiGluPairs => defines.push("SWIGLU_PAIRS"),
     }
     let p = pipeline(rec.gpu, if vec || lanes { "matvec.wgsl" } else { "matmul.wgsl" }, &defines);
     for c in &w.chunks {

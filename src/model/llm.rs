@@ -212,7 +212,7 @@ impl Llm {
     /// cache and attends causally over it. Rows of `input` are the sequences' rows in order.
     pub fn forward_seqs(&self, rec: &mut Recorder, s: &Scratch, input: Input, seqs: &[Seq]) {
         let c = &self.cfg;
-        let (hd, id) = (c.hidden, c.intermediate);
+        let hd = c.hidden;
         let t: usize = seqs.iter().map(|q| q.rows).sum();
         assert!(t <= s.rows && seqs.iter().all(|q| q.slot0 + q.rows <= q.cache.capacity && q.pos0 + q.rows <= c.max_positions));
         // A single decoded token takes the fused schedule (see `decode_layer`).
@@ -253,8 +253,7 @@ impl Llm {
             }
             kernels::linear(rec, &layer.o, None, &s.attn, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
             kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.post_norm.buf, c.rms_eps, &s.h, 0);
-            kernels::linear(rec, &layer.gate_up, None, &s.h, 0, t, Out { buf: &s.gu, off: 0, stride: 2 * id, add: false });
-            kernels::swiglu_pairs(rec, &s.gu, &s.m, t * id);
+            kernels::linear_swiglu(rec, &layer.gate_up, &s.h, 0, t, &s.gu, &s.m);
             kernels::linear(rec, &layer.down, None, &s.m, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
         }
     }
