@@ -17,6 +17,8 @@ echo "=== matvec bandwidth, both kernel shapes $(date +%T)" | tee -a "$L"
 for shapes in gpu cpu; do
   timeout 120 "$B" bench --no-matmul --matvec --shapes "$shapes" --json 2>&1 | tee -a "$L"
 done
+echo "=== matvec rows added by the workgroup tree instead of subgroupAdd (matvec_rows.wgsl) $(date +%T)" | tee -a "$L"
+timeout 120 "$B" bench --no-matmul --matvec --shapes gpu --tree-reductions --json 2>&1 | tee -a "$L"
 echo "=== attention kernels, both kernel shapes $(date +%T)" | tee -a "$L"
 for shapes in gpu cpu; do
   timeout 120 "$B" bench --no-matmul --attention --shapes "$shapes" --json 2>&1 | tee -a "$L"

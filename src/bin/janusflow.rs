@@ -178,8 +178,8 @@ enum Cmd {
         /// mid-block at 128 and 384 px), marking the one chosen on this adapter.
         #[arg(long)]
         attention: bool,
-        /// Workgroup reductions (norms, attention) through workgroup memory even where the
-        /// adapter offers subgroups, to compare the two paths.
+        /// Workgroup reductions (norms, attention, the rows of the GPU-shape matvec) through
+        /// workgroup memory even where the adapter offers subgroups, to compare the two paths.
         #[arg(long)]
         tree_reductions: bool,
         /// Shader modules with wgpu's runtime checks (index clamping, loop bounding, division
