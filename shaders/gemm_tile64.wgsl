@@ -96,7 +96,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         if (m >= p.M) {
             break;
         }
-#if SWIGLU_PAIRS
+#if SWIGLU_PAIRS || ROPE_PAIRS
         if (n0 + tx * 4u < p.N) {
             store_quad(m, n0 + tx * 4u, acc[i]);
         }

@@ -3,7 +3,8 @@
 // 128 × 32 per workgroup in 8-lane subgroups' registers, for CPU rasterisers with 8-lane
 // subgroups); other CPU rasterisers take matvec.wgsl's lane kernels. Accumulation is f32.
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD; BIAS; GELU/SILU;
-// SWIGLU_PAIRS (GPU_TILE only; see linear_out.wgsl); SMALL_M; GPU_TILE or SG8.
+// SWIGLU_PAIRS or ROPE_PAIRS [TWO_SEQS] (GPU_TILE only; see linear_out.wgsl); SMALL_M; GPU_TILE
+// or SG8.
 
 struct Params {
     M: u32,        // activation rows
@@ -14,6 +15,13 @@ struct Params {
     y_stride: u32, // elements per row of y
     row0: u32,     // first output column written by this chunk
     soff: u32,     // word offset of the group scales inside w
+    H: u32,        // ROPE_PAIRS: heads (the other fields below are ROPE_PAIRS' too)
+    D: u32,        // head dim (D % 4 == 0)
+    rows0: u32,    // rows of sequence 0 (TWO_SEQS: rows from rows0 on are sequence 1's)
+    pos0: u32,     // RoPE position of sequence 0's first row
+    slot0: u32,    // cache slot of sequence 0's first row
+    pos1: u32,     // TWO_SEQS: the same for sequence 1
+    slot1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

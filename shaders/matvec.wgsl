@@ -4,7 +4,8 @@
 // GPU shapes (M ≤ 4): a workgroup owns 8 output rows, 32 lanes per row striding along K
 // (matvec_rows.wgsl: subgroupAdd with SUBGROUPS, a workgroup tree without).
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD (accumulate into y);
-// BIAS; GELU/SILU; SWIGLU_PAIRS (lane kernels; see linear_out.wgsl); NORM_COPY (with ADD,
+// BIAS; GELU/SILU; SWIGLU_PAIRS or ROPE_PAIRS [TWO_SEQS] (lane kernels; see linear_out.wgsl);
+// NORM_COPY (with ADD,
 // without BIAS, one activation row, chunks starting at multiples of 4 rows): also write y · g (see linear_out.wgsl) and the sum of the new y² over
 // each 4 rows, from which the next fused product gets its RMSNorm scale (matvec_fused.wgsl);
 // Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_dot): 16 B
@@ -22,6 +23,13 @@ struct Params {
     y_stride: u32, // elements per row of y (the full output width)
     row0: u32,     // first output column written by this chunk
     soff: u32,     // word offset of the group scales inside w (quantized formats)
+    H: u32,        // ROPE_PAIRS: heads (the other fields below are ROPE_PAIRS' too)
+    D: u32,        // head dim (D % 4 == 0)
+    rows0: u32,    // rows of sequence 0 (TWO_SEQS: rows from rows0 on are sequence 1's)
+    pos0: u32,     // RoPE position of sequence 0's first row
+    slot0: u32,    // cache slot of sequence 0's first row
+    pos1: u32,     // TWO_SEQS: the same for sequence 1
+    slot1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -79,7 +87,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let m = gid.y;
     let acc = lane_dot4(lane_rows(n, p.N), p.K, p.soff, (p.x_off + m * p.K) / 4u);
-#if SWIGLU_PAIRS
+#if SWIGLU_PAIRS || ROPE_PAIRS
     store_quad(m, n, acc);
 #else
     for (var j = 0u; j < 4u; j++) {

@@ -49,7 +49,7 @@ fn lane_w4(r: vec4<u32>, k: u32, K: u32, soff: u32) -> mat4x4<f32> {
 fn lane_store(m0: u32, n: u32, M: u32, N: u32, acc: array<vec4<f32>, LANE_M>) {
     for (var j = 0u; j < LANE_M; j++) {
         if (m0 + j < M) {
-#if SWIGLU_PAIRS
+#if SWIGLU_PAIRS || ROPE_PAIRS
             store_quad(m0 + j, n, acc[j]);
 #else
             for (var i = 0u; i < 4u; i++) {

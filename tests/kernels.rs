@@ -358,6 +358,75 @@ fn gate_up_products_gate_in_their_output_stage() {
 }
 
 #[test]
+fn qkv_products_rotate_and_fill_the_caches_in_their_output_stage() {
+    // linear_rope: as linear_swiglu, fused where the kernel hands over column quads, for one
+    // sequence and for two with their own caches, positions and slots (a flow step's guidance
+    // rows); three sequences always take the rope_scatter pass.
+    let gpu = gpu();
+    let mut rng = Rng(23);
+    let (heads, d, k, slots) = (3usize, 8usize, 96usize, 48usize);
+    let hd = heads * d;
+    let table = janusflow::model::llm::rope_table(64, d, 10000.0);
+    let tt = Tensor::from_f32(&gpu, "rope", &[64, d], &table);
+    let layouts: [&[(usize, usize, usize)]; 3] = [&[(0, 2, 3)], &[(0, 5, 5), (1, 5, 1)], &[(0, 1, 2), (1, 3, 7), (2, 0, 9)]];
+    for ((tuned, sg8), quant) in
+        [(false, true), (false, false), (true, false)].into_iter().flat_map(|t| [Quant::F32, Quant::Q8, Quant::Q4].map(move |q| (t, q)))
+    {
+        gpu.set_gpu_tuned(tuned);
+        gpu.set_sg8_allowed(sg8);
+        let parts: Vec<QuantBlob> = (0..3).map(|_| QuantBlob::quantize(quant, hd, k, &rng.vec(hd * k)).unwrap()).collect();
+        let stacked = QuantBlob::from_rows(&[&parts[0], &parts[1], &parts[2]], kernels::qkv_row_order(hd, d)).unwrap();
+        let w = Weight::upload_with_budget(&gpu, "qkv", &stacked, (stacked.row_bytes() * 20) as u64).unwrap();
+        assert!(w.chunks.len() > 1);
+        for (layout, per_seq) in layouts.iter().flat_map(|l| [1usize, 2, 19, 37].map(move |m| (*l, m))) {
+            let rows = layout.len() * per_seq;
+            let x = rng.vec(rows * k);
+            let xt = Tensor::from_f32(&gpu, "x", &[rows, k], &x);
+            let caches: Vec<(Tensor, Tensor)> =
+                layout.iter().map(|_| (Tensor::zeros(&gpu, "k", &[slots, hd]), Tensor::zeros(&gpu, "v", &[slots, hd]))).collect();
+            let (qkvt, qt) = (Tensor::zeros(&gpu, "qkv", &[rows, 3 * hd]), Tensor::zeros(&gpu, "q", &[rows, hd]));
+            let seqs: Vec<kernels::RopeSeq> = layout
+                .iter()
+                .zip(&caches)
+                .map(|(&(_, pos0, slot0), (kc, vc))| kernels::RopeSeq { kc: &kc.buf, vc: &vc.buf, rows: per_seq, pos0, slot0 })
+                .collect();
+            let mut rec = Recorder::new(&gpu);
+            kernels::linear_rope(&mut rec, &w, &xt.buf, 0, heads, d, &tt.buf, &seqs, &qkvt.buf, &qt.buf);
+            let dispatches = rec.dispatches;
+            rec.finish();
+            let what = format!("qkv rope {quant} {} seqs × {per_seq} gpu-tuned {tuned} sg8 {}", layout.len(), gpu.sg8());
+            let y: Vec<Vec<f32>> = parts.iter().map(|p| cpu_linear(&x, &p.dequantize(), rows, hd, k)).collect();
+            let mut want_q = y[0].clone();
+            let (got_q, mut got_k, mut got_v) = (read(&gpu, &qt), Vec::new(), Vec::new());
+            let (mut want_k, mut want_v) = (Vec::new(), Vec::new());
+            for (si, &(_, pos0, slot0)) in layout.iter().enumerate() {
+                let (kc, vc) = (read(&gpu, &caches[si].0), read(&gpu, &caches[si].1));
+                for t in 0..per_seq {
+                    let r = si * per_seq + t;
+                    let cs = &table[(pos0 + t) * d..(pos0 + t + 1) * d];
+                    let mut kr = y[1][r * hd..(r + 1) * hd].to_vec();
+                    for hh in 0..heads {
+                        cpu_rope(&mut want_q[r * hd + hh * d..r * hd + (hh + 1) * d], cs);
+                        cpu_rope(&mut kr[hh * d..(hh + 1) * d], cs);
+                    }
+                    want_k.extend(kr);
+                    want_v.extend_from_slice(&y[2][r * hd..(r + 1) * hd]);
+                    got_k.extend_from_slice(&kc[(slot0 + t) * hd..(slot0 + t + 1) * hd]);
+                    got_v.extend_from_slice(&vc[(slot0 + t) * hd..(slot0 + t + 1) * hd]);
+                }
+            }
+            assert_close(&got_q, &want_q, 1e-5, &format!("{what}: q"));
+            assert_close(&got_k, &want_k, 1e-5, &format!("{what}: k"));
+            assert_close(&got_v, &want_v, 1e-5, &format!("{what}: v"));
+            let quads = if tuned { rows > kernels::MATVEC_MAX_ROWS } else { !(gpu.sg8() && rows > kernels::SMALL_TILE_MAX_ROWS) };
+            let fused = quads && layout.len() <= 2;
+            let want = w.chunks.len() + if fused { 0 } else { layout.len() };
+            assert_eq!(dispatches, want, "{what}: dispatches");
+        }
+    }
+}
+
+#[test]
 fn prepared_work_runs_only_when_submitted_and_after_what_came_before() {
     // How decoding overlaps host and GPU: a step is recorded and encoded while the one before
     // runs, then submitted once its token is known, or dropped unsubmitted when the reply ends.

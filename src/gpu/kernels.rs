@@ -112,6 +112,15 @@ pub enum Act {
     Silu,
     /// silu(gate) · up over (gate, up) row pairs, halving the width: only through [`linear_swiglu`].
     SwiGluPairs,
+    /// RoPE and the KV-cache write over stacked Q|K|V rotation pairs: only through [`linear_rope`].
+    RopePairs,
+}
+
+impl Act {
+    /// Whether the output stage takes whole column quads (two row pairs).
+    fn pairs(self) -> bool {
+        matches!(self, Act::SwiGluPairs | Act::RopePairs)
+    }
 }
 
 /// The kernel family a matrix product of some number of activation rows takes.
@@ -141,10 +150,10 @@ fn product_kernel(gpu: &Gpu, rows: usize) -> Product {
     }
 }
 
-/// Whether `kind` can gate (gate, up) pairs in its output stage: it hands over whole column quads
-/// (the SG8 tile's lane holds columns 8 apart, the GPU matvec one column per row of lanes), and
-/// every chunk of `w` holds whole quads.
-fn swiglu_fusable(kind: Product, w: &Weight) -> bool {
+/// Whether `kind` can combine row pairs in its output stage (SwiGLU, RoPE): it hands over whole
+/// column quads (the SG8 tile's lane holds columns 8 apart, the GPU matvec one column per row of
+/// lanes), and every chunk of `w` holds whole quads.
+fn pairs_in_quads(kind: Product, w: &Weight) -> bool {
     matches!(kind, Product::Lanes | Product::Tile) && w.chunks.iter().all(|c| c.row0 % 4 == 0 && c.rows % 4 == 0)
 }
 
@@ -153,11 +162,45 @@ fn swiglu_fusable(kind: Product, w: &Weight) -> bool {
 /// stage where the kernel allows it (one dispatch, no [rows, w.n] round trip); otherwise through
 /// `gu` ([rows, w.n]) and a gating pass.
 pub fn linear_swiglu(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, rows: usize, gu: &wgpu::Buffer, y: &wgpu::Buffer) {
-    if swiglu_fusable(product_kernel(rec.gpu, rows), w) {
-        linear_impl(rec, w, None, x, x_off, rows, Out { buf: y, off: 0, stride: w.n / 2, add: false }, Act::SwiGluPairs, None);
+    if pairs_in_quads(product_kernel(rec.gpu, rows), w) {
+        linear_impl(rec, w, None, x, x_off, rows, Out { buf: y, off: 0, stride: w.n / 2, add: false }, Act::SwiGluPairs, None, None);
     } else {
-        linear_impl(rec, w, None, x, x_off, rows, Out { buf: gu, off: 0, stride: w.n, add: false }, Act::None, None);
+        linear_impl(rec, w, None, x, x_off, rows, Out { buf: gu, off: 0, stride: w.n, add: false }, Act::None, None, None);
         swiglu_pairs(rec, gu, y, rows * w.n / 2);
+    }
+}
+
+/// The stacked Q|K|V product ([`qkv_row_order`]) of the sequences' rows (in order, from x_off)
+/// with RoPE and the cache write: q to `q` ([rows, heads·head_dim]), k and v into each sequence's
+/// cache slots. In the product's output stage where the kernel takes column quads, for one or
+/// two sequences and head dims that are multiples of 4; otherwise through `qkv` ([rows,
+/// 3·heads·head_dim]) and a [`rope_scatter`] pass per sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_rope(
+    rec: &mut Recorder,
+    w: &Weight,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    heads: usize,
+    head_dim: usize,
+    table: &wgpu::Buffer,
+    seqs: &[RopeSeq],
+    qkv: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+) {
+    let rows: usize = seqs.iter().map(|s| s.rows).sum();
+    let hd = heads * head_dim;
+    assert_eq!(w.n, 3 * hd, "linear_rope: a stacked Q|K|V weight");
+    if (1..=2).contains(&seqs.len()) && head_dim % 4 == 0 && pairs_in_quads(product_kernel(rec.gpu, rows), w) {
+        let rope = RopeOut { heads, head_dim, table, seqs };
+        linear_impl(rec, w, None, x, x_off, rows, Out { buf: q, off: 0, stride: hd, add: false }, Act::RopePairs, None, Some(rope));
+        return;
+    }
+    linear_impl(rec, w, None, x, x_off, rows, Out { buf: qkv, off: 0, stride: 3 * hd, add: false }, Act::None, None, None);
+    let mut row0 = 0;
+    for s in seqs {
+        rope_scatter(rec, qkv, row0 * 3 * hd, s.rows, heads, head_dim, s.pos0, table, q, row0 * hd, s.kc, s.vc, s.slot0);
+        row0 += s.rows;
     }
 }
 
@@ -178,7 +221,7 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
 /// [`linear`] with an activation applied to each output element.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out, act: Act) {
-    linear_impl(rec, w, bias, x, x_off, rows, out, act, None)
+    linear_impl(rec, w, bias, x, x_off, rows, out, act, None, None)
 }
 
 /// One activation row: y += x · Wᵀ into the residual stream, also writing y · g for the norm that
@@ -186,12 +229,12 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
 pub fn linear_residual(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, y: View, copy: NormCopy) {
     assert!(y.off % 4 == 0 && w.chunks.iter().all(|c| c.row0 % 4 == 0), "linear_residual: the sums of squares need whole row quads");
     let out = Out { buf: y.buf, off: y.off, stride: w.n, add: true };
-    linear_impl(rec, w, None, x, x_off, 1, out, Act::None, Some(copy))
+    linear_impl(rec, w, None, x, x_off, 1, out, Act::None, Some(copy), None)
 }
 
 /// The `Params` block of matvec.wgsl and matmul.wgsl.
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct LinearParams {
     m: u32,
     n: u32,
@@ -201,6 +244,33 @@ struct LinearParams {
     y_stride: u32,
     row0: u32,
     soff: u32,
+    // ROPE_PAIRS (see RopeOut).
+    heads: u32,
+    head_dim: u32,
+    rows0: u32,
+    pos0: u32,
+    slot0: u32,
+    pos1: u32,
+    slot1: u32,
+}
+
+/// Where a stacked Q|K|V product's RoPE epilogue writes (Act::RopePairs): the rotation table, and
+/// per sequence (at most two, in row order) its caches, rows, first position and first slot.
+struct RopeOut<'a> {
+    heads: usize,
+    head_dim: usize,
+    table: &'a wgpu::Buffer,
+    seqs: &'a [RopeSeq<'a>],
+}
+
+/// One sequence's rows of a stacked Q|K|V product (see [`linear_rope`]).
+#[derive(Clone, Copy)]
+pub struct RopeSeq<'a> {
+    pub kc: &'a wgpu::Buffer,
+    pub vc: &'a wgpu::Buffer,
+    pub rows: usize,
+    pub pos0: usize,
+    pub slot0: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -214,6 +284,7 @@ fn linear_impl(
     out: Out,
     act: Act,
     copy: Option<NormCopy>,
+    rope: Option<RopeOut>,
 ) {
     assert!(x_off % 4 == 0, "activation offsets must be multiples of 4");
     // One read of the tuning flag: the shaders and the grid must agree.
@@ -222,7 +293,8 @@ fn linear_impl(
     let vec = rows <= MATVEC_MAX_ROWS;
     let small = !vec && rows <= SMALL_TILE_MAX_ROWS;
     assert!(copy.is_none() || (rows == 1 && out.add && bias.is_none() && act == Act::None), "the norm copy is for one residual row");
-    assert!(act != Act::SwiGluPairs || (swiglu_fusable(kind, w) && bias.is_none() && !out.add), "linear_swiglu decides where the gate is fused");
+    assert!(!act.pairs() || (pairs_in_quads(kind, w) && bias.is_none() && !out.add), "linear_swiglu and linear_rope decide where pairs are fused");
+    assert_eq!(act == Act::RopePairs, rope.is_some());
     let sg8 = kind == Product::Sg8;
     let lanes = kind == Product::Lanes;
     let lane_m = lanes && !vec;
@@ -264,10 +336,14 @@ fn linear_impl(
         Act::Gelu => defines.push("GELU"),
         Act::Silu => defines.push("SILU"),
         Act::SwiGluPairs => defines.push("SWIGLU_PAIRS"),
+        Act::RopePairs => defines.push("ROPE_PAIRS"),
+    }
+    if rope.as_ref().is_some_and(|r| r.seqs.len() == 2) {
+        defines.push("TWO_SEQS");
     }
     let p = pipeline(rec.gpu, if vec || lanes { "matvec.wgsl" } else { "matmul.wgsl" }, &defines);
     for c in &w.chunks {
-        let params = LinearParams {
+        let mut params = LinearParams {
             m: rows as u32,
             n: c.rows as u32,
             k: w.k as u32,
@@ -276,9 +352,28 @@ fn linear_impl(
             y_stride: out.stride as u32,
             row0: c.row0 as u32,
             soff: c.soff,
+            ..Default::default()
         };
         let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, out.buf];
         bufs.extend(bias);
+        if let Some(r) = &rope {
+            let s0 = r.seqs[0];
+            let s1 = r.seqs.get(1).copied().unwrap_or(s0);
+            params = LinearParams {
+                heads: r.heads as u32,
+                head_dim: r.head_dim as u32,
+                rows0: s0.rows as u32,
+                pos0: s0.pos0 as u32,
+                slot0: s0.slot0 as u32,
+                pos1: s1.pos0 as u32,
+                slot1: s1.slot0 as u32,
+                ..params
+            };
+            bufs.extend([r.table, s0.kc, s0.vc]);
+            if r.seqs.len() == 2 {
+                bufs.extend([s1.kc, s1.vc]);
+            }
+        }
         if let Some(NormCopy { g, yg, ssq }) = copy {
             bufs.extend([g, yg, ssq]);
         }

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use super::Loader;
 use crate::config::LlmConfig;
-use crate::gpu::kernels::{self, AttnShape, Fused, NormCopy, NormIn, Out, View};
+use crate::gpu::kernels::{self, AttnShape, Fused, NormCopy, NormIn, Out, RopeSeq, View};
 use crate::gpu::{BindCache, Gpu, Recorder, Tensor, Weight};
 use crate::weights::quant::QuantBlob;
 
@@ -232,11 +232,12 @@ impl Llm {
         self.embed(rec, &input, t, &s.x, 0, None);
         for (l, layer) in self.layers.iter().enumerate() {
             kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.input_norm.buf, c.rms_eps, &s.h, 0);
-            kernels::linear(rec, &layer.qkv, None, &s.h, 0, t, Out { buf: &s.qkv, off: 0, stride: 3 * hd, add: false });
+            let rope: Vec<RopeSeq> =
+                seqs.iter().map(|q| RopeSeq { kc: &q.cache.k[l], vc: &q.cache.v[l], rows: q.rows, pos0: q.pos0, slot0: q.slot0 }).collect();
+            kernels::linear_rope(rec, &layer.qkv, &s.h, 0, c.heads, c.head_dim, &self.rope.buf, &rope, &s.qkv, &s.q);
             let mut row0 = 0;
             for q in seqs {
                 let (kc, vc, n) = (&q.cache.k[l], &q.cache.v[l], q.rows);
-                kernels::rope_scatter(rec, &s.qkv, row0 * 3 * hd, n, c.heads, c.head_dim, q.pos0, &self.rope.buf, &s.q, row0 * hd, kc, vc, q.slot0);
                 // The causal mask is over cache slots: row i sees slots 0 ..= slot0 + i.
                 let shape = AttnShape {
                     t: n,
