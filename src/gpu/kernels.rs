@@ -191,7 +191,7 @@ pub fn linear_rope(
     let rows: usize = seqs.iter().map(|s| s.rows).sum();
     let hd = heads * head_dim;
     assert_eq!(w.n, 3 * hd, "linear_rope: a stacked Q|K|V weight");
-    if (1..=2).contains(&seqs.len()) && head_dim % 4 == 0 && pairs_in_quads(product_kernel(rec.gpu, rows), w) {
+    if (1..=2).contains(&seqs.len()) && head_dim.is_multiple_of(4) && pairs_in_quads(product_kernel(rec.gpu, rows), w) {
         let rope = RopeOut { heads, head_dim, table, seqs };
         linear_impl(rec, w, None, x, x_off, rows, Out { buf: q, off: 0, stride: hd, add: false }, Act::RopePairs, None, Some(rope));
         return;
