@@ -139,7 +139,7 @@ fn row_of(wg: u32, r: u32) -> u32 {
 }
 
 @compute @workgroup_size(256)
-fn main(inv: RowInvocation, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(inv: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
     let rl = row_lane(inv);
     let n = row_of(wid.x, rl.row);
     let xb = p.x_off / 4u;

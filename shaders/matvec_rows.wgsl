@@ -6,15 +6,9 @@
 // Each subgroup adds its lanes in registers (subgroupAdd); with n = 32 that is the row's sum and
 // no barrier is needed, otherwise one barrier gathers the 32/n shares. Without SUBGROUPS: lanes
 // 32r … 32r + 31 form row r and a tree in workgroup memory adds them up (six barriers).
-// The entry point takes `inv: RowInvocation` and calls `row_lane(inv)` for its row and lane.
+// The entry point takes `inv: Lane` and calls `row_lane(inv)` for its row and lane.
 
-struct RowInvocation {
-    @builtin(local_invocation_index) li: u32,
-#if SUBGROUPS
-    @builtin(subgroup_id) sg: u32,              // this lane's subgroup in the workgroup
-    @builtin(subgroup_invocation_id) sl: u32,   // its place in the subgroup
-#endif
-}
+//#include lane_ids.wgsl
 
 // A lane's row in the workgroup (0..8) and its place along that row's K (0..32).
 struct RowLane {
@@ -26,7 +20,7 @@ struct RowLane {
 const SG_PER_ROW: u32 = 32u / SUBGROUPS;
 var<workgroup> row_shares: array<f32, 8 * SG_PER_ROW>; // each subgroup's sum
 
-fn row_lane(inv: RowInvocation) -> RowLane {
+fn row_lane(inv: Lane) -> RowLane {
     return RowLane(inv.sg / SG_PER_ROW, (inv.sg % SG_PER_ROW) * SUBGROUPS + inv.sl);
 }
 
@@ -50,7 +44,7 @@ fn row_sum(rl: RowLane, v: f32) -> f32 {
 #else
 var<workgroup> row_shares: array<f32, 256>; // per lane, then the tree's partial sums
 
-fn row_lane(inv: RowInvocation) -> RowLane {
+fn row_lane(inv: Lane) -> RowLane {
     return RowLane(inv.li / 32u, inv.li % 32u);
 }
 

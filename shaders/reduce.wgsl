@@ -8,13 +8,7 @@
 // of one barrier per halving. Subgroups are found by their id, not by lane ranges, since WGSL does
 // not promise which lanes form a subgroup. Without it: a tree through workgroup memory.
 
-struct Lane {
-    @builtin(local_invocation_index) li: u32,
-#if SUBGROUPS
-    @builtin(subgroup_id) sg: u32,              // this lane's subgroup in the workgroup
-    @builtin(subgroup_invocation_id) sl: u32,   // its place in the subgroup
-#endif
-}
+//#include lane_ids.wgsl
 
 #if SUBGROUPS
 const RED_SLOTS: u32 = max(1u, RED_LANES / SUBGROUPS); // one per subgroup

@@ -232,7 +232,7 @@ pub fn linear_residual(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: 
     linear_impl(rec, w, None, x, x_off, 1, out, Act::None, Some(copy), None)
 }
 
-/// The `Params` block of matvec.wgsl and matmul.wgsl.
+/// The `Params` block of matvec.wgsl and matmul.wgsl (linear_params.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct LinearParams {

@@ -15,6 +15,8 @@ const FILES: &[(&str, &str)] = &[
     ("matvec_fused.wgsl", include_str!("../../shaders/matvec_fused.wgsl")),
     ("matvec_lanes.wgsl", include_str!("../../shaders/matvec_lanes.wgsl")),
     ("matvec_rows.wgsl", include_str!("../../shaders/matvec_rows.wgsl")),
+    ("linear_params.wgsl", include_str!("../../shaders/linear_params.wgsl")),
+    ("lane_ids.wgsl", include_str!("../../shaders/lane_ids.wgsl")),
     ("gemm_tile64.wgsl", include_str!("../../shaders/gemm_tile64.wgsl")),
     ("gemm_sg8.wgsl", include_str!("../../shaders/gemm_sg8.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
