@@ -5,8 +5,8 @@
 // (matvec_rows.wgsl: subgroupAdd with SUBGROUPS, a workgroup tree without).
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD (accumulate into y);
 // BIAS; GELU/SILU; SWIGLU_PAIRS or ROPE_PAIRS [TWO_SEQS] (lane kernels; see linear_out.wgsl);
-// NORM_COPY (with ADD,
-// without BIAS, one activation row, chunks starting at multiples of 4 rows): also write y · g (see linear_out.wgsl) and the sum of the new y² over
+// NORM_COPY (with ADD, without BIAS, one activation row, chunks starting at multiples of 4 rows):
+// also write y · g (see linear_out.wgsl) and the sum of the new y² over
 // each 4 rows, from which the next fused product gets its RMSNorm scale (matvec_fused.wgsl);
 // Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_dot): 16 B
 // loads, contiguous across lanes, one scale per group;

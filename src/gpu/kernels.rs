@@ -173,8 +173,8 @@ pub fn linear_swiglu(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: us
 /// The stacked Q|K|V product ([`qkv_row_order`]) of the sequences' rows (in order, from x_off)
 /// with RoPE and the cache write: q to `q` ([rows, heads·head_dim]), k and v into each sequence's
 /// cache slots. In the product's output stage where the kernel takes column quads, for one or
-/// two sequences and head dims that are multiples of 4; otherwise through `qkv` ([rows,
-/// 3·heads·head_dim]) and a [`rope_scatter`] pass per sequence.
+/// two sequences (with distinct caches) and head dims that are multiples of 4; otherwise through
+/// `qkv` ([rows, 3·heads·head_dim]) and a [`rope_scatter`] pass per sequence.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_rope(
     rec: &mut Recorder,
@@ -191,7 +191,13 @@ pub fn linear_rope(
     let rows: usize = seqs.iter().map(|s| s.rows).sum();
     let hd = heads * head_dim;
     assert_eq!(w.n, 3 * hd, "linear_rope: a stacked Q|K|V weight");
-    if (1..=2).contains(&seqs.len()) && head_dim.is_multiple_of(4) && pairs_in_quads(product_kernel(rec.gpu, rows), w) {
+    // Two sequences bind their caches side by side, which must then be distinct buffers.
+    let distinct = match seqs {
+        [_] => true,
+        [a, b] => a.kc != b.kc && a.vc != b.vc && a.kc != b.vc && a.vc != b.kc,
+        _ => false,
+    };
+    if distinct && head_dim.is_multiple_of(4) && pairs_in_quads(product_kernel(rec.gpu, rows), w) {
         let rope = RopeOut { heads, head_dim, table, seqs };
         linear_impl(rec, w, None, x, x_off, rows, Out { buf: q, off: 0, stride: hd, add: false }, Act::RopePairs, None, Some(rope));
         return;
