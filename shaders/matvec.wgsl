@@ -9,7 +9,8 @@
 // also write y · g (see linear_out.wgsl) and the sum of the new y² over
 // each 4 rows, from which the next fused product gets its RMSNorm scale (matvec_fused.wgsl);
 // Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_dot): 16 B
-// loads, contiguous across lanes, one scale per group;
+// loads, contiguous across lanes, one scale per group; WIDE_RUNS (q8, f16; GPU shapes): the same
+// for runs of 16 B (matvec_rows.wgsl);
 // LANE_ROWS (CPU rasterisers): four whole rows per lane and no barrier (see matvec_lanes.wgsl),
 // LANE_WG lanes per workgroup, grid y = M; with LANE_M (more than 4 activation rows): LANE_M
 // activation rows per lane as well, grid y = ceil(M / LANE_M).
@@ -112,9 +113,13 @@ fn main(inv: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
             acc += q4_group_dot(n, grp, p.K, p.soff, a);
         }
 #else
+#if WIDE_RUNS
+        acc = row_dot_runs(n, rl.lane, p.K, p.soff, xb);
+#else
         for (var k = rl.lane * 4u; k < p.K; k += 128u) {
             acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
+#endif
 #endif
     }
     let total = row_sum(rl, acc);

@@ -18,8 +18,8 @@
 // input is already normalised by norm.wgsl: the final norm before lm_head (whose vocab/8
 // workgroups would each add up the sums again).
 // Defines: QKV, GATE_UP or PLAIN; PRESCALED or NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl);
-// Q4_GROUPS as in matvec.wgsl; LANE_ROWS (CPU rasterisers): four whole rows per lane and no
-// barrier (matvec_lanes.wgsl), LANE_WG lanes per workgroup.
+// Q4_GROUPS and WIDE_RUNS as in matvec.wgsl; LANE_ROWS (CPU rasterisers): four whole rows per
+// lane and no barrier (matvec_lanes.wgsl), LANE_WG lanes per workgroup.
 
 struct Params {
     K: u32,      // row length (hidden size; K % 4 == 0, PRESCALED: K % 16 == 0)
@@ -163,9 +163,13 @@ fn main(inv: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
             acc += q4_group_dot(n, grp, p.K, p.soff, a);
         }
 #else
+#if WIDE_RUNS
+        acc = row_dot_runs(n, rl.lane, p.K, p.soff, xb);
+#else
         for (var k = rl.lane * 4u; k < p.K; k += 128u) {
             acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
         }
+#endif
 #endif
     }
     let total = row_sum(rl, acc);

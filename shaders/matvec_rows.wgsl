@@ -7,6 +7,9 @@
 // no barrier is needed, otherwise one barrier gathers the 32/n shares. Without SUBGROUPS: lanes
 // 32r … 32r + 31 form row r and a tree in workgroup memory adds them up (six barriers).
 // The entry point takes `inv: Lane` and calls `row_lane(inv)` for its row and lane.
+// WIDE_RUNS (Q8, or F16 with K % 8 == 0): `row_dot_runs` walks a row in runs of 16 B of weights
+// per lane (4 words: 16 q8 or 8 f16 weights; neighbouring lanes' runs contiguous), with one scale
+// read per q8 run (a run lies inside one 32-weight group) applied to the run's sum.
 
 //#include lane_ids.wgsl
 
@@ -59,5 +62,35 @@ fn row_sum(rl: RowLane, v: f32) -> f32 {
         workgroupBarrier();
     }
     return row_shares[rl.row * 32u];
+}
+#endif
+
+#if WIDE_RUNS
+#if Q8
+const RUN: u32 = 16u;
+#else
+const RUN: u32 = 8u;
+#endif
+
+// Σ_k W[row, k] · x[xb·4 + k] over this lane's runs of the row (K % RUN == 0).
+fn row_dot_runs(row: u32, lane: u32, K: u32, soff: u32, xb: u32) -> f32 {
+    var acc = 0.0;
+    for (var c = lane; c < K / RUN; c += 32u) {
+        let e = row * K + c * RUN;
+        let xa = xb + c * (RUN / 4u);
+#if Q8
+        var s = 0.0;
+        for (var i = 0u; i < 4u; i++) {
+            let q = bitcast<i32>(w[e / 4u + i]);
+            s += dot(vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)), f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u))), x[xa + i]);
+        }
+        acc += s * group_scale(e, soff);
+#else
+        let w0 = e / 2u;
+        acc += dot(vec4<f32>(unpack2x16float(w[w0]), unpack2x16float(w[w0 + 1u])), x[xa])
+             + dot(vec4<f32>(unpack2x16float(w[w0 + 2u]), unpack2x16float(w[w0 + 3u])), x[xa + 1u]);
+#endif
+    }
+    return acc;
 }
 #endif

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::recorder::{grid, Recorder};
 use super::shader;
 use super::{Gpu, Weight};
+use crate::weights::quant::Quant;
 
 fn pipeline(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::ComputePipeline> {
     let key = format!("{file}:{}", defines.join(":"));
@@ -48,6 +49,12 @@ fn pipeline_reducing(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::Compu
 /// workgroup reductions may use, where a 32-lane row holds whole subgroups.
 fn row_subgroups(gpu: &Gpu) -> Option<String> {
     gpu.subgroup_reduce().filter(|&w| w <= 32).map(|w| format!("SUBGROUPS={w}"))
+}
+
+/// Whether the GPU-shape matrix–vector kernels read `w` in runs of 16 B per lane (WIDE_RUNS in
+/// matvec_rows.wgsl): q8, and f16 rows of whole runs; 4-bit formats take whole groups instead.
+fn wide_runs(w: &Weight) -> bool {
+    w.quant == Quant::Q8 || (w.quant == Quant::F16 && w.k.is_multiple_of(8))
 }
 
 /// Lanes per workgroup of the CPU-rasteriser matrix–vector kernels, each lane owning four output
@@ -314,6 +321,8 @@ fn linear_impl(
         }
     } else if vec && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
+    } else if vec && wide_runs(w) {
+        defines.push("WIDE_RUNS");
     } else if small {
         defines.push("SMALL_M");
     }
@@ -565,6 +574,8 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
     let mut defines = vec![mode, w.quant.define(), norm];
     if tuned && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
+    } else if tuned && wide_runs(w) {
+        defines.push("WIDE_RUNS");
     }
     // CPU rasterisers take four rows per lane (matvec_lanes.wgsl).
     let row_sg = row_subgroups(rec.gpu);
