@@ -323,6 +323,16 @@ fn swiglu_pairs_and_add() {
     assert_close(&read(&gpu, &yt), &want, 1e-6, "swiglu pairs + add");
 }
 
+/// Whether a product of `rows` activation rows takes a kernel whose output stage gets whole column
+/// quads (the lane kernels, the GPU tile), so that RoPE and SwiGLU are fused into it.
+fn hands_over_quads(gpu: &Gpu, rows: usize) -> bool {
+    if gpu.gpu_tuned() {
+        rows > kernels::MATVEC_MAX_ROWS
+    } else {
+        !(gpu.sg8() && rows > kernels::SMALL_TILE_MAX_ROWS)
+    }
+}
+
 #[test]
 fn gate_up_products_gate_in_their_output_stage() {
     // linear_swiglu: the lane kernels and the GPU tile gate (gate, up) column quads in their
@@ -351,8 +361,7 @@ fn gate_up_products_gate_in_their_output_stage() {
             let want: Vec<f32> = gu.chunks_exact(2).map(|p| p[0] / (1.0 + (-p[0]).exp()) * p[1]).collect();
             let what = format!("gate|up {quant} m{m} gpu-tuned {tuned} sg8 {}", gpu.sg8());
             assert_close(&read(&gpu, &yt), &want, 1e-5, &what);
-            let fused = if tuned { m > kernels::MATVEC_MAX_ROWS } else { !(gpu.sg8() && m > kernels::SMALL_TILE_MAX_ROWS) };
-            assert_eq!(dispatches, w.chunks.len() + usize::from(!fused), "{what}: dispatches");
+            assert_eq!(dispatches, w.chunks.len() + usize::from(!hands_over_quads(&gpu, m)), "{what}: dispatches");
         }
     }
 }
@@ -418,8 +427,7 @@ fn qkv_products_rotate_and_fill_the_caches_in_their_output_stage() {
             assert_close(&got_q, &want_q, 1e-5, &format!("{what}: q"));
             assert_close(&got_k, &want_k, 1e-5, &format!("{what}: k"));
             assert_close(&got_v, &want_v, 1e-5, &format!("{what}: v"));
-            let quads = if tuned { rows > kernels::MATVEC_MAX_ROWS } else { !(gpu.sg8() && rows > kernels::SMALL_TILE_MAX_ROWS) };
-            let fused = quads && layout.len() <= 2;
+            let fused = hands_over_quads(&gpu, rows) && layout.len() <= 2;
             let want = w.chunks.len() + if fused { 0 } else { layout.len() };
             assert_eq!(dispatches, want, "{what}: dispatches");
         }

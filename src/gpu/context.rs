@@ -123,8 +123,6 @@ impl Gpu {
         }
         if afeatures.contains(wgpu::Features::SUBGROUP) {
             features |= wgpu::Features::SUBGROUP;
-            gf.subgroups = true;
-            gf.subgroup_size = (info.subgroup_min_size == info.subgroup_max_size).then_some(info.subgroup_min_size);
         }
         let profile = profile && !cfg!(target_arch = "wasm32") && afeatures.contains(wgpu::Features::TIMESTAMP_QUERY);
         if profile {
@@ -164,8 +162,8 @@ impl Gpu {
             .map_err(|e| tagged(Kind::Webgpu, format!("could not open the GPU device: {e}")))?;
         // wgpu 30 cannot ask for subgroups in the browser; the worker's requestDevice wrapper does
         // (www/worker.js) and says whether the device got them and WGSL has `subgroup_id`.
-        if cfg!(target_arch = "wasm32") && web_device_subgroups() {
-            gf.subgroups = true;
+        gf.subgroups = afeatures.contains(wgpu::Features::SUBGROUP) || web_device_subgroups();
+        if gf.subgroups {
             gf.subgroup_size = (info.subgroup_min_size == info.subgroup_max_size).then_some(info.subgroup_min_size);
         }
         let lost = Arc::new(Mutex::new(None));

@@ -169,10 +169,11 @@ fn pairs_in_quads(kind: Product, w: &Weight) -> bool {
 /// stage where the kernel allows it (one dispatch, no [rows, w.n] round trip); otherwise through
 /// `gu` ([rows, w.n]) and a gating pass.
 pub fn linear_swiglu(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, rows: usize, gu: &wgpu::Buffer, y: &wgpu::Buffer) {
-    if pairs_in_quads(product_kernel(rec.gpu, rows), w) {
-        linear_impl(rec, w, None, x, x_off, rows, Out { buf: y, off: 0, stride: w.n / 2, add: false }, Act::SwiGluPairs, None, None);
+    let kind = product_kernel(rec.gpu, rows);
+    if pairs_in_quads(kind, w) {
+        linear_impl(rec, kind, w, None, x, x_off, rows, Out { buf: y, off: 0, stride: w.n / 2, add: false }, Act::SwiGluPairs, None, None);
     } else {
-        linear_impl(rec, w, None, x, x_off, rows, Out { buf: gu, off: 0, stride: w.n, add: false }, Act::None, None, None);
+        linear_impl(rec, kind, w, None, x, x_off, rows, Out { buf: gu, off: 0, stride: w.n, add: false }, Act::None, None, None);
         swiglu_pairs(rec, gu, y, rows * w.n / 2);
     }
 }
@@ -204,12 +205,13 @@ pub fn linear_rope(
         [a, b] => a.kc != b.kc && a.vc != b.vc && a.kc != b.vc && a.vc != b.kc,
         _ => false,
     };
-    if distinct && head_dim.is_multiple_of(4) && pairs_in_quads(product_kernel(rec.gpu, rows), w) {
+    let kind = product_kernel(rec.gpu, rows);
+    if distinct && head_dim.is_multiple_of(4) && pairs_in_quads(kind, w) {
         let rope = RopeOut { heads, head_dim, table, seqs };
-        linear_impl(rec, w, None, x, x_off, rows, Out { buf: q, off: 0, stride: hd, add: false }, Act::RopePairs, None, Some(rope));
+        linear_impl(rec, kind, w, None, x, x_off, rows, Out { buf: q, off: 0, stride: hd, add: false }, Act::RopePairs, None, Some(rope));
         return;
     }
-    linear_impl(rec, w, None, x, x_off, rows, Out { buf: qkv, off: 0, stride: 3 * hd, add: false }, Act::None, None, None);
+    linear_impl(rec, kind, w, None, x, x_off, rows, Out { buf: qkv, off: 0, stride: 3 * hd, add: false }, Act::None, None, None);
     let mut row0 = 0;
     for s in seqs {
         rope_scatter(rec, qkv, row0 * 3 * hd, s.rows, heads, head_dim, s.pos0, table, q, row0 * hd, s.kc, s.vc, s.slot0);
@@ -234,7 +236,7 @@ pub fn linear(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &w
 /// [`linear`] with an activation applied to each output element.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x: &wgpu::Buffer, x_off: usize, rows: usize, out: Out, act: Act) {
-    linear_impl(rec, w, bias, x, x_off, rows, out, act, None, None)
+    linear_impl(rec, product_kernel(rec.gpu, rows), w, bias, x, x_off, rows, out, act, None, None)
 }
 
 /// One activation row: y += x · Wᵀ into the residual stream, also writing y · g for the norm that
@@ -242,7 +244,7 @@ pub fn linear_act(rec: &mut Recorder, w: &Weight, bias: Option<&wgpu::Buffer>, x
 pub fn linear_residual(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: usize, y: View, copy: NormCopy) {
     assert!(y.off % 4 == 0 && w.chunks.iter().all(|c| c.row0 % 4 == 0), "linear_residual: the sums of squares need whole row quads");
     let out = Out { buf: y.buf, off: y.off, stride: w.n, add: true };
-    linear_impl(rec, w, None, x, x_off, 1, out, Act::None, Some(copy), None)
+    linear_impl(rec, product_kernel(rec.gpu, 1), w, None, x, x_off, 1, out, Act::None, Some(copy), None)
 }
 
 /// The `Params` block of matvec.wgsl and matmul.wgsl (linear_params.wgsl).
@@ -289,6 +291,7 @@ pub struct RopeSeq<'a> {
 #[allow(clippy::too_many_arguments)]
 fn linear_impl(
     rec: &mut Recorder,
+    kind: Product,
     w: &Weight,
     bias: Option<&wgpu::Buffer>,
     x: &wgpu::Buffer,
@@ -300,8 +303,7 @@ fn linear_impl(
     rope: Option<RopeOut>,
 ) {
     assert!(x_off % 4 == 0, "activation offsets must be multiples of 4");
-    // One read of the tuning flag: the shaders and the grid must agree.
-    let kind = product_kernel(rec.gpu, rows);
+    // `kind` is the one read of the tuning flag: the shaders and the grid must agree.
     let tuned = matches!(kind, Product::Matvec | Product::Tile);
     let vec = rows <= MATVEC_MAX_ROWS;
     let small = !vec && rows <= SMALL_TILE_MAX_ROWS;

@@ -108,12 +108,10 @@ impl<'a> Recorder<'a> {
             return;
         }
         if self.params.len() as u64 >= SLOT * SLOTS {
-            match self.arena.take() {
-                Some(arena) if self.hold => self.full.push((arena, std::mem::take(&mut self.params))),
-                arena => {
-                    self.arena = arena;
-                    self.flush();
-                }
+            if !self.hold {
+                self.flush();
+            } else if let Some(arena) = self.arena.take() {
+                self.full.push((arena, std::mem::take(&mut self.params)));
             }
         }
         let arena = self.arena();
