@@ -34,8 +34,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> o: array<f32>;     // [T, o_stride]
 #else
 @group(0) @binding(1) var<storage, read> q: array<f32>;           // [T, q_stride]
-@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;     // [keys, kv_stride / 4] (k_off, kv_stride, D % 4 == 0)
-@group(0) @binding(3) var<storage, read> v: array<f32>;           // [keys, kv_stride]
+@group(0) @binding(2) var<storage, read> k: array<KvQuad>;        // [keys, kv_stride / 4] (k_off, kv_stride, D % 4 == 0; kv_cache.wgsl)
+@group(0) @binding(3) var<storage, read> v: array<KvPair>;        // [keys, kv_stride] as pairs of elements (v_at)
 #if SPLIT
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;  // [T, H, chunks, D + 2] (acc, max, sum)
 #else
@@ -77,6 +77,12 @@ var<workgroup> sp: array<f32, 64 * 17>; // [key, 16 lane slices (+1 against bank
 #endif
 const RED_LANES: u32 = 64u;
 //#include reduce.wgsl
+//#include kv_cache.wgsl
+
+// Value element e (from v_off).
+fn v_at(e: u32) -> f32 {
+    return kv_unpair(v[e / 2u])[e % 2u];
+}
 
 @compute @workgroup_size(64)
 fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -121,7 +127,7 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
             if (j0 + key < jend) {
                 let kb = (p.k_off + (j0 + key) * p.kv_stride + h * p.D) / 4u;
                 for (var d = slice; d < d4; d += 16u) {
-                    pd += dot(qs[d], k[kb + d]);
+                    pd += dot(qs[d], kv_unquad(k[kb + d]));
                 }
             }
             sp[key * 17u + slice] = pd;
@@ -143,11 +149,11 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
             var s1 = vec4<f32>(0.0);
             var d = 0u;
             for (; d + 2u <= d4; d += 2u) {
-                s0 += qs[d] * k[kb + d];
-                s1 += qs[d + 1u] * k[kb + d + 1u];
+                s0 += qs[d] * kv_unquad(k[kb + d]);
+                s1 += qs[d + 1u] * kv_unquad(k[kb + d + 1u]);
             }
             if (d < d4) {
-                s0 += qs[d] * k[kb + d];
+                s0 += qs[d] * kv_unquad(k[kb + d]);
             }
             let dv = s0 + s1;
             s = (dv.x + dv.y + dv.z + dv.w) * p.scale;
@@ -173,10 +179,10 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
                 var jj = 0u;
                 for (; jj + 4u <= jn; jj += 4u) {
                     let b = vb + jj * st;
-                    a += ps[jj] * v[b] + ps[jj + 1u] * v[b + st] + ps[jj + 2u] * v[b + 2u * st] + ps[jj + 3u] * v[b + 3u * st];
+                    a += ps[jj] * v_at(b) + ps[jj + 1u] * v_at(b + st) + ps[jj + 2u] * v_at(b + 2u * st) + ps[jj + 3u] * v_at(b + 3u * st);
                 }
                 for (; jj < jn; jj++) {
-                    a += ps[jj] * v[vb + jj * st];
+                    a += ps[jj] * v_at(vb + jj * st);
                 }
                 acc[i] = a;
             }

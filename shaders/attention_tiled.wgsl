@@ -37,8 +37,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;          // [T, q_stride] from q_off
-@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;    // [keys, kv_stride / 4] from k_off / 4
-@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;    // [keys, kv_stride / 4] from v_off / 4
+@group(0) @binding(2) var<storage, read> k: array<KvQuad>;       // [keys, kv_stride / 4] from k_off / 4 (kv_cache.wgsl)
+@group(0) @binding(3) var<storage, read> v: array<KvQuad>;       // [keys, kv_stride / 4] from v_off / 4
+
+//#include kv_cache.wgsl
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;    // [T, o_stride] from o_off
 
 const WG: u32 = BQ * TPQ;                // lanes per workgroup
@@ -65,9 +67,9 @@ fn stage_kv(values: bool, li: u32, j0: u32, c: u32, nk_tile: u32, hd: u32) {
         if (j0 + jj < nk_tile && d < HD) {
             let i = (off + (j0 + jj) * p.kv_stride + hd + d) / 4u;
             if (values) {
-                val = v[i];
+                val = kv_unquad(v[i]);
             } else {
-                val = k[i];
+                val = kv_unquad(k[i]);
             }
         }
         kv[jj * ROW + e % DC4] = val;

@@ -8,8 +8,9 @@
 // ROPE_PAIRS (no BIAS, ADD or activation): the weight is the stacked Q|K|V of kernels::qkv_row_order
 // (each head's rotation pairs (i, i + D/2) side by side), so a column quad holds two pairs of one
 // head; `store_quad` rotates q and k (rotate-half RoPE, cos/sin from the table, as rope.wgsl) and
-// writes q to y ([M, H·D]), k and v into the row's cache slot. TWO_SEQS: rows from rows0 on belong
-// to a second sequence with its own caches, position and slot (a flow step's two guidance rows).
+// writes q to y ([M, H·D]), k and v into the row's cache slot (f32, or f16 with KV_F16: see
+// kv_cache.wgsl). TWO_SEQS: rows from rows0 on belong to a second sequence with its own caches,
+// position and slot (a flow step's two guidance rows).
 
 //#include activation.wgsl
 
@@ -23,60 +24,41 @@ fn store_quad(m: u32, n: u32, v: vec4<f32>) {
 
 #if ROPE_PAIRS
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>; // RoPE (cos, sin) [max_pos, D/2]
-@group(0) @binding(5) var<storage, read_write> kc: array<f32>;    // sequence 0's key cache [slots, H·D]
-@group(0) @binding(6) var<storage, read_write> vc: array<f32>;    // sequence 0's value cache [slots, H·D]
+@group(0) @binding(5) var<storage, read_write> kc: array<KvPair>; // sequence 0's key cache [slots, H·D / 2] (kv_cache.wgsl)
+@group(0) @binding(6) var<storage, read_write> vc: array<KvPair>; // sequence 0's value cache
 #if TWO_SEQS
-@group(0) @binding(7) var<storage, read_write> kc1: array<f32>;   // sequence 1's key cache [slots, H·D]
-@group(0) @binding(8) var<storage, read_write> vc1: array<f32>;   // sequence 1's value cache [slots, H·D]
+@group(0) @binding(7) var<storage, read_write> kc1: array<KvPair>; // sequence 1's key cache
+@group(0) @binding(8) var<storage, read_write> vc1: array<KvPair>; // sequence 1's value cache
 #endif
 
-// Cache element `e` of sequence `s`: keys (v = false) or values (v = true).
-fn put_kv(s: u32, v: bool, e: u32, val: f32) {
+//#include kv_cache.wgsl
+
+// Cache pair `e` (elements 2e, 2e + 1 of the cache) of sequence `s`: keys (v = false) or values.
+fn put_kv(s: u32, v: bool, e: u32, val: vec2<f32>) {
 #if TWO_SEQS
     if (s == 1u) {
         if (v) {
-            vc1[e] = val;
+            vc1[e] = kv_pair(val);
         } else {
-            kc1[e] = val;
+            kc1[e] = kv_pair(val);
         }
         return;
     }
 #endif
     if (v) {
-        vc[e] = val;
+        vc[e] = kv_pair(val);
     } else {
-        kc[e] = val;
+        kc[e] = kv_pair(val);
     }
 }
 
-// Rotation pair i of a head (section sec: 0 q, 1 k, 2 v) with its stored values (x1, x2).
-fn rope_pair(m: u32, s: u32, pos: u32, slot: u32, sec: u32, head: u32, i: u32, x1: f32, x2: f32) {
-    let hd = p.H * p.D;
-    let half = p.D / 2u;
-    let c = head * p.D + i;
-    if (sec == 2u) {
-        put_kv(s, true, slot * hd + c, x1);
-        put_kv(s, true, slot * hd + c + half, x2);
-        return;
-    }
-    let cs = table[pos * half + i];
-    let r1 = x1 * cs.x - x2 * cs.y;
-    let r2 = x2 * cs.x + x1 * cs.y;
-    if (sec == 0u) {
-        y[p.y_off + m * p.y_stride + c] = r1;
-        y[p.y_off + m * p.y_stride + c + half] = r2;
-    } else {
-        put_kv(s, false, slot * hd + c, r1);
-        put_kv(s, false, slot * hd + c + half, r2);
-    }
-}
-
+// A column quad n..n+3 (n % 4 == 0): two rotation pairs (i, i + 1) of one head of one section.
 fn store_quad(m: u32, n: u32, v: vec4<f32>) {
     let hd = p.H * p.D;
+    let half = p.D / 2u;
     let col = p.row0 + n;
-    let sec = col / hd;
-    let head = (col % hd) / p.D;
-    let i = (col % p.D) / 2u; // the quad's first pair
+    let sec = col / hd; // 0: q, 1: k, 2: v
+    let c = ((col % hd) / p.D) * p.D + (col % p.D) / 2u; // head · D + i
     var s = 0u;
     var t = m;
     var pos = p.pos0;
@@ -89,8 +71,25 @@ fn store_quad(m: u32, n: u32, v: vec4<f32>) {
         slot = p.slot1;
     }
 #endif
-    rope_pair(m, s, pos + t, slot + t, sec, head, i, v.x, v.y);
-    rope_pair(m, s, pos + t, slot + t, sec, head, i + 1u, v.z, v.w);
+    let e = ((slot + t) * hd + c) / 2u;
+    if (sec == 2u) {
+        let r = quad_halves(v);
+        put_kv(s, true, e, r.lo);
+        put_kv(s, true, e + half / 2u, r.hi);
+        return;
+    }
+    let tb = (pos + t) * half + c % p.D;
+    let r = rope_quad(v, table[tb], table[tb + 1u]);
+    if (sec == 0u) {
+        let o = p.y_off + m * p.y_stride + c;
+        y[o] = r.lo.x;
+        y[o + 1u] = r.lo.y;
+        y[o + half] = r.hi.x;
+        y[o + half + 1u] = r.hi.y;
+    } else {
+        put_kv(s, false, e, r.lo);
+        put_kv(s, false, e + half / 2u, r.hi);
+    }
 }
 #endif
 

@@ -42,8 +42,9 @@ struct Params {
 #if QKV
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>;   // RoPE (cos, sin) [max_pos, D/2]
 @group(0) @binding(5) var<storage, read_write> q: array<f32>;       // queries [H·D] at y_off
-@group(0) @binding(6) var<storage, read_write> kc: array<f32>;      // key cache [slots, H·D]
-@group(0) @binding(7) var<storage, read_write> vc: array<f32>;      // value cache [slots, H·D]
+@group(0) @binding(6) var<storage, read_write> kc: array<KvPair>;   // key cache [slots, H·D / 2] (kv_cache.wgsl)
+@group(0) @binding(7) var<storage, read_write> vc: array<KvPair>;   // value cache [slots, H·D / 2]
+//#include kv_cache.wgsl
 #endif
 #if GATE_UP
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;       // silu(gate) · up [(row0 + N)/2]
@@ -56,28 +57,31 @@ struct Params {
 //#include quant.wgsl
 
 #if QKV
-// Rotation pair (r, r + 1) of the chunk with its dots (va, vb): RoPE on q and k, then q to `q`, k
-// and v into their cache slot.
-fn pair_out(r: u32, va: f32, vb: f32) {
+// Rows r .. r + 3 of the chunk (r % 4 == 0) with their dots: two neighbouring rotation pairs of a
+// head. RoPE on q and k, then q to `q`, k and v into their cache slot.
+fn quad_out(r: u32, v: vec4<f32>) {
     let half = p.D / 2u;
-    let row = p.row0 + r;           // global row of the pair's first half (even)
+    let row = p.row0 + r;           // global row of the quad (a multiple of 4)
     let section = row / p.hd;       // 0: q, 1: k, 2: v
     let e = row % p.hd;             // head · D + 2i
     let c = (e / p.D) * p.D + (e % p.D) / 2u; // element of the first half: head · D + i
+    let kv = (p.kv_off + c) / 2u;   // its cache pair
     if (section == 2u) {
-        vc[p.kv_off + c] = va;
-        vc[p.kv_off + c + half] = vb;
+        let h = quad_halves(v);
+        vc[kv] = kv_pair(h.lo);
+        vc[kv + half / 2u] = kv_pair(h.hi);
         return;
     }
-    let cs = table[p.pos * half + c % p.D];
-    let ra = va * cs.x - vb * cs.y;
-    let rb = vb * cs.x + va * cs.y;
+    let tb = p.pos * half + c % p.D;
+    let h = rope_quad(v, table[tb], table[tb + 1u]);
     if (section == 0u) {
-        q[p.y_off + c] = ra;
-        q[p.y_off + c + half] = rb;
+        q[p.y_off + c] = h.lo.x;
+        q[p.y_off + c + 1u] = h.lo.y;
+        q[p.y_off + c + half] = h.hi.x;
+        q[p.y_off + c + half + 1u] = h.hi.y;
     } else {
-        kc[p.kv_off + c] = ra;
-        kc[p.kv_off + c + half] = rb;
+        kc[kv] = kv_pair(h.lo);
+        kc[kv + half / 2u] = kv_pair(h.hi);
     }
 }
 #endif
@@ -85,6 +89,14 @@ fn pair_out(r: u32, va: f32, vb: f32) {
 // (gate, up) pair (r, r + 1) of the chunk with its dots: silu(gate) · up.
 fn pair_out(r: u32, va: f32, vb: f32) {
     y[p.y_off + (p.row0 + r) / 2u] = silu(va) * vb;
+}
+
+// Rows r .. r + 3 (r % 4 == 0): two (gate, up) pairs, the second only when inside the chunk.
+fn quad_out(r: u32, v: vec4<f32>) {
+    pair_out(r, v.x, v.y);
+    if (r + 2u < p.N) {
+        pair_out(r + 2u, v.z, v.w);
+    }
 }
 #endif
 
@@ -118,11 +130,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 #else
-    // N is even (kernels::pairs_fusable), so a lane holds whole pairs.
-    pair_out(n, v.x, v.y);
-    if (n + 2u < p.N) {
-        pair_out(n + 2u, v.z, v.w);
-    }
+    // N is even (kernels::pairs_fusable; QKV: a multiple of 4), so a lane holds whole pairs.
+    quad_out(n, v);
 #endif
 }
 #else
@@ -192,15 +201,16 @@ fn main(inv: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
         y[p.y_off + p.row0 + row_of(wid.x, inv.li)] = row_totals[inv.li] * scale;
     }
 #else
-    // Four epilogue lanes, one per row pair.
-    if (inv.li >= 4u) {
+    // Two epilogue lanes, one per row quad (rows past N have zero totals).
+    if (inv.li >= 2u) {
         return;
     }
-    let r = row_of(wid.x, 2u * inv.li);
+    let r = row_of(wid.x, 4u * inv.li);
     if (r >= p.N) {
         return;
     }
-    pair_out(r, row_totals[2u * inv.li] * scale, row_totals[2u * inv.li + 1u] * scale);
+    let b = 4u * inv.li;
+    quad_out(r, vec4<f32>(row_totals[b], row_totals[b + 1u], row_totals[b + 2u], row_totals[b + 3u]) * scale);
 #endif
 }
 #endif

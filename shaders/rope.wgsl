@@ -8,7 +8,7 @@
 struct Params {
     T: u32,          // rows (tokens)
     H: u32,          // heads per row
-    D: u32,          // head dim (even)
+    D: u32,          // head dim (multiple of 4)
     pos0: u32,       // position of row 0
     x_off: u32,      // element offset of x[0, 0]
     row_stride: u32, // elements between consecutive rows of x (3·H·D)
@@ -20,39 +20,46 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;            // [T, row_stride]: q | k | v
 @group(0) @binding(2) var<storage, read> table: array<vec2<f32>>;  // [max_pos, D/2] (cos, sin)
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;      // [T, H·D] at q_off
-@group(0) @binding(4) var<storage, read_write> kc: array<f32>;     // key cache [slots, H·D]
-@group(0) @binding(5) var<storage, read_write> vc: array<f32>;     // value cache [slots, H·D]
+@group(0) @binding(4) var<storage, read_write> kc: array<KvPair>;  // key cache [slots, H·D / 2] (kv_cache.wgsl)
+@group(0) @binding(5) var<storage, read_write> vc: array<KvPair>;  // value cache [slots, H·D / 2]
 
+//#include kv_cache.wgsl
+
+// One invocation per two neighbouring rotation pairs (i, i + 1) of a head (D % 4 == 0), so that
+// each half of them is one cache pair.
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let half = p.D / 2u;
+    let quads = half / 2u;
     let heads = 3u * p.H; // q, k and v heads of a row
     let idx = gid.x + gid.y * nwg.x * 256u;
-    if (idx >= p.T * heads * half) {
+    if (idx >= p.T * heads * quads) {
         return;
     }
-    let i = idx % half;
-    let h = (idx / half) % heads;
-    let t = idx / (half * heads);
-    let b = p.x_off + t * p.row_stride + h * p.D;
-    let x1 = x[b + 2u * i];
-    let x2 = x[b + 2u * i + 1u];
+    let i = 2u * (idx % quads);
+    let h = (idx / quads) % heads;
+    let t = idx / (quads * heads);
+    let b = p.x_off + t * p.row_stride + h * p.D + 2u * i;
+    let v = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
     let hd = p.H * p.D;
     let c = (h % p.H) * p.D + i;
-    let slot = (p.slot0 + t) * hd + c;
+    let slot = ((p.slot0 + t) * hd + c) / 2u;
     if (h >= 2u * p.H) {
-        vc[slot] = x1;
-        vc[slot + half] = x2;
+        let r = quad_halves(v);
+        vc[slot] = kv_pair(r.lo);
+        vc[slot + half / 2u] = kv_pair(r.hi);
         return;
     }
-    let cs = table[(p.pos0 + t) * half + i];
-    let r1 = x1 * cs.x - x2 * cs.y;
-    let r2 = x2 * cs.x + x1 * cs.y;
+    let tb = (p.pos0 + t) * half + i;
+    let r = rope_quad(v, table[tb], table[tb + 1u]);
     if (h < p.H) {
-        q[p.q_off + t * hd + c] = r1;
-        q[p.q_off + t * hd + c + half] = r2;
+        let qb = p.q_off + t * hd + c;
+        q[qb] = r.lo.x;
+        q[qb + 1u] = r.lo.y;
+        q[qb + half] = r.hi.x;
+        q[qb + half + 1u] = r.hi.y;
     } else {
-        kc[slot] = r1;
-        kc[slot + half] = r2;
+        kc[slot] = kv_pair(r.lo);
+        kc[slot + half / 2u] = kv_pair(r.hi);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::engine::Engine;
-use crate::gpu::kernels::{self, Out, View};
+use crate::gpu::kernels::{self, KvFormat, Out, View};
 use crate::gpu::profile::Profile;
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
 use crate::weights::quant::{Quant, QuantBlob};
@@ -350,6 +350,7 @@ pub fn step_parts(engine: &Engine, rows: usize, prompt: usize) -> Result<(Vec<Ge
         q_stride: hd,
         kv_stride: hd,
         o_stride: hd,
+        kv: KvFormat::F32,
     };
     let (kv, qv, ov) = (View::at(&kv.buf, 0), View::at(&q.buf, 0), View::at(&o.buf, 0));
     let attention = time_call(gpu, &o.buf, &|rec: &mut Recorder| {

@@ -1,6 +1,6 @@
 //! Every WGSL kernel against a plain CPU reference, on shapes that are not multiples of any tile.
 
-use janusflow::gpu::kernels::{self, AttnKernel, AttnShape, Out, View};
+use janusflow::gpu::kernels::{self, AttnKernel, AttnShape, Kv, KvFormat, Out, View};
 use janusflow::gpu::{Gpu, Recorder, Tensor, Weight};
 use janusflow::weights::quant::{Quant, QuantBlob};
 
@@ -28,6 +28,53 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!((g - w).abs() <= tol * scale, "{what}: element {i}: got {g}, want {w} (scale {scale})");
+    }
+}
+
+/// A KV cache of `slots` rows of `width` elements in `format`, zeroed.
+fn cache(gpu: &Gpu, label: &str, slots: usize, width: usize, format: KvFormat) -> Tensor {
+    Tensor::zeros(gpu, label, &[slots, width * format.bytes() as usize / 4])
+}
+
+/// A cache's elements as f32 (f16 pairs unpacked, low half first).
+fn read_cache(gpu: &Gpu, t: &Tensor, format: KvFormat) -> Vec<f32> {
+    let words = read(gpu, t);
+    match format {
+        KvFormat::F32 => words,
+        KvFormat::F16 => words.iter().flat_map(|w| [w.to_bits() as u16, (w.to_bits() >> 16) as u16].map(|h| half::f16::from_bits(h).to_f32())).collect(),
+    }
+}
+
+/// `v` stored in a cache of `format` (f16: rounded to nearest, pairs packed).
+fn cache_from(gpu: &Gpu, label: &str, rows: usize, v: &[f32], format: KvFormat) -> Tensor {
+    let width = v.len() / rows;
+    match format {
+        KvFormat::F32 => Tensor::from_f32(gpu, label, &[rows, width], v),
+        KvFormat::F16 => {
+            let words: Vec<u32> =
+                v.chunks_exact(2).map(|p| half::f16::from_f32(p[0]).to_bits() as u32 | (half::f16::from_f32(p[1]).to_bits() as u32) << 16).collect();
+            Tensor::from_f32(gpu, label, &[rows, width / 2], bytemuck::cast_slice(&words))
+        }
+    }
+}
+
+/// What a cache of `format` holds for `v`.
+fn cache_rounded(v: &[f32], format: KvFormat) -> Vec<f32> {
+    match format {
+        KvFormat::F32 => v.to_vec(),
+        KvFormat::F16 => v.iter().map(|&e| half::f16::from_f32(e).to_f32()).collect(),
+    }
+}
+
+/// [`assert_close`] for values read back from a cache of `format`: within `tol` of the f32 value,
+/// and for f16 also within one f16 step (the GPU's f32 result may round the other way).
+fn assert_cached(got: &[f32], want: &[f32], tol: f32, format: KvFormat, what: &str) {
+    if format == KvFormat::F32 {
+        return assert_close(got, want, tol, what);
+    }
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * scale + w.abs() / 1024.0, "{what} (f16 cache): element {i}: got {g}, want {w}");
     }
 }
 
@@ -203,29 +250,32 @@ fn rope_rotate_half() {
     let table = rope_table(64, d, 10000.0);
     let xt = Tensor::from_f32(&gpu, "qkv", &[t, 3 * hd], &stored);
     let tt = Tensor::from_f32(&gpu, "table", &[table.len()], &table);
-    let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[t, hd]), Tensor::zeros(&gpu, "k", &[slot0 + t, hd]), Tensor::zeros(&gpu, "v", &[slot0 + t, hd]));
-    let mut rec = Recorder::new(&gpu);
-    kernels::rope_scatter(&mut rec, &xt.buf, 0, t, h, d, pos0, &tt.buf, &qt.buf, 0, &kt.buf, &vt.buf, slot0);
-    rec.finish();
-    let rot = |v: &[f32], ti: usize| -> Vec<f32> {
-        let mut out = v.to_vec();
-        for hi in 0..h {
-            for i in 0..d / 2 {
-                let (c, s) = (table[((pos0 + ti) * d / 2 + i) * 2], table[((pos0 + ti) * d / 2 + i) * 2 + 1]);
-                let b = hi * d;
-                out[b + i] = v[b + i] * c - v[b + i + d / 2] * s;
-                out[b + i + d / 2] = v[b + i + d / 2] * c + v[b + i] * s;
+    for format in [KvFormat::F32, KvFormat::F16] {
+        let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[t, hd]), cache(&gpu, "k", slot0 + t, hd, format), cache(&gpu, "v", slot0 + t, hd, format));
+        let mut rec = Recorder::new(&gpu);
+        kernels::rope_scatter(&mut rec, &xt.buf, 0, t, h, d, pos0, &tt.buf, &qt.buf, 0, Kv { k: &kt.buf, v: &vt.buf, format }, slot0);
+        rec.finish();
+        let rot = |v: &[f32], ti: usize| -> Vec<f32> {
+            let mut out = v.to_vec();
+            for hi in 0..h {
+                for i in 0..d / 2 {
+                    let (c, s) = (table[((pos0 + ti) * d / 2 + i) * 2], table[((pos0 + ti) * d / 2 + i) * 2 + 1]);
+                    let b = hi * d;
+                    out[b + i] = v[b + i] * c - v[b + i + d / 2] * s;
+                    out[b + i + d / 2] = v[b + i + d / 2] * c + v[b + i] * s;
+                }
             }
+            out
+        };
+        let (q, k, v) = (read(&gpu, &qt), read_cache(&gpu, &kt, format), read_cache(&gpu, &vt, format));
+        for ti in 0..t {
+            let row = &nat[ti * 3 * hd..(ti + 1) * 3 * hd];
+            let s = (slot0 + ti) * hd;
+            assert_close(&q[ti * hd..(ti + 1) * hd], &rot(&row[..hd], ti), 1e-6, &format!("rope q row {ti}"));
+            assert_cached(&k[s..s + hd], &rot(&row[hd..2 * hd], ti), 1e-6, format, &format!("rope k row {ti}"));
+            assert_cached(&v[s..s + hd], &row[2 * hd..], 1e-6, format, &format!("v row {ti}"));
         }
-        out
-    };
-    let (q, k, v) = (read(&gpu, &qt), read(&gpu, &kt), read(&gpu, &vt));
-    for ti in 0..t {
-        let row = &nat[ti * 3 * hd..(ti + 1) * 3 * hd];
-        let s = (slot0 + ti) * hd;
-        assert_close(&q[ti * hd..(ti + 1) * hd], &rot(&row[..hd], ti), 1e-6, &format!("rope q row {ti}"));
-        assert_close(&k[s..s + hd], &rot(&row[hd..2 * hd], ti), 1e-6, &format!("rope k row {ti}"));
-        assert_close(&v[s..s + hd], &row[2 * hd..], 1e-6, &format!("v row {ti}"));
+        assert!(k[..slot0 * hd].iter().chain(&v[..slot0 * hd]).all(|&e| e == 0.0), "rope: slots before slot0 written ({format:?})");
     }
 }
 
@@ -281,12 +331,25 @@ fn attention_causal_with_cache_and_bidirectional() {
         let q: Vec<f32> = rng.vec(t * h * d).iter().map(|v| v * 2.0).collect();
         let k: Vec<f32> = rng.vec(keys * h * d).iter().map(|v| v * 2.0).collect();
         let v = rng.vec(keys * h * d);
-        let (qt, kt, vt) =
-            (Tensor::from_f32(&gpu, "q", &[t, h * d], &q), Tensor::from_f32(&gpu, "k", &[keys, h * d], &k), Tensor::from_f32(&gpu, "v", &[keys, h * d], &v));
-        for causal in [true, false] {
-            let s =
-                AttnShape { t, heads: h, head_dim: d, causal_pos0: causal.then_some(pos0), n_keys: keys, q_stride: h * d, kv_stride: h * d, o_stride: h * d };
-            let want = if causal { cpu_attention(&q, &k, &v, t, h, d, |ti| pos0 + ti + 1) } else { cpu_attention(&q, &k, &v, t, h, d, |_| keys) };
+        let qt = Tensor::from_f32(&gpu, "q", &[t, h * d], &q);
+        // Keys and values in an f16 cache too (the `fast` setting), on the first shape set, where
+        // every kernel runs: the same attention over the f16-rounded keys and values.
+        let formats: &[KvFormat] = if gpu_tuned { &[KvFormat::F32] } else { &[KvFormat::F32, KvFormat::F16] };
+        for (&format, causal) in formats.iter().flat_map(|f| [true, false].map(move |c| (f, c))) {
+            let (kt, vt) = (cache_from(&gpu, "k", keys, &k, format), cache_from(&gpu, "v", keys, &v, format));
+            let (kr, vr) = (cache_rounded(&k, format), cache_rounded(&v, format));
+            let s = AttnShape {
+                t,
+                heads: h,
+                head_dim: d,
+                causal_pos0: causal.then_some(pos0),
+                n_keys: keys,
+                q_stride: h * d,
+                kv_stride: h * d,
+                o_stride: h * d,
+                kv: format,
+            };
+            let want = if causal { cpu_attention(&q, &kr, &vr, t, h, d, |ti| pos0 + ti + 1) } else { cpu_attention(&q, &kr, &vr, t, h, d, |_| keys) };
             // The kernels only differ by shape set in the chosen one; run each fixed kernel once.
             for kernel in kernels.iter().filter(|k| !gpu_tuned || k.is_none()) {
                 let ot = Tensor::zeros(&gpu, "o", &[t, h * d]);
@@ -298,7 +361,7 @@ fn attention_causal_with_cache_and_bidirectional() {
                 }
                 rec.finish();
                 let what = format!(
-                    "attention t{t} h{h} d{d} pos0 {pos0} causal {causal} gpu-tuned {gpu_tuned} kernel {kernel:?} subgroups {:?}",
+                    "attention t{t} h{h} d{d} pos0 {pos0} causal {causal} {format:?} gpu-tuned {gpu_tuned} kernel {kernel:?} subgroups {:?}",
                     gpu.subgroup_reduce()
                 );
                 assert_close(&read(&gpu, &ot), &want, 1e-5, &what);
@@ -387,29 +450,31 @@ fn qkv_products_rotate_and_fill_the_caches_in_their_output_stage() {
         let stacked = QuantBlob::from_rows(&[&parts[0], &parts[1], &parts[2]], kernels::qkv_row_order(hd, d)).unwrap();
         let w = Weight::upload_with_budget(&gpu, "qkv", &stacked, (stacked.row_bytes() * 20) as u64).unwrap();
         assert!(w.chunks.len() > 1);
-        for (layout, per_seq) in layouts.iter().flat_map(|l| [1usize, 2, 19, 37].map(move |m| (*l, m))) {
+        // Caches in f32 and in f16 (the `fast` setting), alternately.
+        let cases = layouts.iter().flat_map(|l| [1usize, 2, 19, 37].map(move |m| (*l, m)));
+        for (i, (layout, per_seq)) in cases.enumerate() {
+            let format = if i % 2 == 0 { KvFormat::F32 } else { KvFormat::F16 };
             let rows = layout.len() * per_seq;
             let x = rng.vec(rows * k);
             let xt = Tensor::from_f32(&gpu, "x", &[rows, k], &x);
-            let caches: Vec<(Tensor, Tensor)> =
-                layout.iter().map(|_| (Tensor::zeros(&gpu, "k", &[slots, hd]), Tensor::zeros(&gpu, "v", &[slots, hd]))).collect();
+            let caches: Vec<(Tensor, Tensor)> = layout.iter().map(|_| (cache(&gpu, "k", slots, hd, format), cache(&gpu, "v", slots, hd, format))).collect();
             let (qkvt, qt) = (Tensor::zeros(&gpu, "qkv", &[rows, 3 * hd]), Tensor::zeros(&gpu, "q", &[rows, hd]));
             let seqs: Vec<kernels::RopeSeq> = layout
                 .iter()
                 .zip(&caches)
-                .map(|(&(_, pos0, slot0), (kc, vc))| kernels::RopeSeq { kc: &kc.buf, vc: &vc.buf, rows: per_seq, pos0, slot0 })
+                .map(|(&(_, pos0, slot0), (kc, vc))| kernels::RopeSeq { kv: Kv { k: &kc.buf, v: &vc.buf, format }, rows: per_seq, pos0, slot0 })
                 .collect();
             let mut rec = Recorder::new(&gpu);
             kernels::linear_rope(&mut rec, &w, &xt.buf, 0, heads, d, &tt.buf, &seqs, &qkvt.buf, &qt.buf);
             let dispatches = rec.dispatches;
             rec.finish();
-            let what = format!("qkv rope {quant} {} seqs × {per_seq} gpu-tuned {tuned} sg8 {}", layout.len(), gpu.sg8());
+            let what = format!("qkv rope {quant} {} seqs × {per_seq} {format:?} gpu-tuned {tuned} sg8 {}", layout.len(), gpu.sg8());
             let y: Vec<Vec<f32>> = parts.iter().map(|p| cpu_linear(&x, &p.dequantize(), rows, hd, k)).collect();
             let mut want_q = y[0].clone();
             let (got_q, mut got_k, mut got_v) = (read(&gpu, &qt), Vec::new(), Vec::new());
             let (mut want_k, mut want_v) = (Vec::new(), Vec::new());
             for (si, &(_, pos0, slot0)) in layout.iter().enumerate() {
-                let (kc, vc) = (read(&gpu, &caches[si].0), read(&gpu, &caches[si].1));
+                let (kc, vc) = (read_cache(&gpu, &caches[si].0, format), read_cache(&gpu, &caches[si].1, format));
                 for t in 0..per_seq {
                     let r = si * per_seq + t;
                     let cs = &table[(pos0 + t) * d..(pos0 + t + 1) * d];
@@ -425,8 +490,8 @@ fn qkv_products_rotate_and_fill_the_caches_in_their_output_stage() {
                 }
             }
             assert_close(&got_q, &want_q, 1e-5, &format!("{what}: q"));
-            assert_close(&got_k, &want_k, 1e-5, &format!("{what}: k"));
-            assert_close(&got_v, &want_v, 1e-5, &format!("{what}: v"));
+            assert_cached(&got_k, &want_k, 1e-5, format, &format!("{what}: k"));
+            assert_cached(&got_v, &want_v, 1e-5, format, &format!("{what}: v"));
             let fused = hands_over_quads(&gpu, rows) && layout.len() <= 2;
             let want = w.chunks.len() + if fused { 0 } else { layout.len() };
             assert_eq!(dispatches, want, "{what}: dispatches");
@@ -534,20 +599,23 @@ fn fused_decode_products_and_rope_scatter() {
         let xg: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * g[i % k]).collect();
         let xgt = Tensor::from_f32(&gpu, "xg", &[2, k], &xg);
         let ssq = Tensor::from_f32(&gpu, "ssq", &[2, k / 4], &quad_squares(&x));
-        for prescaled in [true, false] {
-            let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[hd]), Tensor::zeros(&gpu, "k", &[slots, hd]), Tensor::zeros(&gpu, "v", &[slots, hd]));
-            let f = kernels::Fused::Qkv { heads, head_dim: d, pos, table: &tt.buf, q: &qt.buf, q_off: 0, kc: &kt.buf, vc: &vt.buf, slot };
-            assert!(kernels::pairs_fusable(&w));
+        // Prescaled into an f32 and an f16 cache (the `fast` setting), normed into f32.
+        for (prescaled, format) in [(true, KvFormat::F32), (true, KvFormat::F16), (false, KvFormat::F32)] {
+            let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[hd]), cache(&gpu, "k", slots, hd, format), cache(&gpu, "v", slots, hd, format));
+            let kv = Kv { k: &kt.buf, v: &vt.buf, format };
+            let f = kernels::Fused::Qkv { heads, head_dim: d, pos, table: &tt.buf, q: &qt.buf, q_off: 0, kv, slot };
+            assert!(kernels::whole_quads(&w));
             let mut rec = Recorder::new(&gpu);
             let input =
                 if prescaled { kernels::NormIn::Prescaled { xg: &xgt.buf, ssq: &ssq.buf, off: k, eps } } else { kernels::NormIn::Normed(View::at(&ht.buf, 0)) };
             kernels::norm_matvec(&mut rec, &w, input, f);
             rec.finish();
-            let what = format!("fused qkv {quant} prescaled {prescaled} gpu-tuned {tuned} subgroups {:?}", gpu.subgroup_reduce());
+            let what = format!("fused qkv {quant} prescaled {prescaled} {format:?} gpu-tuned {tuned} subgroups {:?}", gpu.subgroup_reduce());
             assert_close(&read(&gpu, &qt), &q, 1e-5, &what);
-            assert_close(&read(&gpu, &kt)[slot * hd..(slot + 1) * hd], &kk, 1e-5, &what);
-            assert_close(&read(&gpu, &vt)[slot * hd..(slot + 1) * hd], &v, 1e-5, &what);
-            assert!(read(&gpu, &kt)[..slot * hd].iter().all(|&e| e == 0.0), "{what}: other slots written");
+            let (kc, vc) = (read_cache(&gpu, &kt, format), read_cache(&gpu, &vt, format));
+            assert_cached(&kc[slot * hd..(slot + 1) * hd], &kk, 1e-5, format, &what);
+            assert_cached(&vc[slot * hd..(slot + 1) * hd], &v, 1e-5, format, &what);
+            assert!(kc[..slot * hd].iter().chain(&kc[(slot + 1) * hd..]).all(|&e| e == 0.0), "{what}: other slots written");
         }
 
         // The batched path: the same stacked product for 2 rows, then RoPE + scatter.
@@ -556,7 +624,8 @@ fn fused_decode_products_and_rope_scatter() {
         let (q2, k2, v2) = (Tensor::zeros(&gpu, "q2", &[2, hd]), Tensor::zeros(&gpu, "k2", &[slots, hd]), Tensor::zeros(&gpu, "v2", &[slots, hd]));
         let mut rec = Recorder::new(&gpu);
         kernels::linear(&mut rec, &w, None, &xs.buf, 0, 2, Out { buf: &qkv.buf, off: 0, stride: 3 * hd, add: false });
-        kernels::rope_scatter(&mut rec, &qkv.buf, 0, 2, heads, d, pos - 1, &tt.buf, &q2.buf, 0, &k2.buf, &v2.buf, slot - 1);
+        let kv = Kv { k: &k2.buf, v: &v2.buf, format: KvFormat::F32 };
+        kernels::rope_scatter(&mut rec, &qkv.buf, 0, 2, heads, d, pos - 1, &tt.buf, &q2.buf, 0, kv, slot - 1);
         rec.finish();
         let what = format!("rope scatter {quant}");
         assert_close(&read(&gpu, &q2)[hd..], &q, 1e-5, &what);

@@ -544,7 +544,7 @@ fn vae_conv_table(convs: &[janusflow::bench::VaeConvBench]) -> serde_json::Value
 
 /// Times every attention kernel on the real model's shapes; prints a table, returns it for `--json`.
 fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
-    use janusflow::gpu::kernels::{attention_kernel, AttnKernel, AttnShape};
+    use janusflow::gpu::kernels::{attention_kernel, AttnKernel, AttnShape, KvFormat};
     use serde_json::json;
     let causal = |t, pos0, heads, hd| AttnShape {
         t,
@@ -555,9 +555,19 @@ fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
         q_stride: heads * hd,
         kv_stride: heads * hd,
         o_stride: heads * hd,
+        kv: KvFormat::F32,
     };
-    let both =
-        |t, heads, hd| AttnShape { t, heads, head_dim: hd, causal_pos0: None, n_keys: t, q_stride: heads * hd, kv_stride: heads * hd, o_stride: heads * hd };
+    let both = |t, heads, hd| AttnShape {
+        t,
+        heads,
+        head_dim: hd,
+        causal_pos0: None,
+        n_keys: t,
+        q_stride: heads * hd,
+        kv_stride: heads * hd,
+        o_stride: heads * hd,
+        kv: KvFormat::F32,
+    };
     let shapes = [
         ("chat prefill, 512-token prompt", causal(512, 0, 16, 128)),
         ("flow step, one guidance row's 577-row prompt", causal(577, 0, 16, 128)),

@@ -161,7 +161,13 @@ fn product_kernel(gpu: &Gpu, rows: usize) -> Product {
 /// column quads (the SG8 tile's lane holds columns 8 apart, the GPU matvec one column per row of
 /// lanes), and every chunk of `w` holds whole quads.
 fn pairs_in_quads(kind: Product, w: &Weight) -> bool {
-    matches!(kind, Product::Lanes | Product::Tile) && w.chunks.iter().all(|c| c.row0 % 4 == 0 && c.rows % 4 == 0)
+    matches!(kind, Product::Lanes | Product::Tile) && whole_quads(w)
+}
+
+/// Whether every chunk of `w` holds whole row quads (uploads cut chunks at multiples of 4 rows,
+/// so this holds when the row count is a multiple of 4).
+pub fn whole_quads(w: &Weight) -> bool {
+    w.chunks.iter().all(|c| c.row0 % 4 == 0 && c.rows % 4 == 0)
 }
 
 /// The MLP's gate|up product and SwiGLU over `rows` activation rows: the rows of `w` are (gate_j,
@@ -199,10 +205,11 @@ pub fn linear_rope(
     let rows: usize = seqs.iter().map(|s| s.rows).sum();
     let hd = heads * head_dim;
     assert_eq!(w.n, 3 * hd, "linear_rope: a stacked Q|K|V weight");
+    assert!(seqs.iter().all(|s| s.kv.format == seqs[0].kv.format), "linear_rope: one cache format for all sequences");
     // Two sequences bind their caches side by side, which must then be distinct buffers.
     let distinct = match seqs {
         [_] => true,
-        [a, b] => a.kc != b.kc && a.vc != b.vc && a.kc != b.vc && a.vc != b.kc,
+        [a, b] => a.kv.k != b.kv.k && a.kv.v != b.kv.v && a.kv.k != b.kv.v && a.kv.v != b.kv.k,
         _ => false,
     };
     let kind = product_kernel(rec.gpu, rows);
@@ -214,7 +221,7 @@ pub fn linear_rope(
     linear_impl(rec, kind, w, None, x, x_off, rows, Out { buf: qkv, off: 0, stride: 3 * hd, add: false }, Act::None, None, None);
     let mut row0 = 0;
     for s in seqs {
-        rope_scatter(rec, qkv, row0 * 3 * hd, s.rows, heads, head_dim, s.pos0, table, q, row0 * hd, s.kc, s.vc, s.slot0);
+        rope_scatter(rec, qkv, row0 * 3 * hd, s.rows, heads, head_dim, s.pos0, table, q, row0 * hd, s.kv, s.slot0);
         row0 += s.rows;
     }
 }
@@ -269,6 +276,40 @@ struct LinearParams {
     slot1: u32,
 }
 
+/// How a KV cache stores its elements (kv_cache.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvFormat {
+    /// f32 (the default: exact against the reference).
+    #[default]
+    F32,
+    /// f16 pairs packed in u32 words (the opt-in `fast` setting): half the memory and half the
+    /// bytes attention reads per key, with keys and values rounded to f16 once, when written.
+    F16,
+}
+
+impl KvFormat {
+    /// The shader define that selects this storage, if any.
+    fn define(self) -> Option<&'static str> {
+        (self == KvFormat::F16).then_some("KV_F16")
+    }
+
+    /// Bytes per cache element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            KvFormat::F32 => 4,
+            KvFormat::F16 => 2,
+        }
+    }
+}
+
+/// One layer's key and value caches ([slots, heads·head_dim] each) and how they store elements.
+#[derive(Clone, Copy)]
+pub struct Kv<'a> {
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub format: KvFormat,
+}
+
 /// Where a stacked Q|K|V product's RoPE epilogue writes (Act::RopePairs): the rotation table, and
 /// per sequence (at most two, in row order) its caches, rows, first position and first slot.
 struct RopeOut<'a> {
@@ -281,8 +322,7 @@ struct RopeOut<'a> {
 /// One sequence's rows of a stacked Q|K|V product (see [`linear_rope`]).
 #[derive(Clone, Copy)]
 pub struct RopeSeq<'a> {
-    pub kc: &'a wgpu::Buffer,
-    pub vc: &'a wgpu::Buffer,
+    pub kv: Kv<'a>,
     pub rows: usize,
     pub pos0: usize,
     pub slot0: usize,
@@ -355,8 +395,11 @@ fn linear_impl(
         Act::SwiGluPairs => defines.push("SWIGLU_PAIRS"),
         Act::RopePairs => defines.push("ROPE_PAIRS"),
     }
-    if rope.as_ref().is_some_and(|r| r.seqs.len() == 2) {
-        defines.push("TWO_SEQS");
+    if let Some(r) = &rope {
+        if r.seqs.len() == 2 {
+            defines.push("TWO_SEQS");
+        }
+        defines.extend(r.seqs[0].kv.format.define());
     }
     let p = pipeline(rec.gpu, if vec || lanes { "matvec.wgsl" } else { "matmul.wgsl" }, &defines);
     for c in &w.chunks {
@@ -386,9 +429,9 @@ fn linear_impl(
                 slot1: s1.slot0 as u32,
                 ..params
             };
-            bufs.extend([r.table, s0.kc, s0.vc]);
+            bufs.extend([r.table, s0.kv.k, s0.kv.v]);
             if r.seqs.len() == 2 {
-                bufs.extend([s1.kc, s1.vc]);
+                bufs.extend([s1.kv.k, s1.kv.v]);
             }
         }
         if let Some(NormCopy { g, yg, ssq }) = copy {
@@ -455,7 +498,8 @@ pub fn layernorm(
 }
 
 /// Stacked Q|K|V rows ([t, 3·h·d] from one matrix product in [`qkv_row_order`], at `x_off`) → RoPE on q and k from
-/// position `pos0`; q to `q[q_off..]` ([t, h·d]), k and v into cache slots `slot0..`.
+/// position `pos0`; q to `q[q_off..]` ([t, h·d]), k and v into cache slots `slot0..` of `kv`.
+/// `d` must be a multiple of 4 (each thread takes two neighbouring rotation pairs).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_scatter(
     rec: &mut Recorder,
@@ -468,12 +512,13 @@ pub fn rope_scatter(
     table: &wgpu::Buffer,
     q: &wgpu::Buffer,
     q_off: usize,
-    kc: &wgpu::Buffer,
-    vc: &wgpu::Buffer,
+    kv: Kv,
     slot0: usize,
 ) {
-    let p = pipeline(rec.gpu, "rope.wgsl", &[]);
-    let n = (t * 3 * h * d / 2) as u32;
+    assert!(d.is_multiple_of(4), "rope_scatter: head dims are multiples of 4");
+    let defines: Vec<&str> = kv.format.define().into_iter().collect();
+    let p = pipeline(rec.gpu, "rope.wgsl", &defines);
+    let n = (t * 3 * h * d / 4) as u32;
     let params = RopeParams {
         t: t as u32,
         h: h as u32,
@@ -484,7 +529,7 @@ pub fn rope_scatter(
         q_off: q_off as u32,
         slot0: slot0 as u32,
     };
-    rec.dispatch(p, words(&params), &[x, table, q, kc, vc], grid(n.div_ceil(256)));
+    rec.dispatch(p, words(&params), &[x, table, q, kv.k, kv.v], grid(n.div_ceil(256)));
 }
 
 wgsl_params! {
@@ -503,18 +548,8 @@ pub fn qkv_row_order(hidden: usize, head_dim: usize) -> impl Iterator<Item = (us
 /// What a fused decode product does after its RMSNorm prologue (see matvec_fused.wgsl).
 pub enum Fused<'a> {
     /// Stacked Q|K|V of `heads` heads of `head_dim`: RoPE at `pos` from `table`, q to
-    /// `q[q_off..]`, k and v into cache slot `slot` of `kc` and `vc`.
-    Qkv {
-        heads: usize,
-        head_dim: usize,
-        pos: usize,
-        table: &'a wgpu::Buffer,
-        q: &'a wgpu::Buffer,
-        q_off: usize,
-        kc: &'a wgpu::Buffer,
-        vc: &'a wgpu::Buffer,
-        slot: usize,
-    },
+    /// `q[q_off..]`, k and v into cache slot `slot` of `kv`.
+    Qkv { heads: usize, head_dim: usize, pos: usize, table: &'a wgpu::Buffer, q: &'a wgpu::Buffer, q_off: usize, kv: Kv<'a>, slot: usize },
     /// Interleaved gate|up rows: silu(gate) · up into `y[y_off..]`.
     GateUp { y: &'a wgpu::Buffer, y_off: usize },
     /// The product itself into `y[y_off..]`.
@@ -574,6 +609,10 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
     let tuned = rec.gpu.gpu_tuned();
     let lane_wg = format!("LANE_WG={LANE_WG}");
     let mut defines = vec![mode, w.quant.define(), norm];
+    if let Fused::Qkv { kv, head_dim, .. } = &f {
+        assert!(head_dim % 4 == 0 && whole_quads(w), "norm_matvec: QKV takes whole row quads");
+        defines.extend(kv.format.define());
+    }
     if tuned && w.quant.is_4bit() {
         defines.push("Q4_GROUPS");
     } else if tuned && wide_runs(w) {
@@ -604,7 +643,7 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
         // NORMED binds its input again in the residual's unused slot.
         let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, r];
         match &f {
-            Fused::Qkv { table, q, kc, vc, .. } => bufs.extend([*table, *q, *kc, *vc]),
+            Fused::Qkv { table, q, kv, .. } => bufs.extend([*table, *q, kv.k, kv.v]),
             Fused::GateUp { y, .. } | Fused::Plain { y, .. } => bufs.push(y),
         }
         let groups = if tuned { (c.rows as u32).div_ceil(8) } else { lane_groups(c.rows) };
@@ -625,6 +664,8 @@ pub struct AttnShape {
     pub kv_stride: usize,
     /// Elements per output row (≥ heads · head_dim).
     pub o_stride: usize,
+    /// How the keys and values are stored (f16 only in a KV cache of the `fast` setting).
+    pub kv: KvFormat,
 }
 
 impl AttnShape {
@@ -738,17 +779,22 @@ pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: 
         chunks: chunks as u32,
     };
     let params: &[u32] = words(&params);
+    let kv = s.kv.define();
     match kernel {
         AttnKernel::Split => {
             let part = rec.gpu.scratch("attention-partials", (s.t * s.heads * chunks * (s.head_dim + 2) * 4) as u64);
-            rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &["SPLIT"]), params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
+            let split: Vec<&str> = ["SPLIT"].into_iter().chain(kv).collect();
+            rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &split), params, &[q, k, v, &part], [s.t as u32, s.heads as u32, chunks as u32]);
             rec.dispatch(pipeline(rec.gpu, "attention.wgsl", &["COMBINE"]), params, &[&part, o], [s.t as u32, s.heads as u32, 1]);
         }
-        AttnKernel::Rows => rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &[]), params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1]),
+        AttnKernel::Rows => {
+            let defines: Vec<&str> = kv.into_iter().collect();
+            rec.dispatch(pipeline_reducing(rec.gpu, "attention.wgsl", &defines), params, &[q, k, v, o], [s.t as u32, s.heads as u32, 1])
+        }
         AttnKernel::Tiled => {
             let (tpq, bk) = attn_tile(s.head_dim);
             let sizes = [format!("BQ={ATTN_TILE_ROWS}"), format!("HD={}", s.head_dim), format!("TPQ={tpq}"), format!("BK={bk}")];
-            let defines: Vec<&str> = sizes.iter().map(String::as_str).collect();
+            let defines: Vec<&str> = sizes.iter().map(String::as_str).chain(kv).collect();
             let rows = (s.t as u32).div_ceil(ATTN_TILE_ROWS);
             rec.dispatch(pipeline(rec.gpu, "attention_tiled.wgsl", &defines), params, &[q, k, v, o], [rows, s.heads as u32, 1]);
         }

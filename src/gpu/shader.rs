@@ -22,6 +22,7 @@ const FILES: &[(&str, &str)] = &[
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("norm.wgsl", include_str!("../../shaders/norm.wgsl")),
     ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
+    ("kv_cache.wgsl", include_str!("../../shaders/kv_cache.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
     ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
     ("attention_tiled.wgsl", include_str!("../../shaders/attention_tiled.wgsl")),

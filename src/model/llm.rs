@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use super::Loader;
 use crate::config::LlmConfig;
-use crate::gpu::kernels::{self, AttnShape, Fused, NormCopy, NormIn, Out, RopeSeq, View};
+use crate::gpu::kernels::{self, AttnShape, Fused, Kv, KvFormat, NormCopy, NormIn, Out, RopeSeq, View};
 use crate::gpu::{BindCache, Gpu, Recorder, Tensor, Weight};
 use crate::weights::quant::QuantBlob;
 
@@ -42,6 +42,9 @@ pub struct Llm {
     /// Every layer's Q|K|V and gate|up chunks keep their row pairs whole, so a decoded token can
     /// take the fused schedule (`decode_layer`); known once the weights are uploaded.
     fused_decode: bool,
+    /// How new KV caches store keys and values: f32 (exact), or f16 with the opt-in `fast`
+    /// setting (half the memory and half the bytes decode attention reads).
+    pub kv_format: KvFormat,
 }
 
 /// Keys and values of every layer for positions 0..len, plus what each position was computed
@@ -49,6 +52,7 @@ pub struct Llm {
 pub struct KvCache {
     pub k: Vec<wgpu::Buffer>,
     pub v: Vec<wgpu::Buffer>,
+    pub format: KvFormat,
     pub capacity: usize,
     /// Identity of each cached position: the token id, or for image slots a fingerprint of the
     /// image and the slot (placeholder ids alone would make different images look equal).
@@ -67,6 +71,10 @@ impl KvCache {
     }
     pub fn bytes(&self) -> u64 {
         self.k.iter().chain(&self.v).map(|b| b.size()).sum()
+    }
+    /// Layer `l`'s caches.
+    pub fn layer(&self, l: usize) -> Kv<'_> {
+        Kv { k: &self.k[l], v: &self.v[l], format: self.format }
     }
 }
 
@@ -159,8 +167,9 @@ impl Llm {
         let norm = l.vector(&format!("{p}.norm.weight"), h).await?;
         let lm_head = l.mat("language_model.lm_head.weight", &[cfg.vocab, h]).await?;
         let rope = Tensor::from_f32(gpu, "rope", &[cfg.max_positions, cfg.head_dim], &rope_table(cfg.max_positions, cfg.head_dim, cfg.rope_theta));
-        let fused_decode = layers.iter().all(|l| kernels::pairs_fusable(&l.qkv) && kernels::pairs_fusable(&l.gate_up));
-        Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, fused_decode })
+        // Q|K|V's epilogue takes two rotation pairs at a time (kv_cache.wgsl).
+        let fused_decode = cfg.head_dim % 4 == 0 && layers.iter().all(|l| kernels::whole_quads(&l.qkv) && kernels::pairs_fusable(&l.gate_up));
+        Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, fused_decode, kv_format: KvFormat::F32 })
     }
 
     /// Resident weight bytes.
@@ -177,12 +186,12 @@ impl Llm {
 
     pub fn new_cache(&self, gpu: &Gpu, capacity: usize) -> Result<KvCache> {
         let capacity = capacity.min(self.cfg.max_positions);
-        let bytes = capacity as u64 * self.cfg.hidden as u64 * 4;
+        let bytes = capacity as u64 * self.cfg.hidden as u64 * self.kv_format.bytes();
         if bytes > gpu.max_binding() {
             bail!("a context of {capacity} tokens needs {bytes} bytes per layer cache, over the GPU's binding limit");
         }
         let mk = |kind: &str| (0..self.cfg.layers).map(|l| gpu.storage_buffer(&format!("{kind}{l}"), bytes)).collect();
-        Ok(KvCache { k: mk("k"), v: mk("v"), capacity, keys: Vec::new(), binds: BindCache::default() })
+        Ok(KvCache { k: mk("k"), v: mk("v"), format: self.kv_format, capacity, keys: Vec::new(), binds: BindCache::default() })
     }
 
     pub fn new_scratch(&self, gpu: &Gpu, rows: usize) -> Scratch {
@@ -225,19 +234,18 @@ impl Llm {
             self.embed(rec, &input, t, &s.x, 0, self.prescaled_norms().then_some(first));
             for (l, layer) in self.layers.iter().enumerate() {
                 let next = self.layers.get(l + 1).map(|n| &n.input_norm.buf);
-                self.decode_layer(rec, s, layer, next, &q.cache.k[l], &q.cache.v[l], q.slot0, q.pos0);
+                self.decode_layer(rec, s, layer, next, q.cache.layer(l), q.slot0, q.pos0);
             }
             return;
         }
         self.embed(rec, &input, t, &s.x, 0, None);
         for (l, layer) in self.layers.iter().enumerate() {
             kernels::rmsnorm(rec, &s.x, 0, t, hd, &layer.input_norm.buf, c.rms_eps, &s.h, 0);
-            let rope: Vec<RopeSeq> =
-                seqs.iter().map(|q| RopeSeq { kc: &q.cache.k[l], vc: &q.cache.v[l], rows: q.rows, pos0: q.pos0, slot0: q.slot0 }).collect();
+            let rope: Vec<RopeSeq> = seqs.iter().map(|q| RopeSeq { kv: q.cache.layer(l), rows: q.rows, pos0: q.pos0, slot0: q.slot0 }).collect();
             kernels::linear_rope(rec, &layer.qkv, &s.h, 0, c.heads, c.head_dim, &self.rope.buf, &rope, &s.qkv, &s.q);
             let mut row0 = 0;
             for q in seqs {
-                let (kc, vc, n) = (&q.cache.k[l], &q.cache.v[l], q.rows);
+                let (kv, n) = (q.cache.layer(l), q.rows);
                 // The causal mask is over cache slots: row i sees slots 0 ..= slot0 + i.
                 let shape = AttnShape {
                     t: n,
@@ -248,8 +256,9 @@ impl Llm {
                     q_stride: hd,
                     kv_stride: hd,
                     o_stride: hd,
+                    kv: kv.format,
                 };
-                kernels::attention(rec, shape, View::at(&s.q, row0 * hd), View::at(kc, 0), View::at(vc, 0), View::at(&s.attn, row0 * hd));
+                kernels::attention(rec, shape, View::at(&s.q, row0 * hd), View::at(kv.k, 0), View::at(kv.v, 0), View::at(&s.attn, row0 * hd));
                 row0 += n;
             }
             kernels::linear(rec, &layer.o, None, &s.attn, 0, t, Out { buf: &s.x, off: 0, stride: hd, add: true });
@@ -268,17 +277,7 @@ impl Llm {
     /// `next`: the next layer's input-norm weight (None after the last layer, whose output the
     /// final norm takes as a pass of its own).
     #[allow(clippy::too_many_arguments)]
-    fn decode_layer(
-        &self,
-        rec: &mut Recorder,
-        s: &Scratch,
-        layer: &Layer,
-        next: Option<&wgpu::Buffer>,
-        kc: &wgpu::Buffer,
-        vc: &wgpu::Buffer,
-        slot: usize,
-        pos: usize,
-    ) {
+    fn decode_layer(&self, rec: &mut Recorder, s: &Scratch, layer: &Layer, next: Option<&wgpu::Buffer>, kv: Kv, slot: usize, pos: usize) {
         let c = &self.cfg;
         let hd = c.hidden;
         let prescaled = self.prescaled_norms();
@@ -296,12 +295,21 @@ impl Llm {
             Some(g) => kernels::linear_residual(rec, w, x, 0, View::at(&s.x, 0), NormCopy { g, yg: &s.h, ssq: &s.ssq }),
             None => kernels::linear(rec, w, None, x, 0, 1, Out { buf: &s.x, off: 0, stride: hd, add: true }),
         };
-        let qkv = Fused::Qkv { heads: c.heads, head_dim: c.head_dim, pos, table: &self.rope.buf, q: &s.q, q_off: 0, kc, vc, slot };
+        let qkv = Fused::Qkv { heads: c.heads, head_dim: c.head_dim, pos, table: &self.rope.buf, q: &s.q, q_off: 0, kv, slot };
         let input = normed(rec, &layer.input_norm.buf);
         kernels::norm_matvec(rec, &layer.qkv, input, qkv);
-        let shape =
-            AttnShape { t: 1, heads: c.heads, head_dim: c.head_dim, causal_pos0: Some(slot), n_keys: slot + 1, q_stride: hd, kv_stride: hd, o_stride: hd };
-        kernels::attention(rec, shape, View::at(&s.q, 0), View::at(kc, 0), View::at(vc, 0), View::at(&s.attn, 0));
+        let shape = AttnShape {
+            t: 1,
+            heads: c.heads,
+            head_dim: c.head_dim,
+            causal_pos0: Some(slot),
+            n_keys: slot + 1,
+            q_stride: hd,
+            kv_stride: hd,
+            o_stride: hd,
+            kv: kv.format,
+        };
+        kernels::attention(rec, shape, View::at(&s.q, 0), View::at(kv.k, 0), View::at(kv.v, 0), View::at(&s.attn, 0));
         residual(rec, &layer.o, &s.attn, Some(&layer.post_norm.buf));
         let input = normed(rec, &layer.post_norm.buf);
         kernels::norm_matvec(rec, &layer.gate_up, input, Fused::GateUp { y: &s.m, y_off: 0 });

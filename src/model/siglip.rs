@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::Loader;
 use crate::config::SiglipConfig;
-use crate::gpu::kernels::{self, Act, AttnShape, Out, View};
+use crate::gpu::kernels::{self, Act, AttnShape, KvFormat, Out, View};
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
 
 const LN_EPS: f32 = 1e-6;
@@ -140,7 +140,17 @@ impl Siglip {
         let patches = rec.gpu.storage_buffer_init("siglip-patches", bytemuck::cast_slice(&self.patchify(pixels)));
         kernels::linear(rec, &self.patch, Some(&self.patch_b.buf), &patches, 0, n, to(&s.x, w, false));
         kernels::add(rec, &self.pos.buf, 0, &s.x, 0, n * w);
-        let attn = AttnShape { t: n, heads: c.heads, head_dim: w / c.heads, causal_pos0: None, n_keys: n, q_stride: 3 * w, kv_stride: 3 * w, o_stride: w };
+        let attn = AttnShape {
+            t: n,
+            heads: c.heads,
+            head_dim: w / c.heads,
+            causal_pos0: None,
+            n_keys: n,
+            q_stride: 3 * w,
+            kv_stride: 3 * w,
+            o_stride: w,
+            kv: KvFormat::F32,
+        };
         for b in &self.blocks {
             kernels::layernorm(rec, &s.x, 0, n, w, &b.norm1.0.buf, &b.norm1.1.buf, LN_EPS, &s.h, 0);
             kernels::linear(rec, &b.qkv, Some(&b.qkv_b.buf), &s.h, 0, n, to(&s.qkv, 3 * w, false));

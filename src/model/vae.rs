@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use crate::config::VaeConfig;
-use crate::gpu::kernels::{self, AttnShape, Map, Out, View};
+use crate::gpu::kernels::{self, AttnShape, KvFormat, Map, Out, View};
 use crate::gpu::{Gpu, Recorder, Tensor, Weight};
 use crate::weights::preset::quant_for;
 use crate::weights::quant::{Quant, QuantBlob};
@@ -313,7 +313,7 @@ impl VaeDecoder {
         kernels::linear(rec, &a.q.0, Some(&a.q.1.buf), &hn, 0, n, to(&q, false));
         kernels::linear(rec, &a.k.0, Some(&a.k.1.buf), &hn, 0, n, to(&k, false));
         kernels::linear(rec, &a.v.0, Some(&a.v.1.buf), &hn, 0, n, to(&v, false));
-        let shape = AttnShape { t: n, heads: 1, head_dim: c, causal_pos0: None, n_keys: n, q_stride: c, kv_stride: c, o_stride: c };
+        let shape = AttnShape { t: n, heads: 1, head_dim: c, causal_pos0: None, n_keys: n, q_stride: c, kv_stride: c, o_stride: c, kv: KvFormat::F32 };
         kernels::attention(rec, shape, View::at(&q, 0), View::at(&k, 0), View::at(&v, 0), View::at(&o, 0));
         kernels::linear(rec, &a.out.0, Some(&a.out.1.buf), &o, 0, n, to(&b.maps[cur], true));
         Ok(())
