@@ -60,9 +60,18 @@ pub fn attention(gpu: &Gpu, s: kernels::AttnShape, kernel: kernels::AttnKernel) 
     let width = s.heads * s.head_dim;
     let keys = s.keys();
     let fill = |n: usize, m: usize| -> Vec<f32> { (0..n).map(|i| ((i * m % 101) as f32 - 50.0) / 101.0).collect() };
+    // Keys and values as the cache stores them (f16: pairs packed in one word).
+    let stored = |v: Vec<f32>| -> Vec<f32> {
+        match s.kv {
+            KvFormat::F32 => v,
+            KvFormat::F16 => {
+                v.chunks(2).map(|p| f32::from_bits(half::f16::from_f32(p[0]).to_bits() as u32 | (half::f16::from_f32(p[1]).to_bits() as u32) << 16)).collect()
+            }
+        }
+    };
     let qt = Tensor::from_f32(gpu, "bench-q", &[s.t, width], &fill(s.t * width, 7));
-    let kt = Tensor::from_f32(gpu, "bench-k", &[keys, width], &fill(keys * width, 11));
-    let vt = Tensor::from_f32(gpu, "bench-v", &[keys, width], &fill(keys * width, 13));
+    let kt = Tensor::from_f32(gpu, "bench-k", &[keys * width], &stored(fill(keys * width, 11)));
+    let vt = Tensor::from_f32(gpu, "bench-v", &[keys * width], &stored(fill(keys * width, 13)));
     let ot = Tensor::zeros(gpu, "bench-o", &[s.t, width]);
     // Large calls (seconds each on a CPU adapter) are timed one per submit.
     let reps = if s.t * keys * s.heads > 1 << 22 { 1 } else { REPS };
@@ -278,7 +287,7 @@ pub async fn generate(engine: &Engine, steps: usize, vae_convs: bool) -> Result<
             engine.gpu.take_profile();
         }
     }
-    let kv = |cap: usize| (2 * c.llm.layers * cap * h * 4) as u64;
+    let kv = |cap: usize| 2 * (c.llm.layers * cap * h) as u64 * engine.llm.kv_format.bytes();
     let scratch_bytes = (rows * (4 * h + 3 * c.llm.intermediate) * 4) as u64;
     let weights = engine.llm.weight_bytes() + engine.siglip.weight_bytes() + engine.gen_enc.weight_bytes() + engine.gen_dec.weight_bytes();
     Ok(GenerateBench {
@@ -429,4 +438,49 @@ fn time_call(gpu: &Gpu, probe: &wgpu::Buffer, record: &dyn Fn(&mut Recorder)) ->
     }
     let reps = ((0.02 / once).ceil() as usize).min(100);
     Ok(run(reps)?.min(run(reps)?))
+}
+
+/// How far the `fast` setting (f16 KV caches) moves a picture from the default (f32 caches):
+/// the same prompt, seed and steps drawn both ways.
+pub struct FastFidelity {
+    /// Cosine similarity of the two final latents.
+    pub latent_cosine: f64,
+    /// Largest absolute difference between the latents, relative to the f32 latent's largest magnitude.
+    pub latent_max_rel: f64,
+    /// PSNR of the fast picture against the default one, in dB (None without a VAE; infinite
+    /// when identical).
+    pub psnr_db: Option<f64>,
+}
+
+/// Draws one picture ("a red fox in the snow, photograph", seed 12345, `steps` flow steps) with
+/// the `fast` setting off and on, and compares them; leaves the setting as it was.
+pub async fn fast_fidelity(engine: &mut Engine, steps: usize) -> Result<FastFidelity> {
+    use crate::engine::GenerateParams;
+    let was = engine.fast();
+    let params = GenerateParams { steps, ..Default::default() };
+    let mut latents = Vec::new();
+    for fast in [false, true] {
+        engine.set_fast(fast);
+        let latent = engine.generate_latent("a red fox in the snow, photograph", &params, None, |_| true).await;
+        latents.push(latent?.expect("not cancelled"));
+    }
+    engine.set_fast(was);
+    let (a, b) = (&latents[0], &latents[1]);
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    let scale = a.iter().fold(1e-12f64, |m, &x| m.max(x.abs() as f64));
+    let max_diff = a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x - y).abs() as f64));
+    let mut psnr_db = None;
+    if let Some(vae) = &engine.vae {
+        let side = engine.cfg.gen.latent_size();
+        let (pa, pb) = (vae.decode(&engine.gpu, a, side).await?, vae.decode(&engine.gpu, b, side).await?);
+        psnr_db = Some(psnr(&pa, &pb));
+    }
+    Ok(FastFidelity { latent_cosine: dot / (norm(a) * norm(b)).max(1e-30), latent_max_rel: max_diff / scale, psnr_db })
+}
+
+/// Peak signal-to-noise ratio of two 8-bit pictures of the same size, in dB.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let mse = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>() / a.len().max(1) as f64;
+    10.0 * (255.0f64 * 255.0 / mse).log10()
 }

@@ -105,7 +105,7 @@ fn pack_versions_are_checked_before_the_contents() {
 fn load_err(dir: &std::path::Path, preset: Quant) -> String {
     let gpu = pollster::block_on(Gpu::new()).unwrap();
     match ModelSource::open(dir)
-        .and_then(|src| pollster::block_on(Engine::load(gpu, &src, EngineOptions { preset, context: 64, prefill_chunk: 64 }, |_, _, _| {})))
+        .and_then(|src| pollster::block_on(Engine::load(gpu, &src, EngineOptions { preset, context: 64, prefill_chunk: 64, fast: false }, |_, _, _| {})))
     {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => format!("{e:#}"),

@@ -7,5 +7,6 @@
   const params = new URLSearchParams(location.search);
   const attrs = { pack: 'pack', hf: 'hf-endpoint', model: 'hf-model', vae: 'hf-vae', quant: 'quant', mode: 'mode' };
   for (const [param, attr] of Object.entries(attrs)) if (params.get(param)) app.setAttribute(attr, params.get(param));
+  if (params.get('fast') === '1') app.setAttribute('fast', '');
   if ('serviceWorker' in navigator) navigator.serviceWorker.register('sw.js', { updateViaCache: 'none' }).catch((e) => console.warn('offline cache unavailable:', e));
 })();

@@ -7,6 +7,8 @@ import type { ChatMessage, Engine, EngineInfo, Quant, Reply } from './janus.js';
  *   folder URLs) or `hf-endpoint` (a Hub mirror); the official checkpoints by default.
  * - `quant`: the storage preset (q4a by default).
  * - `mode`: `chat` (default) or `draw`.
+ * - `fast`: present to start with the Settings' fast option on (f16 KV caches: half their memory,
+ *   a small measured loss of fidelity); the user can still switch it.
  * - `conversation`: the name the conversation is kept under in IndexedDB (`default`); elements
  *   with different names keep different conversations.
  */
@@ -17,6 +19,7 @@ export interface JanusFlowAttributes {
   'hf-endpoint'?: string;
   quant?: Quant;
   mode?: 'chat' | 'draw';
+  fast?: '' | 'fast';
   conversation?: string;
 }
 

@@ -34,6 +34,10 @@ struct ModelArgs {
     /// Context length in tokens (KV-cache size).
     #[arg(long, default_value_t = 4096)]
     context: usize,
+    /// The opt-in fast setting: KV caches in f16 (half their memory and half the bytes attention
+    /// reads per key; a small measured loss of fidelity, see benchmarks/README.md).
+    #[arg(long)]
+    fast: bool,
 }
 
 #[derive(Subcommand)]
@@ -191,6 +195,10 @@ enum Cmd {
         /// print decode tokens/s at each context length.
         #[arg(long, value_delimiter = ',')]
         contexts: Vec<usize>,
+        /// The opt-in `fast` setting (f16 KV caches) for every figure; with --generate, also one
+        /// picture drawn with and without it: latent cosine and the picture's PSNR.
+        #[arg(long)]
+        fast: bool,
     },
 }
 
@@ -216,7 +224,7 @@ fn load(m: &ModelArgs) -> Result<Engine> {
     let preset = Quant::parse(&m.quant)?;
     let src = ModelSource::open(&m.model)?;
     let pb = bar(1, "loading");
-    let opts = EngineOptions { preset, context: m.context, ..Default::default() };
+    let opts = EngineOptions { preset, context: m.context, fast: m.fast, ..Default::default() };
     let engine = pollster::block_on(Engine::load(gpu()?, &src, opts, |done, total, what| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
@@ -404,6 +412,7 @@ fn run(cli: Cli) -> Result<()> {
             tree_reductions,
             checked_shaders,
             contexts,
+            fast,
         } => {
             let opts = BenchOpts {
                 quant,
@@ -420,6 +429,7 @@ fn run(cli: Cli) -> Result<()> {
                 tree_reductions,
                 checked_shaders,
                 contexts,
+                fast,
             };
             let fig = bench(model.as_deref(), &opts)?;
             if json {
@@ -479,6 +489,7 @@ struct BenchOpts {
     tree_reductions: bool,
     checked_shaders: bool,
     contexts: Vec<usize>,
+    fast: bool,
 }
 
 fn print_profile(what: &str, p: &Option<janusflow::gpu::profile::Profile>, per: f64, per_name: &str) {
@@ -568,11 +579,14 @@ fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
         o_stride: heads * hd,
         kv: KvFormat::F32,
     };
+    let f16 = |s: AttnShape| AttnShape { kv: KvFormat::F16, ..s };
     let shapes = [
         ("chat prefill, 512-token prompt", causal(512, 0, 16, 128)),
         ("flow step, one guidance row's 577-row prompt", causal(577, 0, 16, 128)),
         ("decode over 512 cached keys", causal(1, 511, 16, 128)),
         ("decode over 2048 cached keys", causal(1, 2047, 16, 128)),
+        ("decode over 2048 cached keys, f16 cache (fast)", f16(causal(1, 2047, 16, 128))),
+        ("flow step's 577-row prompt, f16 cache (fast)", f16(causal(577, 0, 16, 128))),
         ("SigLIP-L/16, 576 patches", both(576, 16, 64)),
         ("VAE mid-block, 128 px (16×16 latent)", both(256, 1, 512)),
         ("VAE mid-block, 384 px (48×48 latent)", both(2304, 1, 512)),
@@ -582,7 +596,7 @@ fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
     for (what, s) in shapes {
         let chosen = attention_kernel(gpu, &s, 0);
         let keys = s.keys();
-        let kv_bytes = (2 * keys * s.heads * s.head_dim * 4) as f64;
+        let kv_bytes = (2 * keys * s.heads * s.head_dim) as f64 * s.kv.bytes() as f64;
         let mut line = format!("  {what}:");
         let mut times = serde_json::Map::new();
         for k in [AttnKernel::Rows, AttnKernel::Split, AttnKernel::Tiled] {
@@ -603,7 +617,7 @@ fn attention_table(gpu: &Gpu) -> Result<serde_json::Value> {
             times.insert(format!("{k:?}").to_lowercase(), t);
         }
         println!("{line}");
-        rows.push(json!({"what": what, "t": s.t, "heads": s.heads, "head_dim": s.head_dim, "keys": keys, "causal": s.causal_pos0.is_some(), "chosen": format!("{chosen:?}").to_lowercase(), "kernels": times}));
+        rows.push(json!({"what": what, "t": s.t, "heads": s.heads, "head_dim": s.head_dim, "keys": keys, "causal": s.causal_pos0.is_some(), "kv": format!("{:?}", s.kv).to_lowercase(), "chosen": format!("{chosen:?}").to_lowercase(), "kernels": times}));
     }
     Ok(json!(rows))
 }
@@ -627,6 +641,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         tree_reductions,
         checked_shaders,
         ref contexts,
+        fast,
     } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
     if let Some(s) = shapes {
@@ -681,7 +696,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     let preset = Quant::parse(quant)?;
     let src = ModelSource::open(dir)?;
     let longest = contexts.iter().copied().chain([prompt_tokens]).max().unwrap_or(0);
-    let opts = EngineOptions { preset, context: (longest + decode_tokens + 8).max(1024), ..Default::default() };
+    let opts = EngineOptions { preset, context: (longest + decode_tokens + 8).max(1024), fast, ..Default::default() };
     let t0 = Instant::now();
     let mut engine = pollster::block_on(Engine::load(gpu, &src, opts, |_, _, _| {}))?;
     println!(
@@ -695,6 +710,9 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     let pipelines = pollster::block_on(engine.compile_kernels())?;
     println!("compile: {pipelines} pipelines in {:.2} s", t0.elapsed().as_secs_f64());
     fig.insert("preset".into(), json!(preset.to_string()));
+    let kv = format!("{:?}", engine.llm.kv_format).to_lowercase();
+    println!("KV caches: {kv}{}", if fast { " (the fast setting)" } else { "" });
+    fig.insert("kv_cache".into(), json!(kv));
     let r = pollster::block_on(janusflow::bench::llm(&engine, prompt_tokens, decode_tokens))?;
     println!("prefill: {} tokens in {:.3} s = {:.1} tokens/s", r.prompt, r.prefill_s, r.prompt as f64 / r.prefill_s);
     println!("decode: {} tokens in {:.3} s = {:.2} tokens/s", r.decoded, r.decode_s, r.decoded as f64 / r.decode_s);
@@ -803,6 +821,18 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         print_profile("flow steps", &g.step_profile, (g.steps - 1) as f64, "step");
         print_profile("batched LLM pass", &g.llm_profile, 1.0, "pass");
         print_profile("VAE decode", &g.vae_profile, 1.0, "decode");
+        if fast {
+            let f = pollster::block_on(janusflow::bench::fast_fidelity(&mut engine, steps))?;
+            let psnr = f.psnr_db.map_or("no VAE".into(), |p| format!("picture PSNR {p:.1} dB"));
+            println!(
+                "fast setting against f32 caches ({steps} steps, same seed): latent cosine {:.6}, max rel diff {:.2e}, {psnr}",
+                f.latent_cosine, f.latent_max_rel
+            );
+            fig.insert(
+                "fast_fidelity".into(),
+                json!({"steps": steps, "latent_cosine": f.latent_cosine, "latent_max_rel": f.latent_max_rel, "psnr_db": f.psnr_db}),
+            );
+        }
     }
     Ok(fig)
 }

@@ -11,7 +11,7 @@ pub use generate::{seeded_noise, GenTrace, GenerateParams, GeneratedImage, StepI
 use crate::config::{JanusConfig, VaeConfig};
 use crate::error::{Kind, WithKind as _};
 use crate::fail;
-use crate::gpu::kernels;
+use crate::gpu::kernels::{self, KvFormat};
 use crate::gpu::recorder::Prepared;
 use crate::gpu::{Gpu, Recorder};
 use crate::image_io::{Picture, Preprocess};
@@ -33,11 +33,24 @@ pub struct EngineOptions {
     pub context: usize,
     /// Tokens per prefill pass (bounds activation memory).
     pub prefill_chunk: usize,
+    /// The opt-in `fast` setting: KV caches in f16 (half their memory, and half the bytes each
+    /// decoded token's attention reads), at a small measured cost in fidelity (benchmarks/README.md,
+    /// "The fast setting"). Off by default: f32 caches are exact against the reference.
+    pub fast: bool,
+}
+
+/// The KV-cache storage of the `fast` setting, on or off.
+fn kv_format(fast: bool) -> KvFormat {
+    if fast {
+        KvFormat::F16
+    } else {
+        KvFormat::F32
+    }
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { preset: Quant::Q4A, context: 4096, prefill_chunk: 256 }
+        EngineOptions { preset: Quant::Q4A, context: 4096, prefill_chunk: 256, fast: false }
     }
 }
 
@@ -210,7 +223,7 @@ impl Engine {
         let total = cfg.llm.layers + 4;
         let mut done = 0;
         let l = Loader { gpu: &gpu, src, preset: opts.preset };
-        let llm = Llm::load(&l, &cfg.llm, |what| {
+        let mut llm = Llm::load(&l, &cfg.llm, |what| {
             progress(done, total, what);
             done += 1;
         })
@@ -224,6 +237,7 @@ impl Engine {
         let uvit_scratch = gen_enc.new_scratch(&gpu, &gen_dec);
         progress(total, total, "ready");
         let opts = EngineOptions { context: opts.context.min(cfg.llm.max_positions).max(1), ..opts };
+        llm.kv_format = kv_format(opts.fast);
         let scratch = llm.new_scratch(&gpu, opts.prefill_chunk);
         let ids = gpu.storage_buffer("ids", opts.context as u64 * 4);
         let logits = gpu.storage_buffer("logits", cfg.llm.vocab as u64 * 4);
@@ -263,6 +277,19 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// Turns the `fast` setting on or off ([`EngineOptions::fast`]) for caches made from now on: the
+    /// next chat turn, image question or picture. A conversation's cache in the other format is
+    /// rebuilt on its next turn.
+    pub fn set_fast(&mut self, on: bool) {
+        self.opts.fast = on;
+        self.llm.kv_format = kv_format(on);
+    }
+
+    /// Whether the `fast` setting is on.
+    pub fn fast(&self) -> bool {
+        self.opts.fast
     }
 
     /// Compiles the shaders of a chat turn and of an image question ahead of first use, by
@@ -552,9 +579,10 @@ impl Engine {
         params.validate()?;
         let prompt = self.prompt(conv.system.as_deref(), &conv.messages).kind(Kind::BadInput)?;
         self.check_fits(prompt.ids.len())?;
+        // A cache kept from an earlier turn is reused unless the `fast` setting changed since.
         let mut cache = match conv.cache.take() {
-            Some(c) => c,
-            None => self.llm.new_cache(&self.gpu, self.opts.context)?,
+            Some(c) if c.format == self.llm.kv_format => c,
+            _ => self.llm.new_cache(&self.gpu, self.opts.context)?,
         };
         let result = self.generate(&mut cache, &prompt, params, &mut on_text).await;
         conv.cache = Some(cache);

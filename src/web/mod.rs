@@ -161,6 +161,8 @@ struct ChatOptions {
     top_k: Option<usize>,
     seed: Option<u64>,
     max_tokens: Option<usize>,
+    /// The opt-in `fast` setting (f16 KV caches) for this turn.
+    fast: bool,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -170,6 +172,8 @@ struct GenerateOptions {
     cfg: Option<f32>,
     seed: Option<u64>,
     preview: bool,
+    /// The opt-in `fast` setting (f16 KV caches) for this picture.
+    fast: bool,
 }
 
 /// A loaded engine with its conversation (the KV cache of the last exchange is kept, so a
@@ -255,8 +259,9 @@ impl WebEngine {
     }
 
     /// Answers the last user message of `messages` ([{role: 'user'|'assistant', content,
-    /// images?: Uint8Array[]}]), calling `on_token(text)` as text arrives. Resolves to
-    /// `{text, finish, promptTokens, reusedTokens}`.
+    /// images?: Uint8Array[]}]), calling `on_token(text)` as text arrives. Options: temperature,
+    /// topP, topK, seed, maxTokens, fast (f16 KV cache). Resolves to `{text, finish,
+    /// promptTokens, reusedTokens}`.
     pub async fn chat(&mut self, messages: JsValue, options: JsValue, on_token: js_sys::Function) -> Result<JsValue, JsValue> {
         let out = messages_from_js(&messages)?;
         let o: ChatOptions = options_from_js(options)?;
@@ -269,6 +274,7 @@ impl WebEngine {
             max_tokens: o.max_tokens.unwrap_or(d.max_tokens),
         };
         self.conv.messages = out;
+        self.engine.set_fast(o.fast);
         self.cancel.set(false);
         let cancel = self.cancel.clone();
         let reply = self
@@ -283,8 +289,8 @@ impl WebEngine {
         to_js(&v)
     }
 
-    /// Draws an image; `noise` (Float32Array of the latent shape, or undefined) overrides the
-    /// seeded start; `on_step(step, steps, previewRgba | undefined, side)`. Resolves to the PNG
+    /// Draws an image (options: steps, cfg, seed, preview, fast); `noise` (Float32Array of the
+    /// latent shape, or undefined) overrides the seeded start; `on_step(step, steps, previewRgba | undefined, side)`. Resolves to the PNG
     /// bytes, or `undefined` when cancelled.
     pub async fn generate(
         &mut self,
@@ -302,6 +308,7 @@ impl WebEngine {
             noise: noise.map(|n| n.to_vec()),
             preview: o.preview,
         };
+        self.engine.set_fast(o.fast);
         self.cancel.set(false);
         let cancel = self.cancel.clone();
         let img = self

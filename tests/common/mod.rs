@@ -15,7 +15,7 @@ pub fn fixture(p: &str) -> PathBuf {
 pub fn engine_from(dir: &std::path::Path, preset: Quant, context: usize) -> Engine {
     let gpu = pollster::block_on(Gpu::new()).expect("a GPU adapter (lavapipe in CI)");
     let src = ModelSource::open(dir).unwrap();
-    pollster::block_on(Engine::load(gpu, &src, EngineOptions { preset, context, prefill_chunk: 64 }, |_, _, _| {})).unwrap()
+    pollster::block_on(Engine::load(gpu, &src, EngineOptions { preset, context, prefill_chunk: 64, fast: false }, |_, _, _| {})).unwrap()
 }
 
 pub fn engine(preset: Quant) -> Engine {
