@@ -10,6 +10,10 @@
 // Workgroup reads are vec4 and conflict-free: B by column quad, A broadcast per row quad.
 // The includer defines a cursor over x (`XCursor`, `x_start`, `x_advance`,
 // `x_load`) and includes quant.wgsl (`load_w4`) and linear_out.wgsl (`store_out`) first.
+// F16_MATH (the opt-in `fast` setting, devices with shader-f16): the workgroup tiles hold f16
+// (half the workgroup memory and its traffic) and each 16-deep slice is multiplied and summed in
+// f16 (packed f16 arithmetic runs at twice the f32 rate on many GPUs) before it is added to the
+// f32 accumulator, so rounding stays bounded by one slice whatever K is.
 
 const BK: u32 = 16u;
 const TN: u32 = 64u; // output columns per workgroup
@@ -19,12 +23,17 @@ const TM: u32 = 1u; // output rows per invocation
 const TM: u32 = 4u;
 #endif
 const TILE_M: u32 = 16u * TM;
-// Bs[k][c] = W[n0 + 4c .. n0 + 4c + 4, k0 + k] (16 column quads per k).
-var<workgroup> Bs: array<vec4<f32>, 256>;
-#if SMALL_M
-var<workgroup> As: array<f32, 256>;        // As[k·16 + r] = x[m0 + r, k0 + k]
+#if F16_MATH
+alias Elem = f16;
 #else
-var<workgroup> As: array<vec4<f32>, 256>;  // As[k·16 + q] = x[m0 + 4q .. 4q + 4, k0 + k]
+alias Elem = f32;
+#endif
+// Bs[k][c] = W[n0 + 4c .. n0 + 4c + 4, k0 + k] (16 column quads per k).
+var<workgroup> Bs: array<vec4<Elem>, 256>;
+#if SMALL_M
+var<workgroup> As: array<Elem, 256>;        // As[k·16 + r] = x[m0 + r, k0 + k]
+#else
+var<workgroup> As: array<vec4<Elem>, 256>;  // As[k·16 + q] = x[m0 + 4q .. 4q + 4, k0 + k]
 #endif
 
 @compute @workgroup_size(16, 16)
@@ -54,14 +63,14 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         for (var j = 0u; j < 4u; j++) {
-            Bs[(kq + j) * 16u + lr / 4u][lr % 4u] = b[j];
+            Bs[(kq + j) * 16u + lr / 4u][lr % 4u] = Elem(b[j]);
         }
         if (lr < TILE_M) {
             for (var j = 0u; j < 4u; j++) {
 #if SMALL_M
-                As[(kq + j) * 16u + lr] = a[j];
+                As[(kq + j) * 16u + lr] = Elem(a[j]);
 #else
-                As[(kq + j) * 16u + lr / 4u][lr % 4u] = a[j];
+                As[(kq + j) * 16u + lr / 4u][lr % 4u] = Elem(a[j]);
 #endif
             }
         }
@@ -77,8 +86,22 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         if (b_row < p.N && kn < p.K) {
             b = load_w4(b_row, kn, p.K, p.soff);
         }
+#if F16_MATH
+        var part: array<vec4<f16>, TM>; // this slice's sums (zero-initialised)
+#endif
         for (var kk = 0u; kk < BK; kk++) {
             let bv = Bs[kk * 16u + tx];
+#if F16_MATH
+#if SMALL_M
+            part[0] += As[kk * 16u + ty] * bv;
+#else
+            let av = As[kk * 16u + ty];
+            part[0] += av.x * bv;
+            part[1] += av.y * bv;
+            part[2] += av.z * bv;
+            part[3] += av.w * bv;
+#endif
+#else
 #if SMALL_M
             acc[0] += As[kk * 16u + ty] * bv;
 #else
@@ -88,7 +111,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             acc[2] += av.z * bv;
             acc[3] += av.w * bv;
 #endif
+#endif
         }
+#if F16_MATH
+        for (var i = 0u; i < TM; i++) {
+            acc[i] += vec4<f32>(part[i]);
+        }
+#endif
         workgroupBarrier();
     }
     for (var i = 0u; i < TM; i++) {

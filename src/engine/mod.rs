@@ -34,8 +34,10 @@ pub struct EngineOptions {
     /// Tokens per prefill pass (bounds activation memory).
     pub prefill_chunk: usize,
     /// The opt-in `fast` setting: KV caches in f16 (half their memory, and half the bytes each
-    /// decoded token's attention reads), at a small measured cost in fidelity (benchmarks/README.md,
-    /// "The fast setting"). Off by default: f32 caches are exact against the reference.
+    /// decoded token's attention reads) on every device, and on devices with `shader-f16` the
+    /// GPU-shape matrix tile multiplies in f16 ([`Gpu::f16_math`]); a small measured cost in
+    /// fidelity (benchmarks/README.md, "The fast setting"). Off by default: f32 is exact against
+    /// the reference.
     pub fast: bool,
 }
 
@@ -238,6 +240,7 @@ impl Engine {
         progress(total, total, "ready");
         let opts = EngineOptions { context: opts.context.min(cfg.llm.max_positions).max(1), ..opts };
         llm.kv_format = kv_format(opts.fast);
+        gpu.set_f16_math(opts.fast);
         let scratch = llm.new_scratch(&gpu, opts.prefill_chunk);
         let ids = gpu.storage_buffer("ids", opts.context as u64 * 4);
         let logits = gpu.storage_buffer("logits", cfg.llm.vocab as u64 * 4);
@@ -279,12 +282,13 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Turns the `fast` setting on or off ([`EngineOptions::fast`]) for caches made from now on: the
-    /// next chat turn, image question or picture. A conversation's cache in the other format is
-    /// rebuilt on its next turn.
+    /// Turns the `fast` setting on or off ([`EngineOptions::fast`]): for caches made from now on
+    /// (the next chat turn, image question or picture; a conversation's cache in the other format
+    /// is rebuilt on its next turn) and for the matrix products recorded from now on.
     pub fn set_fast(&mut self, on: bool) {
         self.opts.fast = on;
         self.llm.kv_format = kv_format(on);
+        self.gpu.set_f16_math(on);
     }
 
     /// Whether the `fast` setting is on.

@@ -64,6 +64,9 @@ pub struct Gpu {
     /// Shader modules are created without wgpu's runtime checks and pipelines without
     /// zero-initialised workgroup memory (native only; see [`Gpu::trusted_shaders`]).
     trusted_shaders: std::sync::atomic::AtomicBool,
+    /// The `fast` setting's f16 arithmetic may be used where the device has `shader-f16` (see
+    /// [`Gpu::f16_math`]); off unless asked for.
+    f16_math: std::sync::atomic::AtomicBool,
     /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
     pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
@@ -209,6 +212,7 @@ impl Gpu {
             sg8_allowed: true.into(),
             subgroup_reduce_allowed: true.into(),
             trusted_shaders: true.into(),
+            f16_math: false.into(),
             bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -272,6 +276,18 @@ impl Gpu {
     /// Allows or forbids trusted shaders (`bench --checked-shaders` and the tests compare).
     pub fn set_trusted_shaders(&self, on: bool) {
         self.trusted_shaders.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the GPU-shape matrix tile multiplies in f16 (the opt-in `fast` setting, where the
+    /// device has `shader-f16`): its workgroup tiles hold f16, and each 16-deep slice is summed in
+    /// f16 before it joins the f32 accumulator.
+    pub fn f16_math(&self) -> bool {
+        self.summary.features.shader_f16 && self.f16_math.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Allows or forbids f16 arithmetic (the `fast` setting; tests compare both).
+    pub fn set_f16_math(&self, on: bool) {
+        self.f16_math.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.

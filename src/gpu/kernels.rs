@@ -375,6 +375,9 @@ fn linear_impl(
     }
     if tuned && !vec {
         defines.push("GPU_TILE");
+        if rec.gpu.f16_math() {
+            defines.push("F16_MATH");
+        }
     }
     if sg8 {
         defines.push("SG8");

@@ -6,6 +6,7 @@
 //! (`@workgroup_size(WG)`, `array<f32, BQ * BK>`); `#if NAME` is true for a value define too.
 //! Kernels with subgroup operations (defines `SUBGROUPS=n`, `SG8`) start with `enable subgroups;`
 //! in the browser, which requires it; naga 30 natively takes them without it and rejects it.
+//! `F16_MATH` (f16 arithmetic, the `fast` setting on devices with `shader-f16`) adds `enable f16;`.
 
 const FILES: &[(&str, &str)] = &[
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
@@ -43,6 +44,9 @@ fn file(name: &str) -> &'static str {
 /// Returns the source of `name` with `defines` applied and includes expanded.
 pub fn source(name: &str, defines: &[&str]) -> String {
     let mut out = String::new();
+    if defines.contains(&"F16_MATH") {
+        out.push_str("enable f16;\n");
+    }
     if cfg!(target_arch = "wasm32") && defines.iter().any(|d| d.starts_with("SUBGROUPS=") || *d == "SG8") {
         out.push_str("enable subgroups;\n");
     }
