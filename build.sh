@@ -79,11 +79,15 @@ e2e() {
   "$B" chat --model "$dir/pack" --quant q4a --prompt "$chat" --temperature 0 --max-tokens 24 > "$dir/chat.txt"
   "$B" chat --model "$dir/pack" --quant q4a --prompt "$image" --image tests/fixtures/images/square_80.png --temperature 0 --max-tokens 24 > "$dir/image.txt"
   "$B" generate --model "$dir/pack" --quant q4a --prompt "$gen" --steps 3 --cfg 2 --noise tests/fixtures/tiny-ref-gen/noise.npy --out "$dir/fox.png"
+  # The same with the opt-in fast setting (f16 KV caches).
+  "$B" chat --model "$dir/pack" --quant q4a --fast --prompt "$chat" --temperature 0 --max-tokens 24 > "$dir/chat-fast.txt"
+  "$B" generate --model "$dir/pack" --quant q4a --fast --prompt "$gen" --steps 3 --cfg 2 --noise tests/fixtures/tiny-ref-gen/noise.npy --out "$dir/fox-fast.png"
   CHAT="$chat" IMAGE="$image" GEN="$gen" DIR="$dir" node -e '
     const fs = require("fs"); const d = process.env.DIR;
     const reply = (f) => fs.readFileSync(`${d}/${f}`, "utf8").replace(/\n$/, "");
     fs.writeFileSync(`${d}/expected.json`, JSON.stringify({
       chat: { prompt: process.env.CHAT, reply: reply("chat.txt") },
+      chatFast: { prompt: process.env.CHAT, reply: reply("chat-fast.txt") },
       image: { prompt: process.env.IMAGE, reply: reply("image.txt") },
       generate: { prompt: process.env.GEN, steps: 3, cfg: 2 },
     }, null, 1));'

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Real-size figures on a GPU machine: a random checkpoint with the real shapes, its q4 pack,
 # one-row product bandwidth against a copy, every attention kernel on the real shapes, a profiled bench (per-kernel GPU times) and a plain
-# one (30 measured flow steps, the VAE's convolution shapes timed alone), each also as JSON (the
-# last line of each bench).
+# one (30 measured flow steps, the VAE's convolution shapes timed alone), then the opt-in fast
+# setting (f16 KV caches; f16 tile arithmetic where the GPU has shader-f16) on the same pack, each
+# also as JSON (the last line of each bench).
 #   benchmarks/gpu-run.sh [janusflow binary] [real config.json]   (writes to $OUT or ./bench-out)
 set -u
 B=${1:-target/release/janusflow}
@@ -27,3 +28,5 @@ echo "=== bench profile $(date +%T)" | tee -a "$L"
 timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile --json 2>&1 | tee -a "$L"
 echo "=== bench plain $(date +%T)" | tee -a "$L"
 timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --contexts 64,512,2048 --image --generate --flow-steps 30 --vae-convs --json 2>&1 | tee -a "$L"
+echo "=== bench fast setting (f16 KV, f16 tile arithmetic with shader-f16; fidelity against f32) $(date +%T)" | tee -a "$L"
+timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --contexts 2048 --generate --flow-steps 30 --fast --json 2>&1 | tee -a "$L"

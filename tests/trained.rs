@@ -186,8 +186,7 @@ fn fast_setting_keeps_a_trained_models_answers() {
         let mut run = |fast: bool| {
             e.set_fast(fast);
             let logits = pollster::block_on(e.logits_at_every_position(&ids)).unwrap();
-            let replies: Vec<Vec<u32>> =
-                PROMPTS.iter().map(|p| pollster::block_on(e.greedy_ids(&chat_ids(&tok, p), REPLY_TOKENS, stop)).unwrap()).collect();
+            let replies: Vec<Vec<u32>> = PROMPTS.iter().map(|p| pollster::block_on(e.greedy_ids(&chat_ids(&tok, p), REPLY_TOKENS, stop)).unwrap()).collect();
             (logits, replies)
         };
         let (base, base_replies) = run(false);
@@ -196,7 +195,11 @@ fn fast_setting_keeps_a_trained_models_answers() {
         let q = quality(&base, &fast, &ids, 49152);
         let same: usize = fast_replies.iter().zip(&base_replies).map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count()).sum();
         let total: usize = base_replies.iter().map(Vec::len).sum();
-        let what = format!("fast (f16 KV{}) against f32, q4a weights, {} kernel shapes", if f16_math { ", f16 tile arithmetic" } else { "" }, if gpu_shapes { "GPU" } else { "CPU" });
+        let what = format!(
+            "fast (f16 KV{}) against f32, q4a weights, {} kernel shapes",
+            if f16_math { ", f16 tile arithmetic" } else { "" },
+            if gpu_shapes { "GPU" } else { "CPU" }
+        );
         eprintln!(
             "{what}, {} positions: top-1 {:.1} %, mean KL {:.2e}, perplexity {:.3} (default {:.3}); greedy tokens equal {same} of {total}",
             ids.len() - 1,

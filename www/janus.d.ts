@@ -166,6 +166,8 @@ export interface Reply {
   promptTokens: number;
   /** Prompt tokens whose state was kept from the previous turn. */
   reusedTokens: number;
+  /** GPU memory held by the conversation's KV cache (half as much with `fast`). */
+  cacheBytes: number;
 }
 
 export interface GenerateStep {

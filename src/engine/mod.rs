@@ -111,6 +111,10 @@ impl Conversation {
             c.keys.clear();
         }
     }
+    /// GPU memory held by the conversation's KV cache (0 before its first turn).
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.bytes())
+    }
 }
 
 /// A tokenized chat prompt: each image expanded to `[<begin_of_image>, N × <image_placeholder>,

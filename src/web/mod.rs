@@ -261,7 +261,8 @@ impl WebEngine {
     /// Answers the last user message of `messages` ([{role: 'user'|'assistant', content,
     /// images?: Uint8Array[]}]), calling `on_token(text)` as text arrives. Options: temperature,
     /// topP, topK, seed, maxTokens, fast (f16 KV cache). Resolves to `{text, finish,
-    /// promptTokens, reusedTokens}`.
+    /// promptTokens, reusedTokens, cacheBytes}` (cacheBytes: the GPU memory of the conversation's
+    /// KV cache).
     pub async fn chat(&mut self, messages: JsValue, options: JsValue, on_token: js_sys::Function) -> Result<JsValue, JsValue> {
         let out = messages_from_js(&messages)?;
         let o: ChatOptions = options_from_js(options)?;
@@ -285,7 +286,10 @@ impl WebEngine {
             })
             .await
             .map_err(err)?;
-        let v = serde_json::json!({"text": reply.text, "finish": reply.finish, "promptTokens": reply.prompt_tokens, "reusedTokens": reply.reused_tokens});
+        let v = serde_json::json!({
+            "text": reply.text, "finish": reply.finish, "promptTokens": reply.prompt_tokens, "reusedTokens": reply.reused_tokens,
+            "cacheBytes": self.conv.cache_bytes(),
+        });
         to_js(&v)
     }
 

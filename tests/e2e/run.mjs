@@ -315,6 +315,28 @@ await test('generated image equals the native one within ±2 levels', async () =
   await page.screenshot({ path: path.join(artifacts, 'e2e-generated.png') });
 });
 
+await test('the fast setting (f16 KV caches): half the cache memory, the native CLI --fast reply and picture (±2 levels)', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    ${COMPARE}
+    await E.reset();
+    await E.chat([{ role: 'user', content: arg.prompt }], { temperature: 0, maxTokens: 24 });
+    const exact = E.lastReply.cacheBytes;
+    await E.reset();
+    const text = await E.chat([{ role: 'user', content: arg.prompt }], { temperature: 0, maxTokens: 24, fast: true });
+    const fast = E.lastReply.cacheBytes;
+    await E.reset();
+    const png = await E.generate(arg.gen.prompt, { steps: arg.gen.steps, cfg: arg.gen.cfg, noise: await noise(), fast: true });
+    const [, a] = await pixels(png);
+    const [, b] = await pixels(await (await fetch('/native/fox-fast.png')).blob());
+    let worst = 0; for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+    return { text, exact, fast, worst };
+  `, { prompt: expected.chatFast.prompt, gen: expected.generate });
+  assert.equal(r.text, expected.chatFast.reply);
+  assert.ok(r.exact > 0 && r.fast * 2 === r.exact, `cache bytes: ${r.exact} exact, ${r.fast} fast`);
+  assert.ok(r.worst <= 2, `the fast picture differs from the native --fast one by up to ${r.worst} levels`);
+});
+
 await test('a batch of 3 pictures with seed s equals single runs with seeds s, s+1, s+2 (±2 levels), with per-picture steps', async () => {
   const r = await inPage(`
     ${ENGINE}
