@@ -28,5 +28,9 @@ echo "=== bench profile $(date +%T)" | tee -a "$L"
 timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile --json 2>&1 | tee -a "$L"
 echo "=== bench plain $(date +%T)" | tee -a "$L"
 timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --contexts 64,512,2048 --image --generate --flow-steps 30 --vae-convs --json 2>&1 | tee -a "$L"
+echo "=== the 128×128 product tile against the 64×64 one: matmul, flow step (GEMM TFLOP/s per shape) $(date +%T)" | tee -a "$L"
+for t in "" --tile128; do
+  timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 8 --generate --flow-steps 5 $t --json 2>&1 | tee -a "$L"
+done
 echo "=== bench fast setting (f16 KV, f16 tile arithmetic with shader-f16; fidelity against f32) $(date +%T)" | tee -a "$L"
 timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --contexts 2048 --generate --flow-steps 30 --fast --json 2>&1 | tee -a "$L"

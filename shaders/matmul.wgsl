@@ -1,5 +1,6 @@
 // Tiled matrix–matrix product for prefill and batched work: y[m, row0 + n] (+)= x[m, :] · W[n, :] (+ b).
-// The tiling is in gemm_tile64.wgsl (64×64 tiles, GPU_TILE, for real GPUs) or gemm_sg8.wgsl (SG8:
+// The tiling is in gemm_tile64.wgsl (64×64 tiles, GPU_TILE, for real GPUs; gemm_tile128.wgsl's
+// 128×128 with TILE128, where chosen) or gemm_sg8.wgsl (SG8:
 // 128 × 32 per workgroup in 8-lane subgroups' registers, for CPU rasterisers with 8-lane
 // subgroups); other CPU rasterisers take matvec.wgsl's lane kernels. Accumulation is f32.
 // Defines: one of F32/F16/Q8/Q4/Q4A (weight format, see quant.wgsl); ADD; BIAS; GELU/SILU;
@@ -54,5 +55,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32, @b
     sg8_store(acc, m0, n0);
 }
 #else
+#if TILE128
+//#include gemm_tile128.wgsl
+#else
 //#include gemm_tile64.wgsl
+#endif
 #endif

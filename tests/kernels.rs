@@ -201,6 +201,89 @@ fn f16_math_products_stay_within_f16_rounding() {
     gpu.set_gpu_tuned(false);
 }
 
+/// The 128×128 GPU tile (gemm_tile128.wgsl, where Gpu::tile128 chooses it): every format, row
+/// and column counts on both sides of a tile and of its 64-row halves, K with an odd last slice,
+/// bias and accumulate, and the SwiGLU and RoPE output stages.
+#[test]
+fn large_gpu_tile_matches_cpu() {
+    let gpu = gpu();
+    let mut rng = Rng(37);
+    gpu.set_gpu_tuned(true);
+    gpu.set_tile128(true);
+    for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A] {
+        let ks: &[usize] = if quant.is_grouped() { &[96, 1056] } else { &[44, 1060] };
+        for &k in ks {
+            for &(m, n) in &[(65usize, 67usize), (130, 131), (300, 260)] {
+                let (x, wv, bias, resid) = (rng.vec(m * k), rng.vec(n * k), rng.vec(n), rng.vec(m * n));
+                let blob = QuantBlob::quantize(quant, n, k, &wv).unwrap();
+                let w = Weight::upload_with_budget(&gpu, "w", &blob, (blob.row_bytes() * 200) as u64).unwrap();
+                let (xt, yt, bt) =
+                    (Tensor::from_f32(&gpu, "x", &[m, k], &x), Tensor::from_f32(&gpu, "y", &[m, n], &resid), Tensor::from_f32(&gpu, "b", &[n], &bias));
+                let mut rec = Recorder::new(&gpu);
+                kernels::linear(&mut rec, &w, Some(&bt.buf), &xt.buf, 0, m, Out { buf: &yt.buf, off: 0, stride: n, add: true });
+                rec.finish();
+                let mut want = cpu_linear(&x, &blob.dequantize(), m, n, k);
+                for i in 0..m * n {
+                    want[i] += bias[i % n] + resid[i];
+                }
+                assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("128 tile {quant} m{m} n{n} k{k}"));
+            }
+        }
+        // Output stages: silu(gate) · up, and RoPE into two sequences' caches (a flow step).
+        let (k, inter, heads, d) = (96usize, 100usize, 2usize, 16usize);
+        let m = 70;
+        let x = rng.vec(m * k);
+        let xt = Tensor::from_f32(&gpu, "x", &[m, k], &x);
+        let gu = QuantBlob::quantize(quant, 2 * inter, k, &rng.vec(2 * inter * k)).unwrap();
+        let w = Weight::upload(&gpu, "gate-up", &gu).unwrap();
+        let (gut, yt) = (Tensor::zeros(&gpu, "gu", &[m, 2 * inter]), Tensor::zeros(&gpu, "y", &[m, inter]));
+        let mut rec = Recorder::new(&gpu);
+        kernels::linear_swiglu(&mut rec, &w, &xt.buf, 0, m, &gut.buf, &yt.buf);
+        rec.finish();
+        let p = cpu_linear(&x, &gu.dequantize(), m, 2 * inter, k);
+        let want: Vec<f32> = p.chunks_exact(2).map(|p| p[0] / (1.0 + (-p[0]).exp()) * p[1]).collect();
+        assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("128 tile gate|up {quant}"));
+        let hd = heads * d;
+        let parts: Vec<QuantBlob> = (0..3).map(|_| QuantBlob::quantize(quant, hd, k, &rng.vec(hd * k)).unwrap()).collect();
+        let stacked = QuantBlob::from_rows(&[&parts[0], &parts[1], &parts[2]], kernels::qkv_row_order(hd, d)).unwrap();
+        let w = Weight::upload(&gpu, "qkv", &stacked).unwrap();
+        let table = janusflow::model::llm::rope_table(128, d, 10000.0);
+        let tt = Tensor::from_f32(&gpu, "rope", &[128, d], &table);
+        let caches: Vec<(Tensor, Tensor)> = (0..2).map(|_| (Tensor::zeros(&gpu, "k", &[40, hd]), Tensor::zeros(&gpu, "v", &[40, hd]))).collect();
+        let seqs = [(3usize, 2usize), (9, 4)];
+        let rope: Vec<kernels::RopeSeq> = seqs
+            .iter()
+            .zip(&caches)
+            .map(|(&(pos0, slot0), (kc, vc))| kernels::RopeSeq { kv: Kv { k: &kc.buf, v: &vc.buf, format: KvFormat::F32 }, rows: m / 2, pos0, slot0 })
+            .collect();
+        let (qkvt, qt) = (Tensor::zeros(&gpu, "qkv", &[m, 3 * hd]), Tensor::zeros(&gpu, "q", &[m, hd]));
+        let mut rec = Recorder::new(&gpu);
+        kernels::linear_rope(&mut rec, &w, &xt.buf, 0, heads, d, &tt.buf, &rope, &qkvt.buf, &qt.buf);
+        assert_eq!(rec.dispatches, 1, "the 128 tile fuses RoPE");
+        rec.finish();
+        let y: Vec<Vec<f32>> = parts.iter().map(|p| cpu_linear(&x, &p.dequantize(), m, hd, k)).collect();
+        let got_q = read(&gpu, &qt);
+        for (si, &(pos0, slot0)) in seqs.iter().enumerate() {
+            let (kc, vc) = (read(&gpu, &caches[si].0), read(&gpu, &caches[si].1));
+            for t in 0..m / 2 {
+                let r = si * (m / 2) + t;
+                let cs = &table[(pos0 + t) * d..(pos0 + t + 1) * d];
+                let (mut q, mut kr) = (y[0][r * hd..(r + 1) * hd].to_vec(), y[1][r * hd..(r + 1) * hd].to_vec());
+                for hh in 0..heads {
+                    cpu_rope(&mut q[hh * d..(hh + 1) * d], cs);
+                    cpu_rope(&mut kr[hh * d..(hh + 1) * d], cs);
+                }
+                let what = format!("128 tile qkv rope {quant} seq {si} row {t}");
+                assert_close(&got_q[r * hd..(r + 1) * hd], &q, 1e-5, &format!("{what}: q"));
+                assert_close(&kc[(slot0 + t) * hd..(slot0 + t + 1) * hd], &kr, 1e-5, &format!("{what}: k"));
+                assert_close(&vc[(slot0 + t) * hd..(slot0 + t + 1) * hd], &y[2][r * hd..(r + 1) * hd], 1e-5, &format!("{what}: v"));
+            }
+        }
+    }
+    gpu.set_tile128(false);
+    gpu.set_gpu_tuned(false);
+}
+
 #[test]
 fn linear_writes_at_offsets_without_add() {
     let gpu = gpu();

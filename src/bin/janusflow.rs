@@ -195,6 +195,10 @@ enum Cmd {
         /// print decode tokens/s at each context length.
         #[arg(long, value_delimiter = ',')]
         contexts: Vec<usize>,
+        /// GPU-shape products of more than 64 rows through the 128×128 register tile
+        /// (gemm_tile128.wgsl) instead of the 64×64 one, to compare the two.
+        #[arg(long)]
+        tile128: bool,
         /// The opt-in `fast` setting (f16 KV caches) for every figure; with --generate, also one
         /// picture drawn with and without it: latent cosine and the picture's PSNR.
         #[arg(long)]
@@ -412,6 +416,7 @@ fn run(cli: Cli) -> Result<()> {
             tree_reductions,
             checked_shaders,
             contexts,
+            tile128,
             fast,
         } => {
             let opts = BenchOpts {
@@ -429,6 +434,7 @@ fn run(cli: Cli) -> Result<()> {
                 tree_reductions,
                 checked_shaders,
                 contexts,
+                tile128,
                 fast,
             };
             let fig = bench(model.as_deref(), &opts)?;
@@ -489,6 +495,7 @@ struct BenchOpts {
     tree_reductions: bool,
     checked_shaders: bool,
     contexts: Vec<usize>,
+    tile128: bool,
     fast: bool,
 }
 
@@ -641,6 +648,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         tree_reductions,
         checked_shaders,
         ref contexts,
+        tile128,
         fast,
     } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
@@ -650,6 +658,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     }
     gpu.set_subgroup_reduce_allowed(!tree_reductions);
     gpu.set_trusted_shaders(!checked_shaders);
+    gpu.set_tile128(tile128);
     let shapes = if gpu.gpu_tuned() {
         "gpu"
     } else if gpu.sg8() {
@@ -659,13 +668,14 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     };
     let reductions = gpu.subgroup_reduce().map_or("workgroup tree".to_string(), |w| format!("{w}-lane subgroups"));
     let checks = if gpu.trusted_shaders() { "none (trusted)" } else { "wgpu's" };
+    let tile = if tile128 { "128×128 over 64 rows" } else { "64×64" };
     println!(
-        "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}",
+        "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}, GPU product tile: {tile}",
         gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
     );
     fig.insert(
         "device".into(),
-        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes, "reductions": reductions}),
+        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes, "reductions": reductions, "tile": tile}),
     );
     if profile && !gpu.profiling() {
         println!("(this adapter has no timestamp queries: no per-kernel times)");

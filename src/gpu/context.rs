@@ -67,6 +67,8 @@ pub struct Gpu {
     /// The `fast` setting's f16 arithmetic may be used where the device has `shader-f16` (see
     /// [`Gpu::f16_math`]); off unless asked for.
     f16_math: std::sync::atomic::AtomicBool,
+    /// GPU-shape products of many rows take the 128×128 register tile (see [`Gpu::tile128`]).
+    tile128: std::sync::atomic::AtomicBool,
     /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
     pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
@@ -213,6 +215,7 @@ impl Gpu {
             subgroup_reduce_allowed: true.into(),
             trusted_shaders: true.into(),
             f16_math: false.into(),
+            tile128: false.into(),
             bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -288,6 +291,18 @@ impl Gpu {
     /// Allows or forbids f16 arithmetic (the `fast` setting; tests compare both).
     pub fn set_f16_math(&self, on: bool) {
         self.f16_math.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether GPU-shape matrix products of more than 64 rows take the 128×128 tile with 8×8
+    /// outputs per invocation and double-buffered slices (gemm_tile128.wgsl) instead of the 64×64
+    /// one. Off until timed on real GPUs (`bench --tile128`, benchmarks/gpu-run.sh).
+    pub fn tile128(&self) -> bool {
+        self.tile128.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chooses the 128×128 tile for large GPU-shape products (tests and benchmarks compare both).
+    pub fn set_tile128(&self, on: bool) {
+        self.tile128.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.

@@ -368,14 +368,24 @@ fn linear_impl(
     } else if small {
         defines.push("SMALL_M");
     }
-    let (tile_m, tile_n) = if sg8 { SG8_TILE } else { gemm_tile(small) };
+    // The 128×128 tile where chosen, for products of more than 64 rows (f32 arithmetic only).
+    let big = kind == Product::Tile && rows > 64 && rec.gpu.tile128() && !rec.gpu.f16_math();
+    let (tile_m, tile_n) = if sg8 {
+        SG8_TILE
+    } else if big {
+        (128, 128)
+    } else {
+        gemm_tile(small)
+    };
     let row_sg = row_subgroups(rec.gpu);
     if vec && !lanes {
         defines.extend(row_sg.as_deref());
     }
     if tuned && !vec {
         defines.push("GPU_TILE");
-        if rec.gpu.f16_math() {
+        if big {
+            defines.push("TILE128");
+        } else if rec.gpu.f16_math() {
             defines.push("F16_MATH");
         }
     }

@@ -19,6 +19,7 @@ const FILES: &[(&str, &str)] = &[
     ("linear_params.wgsl", include_str!("../../shaders/linear_params.wgsl")),
     ("lane_ids.wgsl", include_str!("../../shaders/lane_ids.wgsl")),
     ("gemm_tile64.wgsl", include_str!("../../shaders/gemm_tile64.wgsl")),
+    ("gemm_tile128.wgsl", include_str!("../../shaders/gemm_tile128.wgsl")),
     ("gemm_sg8.wgsl", include_str!("../../shaders/gemm_sg8.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("norm.wgsl", include_str!("../../shaders/norm.wgsl")),

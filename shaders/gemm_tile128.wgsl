@@ -1,0 +1,124 @@
+// The large register tile for real GPUs (included by matmul.wgsl with GPU_TILE and TILE128, for
+// products of more than 64 rows where kernels::Gpu::tile128 chooses it; gemm_tile64.wgsl
+// otherwise).
+//
+// Why this shape: with 4×4 outputs per invocation (gemm_tile64.wgsl) every multiply-add needs a
+// quarter of a workgroup-memory load, and that traffic, not arithmetic, bounds the tile. Here each
+// 16×16 workgroup owns a 128×128 output tile and each invocation 8×8 outputs: rows 4·ty .. +3 and
+// 64 + 4·ty .. +3, columns 4·tx .. +3 and 64 + 4·tx .. +3. Per 8-deep slice of K an invocation
+// reads 4 vec4 from workgroup memory (conflict-free: A broadcast per row quad, B by column quad)
+// for 64 multiply-adds. The slices go through two workgroup buffers: while one is multiplied the
+// next is fetched from memory into registers, then stored into the other, so a slice costs one
+// barrier (the buffer written was last read before the previous barrier). 16 KiB of workgroup
+// memory, WebGPU's default limit.
+// The includer defines a cursor over x (`XCursor`, `x_start`, `x_advance`, `x_load`) and includes
+// quant.wgsl (`load_w4`) and linear_out.wgsl (`store_out`, `store_quad`) first.
+
+const BK: u32 = 8u;      // K per slice
+const TILE: u32 = 128u;  // output rows and columns per workgroup
+const QUADS: u32 = 32u;  // row (column) quads of a slice row
+// As[(b·BK + k)·32 + q] = x[m0 + 4q .. 4q + 4, k0 + k] in buffer b; Bs likewise with W[n0 + 4q ..].
+var<workgroup> As: array<vec4<f32>, 512>;
+var<workgroup> Bs: array<vec4<f32>, 512>;
+
+// Stores a loader's quads (4 values of k for its row of x and of W) into buffer `buf`.
+fn stage(buf: u32, lr: u32, kq: u32, a: vec4<f32>, b: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        let i = (buf * BK + kq + j) * QUADS + lr / 4u;
+        As[i][lr % 4u] = a[j];
+        Bs[i][lr % 4u] = b[j];
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x; // column quads tx and 16 + tx
+    let ty = lid.y; // row quads ty and 16 + ty
+    let tid = ty * 16u + tx;
+    let m0 = wid.y * TILE;
+    let n0 = wid.x * TILE;
+    // Loader coordinates: 128 rows × 2 quads of k per slice, for x and for W.
+    let lr = tid / 2u;
+    let kq = (tid % 2u) * 4u;
+    let a_row = m0 + lr;
+    let b_row = n0 + lr;
+    // acc[2i + h]: output row i of the invocation's 8 (see above), column half h.
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    var cur = x_start(a_row, kq);
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    if (a_row < p.M && kq < p.K) {
+        a = x_load(cur);
+    }
+    if (b_row < p.N && kq < p.K) {
+        b = load_w4(b_row, kq, p.K, p.soff);
+    }
+    stage(0u, lr, kq, a, b);
+    workgroupBarrier();
+    var buf = 0u;
+    for (var k0 = 0u; k0 < p.K; k0 += BK) {
+        // Fetch the next slice while this one is multiplied.
+        let kn = k0 + BK + kq;
+        a = vec4<f32>(0.0);
+        b = vec4<f32>(0.0);
+        x_advance(&cur, BK);
+        if (a_row < p.M && kn < p.K) {
+            a = x_load(cur);
+        }
+        if (b_row < p.N && kn < p.K) {
+            b = load_w4(b_row, kn, p.K, p.soff);
+        }
+        for (var kk = 0u; kk < BK; kk++) {
+            let r = (buf * BK + kk) * QUADS;
+            let a0 = As[r + ty];
+            let a1 = As[r + 16u + ty];
+            let b0 = Bs[r + tx];
+            let b1 = Bs[r + 16u + tx];
+            acc[0] += a0.x * b0;
+            acc[1] += a0.x * b1;
+            acc[2] += a0.y * b0;
+            acc[3] += a0.y * b1;
+            acc[4] += a0.z * b0;
+            acc[5] += a0.z * b1;
+            acc[6] += a0.w * b0;
+            acc[7] += a0.w * b1;
+            acc[8] += a1.x * b0;
+            acc[9] += a1.x * b1;
+            acc[10] += a1.y * b0;
+            acc[11] += a1.y * b1;
+            acc[12] += a1.z * b0;
+            acc[13] += a1.z * b1;
+            acc[14] += a1.w * b0;
+            acc[15] += a1.w * b1;
+        }
+        buf = 1u - buf;
+        if (k0 + BK < p.K) {
+            stage(buf, lr, kq, a, b);
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        let m = m0 + (i / 4u) * 64u + ty * 4u + i % 4u;
+        if (m >= p.M) {
+            continue;
+        }
+        for (var h = 0u; h < 2u; h++) {
+            let n = n0 + h * 64u + tx * 4u;
+            let v = acc[2u * i + h];
+#if SWIGLU_PAIRS || ROPE_PAIRS
+            if (n < p.N) {
+                store_quad(m, n, v);
+            }
+#else
+            for (var j = 0u; j < 4u; j++) {
+                if (n + j < p.N) {
+                    store_out(m, n + j, v[j]);
+                }
+            }
+#endif
+        }
+    }
+}
