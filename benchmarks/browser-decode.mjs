@@ -5,8 +5,10 @@
 // text arrives in bursts). Decode rate = (N − 1) / (t(N) − t(1)), each timed after a reset so that
 // both prefill the same prompt.
 //
-//   node benchmarks/browser-decode.mjs PACK_DIR label=WWW_DIR [label=WWW_DIR ...]
-//   env: TOKENS (default 17), ROUNDS (default 2), CHROMIUM (default /usr/bin/chromium)
+//   node benchmarks/browser-decode.mjs PACK_DIR label=WWW_DIR[,fast] [label=WWW_DIR[,fast] ...]
+//   ",fast": that build's chats with the opt-in fast setting (f16 KV cache)
+//   env: TOKENS (default 17), ROUNDS (default 2), REPEAT (the prompt's sentence this many times,
+//   default 1: longer contexts), CHROMIUM (default /usr/bin/chromium)
 import { chromium } from 'playwright-core';
 import http from 'node:http';
 import fs from 'node:fs';
@@ -17,7 +19,9 @@ if (!packDir || !builds.length) {
   console.error('usage: node benchmarks/browser-decode.mjs PACK_DIR label=WWW_DIR [label=WWW_DIR ...]');
   process.exit(2);
 }
-const roots = Object.fromEntries(builds.map((b) => b.split('=')));
+const roots = Object.fromEntries(builds.map((b) => [b.split('=')[0], b.split('=')[1].split(',')[0]]));
+const fastOf = Object.fromEntries(builds.map((b) => [b.split('=')[0], b.split('=')[1].split(',').includes('fast')]));
+const repeat = Number(process.env.REPEAT || 1);
 const types = { '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json', '.html': 'text/html', '.css': 'text/css' };
 const probe = '<!doctype html><meta charset="utf-8"><title>decode bench</title>';
 
@@ -53,14 +57,14 @@ try {
       const page = await (await browser.newContext()).newPage();
       await page.goto(`${base}/${label}/probe.html`);
       const r = await page.evaluate(
-        async ({ pack, tokens }) => {
+        async ({ pack, tokens, fast, repeat }) => {
           const { create } = await import('./janus.js');
           const engine = await create({ source: { pack } });
-          const messages = [{ role: 'user', content: 'Write a short story about a lighthouse keeper and a storm.' }];
+          const messages = [{ role: 'user', content: Array(repeat).fill('Write a short story about a lighthouse keeper and a storm.').join(' ') }];
           const timed = async (n) => {
             await engine.reset();
             const t0 = performance.now();
-            const reply = await engine.call('chat', { messages, options: { temperature: 0, maxTokens: n } });
+            const reply = await engine.call('chat', { messages, options: { temperature: 0, maxTokens: n, fast } });
             if (reply.finish !== 'length') throw new Error(`reply ended with ${reply.finish} before ${n} tokens`);
             return { ms: performance.now() - t0, promptTokens: reply.promptTokens };
           };
@@ -71,7 +75,7 @@ try {
           const adapter = [i.vendor, i.architecture, i.description].filter(Boolean).join(' / ');
           return { adapter, promptTokens: one.promptTokens, firstTokenMs: one.ms, decodeTokensPerS: (tokens - 1) / ((many.ms - one.ms) / 1000) };
         },
-        { pack: `${base}/pack/`, tokens },
+        { pack: `${base}/pack/`, tokens, fast: fastOf[label], repeat },
       );
       (results[label] ||= []).push(r);
       console.log(`${label} round ${round + 1}: prompt ${r.promptTokens} tokens, first token ${(r.firstTokenMs / 1000).toFixed(2)} s, decode ${r.decodeTokensPerS.toFixed(2)} tokens/s (${r.adapter || 'adapter not disclosed'})`);

@@ -35,7 +35,11 @@ struct Params {
 #else
 @group(0) @binding(1) var<storage, read> q: array<f32>;           // [T, q_stride]
 @group(0) @binding(2) var<storage, read> k: array<KvQuad>;        // [keys, kv_stride / 4] (k_off, kv_stride, D % 4 == 0; kv_cache.wgsl)
-@group(0) @binding(3) var<storage, read> v: array<KvPair>;        // [keys, kv_stride] as pairs of elements (v_at)
+#if KV_F16
+@group(0) @binding(3) var<storage, read> v: array<KvPair>;        // [keys, kv_stride / 2] element pairs (v_off even)
+#else
+@group(0) @binding(3) var<storage, read> v: array<f32>;           // [keys, kv_stride]
+#endif
 #if SPLIT
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;  // [T, H, chunks, D + 2] (acc, max, sum)
 #else
@@ -79,9 +83,15 @@ const RED_LANES: u32 = 64u;
 //#include reduce.wgsl
 //#include kv_cache.wgsl
 
-// Value element e (from v_off).
-fn v_at(e: u32) -> f32 {
-    return kv_unpair(v[e / 2u])[e % 2u];
+// The head dim of a lane's i-th output (i < 8): with f32 values one dim per 64 lanes; with f16
+// values neighbouring dims in pairs (i, i + 1 share a cache word), so each word is read and
+// unpacked once.
+fn lane_dim(li: u32, i: u32) -> u32 {
+#if KV_F16
+    return 2u * (li + (i / 2u) * 64u) + i % 2u;
+#else
+    return li + i * 64u;
+#endif
 }
 
 @compute @workgroup_size(64)
@@ -169,31 +179,53 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
         let corr = exp(m_run - m_new);
         l_run = l_run * corr + tile_sum;
         let jn = min(64u, jend - j0);
+        let st = p.kv_stride;
+#if KV_F16
+        for (var i = 0u; i < 8u; i += 2u) {
+            let d = lane_dim(li, i);
+            if (d < p.D) {
+                var a = vec2<f32>(acc[i], acc[i + 1u]) * corr;
+                let vb = (p.v_off + j0 * st + h * p.D + d) / 2u;
+                let sw = st / 2u;
+                // Four keys per iteration: independent loads (neighbouring lanes read neighbouring words).
+                var jj = 0u;
+                for (; jj + 4u <= jn; jj += 4u) {
+                    let b = vb + jj * sw;
+                    a += ps[jj] * kv_unpair(v[b]) + ps[jj + 1u] * kv_unpair(v[b + sw]) + ps[jj + 2u] * kv_unpair(v[b + 2u * sw]) + ps[jj + 3u] * kv_unpair(v[b + 3u * sw]);
+                }
+                for (; jj < jn; jj++) {
+                    a += ps[jj] * kv_unpair(v[vb + jj * sw]);
+                }
+                acc[i] = a.x;
+                acc[i + 1u] = a.y;
+            }
+        }
+#else
         for (var i = 0u; i < 8u; i++) {
-            let d = li + i * 64u;
+            let d = lane_dim(li, i);
             if (d < p.D) {
                 var a = acc[i] * corr;
-                let vb = p.v_off + j0 * p.kv_stride + h * p.D + d;
-                let st = p.kv_stride;
+                let vb = p.v_off + j0 * st + h * p.D + d;
                 // Four keys per iteration: independent loads (neighbouring lanes read neighbouring d).
                 var jj = 0u;
                 for (; jj + 4u <= jn; jj += 4u) {
                     let b = vb + jj * st;
-                    a += ps[jj] * v_at(b) + ps[jj + 1u] * v_at(b + st) + ps[jj + 2u] * v_at(b + 2u * st) + ps[jj + 3u] * v_at(b + 3u * st);
+                    a += ps[jj] * v[b] + ps[jj + 1u] * v[b + st] + ps[jj + 2u] * v[b + 2u * st] + ps[jj + 3u] * v[b + 3u * st];
                 }
                 for (; jj < jn; jj++) {
-                    a += ps[jj] * v_at(vb + jj * st);
+                    a += ps[jj] * v[vb + jj * st];
                 }
                 acc[i] = a;
             }
         }
+#endif
         m_run = m_new;
         workgroupBarrier();
     }
 #if SPLIT
     let pb = ((t * p.H + h) * p.chunks + wid.z) * (p.D + 2u);
     for (var i = 0u; i < 8u; i++) {
-        let d = li + i * 64u;
+        let d = lane_dim(li, i);
         if (d < p.D) {
             part[pb + d] = acc[i];
         }
@@ -205,7 +237,7 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
 #else
     let ob = p.o_off + t * p.o_stride + h * p.D;
     for (var i = 0u; i < 8u; i++) {
-        let d = li + i * 64u;
+        let d = lane_dim(li, i);
         if (d < p.D) {
             o[ob + d] = acc[i] / l_run;
         }

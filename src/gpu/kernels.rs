@@ -767,6 +767,7 @@ pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: 
     let (View { buf: q, off: q_off }, View { buf: k, off: k_off }, View { buf: v, off: v_off }, View { buf: o, off: o_off }) = (q, k, v, o);
     assert!(s.head_dim <= 512 && s.head_dim % 4 == 0 && s.kv_stride % 4 == 0 && k_off % 4 == 0, "attention reads keys as vec4");
     assert!(kernel != AttnKernel::Tiled || v_off % 4 == 0, "the query-tiled kernel reads values as vec4");
+    assert!(s.kv == KvFormat::F32 || v_off % 2 == 0, "f16 values are read in pairs");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     let keys = s.keys();
     // At most a fixed number of chunks: long contexts get longer chunks (in steps of 16 keys, so
