@@ -21,12 +21,14 @@ const QUADS: u32 = 32u;  // row (column) quads of a slice row
 var<workgroup> As: array<vec4<f32>, 512>;
 var<workgroup> Bs: array<vec4<f32>, 512>;
 
+//#include tile_fetch.wgsl
+
 // Stores a loader's quads (4 values of k for its row of x and of W) into buffer `buf`.
-fn stage(buf: u32, lr: u32, kq: u32, a: vec4<f32>, b: vec4<f32>) {
+fn stage(buf: u32, lr: u32, kq: u32, q: Quads) {
     for (var j = 0u; j < 4u; j++) {
         let i = (buf * BK + kq + j) * QUADS + lr / 4u;
-        As[i][lr % 4u] = a[j];
-        Bs[i][lr % 4u] = b[j];
+        As[i][lr % 4u] = q.a[j];
+        Bs[i][lr % 4u] = q.b[j];
     }
 }
 
@@ -47,30 +49,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
+    let a_ok = a_row < p.M;
     var cur = x_start(a_row, kq);
-    var a = vec4<f32>(0.0);
-    var b = vec4<f32>(0.0);
-    if (a_row < p.M && kq < p.K) {
-        a = x_load(cur);
-    }
-    if (b_row < p.N && kq < p.K) {
-        b = load_w4(b_row, kq, p.K, p.soff);
-    }
-    stage(0u, lr, kq, a, b);
+    var q = fetch_quads(cur, a_ok, b_row, kq);
+    stage(0u, lr, kq, q);
     workgroupBarrier();
     var buf = 0u;
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         // Fetch the next slice while this one is multiplied.
-        let kn = k0 + BK + kq;
-        a = vec4<f32>(0.0);
-        b = vec4<f32>(0.0);
         x_advance(&cur, BK);
-        if (a_row < p.M && kn < p.K) {
-            a = x_load(cur);
-        }
-        if (b_row < p.N && kn < p.K) {
-            b = load_w4(b_row, kn, p.K, p.soff);
-        }
+        q = fetch_quads(cur, a_ok, b_row, k0 + BK + kq);
         for (var kk = 0u; kk < BK; kk++) {
             let r = (buf * BK + kk) * QUADS;
             let a0 = As[r + ty];
@@ -96,7 +84,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         buf = 1u - buf;
         if (k0 + BK < p.K) {
-            stage(buf, lr, kq, a, b);
+            stage(buf, lr, kq, q);
         }
         workgroupBarrier();
     }

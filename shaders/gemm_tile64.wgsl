@@ -36,6 +36,24 @@ var<workgroup> As: array<Elem, 256>;        // As[k·16 + r] = x[m0 + r, k0 + k]
 var<workgroup> As: array<vec4<Elem>, 256>;  // As[k·16 + q] = x[m0 + 4q .. 4q + 4, k0 + k]
 #endif
 
+//#include tile_fetch.wgsl
+
+// sums[i] += the staged slice's products for the invocation's row (quad) ty, column quad tx.
+fn multiply_slice(sums: ptr<function, array<vec4<Elem>, TM>>, tx: u32, ty: u32) {
+    for (var kk = 0u; kk < BK; kk++) {
+        let bv = Bs[kk * 16u + tx];
+#if SMALL_M
+        (*sums)[0] += As[kk * 16u + ty] * bv;
+#else
+        let av = As[kk * 16u + ty];
+        (*sums)[0] += av.x * bv;
+        (*sums)[1] += av.y * bv;
+        (*sums)[2] += av.z * bv;
+        (*sums)[3] += av.w * bv;
+#endif
+    }
+}
+
 @compute @workgroup_size(16, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tx = lid.x; // column quad
@@ -52,71 +70,34 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     for (var i = 0u; i < TM; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    var a = vec4<f32>(0.0);
-    var b = vec4<f32>(0.0);
+    let a_ok = lr < TILE_M && a_row < p.M;
     var cur = x_start(a_row, kq);
-    if (lr < TILE_M && a_row < p.M && kq < p.K) {
-        a = x_load(cur);
-    }
-    if (b_row < p.N && kq < p.K) {
-        b = load_w4(b_row, kq, p.K, p.soff);
-    }
+    var q = fetch_quads(cur, a_ok, b_row, kq);
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         for (var j = 0u; j < 4u; j++) {
-            Bs[(kq + j) * 16u + lr / 4u][lr % 4u] = Elem(b[j]);
+            Bs[(kq + j) * 16u + lr / 4u][lr % 4u] = Elem(q.b[j]);
         }
         if (lr < TILE_M) {
             for (var j = 0u; j < 4u; j++) {
 #if SMALL_M
-                As[(kq + j) * 16u + lr] = Elem(a[j]);
+                As[(kq + j) * 16u + lr] = Elem(q.a[j]);
 #else
-                As[(kq + j) * 16u + lr / 4u][lr % 4u] = Elem(a[j]);
+                As[(kq + j) * 16u + lr / 4u][lr % 4u] = Elem(q.a[j]);
 #endif
             }
         }
         workgroupBarrier();
         // Fetch the next slices while this one is multiplied.
-        let kn = k0 + BK + kq;
-        a = vec4<f32>(0.0);
-        b = vec4<f32>(0.0);
         x_advance(&cur, BK);
-        if (lr < TILE_M && a_row < p.M && kn < p.K) {
-            a = x_load(cur);
-        }
-        if (b_row < p.N && kn < p.K) {
-            b = load_w4(b_row, kn, p.K, p.soff);
-        }
+        q = fetch_quads(cur, a_ok, b_row, k0 + BK + kq);
 #if F16_MATH
         var part: array<vec4<f16>, TM>; // this slice's sums (zero-initialised)
-#endif
-        for (var kk = 0u; kk < BK; kk++) {
-            let bv = Bs[kk * 16u + tx];
-#if F16_MATH
-#if SMALL_M
-            part[0] += As[kk * 16u + ty] * bv;
-#else
-            let av = As[kk * 16u + ty];
-            part[0] += av.x * bv;
-            part[1] += av.y * bv;
-            part[2] += av.z * bv;
-            part[3] += av.w * bv;
-#endif
-#else
-#if SMALL_M
-            acc[0] += As[kk * 16u + ty] * bv;
-#else
-            let av = As[kk * 16u + ty];
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-            acc[2] += av.z * bv;
-            acc[3] += av.w * bv;
-#endif
-#endif
-        }
-#if F16_MATH
+        multiply_slice(&part, tx, ty);
         for (var i = 0u; i < TM; i++) {
             acc[i] += vec4<f32>(part[i]);
         }
+#else
+        multiply_slice(&acc, tx, ty);
 #endif
         workgroupBarrier();
     }

@@ -20,6 +20,7 @@ const FILES: &[(&str, &str)] = &[
     ("lane_ids.wgsl", include_str!("../../shaders/lane_ids.wgsl")),
     ("gemm_tile64.wgsl", include_str!("../../shaders/gemm_tile64.wgsl")),
     ("gemm_tile128.wgsl", include_str!("../../shaders/gemm_tile128.wgsl")),
+    ("tile_fetch.wgsl", include_str!("../../shaders/tile_fetch.wgsl")),
     ("gemm_sg8.wgsl", include_str!("../../shaders/gemm_sg8.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("norm.wgsl", include_str!("../../shaders/norm.wgsl")),
