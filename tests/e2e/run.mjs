@@ -641,6 +641,24 @@ await test('the app page: chat and drawing a batch as a grid (step counters with
   for (const t of await app.locator('.grid .result .steps').allTextContents()) assert.match(t, /^4 steps in \d+\.\d s$/);
 });
 
+await test('the app: Settings → Fast (off by default) sends the fast setting: the native --fast reply with half the cache memory', async () => {
+  await page.goto(`${url}/index.html?pack=/pack/`);
+  const app = page.locator('janus-flow');
+  await appReady(app);
+  await greedyChatInApp(app);
+  const exact = await page.evaluate(() => document.querySelector('janus-flow').engine.lastReply.cacheBytes);
+  assert.equal(await app.locator('input[name=fast]').isChecked(), false, 'fast is off by default');
+  await app.locator('input[name=fast]').check();
+  await app.locator('button', { hasText: 'New conversation' }).click();
+  await app.locator('textarea').first().fill(expected.chatFast.prompt);
+  await app.locator('textarea').first().press('Enter');
+  await appIdle();
+  assert.equal(await page.evaluate(() => document.querySelector('janus-flow').messages.at(-1).content), expected.chatFast.reply);
+  const fast = await page.evaluate(() => document.querySelector('janus-flow').engine.lastReply.cacheBytes);
+  assert.ok(exact > 0 && fast * 2 === exact, `cache bytes: ${exact} exact, ${fast} fast`);
+  await app.locator('input[name=fast]').uncheck();
+});
+
 await test('the app keeps the conversation across a lost GPU device (it reloads and answers the whole conversation)', async () => {
   await page.goto(`${url}/index.html?pack=/pack/`);
   const app = page.locator('janus-flow');
