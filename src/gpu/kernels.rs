@@ -167,7 +167,7 @@ fn pairs_in_quads(kind: Product, w: &Weight) -> bool {
 /// Whether every chunk of `w` holds whole row quads (uploads cut chunks at multiples of 4 rows,
 /// so this holds when the row count is a multiple of 4).
 pub fn whole_quads(w: &Weight) -> bool {
-    w.chunks.iter().all(|c| c.row0 % 4 == 0 && c.rows % 4 == 0)
+    w.chunks.iter().all(|c| c.row0.is_multiple_of(4) && c.rows.is_multiple_of(4))
 }
 
 /// The MLP's gate|up product and SwiGLU over `rows` activation rows: the rows of `w` are (gate_j,
@@ -623,7 +623,7 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
     let lane_wg = format!("LANE_WG={LANE_WG}");
     let mut defines = vec![mode, w.quant.define(), norm];
     if let Fused::Qkv { kv, head_dim, .. } = &f {
-        assert!(head_dim % 4 == 0 && whole_quads(w), "norm_matvec: QKV takes whole row quads");
+        assert!(head_dim.is_multiple_of(4) && whole_quads(w), "norm_matvec: QKV takes whole row quads");
         defines.extend(kv.format.define());
     }
     if tuned && w.quant.is_4bit() {
@@ -767,7 +767,7 @@ pub fn attention_using(rec: &mut Recorder, kernel: AttnKernel, s: AttnShape, q: 
     let (View { buf: q, off: q_off }, View { buf: k, off: k_off }, View { buf: v, off: v_off }, View { buf: o, off: o_off }) = (q, k, v, o);
     assert!(s.head_dim <= 512 && s.head_dim % 4 == 0 && s.kv_stride % 4 == 0 && k_off % 4 == 0, "attention reads keys as vec4");
     assert!(kernel != AttnKernel::Tiled || v_off % 4 == 0, "the query-tiled kernel reads values as vec4");
-    assert!(s.kv == KvFormat::F32 || v_off % 2 == 0, "f16 values are read in pairs");
+    assert!(s.kv == KvFormat::F32 || v_off.is_multiple_of(2), "f16 values are read in pairs");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     let keys = s.keys();
     // At most a fixed number of chunks: long contexts get longer chunks (in steps of 16 keys, so
