@@ -70,8 +70,8 @@ pub fn attention(gpu: &Gpu, s: kernels::AttnShape, kernel: kernels::AttnKernel) 
         }
     };
     let qt = Tensor::from_f32(gpu, "bench-q", &[s.t, width], &fill(s.t * width, 7));
-    let kt = Tensor::from_f32(gpu, "bench-k", &[keys * width], &stored(fill(keys * width, 11)));
-    let vt = Tensor::from_f32(gpu, "bench-v", &[keys * width], &stored(fill(keys * width, 13)));
+    let (k, v) = (stored(fill(keys * width, 11)), stored(fill(keys * width, 13)));
+    let (kt, vt) = (Tensor::from_f32(gpu, "bench-k", &[k.len()], &k), Tensor::from_f32(gpu, "bench-v", &[v.len()], &v));
     let ot = Tensor::zeros(gpu, "bench-o", &[s.t, width]);
     // Large calls (seconds each on a CPU adapter) are timed one per submit.
     let reps = if s.t * keys * s.heads > 1 << 22 { 1 } else { REPS };
