@@ -668,7 +668,14 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     };
     let reductions = gpu.subgroup_reduce().map_or("workgroup tree".to_string(), |w| format!("{w}-lane subgroups"));
     let checks = if gpu.trusted_shaders() { "none (trusted)" } else { "wgpu's" };
-    let tile = if tile128 { "128×128 over 64 rows" } else { "64×64" };
+    // The fast setting's f16 arithmetic (where the device has shader-f16) takes the 64×64 tile.
+    let tile = if fast && gpu.summary.features.shader_f16 && model.is_some() {
+        "64×64 with f16 arithmetic (fast)"
+    } else if tile128 {
+        "128×128 over 64 rows"
+    } else {
+        "64×64"
+    };
     println!(
         "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}, GPU product tile: {tile}",
         gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
