@@ -8,6 +8,7 @@
 //          unnormalised partial output with its running max and sum to `part`; keys are loaded
 //          16 lanes to a row (coalesced) instead of one lane per row;
 //   COMBINE: one workgroup per (row, head) rescales and sums the chunks' partials into `o`.
+//   KV_F16: keys and values come from an f16 KV cache (the fast setting; kv_cache.wgsl).
 
 struct Params {
     T: u32,         // query rows

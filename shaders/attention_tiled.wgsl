@@ -13,6 +13,7 @@
 //   HD:  head dim (multiple of 4; slices past it are zero-padded);
 //   TPQ: lanes per query row (DC = 4·TPQ dims per slice, WG = BQ·TPQ lanes);
 //   BK:  keys per tile (multiple of TPQ).
+// KV_F16: keys and values come from an f16 KV cache (the fast setting; kv_cache.wgsl).
 // The sums run in another order than attention.wgsl's (slice by slice, rescaled per BK keys), so
 // the two agree to rounding, not bit for bit.
 
