@@ -64,9 +64,7 @@ pub fn attention(gpu: &Gpu, s: kernels::AttnShape, kernel: kernels::AttnKernel) 
     let stored = |v: Vec<f32>| -> Vec<f32> {
         match s.kv {
             KvFormat::F32 => v,
-            KvFormat::F16 => {
-                v.chunks(2).map(|p| f32::from_bits(half::f16::from_f32(p[0]).to_bits() as u32 | (half::f16::from_f32(p[1]).to_bits() as u32) << 16)).collect()
-            }
+            KvFormat::F16 => kernels::kv_f16_words(&v).into_iter().map(f32::from_bits).collect(),
         }
     };
     let qt = Tensor::from_f32(gpu, "bench-q", &[s.t, width], &fill(s.t * width, 7));

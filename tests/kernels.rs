@@ -50,11 +50,7 @@ fn cache_from(gpu: &Gpu, label: &str, rows: usize, v: &[f32], format: KvFormat) 
     let width = v.len() / rows;
     match format {
         KvFormat::F32 => Tensor::from_f32(gpu, label, &[rows, width], v),
-        KvFormat::F16 => {
-            let words: Vec<u32> =
-                v.chunks_exact(2).map(|p| half::f16::from_f32(p[0]).to_bits() as u32 | (half::f16::from_f32(p[1]).to_bits() as u32) << 16).collect();
-            Tensor::from_f32(gpu, label, &[rows, width / 2], bytemuck::cast_slice(&words))
-        }
+        KvFormat::F16 => Tensor::from_f32(gpu, label, &[rows, width / 2], bytemuck::cast_slice(&kernels::kv_f16_words(v))),
     }
 }
 

@@ -41,15 +41,6 @@ pub struct EngineOptions {
     pub fast: bool,
 }
 
-/// The KV-cache storage of the `fast` setting, on or off.
-fn kv_format(fast: bool) -> KvFormat {
-    if fast {
-        KvFormat::F16
-    } else {
-        KvFormat::F32
-    }
-}
-
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions { preset: Quant::Q4A, context: 4096, prefill_chunk: 256, fast: false }
@@ -229,7 +220,7 @@ impl Engine {
         let total = cfg.llm.layers + 4;
         let mut done = 0;
         let l = Loader { gpu: &gpu, src, preset: opts.preset };
-        let mut llm = Llm::load(&l, &cfg.llm, |what| {
+        let llm = Llm::load(&l, &cfg.llm, |what| {
             progress(done, total, what);
             done += 1;
         })
@@ -243,8 +234,6 @@ impl Engine {
         let uvit_scratch = gen_enc.new_scratch(&gpu, &gen_dec);
         progress(total, total, "ready");
         let opts = EngineOptions { context: opts.context.min(cfg.llm.max_positions).max(1), ..opts };
-        llm.kv_format = kv_format(opts.fast);
-        gpu.set_f16_math(opts.fast);
         let scratch = llm.new_scratch(&gpu, opts.prefill_chunk);
         let ids = gpu.storage_buffer("ids", opts.context as u64 * 4);
         let logits = gpu.storage_buffer("logits", cfg.llm.vocab as u64 * 4);
@@ -272,6 +261,7 @@ impl Engine {
             topk_out,
             counters: Default::default(),
         };
+        engine.set_fast(engine.opts.fast);
         if src.pack_has_vae() {
             let vcfg = engine.vae_cfg.clone();
             engine.attach_vae(src, &vcfg).await?;
@@ -291,7 +281,7 @@ impl Engine {
     /// is rebuilt on its next turn) and for the matrix products recorded from now on.
     pub fn set_fast(&mut self, on: bool) {
         self.opts.fast = on;
-        self.llm.kv_format = kv_format(on);
+        self.llm.kv_format = if on { KvFormat::F16 } else { KvFormat::F32 };
         self.gpu.set_f16_math(on);
     }
 

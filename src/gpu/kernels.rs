@@ -187,8 +187,9 @@ pub fn linear_swiglu(rec: &mut Recorder, w: &Weight, x: &wgpu::Buffer, x_off: us
 /// The stacked Q|K|V product ([`qkv_row_order`]) of the sequences' rows (in order, from x_off)
 /// with RoPE and the cache write: q to `q` ([rows, heads·head_dim]), k and v into each sequence's
 /// cache slots. In the product's output stage where the kernel takes column quads, for one or
-/// two sequences (with distinct caches) and head dims that are multiples of 4; otherwise through
-/// `qkv` ([rows, 3·heads·head_dim]) and a [`rope_scatter`] pass per sequence.
+/// two sequences (with distinct caches); otherwise through `qkv` ([rows, 3·heads·head_dim]) and a
+/// [`rope_scatter`] pass per sequence. Both take two rotation pairs at a time: `head_dim` must be
+/// a multiple of 4 (config.rs refuses other head dims).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_rope(
     rec: &mut Recorder,
@@ -204,7 +205,7 @@ pub fn linear_rope(
 ) {
     let rows: usize = seqs.iter().map(|s| s.rows).sum();
     let hd = heads * head_dim;
-    assert_eq!(w.n, 3 * hd, "linear_rope: a stacked Q|K|V weight");
+    assert!(w.n == 3 * hd && head_dim.is_multiple_of(4), "linear_rope: a stacked Q|K|V weight of head dims that are multiples of 4");
     assert!(seqs.iter().all(|s| s.kv.format == seqs[0].kv.format), "linear_rope: one cache format for all sequences");
     // Two sequences bind their caches side by side, which must then be distinct buffers.
     let distinct = match seqs {
@@ -213,7 +214,7 @@ pub fn linear_rope(
         _ => false,
     };
     let kind = product_kernel(rec.gpu, rows);
-    if distinct && head_dim.is_multiple_of(4) && pairs_in_quads(kind, w) {
+    if distinct && pairs_in_quads(kind, w) {
         let rope = RopeOut { heads, head_dim, table, seqs };
         linear_impl(rec, kind, w, None, x, x_off, rows, Out { buf: q, off: 0, stride: hd, add: false }, Act::RopePairs, None, Some(rope));
         return;
@@ -300,6 +301,12 @@ impl KvFormat {
             KvFormat::F16 => 2,
         }
     }
+}
+
+/// `v` as an f16 cache stores it: neighbouring elements (2j, 2j + 1) rounded to f16 and packed in
+/// word j, low half first (kv_cache.wgsl's `kv_pair`; benchmarks and tests fill caches with it).
+pub fn kv_f16_words(v: &[f32]) -> Vec<u32> {
+    v.chunks(2).map(|p| half::f16::from_f32(p[0]).to_bits() as u32 | (half::f16::from_f32(p.get(1).copied().unwrap_or(0.0)).to_bits() as u32) << 16).collect()
 }
 
 /// One layer's key and value caches ([slots, heads·head_dim] each) and how they store elements.

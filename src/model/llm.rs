@@ -167,8 +167,9 @@ impl Llm {
         let norm = l.vector(&format!("{p}.norm.weight"), h).await?;
         let lm_head = l.mat("language_model.lm_head.weight", &[cfg.vocab, h]).await?;
         let rope = Tensor::from_f32(gpu, "rope", &[cfg.max_positions, cfg.head_dim], &rope_table(cfg.max_positions, cfg.head_dim, cfg.rope_theta));
-        // Q|K|V's epilogue takes two rotation pairs at a time (kv_cache.wgsl).
-        let fused_decode = cfg.head_dim.is_multiple_of(4) && layers.iter().all(|l| kernels::whole_quads(&l.qkv) && kernels::pairs_fusable(&l.gate_up));
+        // Q|K|V's epilogue takes two rotation pairs at a time (kv_cache.wgsl; head dims are
+        // multiples of 4, config.rs checks).
+        let fused_decode = layers.iter().all(|l| kernels::whole_quads(&l.qkv) && kernels::pairs_fusable(&l.gate_up));
         Ok(Llm { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, fused_decode, kv_format: KvFormat::F32 })
     }
 
