@@ -10,7 +10,7 @@
 // each 4 rows, from which the next fused product gets its RMSNorm scale (matvec_fused.wgsl);
 // Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_dot): 16 B
 // loads, contiguous across lanes, one scale per group; WIDE_RUNS (q8, f16; GPU shapes): the same
-// for runs of 16 B (matvec_rows.wgsl);
+// for runs of 16 B; STAGE_X (GPU shapes): activations staged in workgroup memory (matvec_rows.wgsl);
 // LANE_ROWS (CPU rasterisers): four whole rows per lane and no barrier (see matvec_lanes.wgsl),
 // LANE_WG lanes per workgroup, grid y = M; with LANE_M (more than 4 activation rows): LANE_M
 // activation rows per lane as well, grid y = ceil(M / LANE_M).
@@ -18,7 +18,11 @@
 //#include linear_params.wgsl
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if W_VEC4
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // weight chunk [N, K], packed, as 16 B quads
+#else
 @group(0) @binding(1) var<storage, read> w: array<u32>;            // weight chunk [N, K], packed
+#endif
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // activations [M, K] (f32, as vec4)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;      // output [M, y_stride]
 #if BIAS
@@ -102,26 +106,8 @@ fn main(inv: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
     let rl = row_lane(inv);
     let n = wid.x * 8u + rl.row;
     let m = wid.y;
-    var acc = 0.0;
-    if (n < p.N) {
-        let xb = (p.x_off + m * p.K) / 4u;
-#if Q4_GROUPS
-        // A whole group per lane (K % 32 == 0 for q4).
-        for (var grp = rl.lane; grp < p.K / 32u; grp += 32u) {
-            let b = xb + grp * 8u;
-            let a = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
-            acc += q4_group_dot(n, grp, p.K, p.soff, a);
-        }
-#else
-#if WIDE_RUNS
-        acc = row_dot_runs(n, rl.lane, p.K, p.soff, xb);
-#else
-        for (var k = rl.lane * 4u; k < p.K; k += 128u) {
-            acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
-        }
-#endif
-#endif
-    }
+    let xb = (p.x_off + m * p.K) / 4u;
+    let acc = row_dot(n, n < p.N, rl, inv.li, p.K, p.soff, xb);
     let total = row_sum(rl, acc);
     if (rl.lane == 0u && n < p.N) {
         store_out(m, n, total);

@@ -18,7 +18,7 @@
 // input is already normalised by norm.wgsl: the final norm before lm_head (whose vocab/8
 // workgroups would each add up the sums again).
 // Defines: QKV, GATE_UP or PLAIN; PRESCALED or NORMED; one of F32/F16/Q8/Q4 (see quant.wgsl);
-// Q4_GROUPS and WIDE_RUNS as in matvec.wgsl; LANE_ROWS (CPU rasterisers): four whole rows per
+// Q4_GROUPS, WIDE_RUNS and STAGE_X as in matvec.wgsl; LANE_ROWS (CPU rasterisers): four whole rows per
 // lane and no barrier (matvec_lanes.wgsl), LANE_WG lanes per workgroup.
 
 struct Params {
@@ -36,7 +36,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if W_VEC4
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // weight chunk [N, K], packed, as 16 B quads
+#else
 @group(0) @binding(1) var<storage, read> w: array<u32>;             // weight chunk [N, K], packed
+#endif
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;       // the dot's input, row of K at x_off: x · g (PRESCALED) or normalised
 @group(0) @binding(3) var<storage, read> ssq: array<vec4<f32>>;     // PRESCALED: Σ x² of each 4 elements of the residual row [K / 4], at x_off / 4 (NORMED: unused)
 #if QKV
@@ -163,24 +167,7 @@ fn main(inv: Lane, @builtin(workgroup_id) wid: vec3<u32>) {
         squares[rl.lane] = ss;
     }
 #endif
-    var acc = 0.0;
-    if (n < p.N) {
-#if Q4_GROUPS
-        for (var grp = rl.lane; grp < p.K / 32u; grp += 32u) {
-            let b = xb + grp * 8u;
-            let a = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
-            acc += q4_group_dot(n, grp, p.K, p.soff, a);
-        }
-#else
-#if WIDE_RUNS
-        acc = row_dot_runs(n, rl.lane, p.K, p.soff, xb);
-#else
-        for (var k = rl.lane * 4u; k < p.K; k += 128u) {
-            acc += dot(load_w4(n, k, p.K, p.soff), x[xb + k / 4u]);
-        }
-#endif
-#endif
-    }
+    let acc = row_dot(n, n < p.N, rl, inv.li, p.K, p.soff, xb);
     let total = row_sum(rl, acc);
     if (rl.lane == 0u) {
         row_totals[rl.row] = total;

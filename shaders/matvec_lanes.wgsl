@@ -21,8 +21,8 @@ fn lane_dot4(r: vec4<u32>, K: u32, soff: u32, xb: u32) -> vec4<f32> {
             let lo = x[xb + grp * 8u + 2u * i];
             let hi = x[xb + grp * 8u + 2u * i + 1u];
             let o = grp * 4u + i;
-            s += vec4<f32>(nibble_dot(w[w0.x + o], lo, hi), nibble_dot(w[w0.y + o], lo, hi),
-                           nibble_dot(w[w0.z + o], lo, hi), nibble_dot(w[w0.w + o], lo, hi));
+            s += vec4<f32>(nibble_dot(w_word(w0.x + o), lo, hi), nibble_dot(w_word(w0.y + o), lo, hi),
+                           nibble_dot(w_word(w0.z + o), lo, hi), nibble_dot(w_word(w0.w + o), lo, hi));
             sa += lo + hi;
         }
         let t = sa.x + sa.y + sa.z + sa.w;

@@ -768,6 +768,99 @@ fn fused_decode_products_and_rope_scatter() {
     }
 }
 
+/// The GPU-shape matrix–vector kernels with their activations staged in workgroup memory
+/// (Gpu::stage_x): a row of several chunks (the last one short) through every product that reads
+/// them (linear with bias and accumulation, the residual writer with its norm copy, the fused
+/// decode products), every format, rows added up by subgroup and by the workgroup tree.
+#[test]
+fn staged_activation_matvecs_match_the_cpu() {
+    let gpu = gpu();
+    let mut rng = Rng(31);
+    // Two whole 2048-activation chunks and a short third one.
+    let (k, n, heads, d, pos, slot, eps) = (2 * 2048 + 96, 40usize, 3usize, 8usize, 5usize, 2usize, 1e-5f32);
+    let hd = heads * d;
+    let table = janusflow::model::llm::rope_table(8, d, 10000.0);
+    let tt = Tensor::from_f32(&gpu, "rope", &[8, d], &table);
+    gpu.set_gpu_tuned(true);
+    gpu.set_stage_x(true);
+    for (sub, quant) in [true, false].into_iter().flat_map(|s| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (s, q))) {
+        gpu.set_subgroup_reduce_allowed(sub);
+        let what = format!("staged {quant} subgroups {:?}", gpu.subgroup_reduce());
+        let blob = QuantBlob::quantize(quant, n, k, &rng.vec(n * k)).unwrap();
+        let wd = blob.dequantize();
+        let w = Weight::upload_with_budget(&gpu, "w", &blob, (blob.row_bytes() * 24) as u64).unwrap();
+        assert!(w.chunks.len() > 1);
+        // linear: 1 and 3 rows, bias, accumulated into y.
+        for m in [1usize, 3] {
+            let (x, bias, resid) = (rng.vec(m * k), rng.vec(n), rng.vec(m * n));
+            let (xt, bt, yt) =
+                (Tensor::from_f32(&gpu, "x", &[m, k], &x), Tensor::from_f32(&gpu, "b", &[n], &bias), Tensor::from_f32(&gpu, "y", &[m, n], &resid));
+            let mut rec = Recorder::new(&gpu);
+            kernels::linear(&mut rec, &w, Some(&bt.buf), &xt.buf, 0, m, Out { buf: &yt.buf, off: 0, stride: n, add: true });
+            rec.finish();
+            let want: Vec<f32> = cpu_linear(&x, &wd, m, n, k).iter().enumerate().map(|(i, v)| v + bias[i % n] + resid[i]).collect();
+            assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("{what}: linear m{m}"));
+        }
+        // The residual writer with the next norm's copy.
+        let (x, resid, g) = (rng.vec(k), rng.vec(n), rng.vec(n));
+        let (xt, yt, gt, ygt, ssq) = (
+            Tensor::from_f32(&gpu, "x", &[k], &x),
+            Tensor::from_f32(&gpu, "y", &[n], &resid),
+            Tensor::from_f32(&gpu, "g", &[n], &g),
+            Tensor::zeros(&gpu, "yg", &[n]),
+            Tensor::zeros(&gpu, "ssq", &[n / 4]),
+        );
+        let mut rec = Recorder::new(&gpu);
+        kernels::linear_residual(&mut rec, &w, &xt.buf, 0, View::at(&yt.buf, 0), kernels::NormCopy { g: &gt.buf, yg: &ygt.buf, ssq: &ssq.buf });
+        rec.finish();
+        let want: Vec<f32> = cpu_linear(&x, &wd, 1, n, k).iter().zip(&resid).map(|(a, b)| a + b).collect();
+        let got = read(&gpu, &yt);
+        assert_close(&got, &want, 1e-5, &format!("{what}: linear_residual"));
+        assert_close(&read(&gpu, &ssq), &quad_squares(&got), 1e-6, &format!("{what}: Σ y² per 4 rows"));
+
+        // The fused decode products, prescaled (x · g and Σ x² per 4) and normed.
+        let xr = rng.vec(k);
+        let gn: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + v * 0.5).collect();
+        let h = cpu_rmsnorm(&xr, &gn, eps);
+        let xg: Vec<f32> = xr.iter().zip(&gn).map(|(a, b)| a * b).collect();
+        let (xgt, sst, ht) =
+            (Tensor::from_f32(&gpu, "xg", &[k], &xg), Tensor::from_f32(&gpu, "ssq", &[k / 4], &quad_squares(&xr)), Tensor::from_f32(&gpu, "h", &[k], &h));
+        let prescaled = || kernels::NormIn::Prescaled { xg: &xgt.buf, ssq: &sst.buf, off: 0, eps };
+        // gate|up (the weight's rows as interleaved pairs) and plain.
+        let (yt, pt) = (Tensor::zeros(&gpu, "y", &[n / 2]), Tensor::zeros(&gpu, "p", &[n]));
+        let mut rec = Recorder::new(&gpu);
+        kernels::norm_matvec(&mut rec, &w, prescaled(), kernels::Fused::GateUp { y: &yt.buf, y_off: 0 });
+        kernels::norm_matvec(&mut rec, &w, kernels::NormIn::Normed(View::at(&ht.buf, 0)), kernels::Fused::Plain { y: &pt.buf, y_off: 0 });
+        rec.finish();
+        let prod = cpu_linear(&h, &wd, 1, n, k);
+        let gated: Vec<f32> = prod.chunks_exact(2).map(|p| p[0] / (1.0 + (-p[0]).exp()) * p[1]).collect();
+        assert_close(&read(&gpu, &yt), &gated, 1e-5, &format!("{what}: fused gate|up"));
+        assert_close(&read(&gpu, &pt), &prod, 1e-5, &format!("{what}: fused plain"));
+        // Q|K|V with RoPE into q and an f16 cache.
+        let parts: Vec<QuantBlob> = (0..3).map(|_| QuantBlob::quantize(quant, hd, k, &rng.vec(hd * k)).unwrap()).collect();
+        let stacked = QuantBlob::from_rows(&[&parts[0], &parts[1], &parts[2]], kernels::qkv_row_order(hd, d)).unwrap();
+        let wq = Weight::upload_with_budget(&gpu, "qkv", &stacked, (stacked.row_bytes() * 24) as u64).unwrap();
+        let format = KvFormat::F16;
+        let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[hd]), cache(&gpu, "k", 4, hd, format), cache(&gpu, "v", 4, hd, format));
+        let f = kernels::Fused::Qkv { heads, head_dim: d, pos, table: &tt.buf, q: &qt.buf, q_off: 0, kv: Kv { k: &kt.buf, v: &vt.buf, format }, slot };
+        let mut rec = Recorder::new(&gpu);
+        kernels::norm_matvec(&mut rec, &wq, prescaled(), f);
+        rec.finish();
+        let y: Vec<Vec<f32>> = parts.iter().map(|p| cpu_linear(&h, &p.dequantize(), 1, hd, k)).collect();
+        let (mut q, mut kk) = (y[0].clone(), y[1].clone());
+        let cs = &table[pos * d..(pos + 1) * d];
+        for hh in 0..heads {
+            cpu_rope(&mut q[hh * d..(hh + 1) * d], cs);
+            cpu_rope(&mut kk[hh * d..(hh + 1) * d], cs);
+        }
+        assert_close(&read(&gpu, &qt), &q, 1e-5, &format!("{what}: fused qkv q"));
+        assert_cached(&read_cache(&gpu, &kt, format)[slot * hd..(slot + 1) * hd], &kk, 1e-5, format, &format!("{what}: fused qkv k"));
+        assert_cached(&read_cache(&gpu, &vt, format)[slot * hd..(slot + 1) * hd], &y[2], 1e-5, format, &format!("{what}: fused qkv v"));
+    }
+    gpu.set_stage_x(false);
+    gpu.set_gpu_tuned(false);
+}
+
 #[test]
 fn embedding_gather_across_chunks() {
     let gpu = gpu();

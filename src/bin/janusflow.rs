@@ -199,6 +199,10 @@ enum Cmd {
         /// (gemm_tile128.wgsl) instead of the 64×64 one, to compare the two.
         #[arg(long)]
         tile128: bool,
+        /// GPU-shape matrix–vector products stage their activation row in workgroup memory
+        /// (STAGE_X in matvec_rows.wgsl) instead of every row reading it, to compare the two.
+        #[arg(long)]
+        stage_x: bool,
         /// The opt-in `fast` setting (f16 KV caches) for every figure; with --generate, also one
         /// picture drawn with and without it: latent cosine and the picture's PSNR.
         #[arg(long)]
@@ -417,6 +421,7 @@ fn run(cli: Cli) -> Result<()> {
             checked_shaders,
             contexts,
             tile128,
+            stage_x,
             fast,
         } => {
             let opts = BenchOpts {
@@ -435,6 +440,7 @@ fn run(cli: Cli) -> Result<()> {
                 checked_shaders,
                 contexts,
                 tile128,
+                stage_x,
                 fast,
             };
             let fig = bench(model.as_deref(), &opts)?;
@@ -496,6 +502,7 @@ struct BenchOpts {
     checked_shaders: bool,
     contexts: Vec<usize>,
     tile128: bool,
+    stage_x: bool,
     fast: bool,
 }
 
@@ -649,6 +656,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         checked_shaders,
         ref contexts,
         tile128,
+        stage_x,
         fast,
     } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
@@ -659,6 +667,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     gpu.set_subgroup_reduce_allowed(!tree_reductions);
     gpu.set_trusted_shaders(!checked_shaders);
     gpu.set_tile128(tile128);
+    gpu.set_stage_x(stage_x);
     let shapes = if gpu.gpu_tuned() {
         "gpu"
     } else if gpu.sg8() {
@@ -668,6 +677,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     };
     let reductions = gpu.subgroup_reduce().map_or("workgroup tree".to_string(), |w| format!("{w}-lane subgroups"));
     let checks = if gpu.trusted_shaders() { "none (trusted)" } else { "wgpu's" };
+    let matvec_x = if stage_x { "staged in workgroup memory" } else { "read by every row" };
     // The fast setting's f16 arithmetic (where the device has shader-f16) takes the 64×64 tile.
     let tile = if fast && gpu.summary.features.shader_f16 && model.is_some() {
         "64×64 with f16 arithmetic (fast)"
@@ -677,12 +687,12 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         "64×64"
     };
     println!(
-        "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}, GPU product tile: {tile}",
+        "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}, GPU product tile: {tile}, GPU matvec activations: {matvec_x}",
         gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
     );
     fig.insert(
         "device".into(),
-        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes, "reductions": reductions, "tile": tile}),
+        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes, "reductions": reductions, "tile": tile, "matvec_x": matvec_x}),
     );
     if profile && !gpu.profiling() {
         println!("(this adapter has no timestamp queries: no per-kernel times)");

@@ -69,6 +69,9 @@ pub struct Gpu {
     f16_math: std::sync::atomic::AtomicBool,
     /// GPU-shape products of many rows take the 128×128 register tile (see [`Gpu::tile128`]).
     tile128: std::sync::atomic::AtomicBool,
+    /// GPU-shape matrix–vector products stage their activations in workgroup memory (see
+    /// [`Gpu::stage_x`]).
+    stage_x: std::sync::atomic::AtomicBool,
     /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
     pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
@@ -216,6 +219,7 @@ impl Gpu {
             trusted_shaders: true.into(),
             f16_math: false.into(),
             tile128: false.into(),
+            stage_x: false.into(),
             bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -303,6 +307,20 @@ impl Gpu {
     /// Chooses the 128×128 tile for large GPU-shape products (tests and benchmarks compare both).
     pub fn set_tile128(&self, on: bool) {
         self.tile128.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the GPU-shape matrix–vector kernels copy the activation row into workgroup memory a
+    /// chunk at a time, so each workgroup reads it once instead of once per row and adds up each
+    /// 4-bit group's activations once for its 8 rows (STAGE_X in matvec_rows.wgsl). Off until timed
+    /// on real GPUs (`bench --stage-x`, benchmarks/gpu-run.sh).
+    pub fn stage_x(&self) -> bool {
+        self.stage_x.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chooses staged activations for the GPU-shape matrix–vector kernels (tests and benchmarks
+    /// compare both).
+    pub fn set_stage_x(&self, on: bool) {
+        self.stage_x.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.

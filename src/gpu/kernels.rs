@@ -51,8 +51,19 @@ fn row_subgroups(gpu: &Gpu) -> Option<String> {
     gpu.subgroup_reduce().filter(|&w| w <= 32).map(|w| format!("SUBGROUPS={w}"))
 }
 
+/// Vec4 per chunk of the activation row the GPU-shape matrix–vector kernels stage in workgroup
+/// memory where [`Gpu::stage_x`] is on (STAGE_X in matvec_rows.wgsl): 2048 activations, 9 KiB with
+/// the padding, so the default 16 KiB of workgroup memory holds it beside the row sums.
+const STAGE_X: u32 = 512;
+
+/// The STAGE_X define of the GPU-shape matrix–vector kernels, where chosen.
+fn stage_x(gpu: &Gpu) -> Option<String> {
+    gpu.stage_x().then(|| format!("STAGE_X={STAGE_X}"))
+}
+
 /// Whether the GPU-shape matrix–vector kernels read `w` in runs of 16 B per lane (WIDE_RUNS in
 /// matvec_rows.wgsl): q8, and f16 rows of whole runs; 4-bit formats take whole groups instead.
+/// Both bind `w` as 16 B quads (W_VEC4 in quant.wgsl), one load per run or group.
 fn wide_runs(w: &Weight) -> bool {
     w.quant == Quant::Q8 || (w.quant == Quant::F16 && w.k.is_multiple_of(8))
 }
@@ -369,9 +380,9 @@ fn linear_impl(
             defines.push(lane_m_define.as_str());
         }
     } else if vec && w.quant.is_4bit() {
-        defines.push("Q4_GROUPS");
+        defines.extend(["Q4_GROUPS", "W_VEC4"]);
     } else if vec && wide_runs(w) {
-        defines.push("WIDE_RUNS");
+        defines.extend(["WIDE_RUNS", "W_VEC4"]);
     } else if small {
         defines.push("SMALL_M");
     }
@@ -385,8 +396,10 @@ fn linear_impl(
         gemm_tile(small)
     };
     let row_sg = row_subgroups(rec.gpu);
+    let stage = stage_x(rec.gpu);
     if vec && !lanes {
         defines.extend(row_sg.as_deref());
+        defines.extend(stage.as_deref());
     }
     if tuned && !vec {
         defines.push("GPU_TILE");
@@ -634,14 +647,16 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
         defines.extend(kv.format.define());
     }
     if tuned && w.quant.is_4bit() {
-        defines.push("Q4_GROUPS");
+        defines.extend(["Q4_GROUPS", "W_VEC4"]);
     } else if tuned && wide_runs(w) {
-        defines.push("WIDE_RUNS");
+        defines.extend(["WIDE_RUNS", "W_VEC4"]);
     }
     // CPU rasterisers take four rows per lane (matvec_lanes.wgsl).
     let row_sg = row_subgroups(rec.gpu);
+    let stage = stage_x(rec.gpu);
     if tuned {
         defines.extend(row_sg.as_deref());
+        defines.extend(stage.as_deref());
     } else {
         defines.extend(["LANE_ROWS", lane_wg.as_str()]);
     }

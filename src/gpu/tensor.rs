@@ -73,9 +73,13 @@ impl Weight {
         let mut row0 = 0;
         while row0 < n {
             let rows = rows_per.min(n - row0);
-            let (data, soff) = blob.chunk_bytes(row0, rows);
+            let (mut data, soff) = blob.chunk_bytes(row0, rows);
+            let bytes = data.len() as u64;
+            // Whole 16 B quads: the GPU-shape matrix–vector kernels bind chunks as vec4<u32>
+            // (W_VEC4 in quant.wgsl), which would drop a short last quad of scales.
+            data.resize(data.len().next_multiple_of(16), 0);
             let buf = gpu.storage_buffer_init(&format!("{name}[{row0}..]"), &data);
-            chunks.push(WeightChunk { row0, rows, buf, soff, bytes: data.len() as u64 });
+            chunks.push(WeightChunk { row0, rows, buf, soff, bytes });
             row0 += rows;
         }
         Ok(Arc::new(Weight { name: name.to_string(), quant: blob.quant, n, k, chunks }))
