@@ -291,6 +291,15 @@ class Engine extends EventTarget {
     return this.#post(URGENT.debugSubgroupReductions, { on });
   }
 
+  /**
+   * Test hook: the loaded engine's kernels shaped for a real GPU (`gpu: true`) or for a CPU
+   * rasteriser, and its GPU-shape matrix–vector products with staged activations (`stageX`);
+   * resolves to whether GPU shapes are now on.
+   */
+  debugKernelShapes({ gpu = false, stageX = false } = {}) {
+    return this.#post(URGENT.debugKernelShapes, { gpu, stageX });
+  }
+
   /** Test hook: makes the wasm engine panic (trap); rejects with kind 'crashed'. */
   debugPanic() {
     return this.#post(URGENT.debugPanic);

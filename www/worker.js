@@ -491,6 +491,16 @@ const urgent = {
     engine.setSubgroupReductions(!!on);
     return engine.info().subgroupReductions ?? null;
   },
+  /**
+   * Test hook: {gpu, stageX}: the GPU kernel shapes (which a CPU rasteriser never chooses itself)
+   * or the CPU ones, and staged matrix–vector activations; resolves to whether GPU shapes are on.
+   */
+  [URGENT.debugKernelShapes](id, { gpu: onGpu, stageX }) {
+    if (!engine) throw kindError('no engine is loaded', KIND.config);
+    engine.setGpuTuning(!!onGpu);
+    engine.setStagedActivations(!!stageX);
+    return engine.info().gpuTuning;
+  },
   /** Test hook: a Rust panic, which traps the wasm instance. */
   async [URGENT.debugPanic]() {
     await ensureWasm();

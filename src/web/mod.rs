@@ -237,6 +237,13 @@ impl WebEngine {
         self.engine.gpu.set_gpu_tuned(on);
     }
 
+    /// Chooses staged activations in the GPU-shape matrix–vector kernels (off by default; see
+    /// `Gpu::stage_x`), so that tests compile and run that path in the browser.
+    #[wasm_bindgen(js_name = setStagedActivations)]
+    pub fn set_staged_activations(&self, on: bool) {
+        self.engine.gpu.set_stage_x(on);
+    }
+
     /// Allows (the default) or forbids subgroup operations in the workgroup reductions, so that
     /// tests run both paths in the browser.
     #[wasm_bindgen(js_name = setSubgroupReductions)]

@@ -295,6 +295,37 @@ await test('workgroup reductions: subgroups where the browser offers them, the t
   assert.equal(r.treeReplies.image, expected.image.reply);
 });
 
+await test('GPU kernel shapes (never chosen on SwiftShader) compile in the browser and give the native replies and picture; so do staged matvec activations', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    ${COMPARE}
+    const ask = async () => {
+      await E.reset();
+      const chat = await E.chat([{ role: 'user', content: arg.chat }], { temperature: 0, maxTokens: 24 });
+      await E.reset();
+      const blob = await (await fetch('/fixtures/images/square_80.png')).blob();
+      const image = await E.chat([{ role: 'user', content: arg.image, images: [blob] }], { temperature: 0, maxTokens: 24 });
+      return { chat, image };
+    };
+    try {
+      const on = await E.debugKernelShapes({ gpu: true });
+      const gpu = await ask();
+      await E.reset();
+      const worst = await worstDiff(await E.generate(arg.gen.prompt, { steps: arg.gen.steps, cfg: arg.gen.cfg, noise: await noise() }));
+      await E.debugKernelShapes({ gpu: true, stageX: true });
+      const staged = await ask();
+      return { on, gpu, worst, staged };
+    } finally {
+      await E.debugKernelShapes({ gpu: false });
+      await E.reset();
+    }
+  `, { chat: expected.chat.prompt, image: expected.image.prompt, gen: expected.generate });
+  assert.equal(r.on, true);
+  assert.deepEqual(r.gpu, { chat: expected.chat.reply, image: expected.image.reply });
+  assert.ok(r.worst <= 2, `the GPU-shape picture differs from the native one by up to ${r.worst} levels`);
+  assert.deepEqual(r.staged, { chat: expected.chat.reply, image: expected.image.reply });
+});
+
 await test('generated image equals the native one within ±2 levels', async () => {
   const r = await inPage(`
     ${ENGINE}
