@@ -64,6 +64,7 @@ progress { width: 100%; height: .8rem; }
 details { font-size: .9rem; }
 details label { display: inline-flex; gap: .3rem; align-items: center; margin: .2rem .8rem .2rem 0; }
 details input { width: 5.5rem; font: inherit; }
+details input[type=checkbox] { width: auto; margin: 0; }
 fieldset { border: 0; padding: 0; margin: 0; display: flex; gap: .6rem; }
 .drop { outline: 3px dashed #0a66c2; outline-offset: -6px; }
 .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
