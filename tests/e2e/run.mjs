@@ -151,6 +151,18 @@ const COMPARE = `
   const worstDiff = async (png) => { const [, a] = await pixels(png); const [, b] = await pixels(await (await fetch('/native/fox.png')).blob()); let w = 0; for (let i = 0; i < a.length; i++) w = Math.max(w, Math.abs(a[i] - b[i])); return w; };
   const noise = async () => { const buf = await (await fetch('/fixtures/tiny-ref-gen/noise.npy')).arrayBuffer(); const header = new DataView(buf).getUint16(8, true); return new Float32Array(buf.slice(10 + header)); };`;
 
+/** Page code: `ask()`, the greedy replies (24 tokens) to `arg.chat` and to `arg.image` about the
+ * test picture, each in a new conversation. */
+const ASK = `
+  const ask = async () => {
+    await E.reset();
+    const chat = await E.chat([{ role: 'user', content: arg.chat }], { temperature: 0, maxTokens: 24 });
+    await E.reset();
+    const blob = await (await fetch('/fixtures/images/square_80.png')).blob();
+    const image = await E.chat([{ role: 'user', content: arg.image, images: [blob] }], { temperature: 0, maxTokens: 24 });
+    return { chat, image };
+  };`;
+
 /** The records and shard names in the page's IndexedDB. */
 const storeContents = (p = page) => p.evaluate(async () => {
   const db = await new Promise((res, rej) => { const q = indexedDB.open('janusflow'); q.onsuccess = () => res(q.result); q.onerror = () => rej(q.error); });
@@ -273,14 +285,7 @@ await test('workgroup reductions: subgroups where the browser offers them, the t
   const r = await inPage(`
     ${ENGINE}
     const offered = (await navigator.gpu.requestAdapter()).features.has('subgroups');
-    const ask = async () => {
-      await E.reset();
-      const chat = await E.chat([{ role: 'user', content: arg.chat }], { temperature: 0, maxTokens: 24 });
-      await E.reset();
-      const blob = await (await fetch('/fixtures/images/square_80.png')).blob();
-      const image = await E.chat([{ role: 'user', content: arg.image, images: [blob] }], { temperature: 0, maxTokens: 24 });
-      return { chat, image };
-    };
+    ${ASK}
     const width = await E.debugSubgroupReductions(true);
     const tree = await E.debugSubgroupReductions(false);
     const treeReplies = await ask();
@@ -299,14 +304,7 @@ await test('GPU kernel shapes (never chosen on SwiftShader) compile in the brows
   const r = await inPage(`
     ${ENGINE}
     ${COMPARE}
-    const ask = async () => {
-      await E.reset();
-      const chat = await E.chat([{ role: 'user', content: arg.chat }], { temperature: 0, maxTokens: 24 });
-      await E.reset();
-      const blob = await (await fetch('/fixtures/images/square_80.png')).blob();
-      const image = await E.chat([{ role: 'user', content: arg.image, images: [blob] }], { temperature: 0, maxTokens: 24 });
-      return { chat, image };
-    };
+    ${ASK}
     try {
       const on = await E.debugKernelShapes({ gpu: true });
       const gpu = await ask();
