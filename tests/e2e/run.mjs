@@ -300,26 +300,37 @@ await test('workgroup reductions: subgroups where the browser offers them, the t
   assert.equal(r.treeReplies.image, expected.image.reply);
 });
 
-await test('GPU kernel shapes (never chosen on SwiftShader) compile in the browser and give the native replies and picture; so do staged matvec activations', async () => {
+await test('GPU kernel shapes (never chosen on SwiftShader) compile in the browser and give the native replies and picture, and the CPU shapes\' reply past 64 keys (split attention); so do staged matvec activations', async () => {
   const r = await inPage(`
     ${ENGINE}
     ${COMPARE}
     ${ASK}
-    try {
-      const on = await E.debugKernelShapes({ gpu: true });
-      const gpu = await ask();
+    // Over 64 cached keys, so that decoding takes the split attention and its combine pass.
+    const long = async () => {
       await E.reset();
-      const worst = await worstDiff(await E.generate(arg.gen.prompt, { steps: arg.gen.steps, cfg: arg.gen.cfg, noise: await noise() }));
+      const text = await E.chat([{ role: 'user', content: 'Tell me about ' + 'the small red fox in the snow, '.repeat(6) }], { temperature: 0, maxTokens: 24 });
+      return { text, promptTokens: E.lastReply.promptTokens };
+    };
+    const r = {};
+    try {
+      r.on = await E.debugKernelShapes({ gpu: true });
+      r.gpu = await ask();
+      r.gpuLong = await long();
+      await E.reset();
+      r.worst = await worstDiff(await E.generate(arg.gen.prompt, { steps: arg.gen.steps, cfg: arg.gen.cfg, noise: await noise() }));
       await E.debugKernelShapes({ gpu: true, stageX: true });
-      const staged = await ask();
-      return { on, gpu, worst, staged };
+      r.staged = await ask();
     } finally {
       await E.debugKernelShapes({ gpu: false });
-      await E.reset();
     }
+    r.cpuLong = await long();
+    await E.reset();
+    return r;
   `, { chat: expected.chat.prompt, image: expected.image.prompt, gen: expected.generate });
   assert.equal(r.on, true);
   assert.deepEqual(r.gpu, { chat: expected.chat.reply, image: expected.image.reply });
+  assert.ok(r.gpuLong.promptTokens > 64, `a ${r.gpuLong.promptTokens}-token prompt`);
+  assert.deepEqual(r.gpuLong, r.cpuLong);
   assert.ok(r.worst <= 2, `the GPU-shape picture differs from the native one by up to ${r.worst} levels`);
   assert.deepEqual(r.staged, { chat: expected.chat.reply, image: expected.image.reply });
 });
