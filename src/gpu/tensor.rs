@@ -62,6 +62,8 @@ impl Weight {
         if k % 4 != 0 {
             bail!("tensor {name}: inner dimension {k} is not a multiple of 4");
         }
+        // Chunks are padded to whole 16 B quads below: keep the padded size within the budget.
+        let max = max & !15;
         let row_bytes = blob.row_bytes() as u64;
         // Multiples of 4 rows: even counts keep the f16 scale pairs of every chunk word-aligned,
         // and a decode product's sums of squares cover whole row quads (matvec.wgsl, NORM_COPY).
