@@ -8,7 +8,7 @@
 // NORM_COPY (with ADD, without BIAS, one activation row, chunks starting at multiples of 4 rows):
 // also write y · g (see linear_out.wgsl) and the sum of the new y² over
 // each 4 rows, from which the next fused product gets its RMSNorm scale (matvec_fused.wgsl);
-// Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_dot): 16 B
+// Q4_GROUPS (4-bit formats, GPU shapes): a whole 32-weight group per lane (q4_group_words): 16 B
 // loads, contiguous across lanes, one scale per group; WIDE_RUNS (q8, f16; GPU shapes): the same
 // for runs of 16 B; STAGE_X (GPU shapes): activations staged in workgroup memory (matvec_rows.wgsl);
 // LANE_ROWS (CPU rasterisers): four whole rows per lane and no barrier (see matvec_lanes.wgsl),

@@ -136,40 +136,85 @@ const RUN: u32 = 16u;
 #else
 const RUN: u32 = 8u;
 #endif
+
+// The word of `w` where the run starting at element `e` begins.
+fn run_word(e: u32) -> u32 {
+#if Q8
+    return e / 4u;
+#else
+    return e / 2u;
 #endif
+}
+#endif
+
+// Passes of 32 groups (or runs) per row whose weight and scale loads a lane issues together,
+// before the first multiply: so many bytes are in flight that one memory round trip serves up to
+// LOADS of them, where a loop of unknown length would wait once per pass.
+const LOADS: u32 = 4u;
 
 // This lane's share of Σ_k W[row, c0·4 + k] · x over the chunk of `len` vec4 at vec4 `c0` of the
 // row (x from vec4 `base`).
-//   Q4_GROUPS: whole 32-weight groups per lane (q4_group_dot);
+//   Q4_GROUPS: whole 32-weight groups per lane (q4_group_words, one 16 B load);
 //   WIDE_RUNS (K % RUN == 0): runs of 16 B of weights per lane (w_quad: 16 q8 or 8 f16 weights;
 //   neighbouring lanes' runs contiguous), with one scale read per q8 run (a run lies inside one
 //   32-weight group) applied to the run's sum;
+//   both LOADS passes at a time, loads first (a group or run past the chunk reads the last one
+//   again and is not added);
 //   otherwise one vec4 of weights per lane at a time.
 fn chunk_dot(row: u32, lane: u32, K: u32, soff: u32, base: u32, c0: u32, len: u32) -> f32 {
     var acc = 0.0;
 #if Q4_GROUPS
-    for (var g = lane; g < len / 8u; g += 32u) {
-        let a = chunk_group(base, g);
-        acc += q4_group_dot(row, c0 / 8u + g, K, soff, a, chunk_group_sum(a, g));
+    let ng = len / 8u;
+    for (var g0 = lane; g0 < ng; g0 += 32u * LOADS) {
+        var q: array<vec4<u32>, LOADS>;
+        var f: array<vec2<f32>, LOADS>;
+        for (var b = 0u; b < LOADS; b++) {
+            let grp = c0 / 8u + min(g0 + 32u * b, ng - 1u);
+            q[b] = q4_group_words(row, grp, K);
+            f[b] = q4_group_factors(row, grp, K, soff);
+        }
+        for (var b = 0u; b < LOADS; b++) {
+            let g = g0 + 32u * b;
+            if (g < ng) {
+                let a = chunk_group(base, g);
+                acc += q4_group_apply(f[b], q4_group_nibbles(q[b], a), chunk_group_sum(a, g));
+            }
+        }
     }
 #else
 #if WIDE_RUNS
-    for (var c = lane; c < len / (RUN / 4u); c += 32u) {
-        let e = row * K + c0 * 4u + c * RUN;
-        let xa = c * (RUN / 4u);
+    let nr = len / (RUN / 4u);
+    for (var r0 = lane; r0 < nr; r0 += 32u * LOADS) {
+        var q: array<vec4<u32>, LOADS>;
 #if Q8
-        let run = bitcast<vec4<i32>>(w_quad(e / 4u));
-        var s = 0.0;
-        for (var i = 0u; i < 4u; i++) {
-            let q = run[i];
-            s += dot(vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)), f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u))), xq(base, xa + i));
-        }
-        acc += s * group_scale(e, soff);
-#else
-        let run = w_quad(e / 2u);
-        acc += dot(vec4<f32>(unpack2x16float(run.x), unpack2x16float(run.y)), xq(base, xa))
-             + dot(vec4<f32>(unpack2x16float(run.z), unpack2x16float(run.w)), xq(base, xa + 1u));
+        var d: array<f32, LOADS>;
 #endif
+        for (var b = 0u; b < LOADS; b++) {
+            let e = row * K + c0 * 4u + min(r0 + 32u * b, nr - 1u) * RUN;
+            q[b] = w_quad(run_word(e));
+#if Q8
+            d[b] = group_scale(e, soff);
+#endif
+        }
+        for (var b = 0u; b < LOADS; b++) {
+            let c = r0 + 32u * b;
+            if (c < nr) {
+                let xa = c * (RUN / 4u);
+#if Q8
+                let run = bitcast<vec4<i32>>(q[b]);
+                var s = 0.0;
+                for (var i = 0u; i < 4u; i++) {
+                    let v = run[i];
+                    s += dot(vec4<f32>(f32(extractBits(v, 0u, 8u)), f32(extractBits(v, 8u, 8u)), f32(extractBits(v, 16u, 8u)), f32(extractBits(v, 24u, 8u))), xq(base, xa + i));
+                }
+                acc += s * d[b];
+#else
+                let run = q[b];
+                acc += dot(vec4<f32>(unpack2x16float(run.x), unpack2x16float(run.y)), xq(base, xa))
+                     + dot(vec4<f32>(unpack2x16float(run.z), unpack2x16float(run.w)), xq(base, xa + 1u));
+#endif
+            }
+        }
     }
 #else
     for (var v = lane; v < len; v += 32u) {

@@ -93,7 +93,7 @@ fn nibble_dot(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
          + dot(vec4<f32>(f32((q >> 16u) & 15u), f32((q >> 20u) & 15u), f32((q >> 24u) & 15u), f32(q >> 28u)), hi);
 }
 
-// Σ_j a_j over a 4-bit group's 32 activations (8 vec4), in the order q4_group_dot pairs them.
+// Σ_j a_j over a 4-bit group's 32 activations (8 vec4), pairwise as the lane kernels add them.
 fn q4_group_sum(a: array<vec4<f32>, 8>) -> f32 {
     var sa = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
@@ -102,31 +102,51 @@ fn q4_group_sum(a: array<vec4<f32>, 8>) -> f32 {
     return sa.x + sa.y + sa.z + sa.w;
 }
 
-// One whole 4-bit group in a matrix–vector product: Σ_{j<32} W[row, 32·grp + j] · a_j, with `a`
-// the group's 32 activations as 8 vec4 and `sa` their sum (q4_group_sum). Its 4 words are read
-// together (w_quad: a lane's 16 B, neighbouring lanes' groups contiguous) and its scales once; the format's
-// offset is folded into the sum of a (q4_group_finish).
-fn q4_group_dot(row: u32, grp: u32, K: u32, soff: u32, a: array<vec4<f32>, 8>, sa: f32) -> f32 {
-    let q = w_quad((row * K + grp * 32u) / 8u);
+// The 4 words of 4-bit group `grp` of `row` (a lane's 16 B, neighbouring groups contiguous).
+fn q4_group_words(row: u32, grp: u32, K: u32) -> vec4<u32> {
+    return w_quad((row * K + grp * 32u) / 8u);
+}
+
+// Σ_j q_j · a_j over a group's 32 nibbles `q` against its 32 activations `a` (8 vec4).
+fn q4_group_nibbles(q: vec4<u32>, a: array<vec4<f32>, 8>) -> f32 {
     var s = 0.0;
     for (var i = 0u; i < 4u; i++) {
         s += nibble_dot(q[i], a[2u * i], a[2u * i + 1u]);
     }
-    return q4_group_finish(row, grp, K, soff, s, sa);
+    return s;
 }
+
+// q4_group_factors: the factors of group `grp` of `row`, read apart from the sums so that a
+// kernel can issue these loads early: q4 (d, 8), weight = d · (q − 8); q4a (scale, min), weight =
+// q · scale − min. q4_group_apply turns Σ q·a (`s`) and Σ a (`sa`) into the group's Σ W·a: the
+// format's offset is folded into the sum of activations.
 #endif
 
 #if Q4
+fn q4_group_factors(row: u32, grp: u32, K: u32, soff: u32) -> vec2<f32> {
+    return vec2<f32>(group_scale(row * K + grp * 32u, soff), 8.0);
+}
+
 // q4: d · (Σ q·a − 8 · Σ a).
-fn q4_group_finish(row: u32, grp: u32, K: u32, soff: u32, s: f32, sa: f32) -> f32 {
-    return group_scale(row * K + grp * 32u, soff) * (s - 8.0 * sa);
+fn q4_group_apply(f: vec2<f32>, s: f32, sa: f32) -> f32 {
+    return f.x * (s - f.y * sa);
 }
 #endif
 
 #if Q4A
+fn q4_group_factors(row: u32, grp: u32, K: u32, soff: u32) -> vec2<f32> {
+    return q4a_affine(row, grp * 32u, K, soff);
+}
+
 // q4a: scale · Σ q·a − min · Σ a.
-fn q4_group_finish(row: u32, grp: u32, K: u32, soff: u32, s: f32, sa: f32) -> f32 {
-    let f = q4a_affine(row, grp * 32u, K, soff);
+fn q4_group_apply(f: vec2<f32>, s: f32, sa: f32) -> f32 {
     return f.x * s - f.y * sa;
+}
+#endif
+
+#if Q4 || Q4A
+// q4_group_apply with the group's factors read here.
+fn q4_group_finish(row: u32, grp: u32, K: u32, soff: u32, s: f32, sa: f32) -> f32 {
+    return q4_group_apply(q4_group_factors(row, grp, K, soff), s, sa);
 }
 #endif

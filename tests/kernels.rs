@@ -768,12 +768,13 @@ fn fused_decode_products_and_rope_scatter() {
     }
 }
 
-/// The GPU-shape matrix–vector kernels with their activations staged in workgroup memory
-/// (Gpu::stage_x): a row of several chunks (the last one short) through every product that reads
-/// them (linear with bias and accumulation, the residual writer with its norm copy, the fused
-/// decode products), every format, rows added up by subgroup and by the workgroup tree.
+/// The GPU-shape matrix–vector kernels on long rows, with their activations staged in workgroup
+/// memory (Gpu::stage_x: several chunks, the last one short) and read by every row (several passes
+/// of batched loads, the last one partial), through every product that reads them (linear with
+/// bias and accumulation, the residual writer with its norm copy, the fused decode products),
+/// every format, rows added up by subgroup and by the workgroup tree.
 #[test]
-fn staged_activation_matvecs_match_the_cpu() {
+fn long_row_matvecs_staged_or_not_match_the_cpu() {
     let gpu = gpu();
     let mut rng = Rng(31);
     // Two whole 2048-activation chunks and a short third one.
@@ -782,10 +783,11 @@ fn staged_activation_matvecs_match_the_cpu() {
     let table = janusflow::model::llm::rope_table(8, d, 10000.0);
     let tt = Tensor::from_f32(&gpu, "rope", &[8, d], &table);
     gpu.set_gpu_tuned(true);
-    gpu.set_stage_x(true);
-    for (sub, quant) in [true, false].into_iter().flat_map(|s| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (s, q))) {
+    let cases = [(true, true), (true, false), (false, true)];
+    for ((stage, sub), quant) in cases.into_iter().flat_map(|c| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (c, q))) {
+        gpu.set_stage_x(stage);
         gpu.set_subgroup_reduce_allowed(sub);
-        let what = format!("staged {quant} subgroups {:?}", gpu.subgroup_reduce());
+        let what = format!("staged {stage} {quant} subgroups {:?}", gpu.subgroup_reduce());
         let blob = QuantBlob::quantize(quant, n, k, &rng.vec(n * k)).unwrap();
         let wd = blob.dequantize();
         let w = Weight::upload_with_budget(&gpu, "w", &blob, (blob.row_bytes() * 24) as u64).unwrap();
