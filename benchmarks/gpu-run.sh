@@ -1,10 +1,11 @@
 #!/bin/bash
 # Real-size figures on a GPU machine: a random checkpoint with the real shapes, its q4 pack,
 # one-row product bandwidth against a copy (activations read by every row, then staged in
-# workgroup memory, with decode both ways), every attention kernel on the real shapes, a profiled
-# bench (per-kernel GPU times) and a plain one (30 measured flow steps, the VAE's convolution
-# shapes timed alone), then the opt-in fast setting (f16 KV caches; f16 tile arithmetic where the
-# GPU has shader-f16) on the same pack, each also as JSON (the last line of each bench).
+# workgroup memory, then weight loads batched over 2 and 4 passes; decode each way), every
+# attention kernel on the real shapes, a profiled bench (per-kernel GPU times) and a plain one
+# (30 measured flow steps, the VAE's convolution shapes timed alone), then the opt-in fast setting
+# (f16 KV caches; f16 tile arithmetic where the GPU has shader-f16) on the same pack, each also as
+# JSON (the last line of each bench).
 #   benchmarks/gpu-run.sh [janusflow binary] [real config.json]   (writes to $OUT or ./bench-out)
 set -u
 B=${1:-target/release/janusflow}
@@ -21,10 +22,12 @@ for shapes in gpu cpu; do
 done
 echo "=== matvec rows added by the workgroup tree instead of subgroupAdd (matvec_rows.wgsl) $(date +%T)" | tee -a "$L"
 timeout 120 "$B" bench --no-matmul --matvec --shapes gpu --tree-reductions --json 2>&1 | tee -a "$L"
-echo "=== matvec activations staged in workgroup memory (STAGE_X), and decode with them $(date +%T)" | tee -a "$L"
-timeout 120 "$B" bench --no-matmul --matvec --shapes gpu --stage-x --json 2>&1 | tee -a "$L"
-for s in "" --stage-x; do
-  timeout 300 "$B" bench --model "$W/pack" --no-matmul --prompt-tokens 512 --decode-tokens 128 $s --json 2>&1 | tee -a "$L"
+echo "=== matvec activations staged in workgroup memory (STAGE_X); weight loads of 2 and 4 passes issued together (LOADS); decode with each $(date +%T)" | tee -a "$L"
+for v in --stage-x "--matvec-loads 2" "--matvec-loads 4"; do
+  timeout 120 "$B" bench --no-matmul --matvec --shapes gpu $v --json 2>&1 | tee -a "$L"
+done
+for v in "" --stage-x "--matvec-loads 2"; do
+  timeout 300 "$B" bench --model "$W/pack" --no-matmul --prompt-tokens 512 --decode-tokens 128 $v --json 2>&1 | tee -a "$L"
 done
 echo "=== attention kernels, both kernel shapes $(date +%T)" | tee -a "$L"
 for shapes in gpu cpu; do

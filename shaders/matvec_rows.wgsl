@@ -147,10 +147,10 @@ fn run_word(e: u32) -> u32 {
 }
 #endif
 
-// Passes of 32 groups (or runs) per row whose weight and scale loads a lane issues together,
-// before the first multiply: so many bytes are in flight that one memory round trip serves up to
-// LOADS of them, where a loop of unknown length would wait once per pass.
-const LOADS: u32 = 4u;
+// LOADS=n (value define): passes of 32 groups (or runs) per row whose weight and scale loads a
+// lane issues together, before its first multiply, so that one memory round trip serves up to n
+// of them (a loop of unknown length waits once per pass). 1 unless chosen (Gpu::set_matvec_loads):
+// on lavapipe 2 and 4 are slower; a GPU is yet to time them.
 
 // This lane's share of Σ_k W[row, c0·4 + k] · x over the chunk of `len` vec4 at vec4 `c0` of the
 // row (x from vec4 `base`).

@@ -769,8 +769,8 @@ fn fused_decode_products_and_rope_scatter() {
 }
 
 /// The GPU-shape matrix–vector kernels on long rows, with their activations staged in workgroup
-/// memory (Gpu::stage_x: several chunks, the last one short) and read by every row (several passes
-/// of batched loads, the last one partial), through every product that reads them (linear with
+/// memory (Gpu::stage_x: several chunks, the last one short) and read by every row (several passes,
+/// loaded one at a time or in batches, the last batch partial), through every product that reads them (linear with
 /// bias and accumulation, the residual writer with its norm copy, the fused decode products),
 /// every format, rows added up by subgroup and by the workgroup tree.
 #[test]
@@ -783,11 +783,13 @@ fn long_row_matvecs_staged_or_not_match_the_cpu() {
     let table = janusflow::model::llm::rope_table(8, d, 10000.0);
     let tt = Tensor::from_f32(&gpu, "rope", &[8, d], &table);
     gpu.set_gpu_tuned(true);
-    let cases = [(true, true), (true, false), (false, true)];
-    for ((stage, sub), quant) in cases.into_iter().flat_map(|c| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (c, q))) {
+    // (staged, subgroup reductions, passes of loads per batch)
+    let cases = [(true, true, 1), (true, false, 4), (false, true, 1), (false, true, 3)];
+    for ((stage, sub, loads), quant) in cases.into_iter().flat_map(|c| [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A].map(move |q| (c, q))) {
         gpu.set_stage_x(stage);
         gpu.set_subgroup_reduce_allowed(sub);
-        let what = format!("staged {stage} {quant} subgroups {:?}", gpu.subgroup_reduce());
+        gpu.set_matvec_loads(loads);
+        let what = format!("staged {stage} loads {loads} {quant} subgroups {:?}", gpu.subgroup_reduce());
         let blob = QuantBlob::quantize(quant, n, k, &rng.vec(n * k)).unwrap();
         let wd = blob.dequantize();
         let w = Weight::upload_with_budget(&gpu, "w", &blob, (blob.row_bytes() * 24) as u64).unwrap();
@@ -860,6 +862,7 @@ fn long_row_matvecs_staged_or_not_match_the_cpu() {
         assert_cached(&read_cache(&gpu, &vt, format)[slot * hd..(slot + 1) * hd], &y[2], 1e-5, format, &format!("{what}: fused qkv v"));
     }
     gpu.set_stage_x(false);
+    gpu.set_matvec_loads(1);
     gpu.set_gpu_tuned(false);
 }
 

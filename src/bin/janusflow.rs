@@ -203,6 +203,10 @@ enum Cmd {
         /// (STAGE_X in matvec_rows.wgsl) instead of every row reading it, to compare the two.
         #[arg(long)]
         stage_x: bool,
+        /// Passes of 32 groups per row whose weight loads a GPU-shape matrix–vector lane issues
+        /// together before its first multiply (1 to 8; LOADS in matvec_rows.wgsl), to compare.
+        #[arg(long, default_value_t = 1)]
+        matvec_loads: u32,
         /// The opt-in `fast` setting (f16 KV caches) for every figure; with --generate, also one
         /// picture drawn with and without it: latent cosine and the picture's PSNR.
         #[arg(long)]
@@ -422,6 +426,7 @@ fn run(cli: Cli) -> Result<()> {
             contexts,
             tile128,
             stage_x,
+            matvec_loads,
             fast,
         } => {
             let opts = BenchOpts {
@@ -441,6 +446,7 @@ fn run(cli: Cli) -> Result<()> {
                 contexts,
                 tile128,
                 stage_x,
+                matvec_loads,
                 fast,
             };
             let fig = bench(model.as_deref(), &opts)?;
@@ -503,6 +509,7 @@ struct BenchOpts {
     contexts: Vec<usize>,
     tile128: bool,
     stage_x: bool,
+    matvec_loads: u32,
     fast: bool,
 }
 
@@ -657,6 +664,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         ref contexts,
         tile128,
         stage_x,
+        matvec_loads,
         fast,
     } = *o;
     let gpu = if profile { pollster::block_on(Gpu::new_profiling())? } else { gpu()? };
@@ -668,6 +676,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     gpu.set_trusted_shaders(!checked_shaders);
     gpu.set_tile128(tile128);
     gpu.set_stage_x(stage_x);
+    gpu.set_matvec_loads(matvec_loads);
     let shapes = if gpu.gpu_tuned() {
         "gpu"
     } else if gpu.sg8() {
@@ -678,6 +687,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     let reductions = gpu.subgroup_reduce().map_or("workgroup tree".to_string(), |w| format!("{w}-lane subgroups"));
     let checks = if gpu.trusted_shaders() { "none (trusted)" } else { "wgpu's" };
     let matvec_x = if stage_x { "staged in workgroup memory" } else { "read by every row" };
+    let loads = gpu.matvec_loads();
     // The fast setting's f16 arithmetic (where the device has shader-f16) takes the 64×64 tile.
     let tile = if fast && gpu.summary.features.shader_f16 && model.is_some() {
         "64×64 with f16 arithmetic (fast)"
@@ -687,12 +697,12 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         "64×64"
     };
     println!(
-        "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}, GPU product tile: {tile}, GPU matvec activations: {matvec_x}",
+        "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}, GPU product tile: {tile}, GPU matvec activations: {matvec_x}, GPU matvec load passes per batch: {loads}",
         gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
     );
     fig.insert(
         "device".into(),
-        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes, "reductions": reductions, "tile": tile, "matvec_x": matvec_x}),
+        json!({"name": gpu.summary.name, "backend": gpu.summary.backend, "type": gpu.summary.device_type, "driver": gpu.summary.driver, "shapes": shapes, "reductions": reductions, "tile": tile, "matvec_x": matvec_x, "matvec_loads": loads}),
     );
     if profile && !gpu.profiling() {
         println!("(this adapter has no timestamp queries: no per-kernel times)");

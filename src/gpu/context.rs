@@ -72,6 +72,9 @@ pub struct Gpu {
     /// GPU-shape matrix–vector products stage their activations in workgroup memory (see
     /// [`Gpu::stage_x`]).
     stage_x: std::sync::atomic::AtomicBool,
+    /// Passes of weight loads a GPU-shape matrix–vector lane issues together (see
+    /// [`Gpu::matvec_loads`]).
+    matvec_loads: std::sync::atomic::AtomicU32,
     /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
     pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
@@ -220,6 +223,7 @@ impl Gpu {
             f16_math: false.into(),
             tile128: false.into(),
             stage_x: false.into(),
+            matvec_loads: 1.into(),
             bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -321,6 +325,18 @@ impl Gpu {
     /// compare both).
     pub fn set_stage_x(&self, on: bool) {
         self.stage_x.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many passes of 32 groups (or 16 B runs) per row a GPU-shape matrix–vector lane loads
+    /// before its first multiply (LOADS in matvec_rows.wgsl): 1 (one pass at a time) unless chosen
+    /// (`bench --matvec-loads`, benchmarks/gpu-run.sh); 2 and 4 are slower on lavapipe.
+    pub fn matvec_loads(&self) -> u32 {
+        self.matvec_loads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chooses the passes of loads per batch (1 to 8; tests and benchmarks compare).
+    pub fn set_matvec_loads(&self, n: u32) {
+        self.matvec_loads.store(n.clamp(1, 8), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `Some(reason)` once the device has been lost; every later call fails with it.

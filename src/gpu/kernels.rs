@@ -56,9 +56,12 @@ fn row_subgroups(gpu: &Gpu) -> Option<String> {
 /// the padding, so the default 16 KiB of workgroup memory holds it beside the row sums.
 const STAGE_X: u32 = 512;
 
-/// The STAGE_X define of the GPU-shape matrix–vector kernels, where chosen.
-fn stage_x(gpu: &Gpu) -> Option<String> {
-    gpu.stage_x().then(|| format!("STAGE_X={STAGE_X}"))
+/// The value defines of the GPU-shape matrix–vector kernels' row walk (matvec_rows.wgsl): the
+/// passes of loads per batch, and the activation chunk where staging is chosen.
+fn row_walk(gpu: &Gpu) -> Vec<String> {
+    let mut d = vec![format!("LOADS={}", gpu.matvec_loads())];
+    d.extend(gpu.stage_x().then(|| format!("STAGE_X={STAGE_X}")));
+    d
 }
 
 /// Whether the GPU-shape matrix–vector kernels read `w` in runs of 16 B per lane (WIDE_RUNS in
@@ -396,10 +399,10 @@ fn linear_impl(
         gemm_tile(small)
     };
     let row_sg = row_subgroups(rec.gpu);
-    let stage = stage_x(rec.gpu);
+    let walk = row_walk(rec.gpu);
     if vec && !lanes {
         defines.extend(row_sg.as_deref());
-        defines.extend(stage.as_deref());
+        defines.extend(walk.iter().map(String::as_str));
     }
     if tuned && !vec {
         defines.push("GPU_TILE");
@@ -653,10 +656,10 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
     }
     // CPU rasterisers take four rows per lane (matvec_lanes.wgsl).
     let row_sg = row_subgroups(rec.gpu);
-    let stage = stage_x(rec.gpu);
+    let walk = row_walk(rec.gpu);
     if tuned {
         defines.extend(row_sg.as_deref());
-        defines.extend(stage.as_deref());
+        defines.extend(walk.iter().map(String::as_str));
     } else {
         defines.extend(["LANE_ROWS", lane_wg.as_str()]);
     }
