@@ -293,11 +293,11 @@ class Engine extends EventTarget {
 
   /**
    * Test hook: the loaded engine's kernels shaped for a real GPU (`gpu: true`) or for a CPU
-   * rasteriser, and its GPU-shape matrix–vector products with staged activations (`stageX`);
-   * resolves to whether GPU shapes are now on.
+   * rasteriser, and its GPU-shape matrix–vector products with staged activations (`stageX`) and
+   * weight loads batched over `loads` passes; resolves to whether GPU shapes are now on.
    */
-  debugKernelShapes({ gpu = false, stageX = false } = {}) {
-    return this.#post(URGENT.debugKernelShapes, { gpu, stageX });
+  debugKernelShapes({ gpu = false, stageX = false, loads = 1 } = {}) {
+    return this.#post(URGENT.debugKernelShapes, { gpu, stageX, loads });
   }
 
   /** Test hook: makes the wasm engine panic (trap); rejects with kind 'crashed'. */

@@ -492,13 +492,15 @@ const urgent = {
     return engine.info().subgroupReductions ?? null;
   },
   /**
-   * Test hook: {gpu, stageX}: the GPU kernel shapes (which a CPU rasteriser never chooses itself)
-   * or the CPU ones, and staged matrix–vector activations; resolves to whether GPU shapes are on.
+   * Test hook: {gpu, stageX, loads}: the GPU kernel shapes (which a CPU rasteriser never chooses
+   * itself) or the CPU ones, staged matrix–vector activations and batched weight loads; resolves
+   * to whether GPU shapes are on.
    */
-  [URGENT.debugKernelShapes](id, { gpu: onGpu, stageX }) {
+  [URGENT.debugKernelShapes](id, { gpu: onGpu, stageX, loads }) {
     if (!engine) throw kindError('no engine is loaded', KIND.config);
     engine.setGpuTuning(!!onGpu);
     engine.setStagedActivations(!!stageX);
+    engine.setMatvecLoads(loads || 1);
     return engine.info().gpuTuning;
   },
   /** Test hook: a Rust panic, which traps the wasm instance. */

@@ -244,6 +244,14 @@ impl WebEngine {
         self.engine.gpu.set_stage_x(on);
     }
 
+    /// Chooses how many passes of weight loads a GPU-shape matrix–vector lane batches (1, the
+    /// default, to 8; see `Gpu::matvec_loads`), so that tests compile and run the batches in the
+    /// browser.
+    #[wasm_bindgen(js_name = setMatvecLoads)]
+    pub fn set_matvec_loads(&self, n: u32) {
+        self.engine.gpu.set_matvec_loads(n);
+    }
+
     /// Allows (the default) or forbids subgroup operations in the workgroup reductions, so that
     /// tests run both paths in the browser.
     #[wasm_bindgen(js_name = setSubgroupReductions)]

@@ -300,7 +300,7 @@ await test('workgroup reductions: subgroups where the browser offers them, the t
   assert.equal(r.treeReplies.image, expected.image.reply);
 });
 
-await test('GPU kernel shapes (never chosen on SwiftShader) compile in the browser and give the native replies and picture, and the CPU shapes\' reply past 64 keys (split attention); so do staged matvec activations', async () => {
+await test('GPU kernel shapes (never chosen on SwiftShader) compile in the browser and give the native replies and picture, and the CPU shapes\' reply past 64 keys (split attention); so do staged matvec activations with batched weight loads', async () => {
   const r = await inPage(`
     ${ENGINE}
     ${COMPARE}
@@ -318,7 +318,7 @@ await test('GPU kernel shapes (never chosen on SwiftShader) compile in the brows
       r.gpuLong = await long();
       await E.reset();
       r.worst = await worstDiff(await E.generate(arg.gen.prompt, { steps: arg.gen.steps, cfg: arg.gen.cfg, noise: await noise() }));
-      await E.debugKernelShapes({ gpu: true, stageX: true });
+      await E.debugKernelShapes({ gpu: true, stageX: true, loads: 4 });
       r.staged = await ask();
     } finally {
       await E.debugKernelShapes({ gpu: false });
