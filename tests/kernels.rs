@@ -125,6 +125,9 @@ fn linear_all_formats_and_shapes() {
                 // A small budget forces several row chunks.
                 let w = Weight::upload_with_budget(&gpu, "w", &blob, (blob.row_bytes() * 20) as u64).unwrap();
                 assert!(w.chunks.len() > 1);
+                // The GPU matvec binds chunks as 16 B quads (W_VEC4): a short last quad of scales
+                // would fall outside the binding (lavapipe reads it anyway; browsers clamp).
+                assert!(w.chunks.iter().all(|c| c.buf.size() % 16 == 0), "{quant}: weight chunks padded to 16 B");
                 let xt = Tensor::from_f32(&gpu, "x", &[m, k], &x);
                 let resid = rng.vec(m * n);
                 let yt = Tensor::from_f32(&gpu, "y", &[m, n], &resid);

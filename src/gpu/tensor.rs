@@ -75,13 +75,13 @@ impl Weight {
         let mut row0 = 0;
         while row0 < n {
             let rows = rows_per.min(n - row0);
-            let (mut data, soff) = blob.chunk_bytes(row0, rows);
-            let bytes = data.len() as u64;
-            // Whole 16 B quads: the GPU-shape matrix–vector kernels bind chunks as vec4<u32>
-            // (W_VEC4 in quant.wgsl), which would drop a short last quad of scales.
-            data.resize(data.len().next_multiple_of(16), 0);
-            let buf = gpu.storage_buffer_init(&format!("{name}[{row0}..]"), &data);
-            chunks.push(WeightChunk { row0, rows, buf, soff, bytes });
+            let (data, soff) = blob.chunk_bytes(row0, rows);
+            // Whole 16 B quads (the buffer's zeroed tail, not a grown copy of a chunk of up to
+            // 128 MiB): the GPU-shape matrix–vector kernels bind chunks as vec4<u32> (W_VEC4 in
+            // quant.wgsl), which would drop a short last quad of scales.
+            let buf = gpu.storage_buffer(&format!("{name}[{row0}..]"), data.len().next_multiple_of(16) as u64);
+            gpu.queue.write_buffer(&buf, 0, &data);
+            chunks.push(WeightChunk { row0, rows, buf, soff, bytes: data.len() as u64 });
             row0 += rows;
         }
         Ok(Arc::new(Weight { name: name.to_string(), quant: blob.quant, n, k, chunks }))
