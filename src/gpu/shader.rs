@@ -128,7 +128,7 @@ mod tests {
     fn any_of_several_defines_selects_a_block() {
         for (fmt, has) in [("Q4", true), ("Q4A", true), ("Q8", false), ("F32", false)] {
             let s = super::source("matvec.wgsl", &[fmt]);
-            assert_eq!(s.contains("fn q4_group_dot("), has, "{fmt}");
+            assert_eq!(s.contains("fn q4_group_nibbles("), has, "{fmt}");
         }
     }
 
