@@ -45,30 +45,29 @@ fn pipeline_reducing(gpu: &Gpu, file: &str, defines: &[&str]) -> Arc<wgpu::Compu
     }
 }
 
-/// The SUBGROUPS define of the GPU-shape matrix–vector kernels (matvec_rows.wgsl): the width the
-/// workgroup reductions may use, where a 32-lane row holds whole subgroups.
-fn row_subgroups(gpu: &Gpu) -> Option<String> {
-    gpu.subgroup_reduce().filter(|&w| w <= 32).map(|w| format!("SUBGROUPS={w}"))
-}
-
 /// Vec4 per chunk of the activation row the GPU-shape matrix–vector kernels stage in workgroup
 /// memory where [`Gpu::stage_x`] is on (STAGE_X in matvec_rows.wgsl): 2048 activations, 9 KiB with
 /// the padding, so the default 16 KiB of workgroup memory holds it beside the row sums.
 const STAGE_X: u32 = 512;
 
-/// The value defines of the GPU-shape matrix–vector kernels' row walk (matvec_rows.wgsl): the
-/// passes of loads per batch, and the activation chunk where staging is chosen.
-fn row_walk(gpu: &Gpu) -> Vec<String> {
-    let mut d = vec![format!("LOADS={}", gpu.matvec_loads())];
+/// The defines of the GPU-shape matrix–vector kernels' row walk for `w` (matvec_rows.wgsl), the
+/// same for `linear` and the fused decode products:
+/// - 4-bit formats read whole groups per lane (Q4_GROUPS); q8, and f16 rows of whole runs, 16 B
+///   runs (WIDE_RUNS); both bind `w` as 16 B quads (W_VEC4 in quant.wgsl), one load per group or
+///   run;
+/// - SUBGROUPS: the width the row sums may use, where a 32-lane row holds whole subgroups;
+/// - LOADS: the passes of loads per batch; STAGE_X: the activation chunk, where staging is chosen.
+fn row_walk(gpu: &Gpu, w: &Weight) -> Vec<String> {
+    let mut d: Vec<String> = Vec::new();
+    if w.quant.is_4bit() {
+        d.extend(["Q4_GROUPS".into(), "W_VEC4".into()]);
+    } else if w.quant == Quant::Q8 || (w.quant == Quant::F16 && w.k.is_multiple_of(8)) {
+        d.extend(["WIDE_RUNS".into(), "W_VEC4".into()]);
+    }
+    d.extend(gpu.subgroup_reduce().filter(|&width| width <= 32).map(|width| format!("SUBGROUPS={width}")));
+    d.push(format!("LOADS={}", gpu.matvec_loads()));
     d.extend(gpu.stage_x().then(|| format!("STAGE_X={STAGE_X}")));
     d
-}
-
-/// Whether the GPU-shape matrix–vector kernels read `w` in runs of 16 B per lane (WIDE_RUNS in
-/// matvec_rows.wgsl): q8, and f16 rows of whole runs; 4-bit formats take whole groups instead.
-/// Both bind `w` as 16 B quads (W_VEC4 in quant.wgsl), one load per run or group.
-fn wide_runs(w: &Weight) -> bool {
-    w.quant == Quant::Q8 || (w.quant == Quant::F16 && w.k.is_multiple_of(8))
 }
 
 /// Lanes per workgroup of the CPU-rasteriser matrix–vector kernels, each lane owning four output
@@ -382,10 +381,6 @@ fn linear_impl(
         if lane_m {
             defines.push(lane_m_define.as_str());
         }
-    } else if vec && w.quant.is_4bit() {
-        defines.extend(["Q4_GROUPS", "W_VEC4"]);
-    } else if vec && wide_runs(w) {
-        defines.extend(["WIDE_RUNS", "W_VEC4"]);
     } else if small {
         defines.push("SMALL_M");
     }
@@ -398,12 +393,8 @@ fn linear_impl(
     } else {
         gemm_tile(small)
     };
-    let row_sg = row_subgroups(rec.gpu);
-    let walk = row_walk(rec.gpu);
-    if vec && !lanes {
-        defines.extend(row_sg.as_deref());
-        defines.extend(walk.iter().map(String::as_str));
-    }
+    let walk = if vec && !lanes { row_walk(rec.gpu, w) } else { Vec::new() };
+    defines.extend(walk.iter().map(String::as_str));
     if tuned && !vec {
         defines.push("GPU_TILE");
         if big {
@@ -643,26 +634,14 @@ pub fn norm_matvec(rec: &mut Recorder, w: &Weight, input: NormIn, f: Fused) {
         Fused::Plain { y_off, .. } => ("PLAIN", 0, 0, 0, *y_off, 0),
     };
     let tuned = rec.gpu.gpu_tuned();
-    let lane_wg = format!("LANE_WG={LANE_WG}");
     let mut defines = vec![mode, w.quant.define(), norm];
     if let Fused::Qkv { kv, head_dim, .. } = &f {
         assert!(head_dim.is_multiple_of(4) && whole_quads(w), "norm_matvec: QKV takes whole row quads");
         defines.extend(kv.format.define());
     }
-    if tuned && w.quant.is_4bit() {
-        defines.extend(["Q4_GROUPS", "W_VEC4"]);
-    } else if tuned && wide_runs(w) {
-        defines.extend(["WIDE_RUNS", "W_VEC4"]);
-    }
     // CPU rasterisers take four rows per lane (matvec_lanes.wgsl).
-    let row_sg = row_subgroups(rec.gpu);
-    let walk = row_walk(rec.gpu);
-    if tuned {
-        defines.extend(row_sg.as_deref());
-        defines.extend(walk.iter().map(String::as_str));
-    } else {
-        defines.extend(["LANE_ROWS", lane_wg.as_str()]);
-    }
+    let walk = if tuned { row_walk(rec.gpu, w) } else { vec!["LANE_ROWS".into(), format!("LANE_WG={LANE_WG}")] };
+    defines.extend(walk.iter().map(String::as_str));
     let p = pipeline(rec.gpu, "matvec_fused.wgsl", &defines);
     for c in &w.chunks {
         let params = FusedParams {
