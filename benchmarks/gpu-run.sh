@@ -1,45 +1,113 @@
 #!/bin/bash
-# Real-size figures on a GPU machine: a random checkpoint with the real shapes, its q4 pack,
-# one-row product bandwidth against a copy (activations read by every row, then staged in
-# workgroup memory, then weight loads batched over 2 and 4 passes; decode each way), every
-# attention kernel on the real shapes, a profiled bench (per-kernel GPU times) and a plain one
-# (30 measured flow steps, the VAE's convolution shapes timed alone), then the opt-in fast setting
-# (f16 KV caches; f16 tile arithmetic where the GPU has shader-f16) on the same pack, each also as
-# JSON (the last line of each bench).
-#   benchmarks/gpu-run.sh [janusflow binary] [real config.json]   (writes to $OUT or ./bench-out)
+# Real-size figures on a GPU machine, most decisive first, within a time budget (a lent GPU gives
+# one ~10-minute call): a random checkpoint with the real shapes and its q4 pack (the issues'
+# figures are q4; the app's default q4a is timed near the end); the issue
+# targets (decode at 64/512/2048 tokens of context, an image question, 30 flow steps, the VAE and
+# its convolution shapes; one-row product bandwidth against a copy), the same bench with the OLD
+# build on the same GPU; then the opt-in variants against the defaults: matvec activations staged
+# in workgroup memory and weight loads batched over 2 and 4 passes (the matvec table and decode
+# after 512 tokens with each), the 128×128 product tile, the fast setting (f16 KV caches, f16 tile
+# arithmetic with shader-f16); every attention kernel; a profiled bench (per-kernel GPU times);
+# the CPU kernel shapes' products. A stage that would not fit in what is left is skipped (logged).
+#   benchmarks/gpu-run.sh [janusflow] [real config.json] [old janusflow]
+# Writes $OUT/log.txt (everything) and $OUT/bench.jsonl (each bench's JSON line as
+# {"tag": ..., "bench": ...}). BUDGET: seconds for the whole script (default 540).
+# On the device machine, benchmarks/gpu-device.sh calls this after the correctness tests.
 set -u
 B=${1:-target/release/janusflow}
-CONFIG=${2:-../shared/fixtures/janusflow-1.3b-configs/config.json}
+CONFIG=${2:-tests/fixtures/janusflow-1.3b-config.json}
+OLDB=${3:-}
 W=${WORK:-/tmp/janusflow-bench}
 OUT=${OUT:-bench-out}
+BUDGET=${BUDGET:-540}
 mkdir -p "$W" "$OUT"
 L=$OUT/log.txt
-timeout 60 "$B" synth --config "$CONFIG" --out "$W/real" --seed 1 2>&1 | tail -1 | tee -a "$L"
-timeout 300 "$B" convert --model "$W/real" --out "$W/pack" --quant q4 2>&1 | tail -1 | tee -a "$L"
-echo "=== matvec bandwidth, both kernel shapes $(date +%T)" | tee -a "$L"
-for shapes in gpu cpu; do
-  timeout 120 "$B" bench --no-matmul --matvec --shapes "$shapes" --json 2>&1 | tee -a "$L"
-done
-echo "=== matvec rows added by the workgroup tree instead of subgroupAdd (matvec_rows.wgsl) $(date +%T)" | tee -a "$L"
-timeout 120 "$B" bench --no-matmul --matvec --shapes gpu --tree-reductions --json 2>&1 | tee -a "$L"
-echo "=== matvec activations staged in workgroup memory (STAGE_X); weight loads of 2 and 4 passes issued together (LOADS); decode with each $(date +%T)" | tee -a "$L"
-for v in --stage-x "--matvec-loads 2" "--matvec-loads 4"; do
-  timeout 120 "$B" bench --no-matmul --matvec --shapes gpu $v --json 2>&1 | tee -a "$L"
-done
-for v in "" --stage-x "--matvec-loads 2"; do
-  timeout 300 "$B" bench --model "$W/pack" --no-matmul --prompt-tokens 512 --decode-tokens 128 $v --json 2>&1 | tee -a "$L"
-done
-echo "=== attention kernels, both kernel shapes $(date +%T)" | tee -a "$L"
-for shapes in gpu cpu; do
-  timeout 120 "$B" bench --no-matmul --attention --shapes "$shapes" --json 2>&1 | tee -a "$L"
-done
-echo "=== bench profile $(date +%T)" | tee -a "$L"
-timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile --json 2>&1 | tee -a "$L"
-echo "=== bench plain $(date +%T)" | tee -a "$L"
-timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --contexts 64,512,2048 --image --generate --flow-steps 30 --vae-convs --json 2>&1 | tee -a "$L"
-echo "=== the 128×128 product tile against the 64×64 one: matmul, flow step (GEMM TFLOP/s per shape) $(date +%T)" | tee -a "$L"
-for t in "" --tile128; do
-  timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 8 --generate --flow-steps 5 $t --json 2>&1 | tee -a "$L"
-done
-echo "=== bench fast setting (f16 KV, f16 tile arithmetic with shader-f16; fidelity against f32) $(date +%T)" | tee -a "$L"
-timeout 300 "$B" bench --model "$W/pack" --prompt-tokens 512 --decode-tokens 128 --contexts 2048 --generate --flow-steps 30 --fast --json 2>&1 | tee -a "$L"
+J=$OUT/bench.jsonl
+t0=$SECONDS
+
+left() { echo $((BUDGET - (SECONDS - t0))); }
+
+# stage NEED TITLE...: heads a stage when NEED seconds are left; otherwise logs the skip, fails.
+stage() {
+  local need=$1
+  shift
+  if [ "$(left)" -lt "$need" ]; then
+    echo "=== skipped, $(left) s left: $*" | tee -a "$L"
+    return 1
+  fi
+  echo "=== $* ($(date +%T), $(left) s left)" | tee -a "$L"
+}
+
+# run LIMIT CMD...: CMD under a timeout of LIMIT seconds or what is left, output to the log.
+run() {
+  local t=$1 l
+  shift
+  l=$(left)
+  [ "$t" -gt "$l" ] && t=$l
+  [ "$t" -lt 1 ] && return 1
+  timeout "$t" "$@" 2>&1 | tee -a "$L"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && echo "(stopped after $t s)" | tee -a "$L"
+  return "$rc"
+}
+
+# bench TAG LIMIT BINARY ARGS...: one `bench`; its JSON line (the last) goes to bench.jsonl, tagged.
+bench() {
+  local tag=$1 t=$2 bin=$3
+  shift 3
+  echo "--- $tag: bench $*" | tee -a "$L"
+  run "$t" "$bin" bench "$@" | tail -1 | grep '^{' | sed "s/^/{\"tag\": \"$tag\", \"bench\": /; s/\$/}/" >>"$J"
+}
+
+PACK=$W/pack
+stage 150 "checkpoint at the real size, q4 pack" || exit 1
+run 60 "$B" synth --config "$CONFIG" --out "$W/real" --seed 1 | tail -1
+run 240 "$B" convert --model "$W/real" --out "$PACK" --quant q4 | tail -1
+[ -f "$PACK/manifest.json" ] || { echo "no pack: stopping" | tee -a "$L"; exit 1; }
+
+if stage 100 "issue targets: decode at 64/512/2048 tokens of context, image question, 30 flow steps + VAE, VAE convolutions"; then
+  bench plain 240 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 128 --contexts 64,512,2048 --image --generate --flow-steps 30 --vae-convs --json
+fi
+if stage 40 "one-row product bandwidth against a copy (GPU kernel shapes, defaults)"; then
+  bench matvec 90 "$B" --no-matmul --matvec --shapes gpu --json
+fi
+if [ -n "$OLDB" ] && stage 100 "the same with the old build ($OLDB), on the same GPU"; then
+  # An old build may not read a pack of today's code: it converts its own when it cannot.
+  if ! run 150 "$OLDB" bench --model "$PACK" --prompt-tokens 512 --decode-tokens 128 --image --generate --flow-steps 30 | grep '^decode:' >/dev/null; then
+    run 240 "$OLDB" convert --model "$W/real" --out "$W/pack-old" --quant q4 | tail -1
+    run 150 "$OLDB" bench --model "$W/pack-old" --prompt-tokens 512 --decode-tokens 128 --image --generate --flow-steps 30 >/dev/null
+  fi
+fi
+if stage 60 "matvec: activations staged in workgroup memory (STAGE_X), weight loads of 2 and 4 passes issued together (LOADS), subgroupAdd against the workgroup tree"; then
+  bench matvec-stage-x 60 "$B" --no-matmul --matvec --shapes gpu --stage-x --json
+  bench matvec-loads-2 60 "$B" --no-matmul --matvec --shapes gpu --matvec-loads 2 --json
+  bench matvec-loads-4 60 "$B" --no-matmul --matvec --shapes gpu --matvec-loads 4 --json
+  bench matvec-tree 60 "$B" --no-matmul --matvec --shapes gpu --tree-reductions --json
+fi
+if stage 60 "decode after 512 tokens: default, staged activations, loads of 2 passes"; then
+  bench decode 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --json
+  bench decode-stage-x 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --stage-x --json
+  bench decode-loads-2 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --matvec-loads 2 --json
+fi
+if stage 60 "the 128×128 product tile against the 64×64 one: matmul, flow step (GEMM TFLOP/s per shape)"; then
+  bench tile64 120 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 8 --generate --flow-steps 5 --json
+  bench tile128 120 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 8 --generate --flow-steps 5 --tile128 --json
+fi
+if stage 60 "fast setting (f16 KV, f16 tile arithmetic with shader-f16; fidelity against f32)"; then
+  bench fast 180 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 128 --contexts 2048 --generate --flow-steps 30 --fast --json
+fi
+if stage 40 "attention kernels, both kernel shapes"; then
+  bench attention-gpu 90 "$B" --no-matmul --attention --shapes gpu --json
+  bench attention-cpu 90 "$B" --no-matmul --attention --shapes cpu --json
+fi
+if stage 60 "profile: per-kernel GPU times"; then
+  bench profile 180 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 32 --image --generate --flow-steps 3 --profile --json
+fi
+if stage 60 "the app's default preset, q4a (lm_head q8): decode after 512 tokens"; then
+  run 150 "$B" convert --model "$W/real" --out "$W/pack-q4a" --quant q4a | tail -1
+  bench decode-q4a 90 "$B" --model "$W/pack-q4a" --quant q4a --no-matmul --prompt-tokens 512 --decode-tokens 128 --json
+fi
+if stage 20 "one-row products with the CPU kernel shapes"; then
+  bench matvec-cpu 60 "$B" --no-matmul --matvec --shapes cpu --json
+fi
+echo "=== done ($(date +%T), $(left) s left)" | tee -a "$L"

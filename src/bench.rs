@@ -334,8 +334,11 @@ pub fn step_parts(engine: &Engine, rows: usize, prompt: usize) -> Result<(Vec<Ge
     let gpu = &engine.gpu;
     let c = &engine.cfg.llm;
     let (layer, m) = (&engine.llm.layers[0], 2 * rows);
-    let widest = c.intermediate.max(c.hidden);
-    let xs: Vec<f32> = (0..m * widest).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let (hd, keys) = (c.hidden, prompt + rows);
+    // One pattern serves every input: the products' rows and the attention's keys (on small
+    // models the keys outnumber the product inputs).
+    let len = (m * c.intermediate.max(c.hidden)).max(keys * hd);
+    let xs: Vec<f32> = (0..len).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
     let x = Tensor::from_f32(gpu, "bench-step-x", &[xs.len()], &xs);
     let y = Tensor::zeros(gpu, "bench-step-y", &[m * 2 * c.intermediate.max(3 * c.hidden / 2)]);
     let mut gemms = Vec::new();
@@ -344,8 +347,6 @@ pub fn step_parts(engine: &Engine, rows: usize, prompt: usize) -> Result<(Vec<Ge
         let s = time_call(gpu, &y.buf, &|rec: &mut Recorder| kernels::linear(rec, w, None, &x.buf, 0, m, out))?;
         gemms.push(GemmBench { name, m, n: w.n, k: w.k, per_step: c.layers, s });
     }
-    let hd = c.hidden;
-    let keys = prompt + rows;
     let (q, o) = (Tensor::from_f32(gpu, "bench-step-q", &[rows * hd], &xs[..rows * hd]), Tensor::zeros(gpu, "bench-step-o", &[rows * hd]));
     let kv = Tensor::from_f32(gpu, "bench-step-kv", &[keys * hd], &xs[..keys * hd]);
     let shape = |slot0: usize| AttnShape {

@@ -199,3 +199,48 @@ fn bad_requests_are_refused() {
     std::fs::write(&bad, b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000,), }").unwrap();
     gen(&["--noise", s(&bad)], "npy");
 }
+
+/// `bench` on a model far smaller than the real one, with every part it can time: the benchmark
+/// is a user-facing command too (the GPU script runs it at full size). The model is `synth`'s
+/// random checkpoint for the tiny config, whose real-size VAE leaves a 32-pixel picture only
+/// 2×2 latent tokens; on so few the flow step's attention once read more keys than its input
+/// pattern held (a panic).
+#[test]
+fn bench_times_every_part_of_a_small_model() {
+    let dir = tempdir("cli-bench");
+    let m = dir.join("model");
+    let synth = bin().args(["synth", "--config", s(&fixture("tiny/config.json")), "--out", s(&m), "--seed", "3"]).output().unwrap();
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    let args = [
+        "bench",
+        "--model",
+        s(&m),
+        "--quant",
+        "q4",
+        "--no-matmul",
+        "--prompt-tokens",
+        "512",
+        "--decode-tokens",
+        "4",
+        "--contexts",
+        "64,512",
+        "--image",
+        "--generate",
+        "--flow-steps",
+        "2",
+        "--vae-convs",
+        "--json",
+    ];
+    let out = bin().args(args).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "janusflow {}\n{stdout}\n{stderr}", args.join(" "));
+    let fig: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(fig["chat"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{fig}");
+    assert_eq!(fig["decode_by_context"].as_array().unwrap().len(), 2, "{fig}");
+    assert!(fig["image_question"]["time_to_first_token_s"].as_f64().unwrap() > 0.0, "{fig}");
+    let g = &fig["generation"];
+    assert!(g["step_s"].as_f64().unwrap() > 0.0 && g["vae_s"].as_f64().unwrap() > 0.0, "{fig}");
+    assert_eq!(g["step_gemms"].as_array().unwrap().len(), 4, "{fig}");
+    assert!(!g["vae_convs"].as_array().unwrap().is_empty(), "{fig}");
+    std::fs::remove_dir_all(&dir).ok();
+}
