@@ -3,8 +3,9 @@
 # tool `run`, carry [".gpu", ".gl"], timeout_s 600). Unpacks the Vulkan loader and the binaries
 # built here, checks that every kernel and golden test passes on this GPU (its driver's compiler
 # and subgroup width have not run them before), then benchmarks/gpu-run.sh in what is left of
-# BUDGET (default 570 s for the whole call). Writes $OUT/log.txt and $OUT/bench.jsonl. CONFIG
-# (default: the real model's) lets a dry run here take a small model.
+# BUDGET (default 570 s for the whole call), and prints the figures (gpu-summary.py). Writes
+# $OUT/log.txt, $OUT/bench.jsonl and $OUT/summary.txt. CONFIG (default: the real model's) lets
+# a dry run here take a small model.
 set -u
 cd "$(dirname "$0")/.."
 t0=$SECONDS
@@ -15,8 +16,10 @@ L=$OUT/log.txt
 [ -f .gpu/bins.tar.gz ] || { echo "no .gpu/bins.tar.gz: run benchmarks/gpu-prepare.sh here and carry .gpu" | tee -a "$L"; exit 2; }
 
 # The Vulkan loader, where the image lacks it; the NVIDIA driver's ICD where the loader cannot find it.
-for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done
-ldconfig 2>/dev/null
+if ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+  for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done
+  ldconfig
+fi
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 if ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1 && [ -f "$icd" ]; then
   export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd
@@ -45,3 +48,5 @@ for t in kernels golden_llm golden_gen golden_und; do
 done
 
 BUDGET=$((BUDGET - (SECONDS - t0))) OUT=$OUT bash benchmarks/gpu-run.sh "$J/janusflow" "${CONFIG:-tests/fixtures/janusflow-1.3b-config.json}" "$J/janusflow-old"
+echo "=== summary (benchmarks/gpu-summary.py)"
+python3 benchmarks/gpu-summary.py "$OUT/bench.jsonl" | tee "$OUT/summary.txt"

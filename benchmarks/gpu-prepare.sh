@@ -58,7 +58,9 @@ cat <<'EOF'
 Ready. Make this one call (device tool `run`), with timeout_s 600:
   carry:   [".gpu", ".gl"]
   command: bash benchmarks/gpu-device.sh
-What it writes comes back under files_at: log.txt (everything), bench.jsonl (each bench's JSON
-line, tagged). Then: give_back, copy log.txt to benchmarks/<gpu>-<date>.txt, summarise it in
-benchmarks/README.md.
+Its output ends with the figures (summary.txt); under files_at come log.txt (everything) and
+bench.jsonl (each bench's JSON line, tagged). Then: give_back, copy log.txt to
+benchmarks/<gpu>-<date>.txt, summarise it in benchmarks/README.md.
+Dry run here first (lavapipe, the tiny model's config):
+  CONFIG=tests/fixtures/tiny/config.json BUDGET=1500 OUT=/tmp/dry bash benchmarks/gpu-device.sh
 EOF
