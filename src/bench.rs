@@ -125,6 +125,10 @@ pub struct LlmBench {
     pub dispatches_per_token: f64,
     /// Bind groups created per decoded token after the first (0 when they are all reused).
     pub bind_groups_per_token: f64,
+    /// Decode steps submitted before their token was chosen, and those redone (see
+    /// `Engine::decode_next`; greedy never redoes one).
+    pub fed_steps: usize,
+    pub fed_misses: usize,
     /// Per-kernel GPU times of the prefill and of all decode steps (when profiling).
     pub prefill_profile: Option<Profile>,
     pub decode_profile: Option<Profile>,
@@ -166,6 +170,8 @@ pub async fn llm(engine: &Engine, prompt: usize, steps: usize) -> Result<LlmBenc
         readback_per_token: (after.bytes_read_back - before.bytes_read_back) as f64 / steps as f64,
         dispatches_per_token: (after.dispatches - before.dispatches) as f64 / steps as f64,
         bind_groups_per_token,
+        fed_steps: after.fed_steps - before.fed_steps,
+        fed_misses: after.fed_misses - before.fed_misses,
         prefill_profile,
         decode_profile: engine.gpu.take_profile(),
     })

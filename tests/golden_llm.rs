@@ -199,6 +199,45 @@ fn sampling_is_reproducible_and_streams_all_text() {
     assert_eq!(a, b);
 }
 
+/// Pipelined decoding (each step submitted before its token is chosen, fed the step before's best
+/// candidate on the GPU, redone when the sampler picks another) gives exactly the replies of
+/// decoding one token at a time: greedy (every step sent ahead and kept) and sampled at
+/// temperatures where the sampler often strays from the best candidate (steps redone).
+#[test]
+fn pipelined_decoding_gives_the_same_replies() {
+    let mut e = engine(Quant::Q4);
+    let run = |e: &mut janusflow::engine::Engine, params: &SamplingParams, pipelined: bool| {
+        e.set_pipelined(pipelined);
+        let before = e.counters.lock().unwrap().clone();
+        let mut conv = Conversation::new();
+        conv.messages.push(Message::user("Write something."));
+        let first = pollster::block_on(e.chat(&mut conv, params, |_| true)).unwrap();
+        // A second turn reuses the cache the first one left (with rows past its end written by a
+        // step sent ahead and never confirmed).
+        conv.messages.push(Message::user("And more."));
+        let second = pollster::block_on(e.chat(&mut conv, params, |_| true)).unwrap();
+        let after = e.counters.lock().unwrap().clone();
+        ((first.ids, second.ids), after.fed_steps - before.fed_steps, after.fed_misses - before.fed_misses)
+    };
+    let greedy = SamplingParams::greedy(24);
+    let (want, sent, redone) = run(&mut e, &greedy, false);
+    assert_eq!((sent, redone), (0, 0));
+    let (got, sent, redone) = run(&mut e, &greedy, true);
+    assert_eq!(got, want, "greedy");
+    assert!(sent >= 40 && redone == 0, "greedy: {sent} sent ahead, {redone} redone");
+    let mut misses = 0;
+    for (temperature, seed) in [(0.7, 3), (1.0, 7), (1.5, 11)] {
+        let params = SamplingParams { temperature, top_p: 0.95, top_k: 50, seed, max_tokens: 32 };
+        let (want, _, _) = run(&mut e, &params, false);
+        let (got, sent, redone) = run(&mut e, &params, true);
+        assert_eq!(got, want, "temperature {temperature}");
+        eprintln!("temperature {temperature}: {sent} steps sent ahead, {redone} redone");
+        assert!(sent > redone);
+        misses += redone;
+    }
+    assert!(misses > 0, "no sampled step was ever redone: the redo path went untested");
+}
+
 #[test]
 fn conversation_over_the_context_is_a_clear_error() {
     let mut e = engine_from(&fixture("tiny"), Quant::F32, 48);

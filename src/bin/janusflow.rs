@@ -199,6 +199,10 @@ enum Cmd {
         /// (gemm_tile128.wgsl) instead of the 64×64 one, to compare the two.
         #[arg(long)]
         tile128: bool,
+        /// Decode without sending each step ahead of its token (the GPU then waits for the host's
+        /// readback and choice between tokens), to compare with the pipelined default.
+        #[arg(long)]
+        unpipelined: bool,
         /// GPU-shape matrix–vector products stage their activation row in workgroup memory
         /// (STAGE_X in matvec_rows.wgsl) instead of every row reading it, to compare the two.
         #[arg(long)]
@@ -425,6 +429,7 @@ fn run(cli: Cli) -> Result<()> {
             checked_shaders,
             contexts,
             tile128,
+            unpipelined,
             stage_x,
             matvec_loads,
             fast,
@@ -445,6 +450,7 @@ fn run(cli: Cli) -> Result<()> {
                 checked_shaders,
                 contexts,
                 tile128,
+                unpipelined,
                 stage_x,
                 matvec_loads,
                 fast,
@@ -508,6 +514,7 @@ struct BenchOpts {
     checked_shaders: bool,
     contexts: Vec<usize>,
     tile128: bool,
+    unpipelined: bool,
     stage_x: bool,
     matvec_loads: u32,
     fast: bool,
@@ -663,6 +670,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
         checked_shaders,
         ref contexts,
         tile128,
+        unpipelined,
         stage_x,
         matvec_loads,
         fast,
@@ -736,6 +744,7 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     let opts = EngineOptions { preset, context: (longest + decode_tokens + 8).max(1024), fast, ..Default::default() };
     let t0 = Instant::now();
     let mut engine = pollster::block_on(Engine::load(gpu, &src, opts, |_, _, _| {}))?;
+    engine.set_pipelined(!unpipelined);
     println!(
         "load: {:.2} s, resident LLM weights {:.1} MiB, vision encoder {:.1} MiB ({preset})",
         t0.elapsed().as_secs_f64(),
@@ -754,6 +763,13 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     println!("prefill: {} tokens in {:.3} s = {:.1} tokens/s", r.prompt, r.prefill_s, r.prompt as f64 / r.prefill_s);
     println!("decode: {} tokens in {:.3} s = {:.2} tokens/s", r.decoded, r.decode_s, r.decoded as f64 / r.decode_s);
     println!("submits per decoded token: {:.2}", r.submits_per_token);
+    println!(
+        "decode steps sent ahead of their token: {} of {} ({} redone for another token){}",
+        r.fed_steps,
+        r.decoded,
+        r.fed_misses,
+        if unpipelined { " (--unpipelined)" } else { "" }
+    );
     println!("bytes read back per decoded token: {:.0}", r.readback_per_token);
     // Outside the layers: the embedding gather, lm_head (the final norm folded in on GPU shapes,
     // its own pass on CPU shapes), two top-k passes.
@@ -774,6 +790,9 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
             "decoded_tokens": r.decoded,
             "decode_tokens_per_s": r.decoded as f64 / r.decode_s,
             "submits_per_token": r.submits_per_token,
+            "pipelined": !unpipelined,
+            "steps_sent_ahead": r.fed_steps,
+            "steps_redone": r.fed_misses,
             "bytes_read_back_per_token": r.readback_per_token,
             "dispatches_per_token": r.dispatches_per_token,
             "dispatches_per_layer": (r.dispatches_per_token - outside) / layers,

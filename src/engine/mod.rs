@@ -76,6 +76,10 @@ pub struct Counters {
     pub submits: usize,
     pub dispatches: usize,
     pub bytes_read_back: u64,
+    /// Decode steps submitted before their token was chosen, fed on the GPU with the best
+    /// candidate of the step before; and those of them redone because another token was chosen.
+    pub fed_steps: usize,
+    pub fed_misses: usize,
 }
 
 /// A multi-turn conversation and its KV cache.
@@ -124,14 +128,20 @@ impl Prompt {
     }
 }
 
-/// A decode step recorded and encoded before its token id is known (see [`Engine::decode_next`]).
+/// A decode step recorded before its token id is known (see [`Engine::decode_next`]): held until
+/// the id comes, or already submitted, fed on the GPU with the best candidate of the step before.
 pub(crate) struct DecodeStep<'e> {
-    work: Prepared<'e>,
+    /// The recorded commands; `None` once submitted.
+    work: Option<Prepared<'e>>,
     /// The cache position it feeds.
     pos: usize,
     /// Candidates it reads back.
     k: usize,
     staging: wgpu::Buffer,
+    /// Its submission, once submitted (its readback waits for it alone).
+    submitted: Option<wgpu::SubmissionIndex>,
+    /// The best candidate of the step before (once read back): the token a submitted step was fed.
+    fed: Option<u32>,
 }
 
 /// Cache identity of feature slot `j` (1..=N) of an image with content hash `hash`;
@@ -162,6 +172,8 @@ pub struct Engine {
     logits: wgpu::Buffer,
     topk_scratch: wgpu::Buffer,
     topk_out: wgpu::Buffer,
+    /// Submit each decode step before the token it feeds is chosen (see [`Engine::decode_next`]).
+    pipelined: bool,
     pub counters: std::sync::Mutex<Counters>,
 }
 
@@ -259,6 +271,7 @@ impl Engine {
             logits,
             topk_scratch,
             topk_out,
+            pipelined: true,
             counters: Default::default(),
         };
         engine.set_fast(engine.opts.fast);
@@ -288,6 +301,13 @@ impl Engine {
     /// Whether the `fast` setting is on.
     pub fn fast(&self) -> bool {
         self.opts.fast
+    }
+
+    /// Turns pipelined decoding (on by default) off or on: with it, each decode step is submitted
+    /// before the token it feeds is chosen (see [`Engine::decode_next`]). Replies are the same
+    /// either way; benchmarks and tests compare the two.
+    pub fn set_pipelined(&mut self, on: bool) {
+        self.pipelined = on;
     }
 
     /// Compiles the shaders of a chat turn and of an image question ahead of first use, by
@@ -507,7 +527,7 @@ impl Engine {
         let staging = self.record_candidates(&mut rec, row, k);
         rec.flush();
         self.count(&rec, 0);
-        self.read_candidates(&staging).await
+        self.read_candidates(&staging, None).await
     }
 
     /// Records the logits of scratch row `row` and their top `k` on the GPU, copied into the
@@ -518,32 +538,55 @@ impl Engine {
         rec.read_back(&self.topk_out, 0, k as u64 * 8)
     }
 
-    /// Waits for the step that fills `staging` and returns its (logit, id) candidates, best first.
-    async fn read_candidates(&self, staging: &wgpu::Buffer) -> Result<Vec<(f32, u32)>> {
-        let bytes = crate::gpu::context::map_read(&self.gpu, staging).await?;
+    /// Waits for the step that fills `staging` (submission `index` where known) and returns its
+    /// (logit, id) candidates, best first.
+    async fn read_candidates(&self, staging: &wgpu::Buffer, index: Option<wgpu::SubmissionIndex>) -> Result<Vec<(f32, u32)>> {
+        let bytes = crate::gpu::context::map_read_after(&self.gpu, staging, index).await?;
         self.counters.lock().unwrap().bytes_read_back += bytes.len() as u64;
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
         Ok(words.chunks_exact(2).map(|p| (f32::from_bits(p[0]), p[1])).collect())
     }
 
-    /// Records the decode step for the next cache position and its `k` candidates, everything but
-    /// the token id, which is read from `ids` when it runs.
-    fn record_decode(&self, cache: &KvCache, k: usize) -> Result<DecodeStep<'_>> {
-        let pos = cache.len();
+    /// Records the decode step at cache position `pos` and its `k` candidates, everything but the
+    /// token id, which is read from `ids[pos]` when it runs; its best candidate is then copied to
+    /// `ids[pos + 1]`, the id a step submitted ahead of the choice is fed.
+    fn record_decode(&self, cache: &KvCache, pos: usize, k: usize) -> Result<DecodeStep<'_>> {
         if pos >= self.opts.context.min(cache.capacity) {
             bail!("the context of {} tokens is full", self.opts.context.min(cache.capacity));
         }
         let mut rec = Recorder::ahead(&self.gpu, &cache.binds);
         self.llm.forward(&mut rec, &self.scratch, cache, Input::Ids(&self.ids, pos), 1, pos);
         let staging = self.record_candidates(&mut rec, 0, k);
-        Ok(DecodeStep { work: rec.prepare(), pos, k, staging })
+        if pos + 1 < self.opts.context {
+            // topk_out holds (logit, id) pairs, best first.
+            rec.copy(&self.topk_out, 4, &self.ids, (pos as u64 + 1) * 4, 4);
+        }
+        Ok(DecodeStep { work: Some(rec.prepare()), pos, k, staging, submitted: None, fed: None })
     }
 
-    /// Feeds token `id` at the next cache position and returns the next candidates. The step's
-    /// commands come from `ahead` when it holds them for this position (recorded while the step
-    /// before ran); with `more`, the step after this one is recorded into `ahead` while this one
-    /// runs, so only the id write, the submit and the 8-byte readback (greedy) stay between two
-    /// tokens. A step recorded ahead and never used is dropped unsubmitted.
+    /// Submits a recorded step, counting it.
+    fn submit_step(&self, step: &mut DecodeStep<'_>) {
+        if let Some(work) = step.work.take() {
+            let mut c = self.counters.lock().unwrap();
+            c.submits += 1;
+            c.dispatches += work.dispatches();
+            drop(c);
+            step.submitted = work.submit();
+        }
+    }
+
+    /// Feeds token `id` at the next cache position and returns the next candidates.
+    ///
+    /// `ahead` carries the step after this one from call to call. With `more`, it is recorded
+    /// while this one runs and, pipelined (the default), submitted at once: the GPU feeds it this
+    /// step's best candidate, so it runs while the host reads this step's candidates back and
+    /// samples. When the sampler then chooses that token (always when greedy), the step is already
+    /// done or running and nothing stands between two tokens on the GPU; when it chooses another,
+    /// the step is redone with that token (queue order runs it after the wrong one, whose cache
+    /// row and scratch it overwrites; the cache never counts an unconfirmed token). A step is
+    /// only sent ahead after a token that was its step's best, so a sampler that keeps straying
+    /// wastes little. Not pipelined, only the id write, the submit and the readback stand between
+    /// two tokens.
     pub(crate) async fn decode_next<'e>(
         &'e self,
         cache: &mut KvCache,
@@ -552,22 +595,39 @@ impl Engine {
         ahead: &mut Option<DecodeStep<'e>>,
         more: bool,
     ) -> Result<Vec<(f32, u32)>> {
-        let step = match ahead.take() {
-            Some(s) if s.pos == cache.len() && s.k == k => s,
-            _ => self.record_decode(cache, k)?,
+        let pos = cache.len();
+        let prior = ahead.take().filter(|s| s.pos == pos && s.k == k);
+        // Whether `id` was the best candidate of the step that offered it (unknown after prefill).
+        let best = prior.as_ref().and_then(|s| s.fed).is_none_or(|b| b == id);
+        let mut step = match prior {
+            Some(s) if s.work.is_none() && s.fed == Some(id) => s,
+            prior => {
+                if prior.as_ref().is_some_and(|s| s.work.is_none()) {
+                    self.counters.lock().unwrap().fed_misses += 1;
+                }
+                let mut s = match prior {
+                    Some(s) if s.work.is_some() => s,
+                    _ => self.record_decode(cache, pos, k)?,
+                };
+                self.gpu.queue.write_buffer(&self.ids, pos as u64 * 4, bytemuck::bytes_of(&id));
+                self.submit_step(&mut s);
+                s
+            }
         };
-        self.gpu.queue.write_buffer(&self.ids, step.pos as u64 * 4, bytemuck::bytes_of(&id));
-        {
-            let mut c = self.counters.lock().unwrap();
-            c.submits += 1;
-            c.dispatches += step.work.dispatches();
-        }
-        step.work.submit();
         cache.keys.push(id as u64);
-        if more && cache.len() < self.opts.context.min(cache.capacity) {
-            *ahead = Some(self.record_decode(cache, k)?);
+        if more && pos + 1 < self.opts.context.min(cache.capacity) {
+            let mut next = self.record_decode(cache, pos + 1, k)?;
+            if self.pipelined && best {
+                self.counters.lock().unwrap().fed_steps += 1;
+                self.submit_step(&mut next);
+            }
+            *ahead = Some(next);
         }
-        self.read_candidates(&step.staging).await
+        let cands = self.read_candidates(&step.staging, step.submitted.take()).await?;
+        if let Some(next) = ahead.as_mut() {
+            next.fed = cands.first().map(|c| c.1);
+        }
+        Ok(cands)
     }
 
     /// Answers the last user message of `conv`, streaming text through `on_text` (return false to

@@ -508,12 +508,21 @@ impl Gpu {
 
 /// Maps a MAP_READ buffer and copies its contents out.
 pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    map_read_after(gpu, staging, None).await
+}
+
+/// [`map_read`] of a buffer that submission `index` fills: natively it waits for that submission
+/// only, not for work queued after it (a decode step sent ahead). The browser maps it as soon
+/// as the work that uses it is done either way.
+pub async fn map_read_after(gpu: &Gpu, staging: &wgpu::Buffer, index: Option<wgpu::SubmissionIndex>) -> Result<Vec<u8>> {
     let (tx, rx) = futures_channel::oneshot::channel();
     staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+    gpu.device.poll(wgpu::PollType::Wait { submission_index: index, timeout: None }).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+    #[cfg(target_arch = "wasm32")]
+    let _ = index;
     // A readback fails when the device is lost mid-call: report the loss, not a generic failure.
     let mapped = rx.await.map_err(|_| anyhow!("GPU readback was cancelled")).and_then(|r| r.map_err(|e| anyhow!("GPU readback failed: {e}")));
     gpu.check_alive()?;

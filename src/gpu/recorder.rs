@@ -333,15 +333,19 @@ impl Prepared<'_> {
         self.rec.dispatches
     }
 
-    /// Queues the parameter blocks and submits (one submit).
-    pub fn submit(mut self) {
+    /// Queues the parameter blocks and submits (one submit); returns the submission, which a
+    /// readback of this work alone can wait for (`None` when profiled: then it waited already).
+    pub fn submit(mut self) -> Option<wgpu::SubmissionIndex> {
         match self.cmd.take() {
             Some(cmd) => {
                 self.rec.write_params();
-                self.rec.gpu.queue.submit([cmd]);
                 self.rec.submits += 1;
+                Some(self.rec.gpu.queue.submit([cmd]))
             }
-            None => self.rec.flush(),
+            None => {
+                self.rec.flush();
+                None
+            }
         }
     }
 }
