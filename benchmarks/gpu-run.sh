@@ -4,7 +4,8 @@
 # figures are q4; the app's default q4a is timed near the end); the issue
 # targets (decode at 64/512/2048 tokens of context, an image question, 30 flow steps, the VAE and
 # its convolution shapes; one-row product bandwidth against a copy), the same bench with the OLD
-# build on the same GPU; then the opt-in variants against the defaults: matvec activations staged
+# build on the same GPU; then decode without pipelining (each step waiting for the host's choice),
+# and the opt-in variants against the defaults: matvec activations staged
 # in workgroup memory and weight loads batched over 2 and 4 passes (the matvec table and decode
 # after 512 tokens with each), the 128×128 product tile, the fast setting (f16 KV caches, f16 tile
 # arithmetic with shader-f16); every attention kernel; a profiled bench (per-kernel GPU times);
@@ -84,8 +85,9 @@ if stage 60 "matvec: activations staged in workgroup memory (STAGE_X), weight lo
   bench matvec-loads-4 60 "$B" --no-matmul --matvec --shapes gpu --matvec-loads 4 --json
   bench matvec-tree 60 "$B" --no-matmul --matvec --shapes gpu --tree-reductions --json
 fi
-if stage 60 "decode after 512 tokens: default, staged activations, loads of 2 passes"; then
+if stage 60 "decode after 512 tokens: default, not pipelined, staged activations, loads of 2 passes"; then
   bench decode 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --json
+  bench decode-unpipelined 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --unpipelined --json
   bench decode-stage-x 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --stage-x --json
   bench decode-loads-2 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --matvec-loads 2 --json
 fi

@@ -22,6 +22,8 @@ def fmt_chat(b):
         f"decode {c['decode_tokens_per_s']:.1f} tokens/s",
         f"{c['dispatches_per_token']:.0f} dispatches/token ({c['dispatches_per_layer']:.1f}/layer)",
     ]
+    if "steps_sent_ahead" in c:
+        out.append(f"{c['steps_sent_ahead']} steps sent ahead, {c['steps_redone']} redone" if c["pipelined"] else "not pipelined")
     if "decode_by_context" in b:
         out.append("by context: " + ", ".join(f"{r['context']}: {r['decode_tokens_per_s']:.1f}" for r in b["decode_by_context"]))
     if "decode_split_ms" in b:
