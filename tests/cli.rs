@@ -25,6 +25,14 @@ fn refuses(args: &[&str], expect: &str) {
     assert!(stderr.to_lowercase().contains(&expect.to_lowercase()), "janusflow {}: expected '{expect}' in\n{stderr}", args.join(" "));
 }
 
+/// Runs the CLI, which must succeed; returns its standard output.
+fn succeeds(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "janusflow {}\n{stdout}\n{stderr}", args.join(" "));
+    stdout.into_owned()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -77,8 +85,7 @@ fn bad_configs_are_refused_before_allocating() {
 fn bad_packs_are_refused() {
     let dir = tempdir("cli-pack");
     let pack = dir.join("pack");
-    let ok = bin().args(["convert", "--model", s(&fixture("tiny")), "--out", s(&pack), "--shard-size", "262144"]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    succeeds(&["convert", "--model", s(&fixture("tiny")), "--out", s(&pack), "--shard-size", "262144"]);
     refuses(&["convert", "--model", s(&fixture("tiny")), "--out", s(&dir.join("p4")), "--shard-size", "4"], "shard size");
     let text = std::fs::read(pack.join("manifest.json")).unwrap();
     let edit = |name: &str, f: &dyn Fn(&mut serde_json::Value)| -> PathBuf {
@@ -132,8 +139,7 @@ fn damaged_weights_are_named() {
     refuses(&["convert", "--model", s(&nan), "--out", s(&nan.join("pack"))], "language_model.lm_head.weight");
     // f16 packs are checked as they load, not only at conversion.
     let pack = tempdir("cli-nan-pack");
-    let ok = bin().args(["convert", "--model", s(&fixture("tiny")), "--out", s(&pack), "--quant", "f16"]).output().unwrap();
-    assert!(ok.status.success());
+    succeeds(&["convert", "--model", s(&fixture("tiny")), "--out", s(&pack), "--quant", "f16"]);
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(pack.join("manifest.json")).unwrap()).unwrap();
     let t = m["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "language_model.lm_head.weight").unwrap().clone();
     let part = &t["parts"][0];
@@ -209,8 +215,7 @@ fn bad_requests_are_refused() {
 fn bench_times_every_part_of_a_small_model() {
     let dir = tempdir("cli-bench");
     let m = dir.join("model");
-    let synth = bin().args(["synth", "--config", s(&fixture("tiny/config.json")), "--out", s(&m), "--seed", "3"]).output().unwrap();
-    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    succeeds(&["synth", "--config", s(&fixture("tiny/config.json")), "--out", s(&m), "--seed", "3"]);
     let args = [
         "bench",
         "--model",
@@ -231,9 +236,7 @@ fn bench_times_every_part_of_a_small_model() {
         "--vae-convs",
         "--json",
     ];
-    let out = bin().args(args).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "janusflow {}\n{stdout}\n{stderr}", args.join(" "));
+    let stdout = succeeds(&args);
     let fig: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert!(fig["chat"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{fig}");
     assert_eq!(fig["decode_by_context"].as_array().unwrap().len(), 2, "{fig}");
