@@ -11,6 +11,7 @@ pub use generate::{seeded_noise, GenTrace, GenerateParams, GeneratedImage, StepI
 use crate::config::{JanusConfig, VaeConfig};
 use crate::error::{Kind, WithKind as _};
 use crate::fail;
+use crate::gpu::context::{map_finish, map_start, Mapping};
 use crate::gpu::kernels::{self, KvFormat};
 use crate::gpu::recorder::Prepared;
 use crate::gpu::{Gpu, Recorder};
@@ -527,7 +528,7 @@ impl Engine {
         let staging = self.record_candidates(&mut rec, row, k);
         rec.flush();
         self.count(&rec, 0);
-        self.read_candidates(&staging, None).await
+        self.read_candidates(&staging, map_start(&staging), None).await
     }
 
     /// Records the logits of scratch row `row` and their top `k` on the GPU, copied into the
@@ -538,10 +539,10 @@ impl Engine {
         rec.read_back(&self.topk_out, 0, k as u64 * 8)
     }
 
-    /// Waits for the step that fills `staging` (submission `index` where known) and returns its
-    /// (logit, id) candidates, best first.
-    async fn read_candidates(&self, staging: &wgpu::Buffer, index: Option<wgpu::SubmissionIndex>) -> Result<Vec<(f32, u32)>> {
-        let bytes = crate::gpu::context::map_read_after(&self.gpu, staging, index).await?;
+    /// Waits for the step that fills `staging` (submission `index` where known; its map requested
+    /// as `mapping`) and returns its (logit, id) candidates, best first.
+    async fn read_candidates(&self, staging: &wgpu::Buffer, mapping: Mapping, index: Option<wgpu::SubmissionIndex>) -> Result<Vec<(f32, u32)>> {
+        let bytes = map_finish(&self.gpu, staging, mapping, index).await?;
         self.counters.lock().unwrap().bytes_read_back += bytes.len() as u64;
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
         Ok(words.chunks_exact(2).map(|p| (f32::from_bits(p[0]), p[1])).collect())
@@ -615,6 +616,8 @@ impl Engine {
             }
         };
         cache.keys.push(id as u64);
+        // The readback is requested before the next step is submitted (see `map_start`).
+        let mapping = map_start(&step.staging);
         if more && pos + 1 < self.opts.context.min(cache.capacity) {
             let mut next = self.record_decode(cache, pos + 1, k)?;
             if self.pipelined && best {
@@ -623,7 +626,7 @@ impl Engine {
             }
             *ahead = Some(next);
         }
-        let cands = self.read_candidates(&step.staging, step.submitted.take()).await?;
+        let cands = self.read_candidates(&step.staging, mapping, step.submitted.take()).await?;
         if let Some(next) = ahead.as_mut() {
             next.fed = cands.first().map(|c| c.1);
         }

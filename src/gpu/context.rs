@@ -508,17 +508,28 @@ impl Gpu {
 
 /// Maps a MAP_READ buffer and copies its contents out.
 pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
-    map_read_after(gpu, staging, None).await
+    let mapping = map_start(staging);
+    map_finish(gpu, staging, mapping, None).await
 }
 
-/// [`map_read`] of a buffer that submission `index` fills: natively it waits for that submission
-/// only, not for work queued after it (a decode step sent ahead). The browser maps it as soon
-/// as the work that uses it is done either way.
-pub async fn map_read_after(gpu: &Gpu, staging: &wgpu::Buffer, index: Option<wgpu::SubmissionIndex>) -> Result<Vec<u8>> {
+/// A map of a readback buffer, requested (see [`map_start`]) and not yet waited for.
+pub type Mapping = futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+/// Requests the map of a MAP_READ buffer. A browser resolves it once all work submitted before
+/// the request is done, so a readback requested before the next step is sent ahead does not wait
+/// for that step.
+pub fn map_start(staging: &wgpu::Buffer) -> Mapping {
     let (tx, rx) = futures_channel::oneshot::channel();
     staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
+    rx
+}
+
+/// Waits for a [`map_start`] request and copies the contents out. Natively it waits for
+/// submission `index`, the one that fills the buffer (all work so far when `None`), not for work
+/// queued after it.
+pub async fn map_finish(gpu: &Gpu, staging: &wgpu::Buffer, rx: Mapping, index: Option<wgpu::SubmissionIndex>) -> Result<Vec<u8>> {
     #[cfg(not(target_arch = "wasm32"))]
     gpu.device.poll(wgpu::PollType::Wait { submission_index: index, timeout: None }).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
     #[cfg(target_arch = "wasm32")]
