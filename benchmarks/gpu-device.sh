@@ -38,6 +38,17 @@ fi
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,memory.total --format=csv,noheader
   "$J/janusflow" info
 } 2>&1 | tee -a "$L"
+# No GPU adapter (loader or driver not found): say what Vulkan sees and stop, so that the lease's
+# minutes go to a second, mended call rather than to benches that cannot run.
+if ! "$J/janusflow" info 2>/dev/null | grep -q '"device_type": "\(DiscreteGpu\|IntegratedGpu\)"' && [ -z "${CONFIG:-}" ]; then
+  {
+    echo "=== no GPU adapter: Vulkan loader and ICDs"
+    ldconfig -p | grep -i vulkan
+    ls -l /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1
+    env | grep -E '^VK_' || true
+  } 2>&1 | tee -a "$L"
+  exit 3
+fi
 
 echo "=== correctness on this GPU: kernel and golden tests (both kernel shape sets, both reductions)" | tee -a "$L"
 for t in kernels golden_llm golden_gen golden_und; do
