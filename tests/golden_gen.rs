@@ -58,6 +58,8 @@ fn flow_matches_reference_in_f32() {
         let mut trace = GenTrace::default();
         let mut seen = 0;
         let z = pollster::block_on(e.generate_latent(&c.prompt, &params, Some(&mut trace), |s| {
+            // Each step reported once, in order (while the next one runs on the GPU).
+            assert_eq!(s.step, seen + 1);
             seen = s.step;
             true
         }))

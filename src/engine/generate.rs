@@ -16,6 +16,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::Engine;
+use crate::gpu::context::{map_finish, map_start, Mapping};
 use crate::gpu::kernels;
 use crate::gpu::{BindCache, Recorder};
 use crate::model::llm::{Input, Seq};
@@ -203,6 +204,18 @@ impl Engine {
         let dt = 1.0 / params.steps as f32;
         // Every step binds the same buffers: its bind groups are made once, at step 0.
         let binds = BindCache::default();
+        // The step whose readback is under way, and how a readback is reported.
+        struct Readback {
+            staging: wgpu::Buffer,
+            mapping: Mapping,
+            index: Option<wgpu::SubmissionIndex>,
+            step: usize,
+        }
+        let mut pending: Option<Readback> = None;
+        let mut report = async |r: Readback| -> Result<bool> {
+            let back = map_finish(gpu, &r.staging, r.mapping, r.index).await?;
+            Ok(on_step(StepInfo { step: r.step, steps: params.steps, preview: preview.as_ref().map(|_| back.as_slice()), preview_side: s }))
+        };
         for k in 0..params.steps {
             // τ as the reference forms it: k/N·1000 in double precision, then f32.
             let tau = (k as f64 / params.steps as f64 * 1000.0) as f32;
@@ -232,21 +245,32 @@ impl Engine {
                 rec = Recorder::new(gpu);
             }
             kernels::cfg_euler(&mut rec, &v, n * cz * 4, &z, s, cz, params.cfg, dt, t, preview.as_ref());
-            // One small readback per step: it paces progress and cancellation with the GPU.
+            // One small readback per step: it paces progress and cancellation with the GPU. It is
+            // waited for while the next step runs (requested before that step is submitted), so
+            // the GPU does not idle through the round trip and the next step's recording; a
+            // cancelled generation leaves at most that one step behind, unread.
             let (src, bytes) = match &preview {
                 Some(p) => (p, (s * s * 4) as u64),
                 None => (&z, 4),
             };
+            let staging = rec.read_back(src, 0, bytes);
             let (submits, dispatches) = (rec.submits + 1, rec.dispatches);
-            let back = rec.finish_and_read(src, 0, bytes).await?;
+            let index = rec.flush();
             {
                 let mut c = self.counters.lock().unwrap();
                 c.submits += submits;
                 c.dispatches += dispatches;
                 c.bytes_read_back += bytes;
             }
-            let info = StepInfo { step: k + 1, steps: params.steps, preview: preview.as_ref().map(|_| back.as_slice()), preview_side: s };
-            if !on_step(info) {
+            let mapping = map_start(&staging);
+            if let Some(before) = pending.replace(Readback { staging, mapping, index, step: k + 1 }) {
+                if !report(before).await? {
+                    return Ok(None);
+                }
+            }
+        }
+        if let Some(last) = pending.take() {
+            if !report(last).await? {
                 return Ok(None);
             }
         }

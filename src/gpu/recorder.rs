@@ -163,10 +163,12 @@ impl<'a> Recorder<'a> {
         self.ops.push(Op::Copy { src: src.clone(), src_off, dst: dst.clone(), dst_off, size });
     }
 
-    /// Encodes everything recorded so far and submits it (one submit).
-    pub fn flush(&mut self) {
+    /// Encodes everything recorded so far and submits it (one submit). Returns the submission, which
+    /// a readback of this work alone can wait for (`None` when nothing was recorded, or when
+    /// profiled: the GPU is then done with it already).
+    pub fn flush(&mut self) -> Option<wgpu::SubmissionIndex> {
         if self.ops.is_empty() {
-            return;
+            return None;
         }
         #[cfg(not(target_arch = "wasm32"))]
         if self.gpu.profiling() && self.ops.iter().any(|o| matches!(o, Op::Dispatch { .. })) {
@@ -174,12 +176,12 @@ impl<'a> Recorder<'a> {
             let enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
             let ops = std::mem::take(&mut self.ops);
             self.flush_profiled(enc, ops);
-            return;
+            return None;
         }
         let cmd = self.encode();
         self.write_params();
-        self.gpu.queue.submit([cmd]);
         self.submits += 1;
+        Some(self.gpu.queue.submit([cmd]))
     }
 
     /// Queues the parameter blocks for the next submit (queue order makes that safe while an
@@ -342,10 +344,7 @@ impl Prepared<'_> {
                 self.rec.submits += 1;
                 Some(self.rec.gpu.queue.submit([cmd]))
             }
-            None => {
-                self.rec.flush();
-                None
-            }
+            None => self.rec.flush(),
         }
     }
 }
