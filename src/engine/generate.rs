@@ -211,7 +211,7 @@ impl Engine {
             index: Option<wgpu::SubmissionIndex>,
             step: usize,
         }
-        let mut pending: Option<Readback> = None;
+        let (mut pending, overlap): (Option<Readback>, bool) = (None, gpu.gpu_tuned());
         let mut report = async |r: Readback| -> Result<bool> {
             let back = map_finish(gpu, &r.staging, r.mapping, r.index).await?;
             Ok(on_step(StepInfo { step: r.step, steps: params.steps, preview: preview.as_ref().map(|_| back.as_slice()), preview_side: s }))
@@ -263,8 +263,12 @@ impl Engine {
                 c.bytes_read_back += bytes;
             }
             let mapping = map_start(&staging);
-            if let Some(before) = pending.replace(Readback { staging, mapping, index, step: k + 1 }) {
-                if !report(before).await? {
+            let this = Readback { staging, mapping, index, step: k + 1 };
+            // On CPU rasterisers the host and the "GPU" share the cores: waiting at once measured
+            // faster there (lavapipe, 60 steps of a tiny model: 4.35 against 4.73 ms per step).
+            let ready = if overlap { pending.replace(this) } else { Some(this) };
+            if let Some(r) = ready {
+                if !report(r).await? {
                     return Ok(None);
                 }
             }
