@@ -245,10 +245,10 @@ impl Engine {
                 rec = Recorder::new(gpu);
             }
             kernels::cfg_euler(&mut rec, &v, n * cz * 4, &z, s, cz, params.cfg, dt, t, preview.as_ref());
-            // One small readback per step: it paces progress and cancellation with the GPU. It is
-            // waited for while the next step runs (requested before that step is submitted), so
-            // the GPU does not idle through the round trip and the next step's recording; a
-            // cancelled generation leaves at most that one step behind, unread.
+            // One small readback per step: it paces progress and cancellation with the GPU. On
+            // GPUs it is waited for while the next step runs (requested before that step is
+            // submitted), so the GPU does not idle through the round trip and the next step's
+            // recording; a cancelled generation leaves at most that one step behind, unread.
             let (src, bytes) = match &preview {
                 Some(p) => (p, (s * s * 4) as u64),
                 None => (&z, 4),
