@@ -601,14 +601,18 @@ impl Engine {
         // Whether `id` was the best candidate of the step that offered it (unknown after prefill).
         let best = prior.as_ref().and_then(|s| s.fed).is_none_or(|b| b == id);
         let mut step = match prior {
+            // Sent ahead and fed this very token on the GPU: running or done.
             Some(s) if s.work.is_none() && s.fed == Some(id) => s,
             prior => {
-                if prior.as_ref().is_some_and(|s| s.work.is_none()) {
-                    self.counters.lock().unwrap().fed_misses += 1;
-                }
                 let mut s = match prior {
+                    // Recorded ahead, not sent yet.
                     Some(s) if s.work.is_some() => s,
-                    _ => self.record_decode(cache, pos, k)?,
+                    // Sent ahead with another token: redone with this one.
+                    Some(_) => {
+                        self.counters.lock().unwrap().fed_misses += 1;
+                        self.record_decode(cache, pos, k)?
+                    }
+                    None => self.record_decode(cache, pos, k)?,
                 };
                 self.gpu.queue.write_buffer(&self.ids, pos as u64 * 4, bytemuck::bytes_of(&id));
                 self.submit_step(&mut s);
