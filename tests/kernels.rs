@@ -1169,3 +1169,61 @@ fn gpu_errors_are_reported_not_panicked() {
     let e = g.check_alive().unwrap_err();
     assert!(format!("{e:#}").to_lowercase().contains("bind"), "{e:#}");
 }
+
+/// The subgroup self-check (gpu::selfcheck): at this adapter's own width every subgroup kernel of
+/// either shape set agrees with the workgroup tree; with a misreported width (twice the real one,
+/// as llvmpipe reports 32 lanes at 1024-bit vectors and runs 16) it finds the disagreement and
+/// turns subgroups off, after which the kernels are right again.
+#[test]
+fn subgroup_self_check_passes_here_and_catches_a_misreported_width() {
+    use janusflow::gpu::selfcheck::check_subgroups;
+    let gpu = gpu();
+    let Some(width) = gpu.subgroup_reduce() else {
+        eprintln!("this adapter has no fixed-width subgroups: nothing to check");
+        return;
+    };
+    let sg8 = gpu.sg8();
+    for tuned in [false, true] {
+        gpu.set_gpu_tuned(tuned);
+        let c = pollster::block_on(check_subgroups(&gpu)).unwrap();
+        eprintln!("gpu shapes {tuned}: {}", c.describe());
+        assert!(c.passed && c.width == Some(width) && c.gpu_shapes == tuned, "{c:?}");
+        // Reductions (norms, attention, GroupNorm, GRN); on GPU shapes also split attention and
+        // the five matrix–vector kernels; on CPU shapes the 8-lane tile where there is one.
+        assert_eq!(c.probes.len(), if tuned { 11 } else { 5 + sg8 as usize }, "{c:?}");
+        assert!(c.probes.iter().all(|p| p.diff <= 1e-5), "{c:?}");
+        assert_eq!(gpu.subgroup_reduce(), Some(width));
+    }
+
+    let mut rng = Rng(17);
+    let (rows, d) = (3, 2048);
+    let (x, g) = (rng.vec(rows * d), rng.vec(d));
+    let want: Vec<f32> = (0..rows).flat_map(|r| cpu_rmsnorm(&x[r * d..(r + 1) * d], &g, 1e-6)).collect();
+    let (xt, gt) = (Tensor::from_f32(&gpu, "x", &[rows, d], &x), Tensor::from_f32(&gpu, "g", &[d], &g));
+    // A kernel that assumes twice its subgroups' width indexes its per-subgroup slots past their
+    // end: checked shaders keep that in bounds (natively the engine's own are unchecked).
+    gpu.set_trusted_shaders(false);
+    for tuned in [false, true] {
+        gpu.set_gpu_tuned(tuned);
+        gpu.pretend_subgroup_width(Some(2 * width));
+        let c = pollster::block_on(check_subgroups(&gpu)).unwrap();
+        eprintln!("gpu shapes {tuned}, pretending {} lanes: {}", 2 * width, c.describe());
+        assert!(!c.passed, "a misreported width must be caught: {c:?}");
+        assert!(c.probes.iter().any(|p| p.kernel == "rmsnorm" && p.diff > 1e-2), "{c:?}");
+        assert_eq!((gpu.subgroup_reduce(), gpu.sg8()), (None, false), "subgroups off after a failed check");
+        let yt = Tensor::zeros(&gpu, "y", &[rows, d]);
+        let mut rec = Recorder::new(&gpu);
+        kernels::rmsnorm(&mut rec, &xt.buf, 0, rows, d, &gt.buf, 1e-6, &yt.buf, 0);
+        rec.finish();
+        assert_close(&read(&gpu, &yt), &want, 1e-5, "rmsnorm after a failed check");
+        // Allowed again by hand, they stay off: the device failed.
+        gpu.set_subgroup_reduce_allowed(true);
+        assert!(!pollster::block_on(check_subgroups(&gpu)).unwrap().passed);
+        assert_eq!(gpu.subgroup_reduce(), None);
+        gpu.pretend_subgroup_width(None);
+        gpu.set_subgroup_reduce_allowed(true);
+        gpu.set_sg8_allowed(true);
+    }
+    gpu.set_trusted_shaders(true);
+    assert_eq!(gpu.subgroup_reduce(), Some(width));
+}

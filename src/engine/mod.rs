@@ -316,7 +316,11 @@ impl Engine {
     /// submitting anything (pipelines are created while recording), then waits for the device
     /// (browsers compile in another process; a 4-byte readback waits for it). Generation and VAE
     /// kernels compile on their first step. Returns the number of pipelines now compiled.
+    /// First, the subgroup kernels of this device are checked against the workgroup tree
+    /// ([`crate::gpu::selfcheck`]); where they disagree, subgroups are turned off and the tree
+    /// pipelines are the ones compiled.
     pub async fn compile_kernels(&self) -> Result<usize> {
+        crate::gpu::selfcheck::check_subgroups(&self.gpu).await?;
         let chunk = self.opts.prefill_chunk.min(self.opts.context - 1).max(2);
         let cache = self.llm.new_cache(&self.gpu, chunk + 1)?;
         let mut rec = Recorder::new(&self.gpu);

@@ -61,6 +61,11 @@ pub struct Gpu {
     /// Workgroup reductions may use subgroup operations where the adapter has them (see
     /// [`Gpu::subgroup_reduce`]).
     subgroup_reduce_allowed: std::sync::atomic::AtomicBool,
+    /// A subgroup width to assume instead of the adapter's (0: the adapter's); tests pretend a
+    /// misreported width with it (see [`Gpu::pretend_subgroup_width`]).
+    pretend_width: std::sync::atomic::AtomicU32,
+    /// What the last subgroup self-check on this device found (see `selfcheck::check_subgroups`).
+    pub(crate) subgroup_check: Mutex<Option<super::selfcheck::SubgroupCheck>>,
     /// Shader modules are created without wgpu's runtime checks and pipelines without
     /// zero-initialised workgroup memory (native only; see [`Gpu::trusted_shaders`]).
     trusted_shaders: std::sync::atomic::AtomicBool,
@@ -219,6 +224,8 @@ impl Gpu {
             gpu_tuned: (info.device_type != wgpu::DeviceType::Cpu).into(),
             sg8_allowed: true.into(),
             subgroup_reduce_allowed: true.into(),
+            pretend_width: 0.into(),
+            subgroup_check: Mutex::new(None),
             trusted_shaders: true.into(),
             f16_math: false.into(),
             tile128: false.into(),
@@ -254,7 +261,7 @@ impl Gpu {
     /// Whether kernels written for subgroups of exactly 8 lanes (the CPU-rasteriser convolution)
     /// can run: the adapter's subgroups have that fixed width, and tests have not turned them off.
     pub fn sg8(&self) -> bool {
-        self.summary.features.subgroup_size == Some(8) && self.sg8_allowed.load(std::sync::atomic::Ordering::Relaxed)
+        self.subgroup_width() == Some(8) && self.sg8_allowed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Allows or forbids the 8-lane subgroup kernels (tests cover the fallbacks on any adapter).
@@ -266,13 +273,37 @@ impl Gpu {
     /// subgroups of one fixed power-of-two width (in the browser also WGSL's `subgroup_id`
     /// builtin, see `web_device_subgroups`), and tests have not turned them off.
     pub fn subgroup_reduce(&self) -> Option<u32> {
-        let w = self.summary.features.subgroup_size.filter(|w| w.is_power_of_two() && (4..=128).contains(w))?;
+        let w = self.subgroup_width().filter(|w| w.is_power_of_two() && (4..=128).contains(w))?;
         self.subgroup_reduce_allowed.load(std::sync::atomic::Ordering::Relaxed).then_some(w)
     }
 
     /// Allows or forbids subgroup operations in the workgroup reductions (tests run both paths).
     pub fn set_subgroup_reduce_allowed(&self, on: bool) {
         self.subgroup_reduce_allowed.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The fixed subgroup width kernels are specialised for: the adapter's, unless a test pretends
+    /// another.
+    fn subgroup_width(&self) -> Option<u32> {
+        let f = &self.summary.features;
+        match self.pretend_width.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => f.subgroup_size,
+            w => f.subgroups.then_some(w),
+        }
+    }
+
+    /// Makes the kernels assume subgroups of `width` lanes (`None`: the adapter's width), as a
+    /// driver that misreports its width would; tests show that the subgroup self-check catches it.
+    /// Forgets the last check's verdict, which was about another width.
+    pub fn pretend_subgroup_width(&self, width: Option<u32>) {
+        self.pretend_width.store(width.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        *self.subgroup_check.lock().unwrap() = None;
+    }
+
+    /// What the last subgroup self-check on this device found, if one has run (see
+    /// `selfcheck::check_subgroups`).
+    pub fn subgroup_check(&self) -> Option<super::selfcheck::SubgroupCheck> {
+        self.subgroup_check.lock().unwrap().clone()
     }
 
     /// Whether shaders run without wgpu's runtime checks (buffer index clamping, loop bounding,

@@ -4,6 +4,7 @@ pub mod context;
 pub mod kernels;
 pub mod profile;
 pub mod recorder;
+pub mod selfcheck;
 pub mod shader;
 pub mod tensor;
 

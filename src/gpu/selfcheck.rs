@@ -1,0 +1,298 @@
+//! A check, on the user's own device, of every kernel whose reductions use subgroup operations.
+//!
+//! Subgroup kernels are specialised for the fixed width the adapter reports (`SUBGROUPS=n`,
+//! `SG8`). Only the lavapipe and SwiftShader widths (4, 8, 16 lanes) run in our tests; a driver
+//! that reports one width and runs another, a subgroup bug in a browser or driver, or a mistake of
+//! ours at a width no test machine has (32 on NVIDIA and Apple, 64 on AMD) would give wrong
+//! numbers silently: a chat of nonsense, a picture of noise. So before first use each such kernel
+//! runs on small random inputs twice, with subgroups and with the portable workgroup tree, and the
+//! results must agree to within summation-order rounding. If any disagrees, subgroup operations
+//! are turned off for this device (every kernel then takes the tree path) and the verdict says
+//! which kernel differed and by how much.
+//!
+//! The probes run as the engine's kernels do (natively without wgpu's runtime checks, see
+//! `Gpu::trusted_shaders`; browsers always check), since that is what must be right. This
+//! matters on lavapipe with 16-lane subgroups: there, checked shaders, and even an extra `min` on
+//! a subgroup index, give wrong subgroup sums where the unchecked kernels as written are right.
+
+use anyhow::Result;
+
+use super::kernels::{self, AttnKernel, AttnShape, Fused, Kv, KvFormat, Map, NormCopy, NormIn, Out, View};
+use super::{Gpu, Recorder, Tensor, Weight};
+use crate::weights::quant::{Quant, QuantBlob};
+
+/// Largest difference allowed between the subgroup and tree results, relative to the largest
+/// magnitude of the tree result: both are f32 sums of the same terms in another order (observed
+/// ≤ 1e-6); a broken reduction is off by whole terms.
+const TOLERANCE: f32 = 1e-4;
+
+/// One kernel compared.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Probe {
+    pub kernel: &'static str,
+    /// Largest |subgroup − tree| relative to the tree result's largest magnitude (NaN and
+    /// infinities count as infinitely far).
+    pub diff: f32,
+}
+
+/// What a subgroup self-check found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SubgroupCheck {
+    /// The width the kernels were specialised for (None: the reductions had no subgroup width;
+    /// only the 8-lane tile, if anything, was checked).
+    pub width: Option<u32>,
+    /// Whether the kernels were shaped for a GPU (they use other subgroup kernels than the
+    /// CPU-rasteriser shapes).
+    pub gpu_shapes: bool,
+    pub probes: Vec<Probe>,
+    /// Every probe agreed. If not, subgroup operations are now off on this device.
+    pub passed: bool,
+}
+
+impl SubgroupCheck {
+    /// The probe that differed most.
+    pub fn worst(&self) -> Option<&Probe> {
+        self.probes.iter().max_by(|a, b| a.diff.total_cmp(&b.diff))
+    }
+
+    /// One line for logs and benchmarks.
+    pub fn describe(&self) -> String {
+        let width = self.width.map_or("8-lane tile".to_string(), |w| format!("{w}-lane subgroups"));
+        match (self.passed, self.worst()) {
+            (_, None) => "no subgroup kernels to check".into(),
+            (true, Some(w)) => {
+                format!("{width}: {} kernels agree with the workgroup tree (largest difference {:.1e}, {})", self.probes.len(), w.diff, w.kernel)
+            }
+            (false, Some(w)) => format!(
+                "{width}: {} of {} kernels disagree with the workgroup tree (worst: {}, off by {:.1e}); subgroup operations are now off on this device",
+                self.probes.iter().filter(|p| !(p.diff <= TOLERANCE)).count(),
+                self.probes.len(),
+                w.kernel,
+                w.diff
+            ),
+        }
+    }
+}
+
+/// Runs the check for the current kernel shapes (call it after choosing them) and keeps the
+/// verdict on the device ([`Gpu::subgroup_check`]). Cheap where already done for these shapes
+/// and width; nothing to do where no subgroup kernel would run.
+pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
+    let (width, sg8, tuned) = (gpu.subgroup_reduce(), gpu.sg8() && !gpu.gpu_tuned(), gpu.gpu_tuned());
+    if let Some(done) = gpu.subgroup_check() {
+        if !done.passed {
+            // Subgroups stay off on a device that failed (a test may have allowed them again).
+            gpu.set_subgroup_reduce_allowed(false);
+            gpu.set_sg8_allowed(false);
+            return Ok(done);
+        }
+        if done.width == width && done.gpu_shapes == tuned {
+            return Ok(done);
+        }
+    }
+    let probes = run_probes(gpu, width.is_some(), sg8).await;
+    gpu.set_subgroup_reduce_allowed(true);
+    gpu.set_sg8_allowed(true);
+    let probes = probes?;
+    let passed = probes.iter().all(|p| p.diff <= TOLERANCE);
+    if !passed {
+        gpu.set_subgroup_reduce_allowed(false);
+        gpu.set_sg8_allowed(false);
+    }
+    let check = SubgroupCheck { width, gpu_shapes: tuned, probes, passed };
+    *gpu.subgroup_check.lock().unwrap() = Some(check.clone());
+    Ok(check)
+}
+
+/// A small deterministic generator of inputs in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+}
+
+/// The kernels a probe can run, each on inputs shaped like the model's.
+#[derive(Clone, Copy)]
+enum Kernel {
+    RmsNorm,
+    LayerNorm,
+    AttentionRows,
+    AttentionSplit,
+    GroupNorm,
+    Grn,
+    Matvec,
+    MatvecResidual,
+    FusedQkv,
+    FusedGateUp,
+    FusedPlain,
+    Sg8Matmul,
+}
+
+impl Kernel {
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::RmsNorm => "rmsnorm",
+            Kernel::LayerNorm => "layernorm",
+            Kernel::AttentionRows => "attention (rows)",
+            Kernel::AttentionSplit => "attention (split keys)",
+            Kernel::GroupNorm => "groupnorm statistics",
+            Kernel::Grn => "global response norm",
+            Kernel::Matvec => "matvec q4",
+            Kernel::MatvecResidual => "matvec q4 + residual",
+            Kernel::FusedQkv => "fused norm · QKV + RoPE",
+            Kernel::FusedGateUp => "fused norm · gate|up + SwiGLU",
+            Kernel::FusedPlain => "fused norm · matvec",
+            Kernel::Sg8Matmul => "matmul (8-lane tile)",
+        }
+    }
+}
+
+// Shapes: the real model's where cheap (hidden 2048, SigLIP 1024, head dim 128), long enough
+// that every reduction spans several subgroups and every matvec row many groups.
+const HIDDEN: usize = 2048;
+const ROWS: usize = 72;
+const HEADS: usize = 2;
+const HEAD_DIM: usize = 128;
+const KEYS: usize = 300;
+
+async fn run_probes(gpu: &Gpu, reduce: bool, sg8: bool) -> Result<Vec<Probe>> {
+    let mut list = Vec::new();
+    if reduce {
+        list.extend([Kernel::RmsNorm, Kernel::LayerNorm, Kernel::AttentionRows, Kernel::GroupNorm, Kernel::Grn]);
+        if gpu.gpu_tuned() {
+            list.extend([Kernel::AttentionSplit, Kernel::Matvec, Kernel::MatvecResidual, Kernel::FusedQkv, Kernel::FusedGateUp, Kernel::FusedPlain]);
+        }
+    }
+    if sg8 {
+        list.push(Kernel::Sg8Matmul);
+    }
+    let mut probes = Vec::with_capacity(list.len());
+    for kernel in list {
+        gpu.set_subgroup_reduce_allowed(true);
+        gpu.set_sg8_allowed(true);
+        let with = run(gpu, kernel).await?;
+        gpu.set_subgroup_reduce_allowed(false);
+        gpu.set_sg8_allowed(false);
+        let tree = run(gpu, kernel).await?;
+        probes.push(Probe { kernel: kernel.name(), diff: difference(&with, &tree) });
+    }
+    Ok(probes)
+}
+
+/// max |a − b| / max |b|; infinite where either holds a NaN or an infinity or the lengths differ.
+fn difference(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() || a.iter().chain(b).any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
+    let scale = b.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Runs `kernel` once on fixed inputs and reads back everything it writes.
+async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
+    let mut rng = Rng(0x5eed ^ kernel as u64);
+    let input = |rng: &mut Rng, label: &str, n: usize| Tensor::from_f32(gpu, label, &[n], &rng.vec(n));
+    let weight = |rng: &mut Rng, quant: Quant, n: usize, k: usize| -> Result<std::sync::Arc<Weight>> {
+        Weight::upload(gpu, "selfcheck", &QuantBlob::quantize(quant, n, k, &rng.vec(n * k))?)
+    };
+    let mut outs: Vec<Tensor> = Vec::new();
+    let mut rec = Recorder::new(gpu);
+    match kernel {
+        Kernel::RmsNorm | Kernel::LayerNorm => {
+            let d = if matches!(kernel, Kernel::RmsNorm) { HIDDEN } else { 1024 };
+            let (x, g, b, y) = (input(&mut rng, "x", 3 * d), input(&mut rng, "g", d), input(&mut rng, "b", d), Tensor::zeros(gpu, "y", &[3 * d]));
+            match kernel {
+                Kernel::RmsNorm => kernels::rmsnorm(&mut rec, &x.buf, 0, 3, d, &g.buf, 1e-6, &y.buf, 0),
+                _ => kernels::layernorm(&mut rec, &x.buf, 0, 3, d, &g.buf, &b.buf, 1e-6, &y.buf, 0),
+            }
+            outs.push(y);
+        }
+        Kernel::AttentionRows | Kernel::AttentionSplit => {
+            let w = HEADS * HEAD_DIM;
+            let (q, k, v, o) = (input(&mut rng, "q", w), input(&mut rng, "k", KEYS * w), input(&mut rng, "v", KEYS * w), Tensor::zeros(gpu, "o", &[w]));
+            let s = AttnShape {
+                t: 1,
+                heads: HEADS,
+                head_dim: HEAD_DIM,
+                causal_pos0: Some(KEYS - 1),
+                n_keys: KEYS,
+                q_stride: w,
+                kv_stride: w,
+                o_stride: w,
+                kv: KvFormat::F32,
+            };
+            let how = if matches!(kernel, Kernel::AttentionRows) { AttnKernel::Rows } else { AttnKernel::Split };
+            kernels::attention_using(&mut rec, how, s, View::at(&q.buf, 0), View::at(&k.buf, 0), View::at(&v.buf, 0), View::at(&o.buf, 0));
+            outs.push(o);
+        }
+        Kernel::GroupNorm => {
+            let (side, c, groups) = (40, 64, 32);
+            let x = input(&mut rng, "x", side * side * c);
+            let partials = gpu.storage_buffer("partials", kernels::groupnorm_partials_bytes(side * side, groups));
+            let stats = Tensor::zeros(gpu, "stats", &[2 * groups]);
+            kernels::groupnorm_stats(&mut rec, Map { buf: &x.buf, h: side, w: side, c }, groups, 1e-6, &partials, &stats.buf);
+            outs.push(stats);
+        }
+        Kernel::Grn => {
+            let (rows, c) = (144, 256);
+            let (y, gamma, beta) = (input(&mut rng, "y", rows * c), input(&mut rng, "gamma", c), input(&mut rng, "beta", c));
+            let stats = gpu.storage_buffer("stats", kernels::grn_stats_bytes(1, c));
+            kernels::grn(&mut rec, &y.buf, 1, rows, c, &gamma.buf, &beta.buf, &stats);
+            outs.push(y);
+        }
+        Kernel::Matvec | Kernel::MatvecResidual => {
+            let w = weight(&mut rng, Quant::Q4, ROWS, HIDDEN)?;
+            let (x, y) = (input(&mut rng, "x", HIDDEN), input(&mut rng, "y", ROWS));
+            if matches!(kernel, Kernel::Matvec) {
+                kernels::linear(&mut rec, &w, None, &x.buf, 0, 1, Out { buf: &y.buf, off: 0, stride: ROWS, add: false });
+            } else {
+                let (g, yg, ssq) = (input(&mut rng, "g", ROWS), Tensor::zeros(gpu, "yg", &[ROWS]), Tensor::zeros(gpu, "ssq", &[ROWS / 4]));
+                kernels::linear_residual(&mut rec, &w, &x.buf, 0, View::at(&y.buf, 0), NormCopy { g: &g.buf, yg: &yg.buf, ssq: &ssq.buf });
+                outs.extend([yg, ssq]);
+            }
+            outs.push(y);
+        }
+        Kernel::FusedQkv | Kernel::FusedGateUp | Kernel::FusedPlain => {
+            let xg = input(&mut rng, "xg", HIDDEN);
+            let ssq = Tensor::from_f32(gpu, "ssq", &[HIDDEN / 4], &rng.vec(HIDDEN / 4).iter().map(|v| 1.0 + v.abs()).collect::<Vec<_>>());
+            let norm = NormIn::Prescaled { xg: &xg.buf, ssq: &ssq.buf, off: 0, eps: 1e-6 };
+            if matches!(kernel, Kernel::FusedQkv) {
+                let hd = HEADS * HEAD_DIM;
+                let w = weight(&mut rng, Quant::Q4, 3 * hd, HIDDEN)?;
+                let table = input(&mut rng, "rope", 4 * HEAD_DIM);
+                let (q, k, v) = (Tensor::zeros(gpu, "q", &[hd]), Tensor::zeros(gpu, "k", &[2 * hd]), Tensor::zeros(gpu, "v", &[2 * hd]));
+                let kv = Kv { k: &k.buf, v: &v.buf, format: KvFormat::F32 };
+                let f = Fused::Qkv { heads: HEADS, head_dim: HEAD_DIM, pos: 3, table: &table.buf, q: &q.buf, q_off: 0, kv, slot: 1 };
+                kernels::norm_matvec(&mut rec, &w, norm, f);
+                outs.extend([q, k, v]);
+            } else {
+                let w = weight(&mut rng, Quant::Q4, ROWS, HIDDEN)?;
+                let y = Tensor::zeros(gpu, "y", &[ROWS]);
+                let f = if matches!(kernel, Kernel::FusedGateUp) { Fused::GateUp { y: &y.buf, y_off: 0 } } else { Fused::Plain { y: &y.buf, y_off: 0 } };
+                kernels::norm_matvec(&mut rec, &w, norm, f);
+                outs.push(y);
+            }
+        }
+        Kernel::Sg8Matmul => {
+            let (m, n, k) = (kernels::SMALL_TILE_MAX_ROWS + 8, 64, 256);
+            let w = weight(&mut rng, Quant::F16, n, k)?;
+            let (x, y) = (input(&mut rng, "x", m * k), Tensor::zeros(gpu, "y", &[m * n]));
+            kernels::linear(&mut rec, &w, None, &x.buf, 0, m, Out { buf: &y.buf, off: 0, stride: n, add: false });
+            outs.push(y);
+        }
+    }
+    rec.finish();
+    let mut all = Vec::new();
+    for t in &outs {
+        all.extend(gpu.read_f32(&t.buf, 0, t.len()).await?);
+    }
+    gpu.check_alive()?;
+    Ok(all)
+}
