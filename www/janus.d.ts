@@ -108,6 +108,18 @@ export interface AdapterSummary {
   max_storage_buffers_per_shader_stage: number;
 }
 
+/** What the subgroup self-check found (`EngineInfo.subgroupCheck`). */
+export interface SubgroupCheck {
+  /** The subgroup width the kernels were built for (null: only the 8-lane tile was checked). */
+  width: number | null;
+  /** Whether the kernels checked were those shaped for a GPU. */
+  gpu_shapes: boolean;
+  /** Each kernel with its largest difference from the tree path, relative to the result's size. */
+  probes: { kernel: string; diff: number | null }[]; // null: not a finite number
+  /** Every kernel agreed (within 1e-4); if not, subgroup operations are now off. */
+  passed: boolean;
+}
+
 /** Facts about a loaded engine (`engine.info`). */
 export interface EngineInfo {
   adapter: AdapterSummary;
@@ -119,10 +131,14 @@ export interface EngineInfo {
   hasVae: boolean;
   /** Whether kernel shapes were chosen for a GPU (false on a CPU rasteriser such as SwiftShader). */
   gpuTuning: boolean;
-  /** The subgroup width the norms' and attention's reductions use, or null where they go
-   * through workgroup memory (no subgroups, subgroups of varying width, and for now always in
-   * the browser). */
+  /** The subgroup width the reductions (norms, attention, the GPU matrix–vector rows) use, or
+   * null where they go through workgroup memory (no subgroups, subgroups of varying width, or a
+   * failed subgroup self-check). */
   subgroupReductions: number | null;
+  /** The subgroup self-check run before first use: each kernel that uses subgroup operations,
+   * on small random inputs, against the portable workgroup-tree path on this GPU; where any
+   * disagrees, subgroups are turned off (null: not run yet). */
+  subgroupCheck: SubgroupCheck | null;
   /** Bytes of weights on the GPU. */
   bytes: number;
   loadSeconds: number;

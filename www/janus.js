@@ -292,6 +292,16 @@ class Engine extends EventTarget {
   }
 
   /**
+   * Test hook: the loaded engine's kernels assume subgroups `width` lanes wide (null: the device's
+   * own width), as a driver that misreports it would, and its subgroup self-check runs again;
+   * resolves to {check, reductions}: the verdict (as `info.subgroupCheck`) and the width the
+   * reductions now use, or null for the workgroup tree. Call while the engine is idle.
+   */
+  debugSubgroupCheck(width = null) {
+    return this.#post(URGENT.debugSubgroupCheck, { width });
+  }
+
+  /**
    * Test hook: the loaded engine's kernels shaped for a real GPU (`gpu: true`) or for a CPU
    * rasteriser, and its GPU-shape matrix–vector products with staged activations (`stageX`) and
    * weight loads batched over `loads` passes; resolves to whether GPU shapes are now on.

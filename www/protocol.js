@@ -24,6 +24,7 @@ export const URGENT = Object.freeze({
   debugLoseDevice: 'debugLoseDevice',
   debugPanic: 'debugPanic',
   debugSubgroupReductions: 'debugSubgroupReductions',
+  debugSubgroupCheck: 'debugSubgroupCheck',
   debugKernelShapes: 'debugKernelShapes',
 });
 

@@ -333,6 +333,8 @@ async function upload(id, key, text, quant, bad) {
     engineKey = key;
     canceller = e.cancelHandle();
     engineInfo = { ...e.info(), bytes: total, loadSeconds: (performance.now() - t0) / 1000, pipelines, compileSeconds };
+    const check = engineInfo.subgroupCheck;
+    if (check && !check.passed) console.warn('JanusFlow: subgroup kernels disagree with the portable path on this GPU, so they are off', check);
     return engineInfo;
   } catch (err) {
     if (engine !== e) {
@@ -490,6 +492,16 @@ const urgent = {
     if (!engine) throw kindError('no engine is loaded', KIND.config);
     engine.setSubgroupReductions(!!on);
     return engine.info().subgroupReductions ?? null;
+  },
+  /**
+   * Test hook: {width}: the kernels assume subgroups that wide (null: the device's own width) and
+   * the subgroup self-check runs again; resolves to {check, reductions} (its verdict, and the
+   * width the reductions now use or null for the tree). Call while the engine is idle.
+   */
+  async [URGENT.debugSubgroupCheck](id, { width }) {
+    if (!engine) throw kindError('no engine is loaded', KIND.config);
+    const check = await engine.debugSubgroupCheck(width ?? undefined);
+    return { check, reductions: engine.info().subgroupReductions ?? null };
   },
   /**
    * Test hook: {gpu, stageX, loads}: the GPU kernel shapes (which a CPU rasteriser never chooses

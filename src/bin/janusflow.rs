@@ -247,6 +247,12 @@ fn load(m: &ModelArgs) -> Result<Engine> {
         pb.set_message(what.to_string());
     }))?;
     pb.finish_and_clear();
+    // Subgroup kernels are checked against the workgroup tree before first use (see
+    // gpu::selfcheck); where they disagree they are turned off, and the user is told.
+    let check = pollster::block_on(janusflow::gpu::selfcheck::check_subgroups(&engine.gpu))?;
+    if !check.passed {
+        eprintln!("warning: {}", check.describe());
+    }
     Ok(engine)
 }
 
@@ -685,6 +691,11 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     gpu.set_tile128(tile128);
     gpu.set_stage_x(stage_x);
     gpu.set_matvec_loads(matvec_loads);
+    // As the engine does before first use: subgroup kernels that disagree with the tree are off.
+    let check = pollster::block_on(janusflow::gpu::selfcheck::check_subgroups(&gpu))?;
+    gpu.take_profile();
+    println!("subgroup self-check: {}", check.describe());
+    fig.insert("subgroup_check".into(), json!(check));
     let shapes = if gpu.gpu_tuned() {
         "gpu"
     } else if gpu.sg8() {

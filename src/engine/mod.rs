@@ -645,6 +645,7 @@ impl Engine {
     /// stop), and appends the reply to the conversation. K/V of the shared prefix are reused.
     pub async fn chat(&mut self, conv: &mut Conversation, params: &SamplingParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
         self.gpu.check_alive()?;
+        crate::gpu::selfcheck::check_subgroups(&self.gpu).await?;
         params.validate()?;
         let prompt = self.prompt(conv.system.as_deref(), &conv.messages).kind(Kind::BadInput)?;
         self.check_fits(prompt.ids.len())?;

@@ -264,6 +264,11 @@ impl Gpu {
         self.subgroup_width() == Some(8) && self.sg8_allowed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the 8-lane subgroup kernels are allowed (the default) where the adapter has them.
+    pub fn sg8_allowed(&self) -> bool {
+        self.sg8_allowed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Allows or forbids the 8-lane subgroup kernels (tests cover the fallbacks on any adapter).
     pub fn set_sg8_allowed(&self, on: bool) {
         self.sg8_allowed.store(on, std::sync::atomic::Ordering::Relaxed);
@@ -275,6 +280,11 @@ impl Gpu {
     pub fn subgroup_reduce(&self) -> Option<u32> {
         let w = self.subgroup_width().filter(|w| w.is_power_of_two() && (4..=128).contains(w))?;
         self.subgroup_reduce_allowed.load(std::sync::atomic::Ordering::Relaxed).then_some(w)
+    }
+
+    /// Whether subgroup operations are allowed (the default) in the workgroup reductions.
+    pub fn subgroup_reduce_allowed(&self) -> bool {
+        self.subgroup_reduce_allowed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Allows or forbids subgroup operations in the workgroup reductions (tests run both paths).

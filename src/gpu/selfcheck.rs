@@ -74,9 +74,10 @@ impl SubgroupCheck {
     }
 }
 
-/// Runs the check for the current kernel shapes (call it after choosing them) and keeps the
-/// verdict on the device ([`Gpu::subgroup_check`]). Cheap where already done for these shapes
-/// and width; nothing to do where no subgroup kernel would run.
+/// Runs the check for the current kernel shapes and subgroup settings and keeps the verdict on
+/// the device ([`Gpu::subgroup_check`]). The engine calls it before every chat turn and picture:
+/// it only runs again when the shapes or the width changed; nothing to do where no subgroup
+/// kernel would run.
 pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
     let (width, sg8, tuned) = (gpu.subgroup_reduce(), gpu.sg8() && !gpu.gpu_tuned(), gpu.gpu_tuned());
     if let Some(done) = gpu.subgroup_check() {
@@ -90,9 +91,10 @@ pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
             return Ok(done);
         }
     }
+    let allowed = (gpu.subgroup_reduce_allowed(), gpu.sg8_allowed());
     let probes = run_probes(gpu, width.is_some(), sg8).await;
-    gpu.set_subgroup_reduce_allowed(true);
-    gpu.set_sg8_allowed(true);
+    gpu.set_subgroup_reduce_allowed(allowed.0);
+    gpu.set_sg8_allowed(allowed.1);
     let probes = probes?;
     let passed = probes.iter().all(|p| p.diff <= TOLERANCE);
     if !passed {
@@ -175,8 +177,8 @@ async fn run_probes(gpu: &Gpu, reduce: bool, sg8: bool) -> Result<Vec<Probe>> {
     }
     let mut probes = Vec::with_capacity(list.len());
     for kernel in list {
-        gpu.set_subgroup_reduce_allowed(true);
-        gpu.set_sg8_allowed(true);
+        gpu.set_subgroup_reduce_allowed(reduce);
+        gpu.set_sg8_allowed(sg8);
         let with = run(gpu, kernel).await?;
         gpu.set_subgroup_reduce_allowed(false);
         gpu.set_sg8_allowed(false);

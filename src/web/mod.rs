@@ -226,6 +226,7 @@ impl WebEngine {
             "hasVae": self.engine.vae.is_some(),
             "gpuTuning": self.engine.gpu.gpu_tuned(),
             "subgroupReductions": self.engine.gpu.subgroup_reduce(),
+            "subgroupCheck": self.engine.gpu.subgroup_check(),
         });
         to_js(&info)
     }
@@ -259,7 +260,21 @@ impl WebEngine {
         self.engine.gpu.set_subgroup_reduce_allowed(on);
     }
 
-    /// Compiles the chat and image-question shaders now (the load's last phase), so the first
+    /// Test hook: makes the kernels assume subgroups of `width` lanes (undefined: the device's own
+    /// width), allows subgroups again and runs the subgroup self-check (`gpu::selfcheck`), which
+    /// turns them off where they disagree with the workgroup tree. Resolves to its verdict.
+    #[wasm_bindgen(js_name = debugSubgroupCheck)]
+    pub async fn debug_subgroup_check(&self, width: Option<u32>) -> Result<JsValue, JsValue> {
+        let gpu = &self.engine.gpu;
+        gpu.pretend_subgroup_width(width);
+        gpu.set_subgroup_reduce_allowed(true);
+        gpu.set_sg8_allowed(true);
+        let check = crate::gpu::selfcheck::check_subgroups(gpu).await.map_err(err)?;
+        to_js(&check)
+    }
+
+    /// Checks the device's subgroup kernels against the workgroup tree (see `info().subgroupCheck`),
+    /// then compiles the chat and image-question shaders (the load's last phase), so the first
     /// message does not wait for them; returns the number of pipelines compiled.
     #[wasm_bindgen(js_name = compileKernels)]
     pub async fn compile_kernels(&self) -> Result<u32, JsValue> {

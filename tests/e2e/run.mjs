@@ -300,6 +300,35 @@ await test('workgroup reductions: subgroups where the browser offers them, the t
   assert.equal(r.treeReplies.image, expected.image.reply);
 });
 
+await test('subgroup self-check: passes at the browser\'s own width before first use; a misreported width is caught, subgroups go off and replies stay the native ones', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    ${ASK}
+    const offered = (await navigator.gpu.requestAdapter()).features.has('subgroups');
+    const atLoad = E.info.subgroupCheck;
+    const own = (await E.debugSubgroupCheck(null)).reductions;
+    // Twice the real width: what a driver that misreports its subgroups would make us assume.
+    const wrong = await E.debugSubgroupCheck(2 * (own || 4));
+    const replies = await ask();
+    const back = await E.debugSubgroupCheck(null);
+    await E.reset();
+    return { offered, atLoad, own, wrong, replies, back };
+  `, { chat: expected.chat.prompt, image: expected.image.prompt });
+  if (!r.offered) {
+    assert.equal(r.own, null);
+    return;
+  }
+  // SwiftShader: 4-lane subgroups, CPU kernel shapes: norms (2), attention, GroupNorm, GRN.
+  assert.ok(r.atLoad && r.atLoad.passed && r.atLoad.width === r.own && r.atLoad.probes.length === 5, JSON.stringify(r.atLoad));
+  assert.ok(r.atLoad.probes.every((p) => p.diff <= 1e-5), JSON.stringify(r.atLoad));
+  assert.equal(r.wrong.check.passed, false, JSON.stringify(r.wrong.check));
+  assert.ok(r.wrong.check.probes.some((p) => p.diff === null || p.diff > 1e-2), JSON.stringify(r.wrong.check));
+  assert.equal(r.wrong.reductions, null, 'subgroups off after a failed check');
+  assert.equal(r.replies.chat, expected.chat.reply);
+  assert.equal(r.replies.image, expected.image.reply);
+  assert.ok(r.back.check.passed && r.back.reductions === r.own, JSON.stringify(r.back));
+});
+
 await test('GPU kernel shapes (never chosen on SwiftShader) compile in the browser and give the native replies and picture, and the CPU shapes\' reply past 64 keys (split attention); so do staged matvec activations with batched weight loads', async () => {
   const r = await inPage(`
     ${ENGINE}
