@@ -58,6 +58,11 @@ def main(path):
         except json.JSONDecodeError:
             continue
         b, parts = r["bench"], []
+        if b.get("subgroup_check", {}).get("probes"):
+            c = b["subgroup_check"]
+            worst = max(c["probes"], key=lambda p: float("inf") if p["diff"] is None else p["diff"])
+            verdict = "passed" if c["passed"] else "FAILED, subgroups off"
+            parts.append(f"subgroup self-check at {c['width']} lanes {verdict} ({len(c['probes'])} kernels, worst {worst['kernel']} {worst['diff']})")
         if "matmul_f32_512x2048x2048_ms" in b:
             parts.append(f"matmul f32 512x2048x2048 {b['matmul_f32_512x2048x2048_ms']:.2f} ms")
         if "matvec" in b:
