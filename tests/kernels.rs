@@ -1227,3 +1227,51 @@ fn subgroup_self_check_passes_here_and_catches_a_misreported_width() {
     gpu.set_trusted_shaders(true);
     assert_eq!(gpu.subgroup_reduce(), Some(width));
 }
+
+/// The kernel-shape self-check (gpu::selfcheck): on GPU shapes every GPU-shape kernel agrees with
+/// its CPU-shape counterpart here, with subgroup rows and with the tree; where they disagree (the
+/// GPU-shape matvec rows told twice the subgroup width, before any subgroup check), the device
+/// takes the CPU shapes, and after the whole device check its products are right.
+#[test]
+fn shape_self_check_passes_here_and_falls_back_to_cpu_shapes() {
+    use janusflow::gpu::selfcheck::{check_device, check_shapes};
+    let gpu = gpu();
+    gpu.set_gpu_tuned(false);
+    assert!(pollster::block_on(check_shapes(&gpu)).unwrap().probes.is_empty(), "nothing to compare on CPU shapes");
+    gpu.set_gpu_tuned(true);
+    for sub in [true, false] {
+        gpu.set_subgroup_reduce_allowed(sub);
+        let c = pollster::block_on(check_shapes(&gpu)).unwrap();
+        eprintln!("subgroups {:?}: {}", gpu.subgroup_reduce(), c.describe());
+        assert!(c.passed && c.probes.len() == 11 && c.probes.iter().all(|p| p.diff <= 1e-5), "{c:?}");
+        assert!(gpu.gpu_tuned());
+    }
+    gpu.set_subgroup_reduce_allowed(true);
+    let Some(width) = gpu.subgroup_reduce() else {
+        eprintln!("this adapter has no fixed-width subgroups: no wrong width to pretend");
+        return;
+    };
+    // Checked shaders: a kernel that assumes wider subgroups indexes past its per-subgroup slots.
+    gpu.set_trusted_shaders(false);
+    gpu.pretend_subgroup_width(Some(2 * width));
+    let c = pollster::block_on(check_shapes(&gpu)).unwrap();
+    eprintln!("pretending {} lanes: {}", 2 * width, c.describe());
+    assert!(!c.passed && c.probes.iter().any(|p| p.kernel == "matvec q4" && p.diff > 1e-2), "{c:?}");
+    assert!(!gpu.gpu_tuned(), "CPU shapes after a failed shape check");
+    gpu.set_gpu_tuned(true);
+    let (sub, shapes) = pollster::block_on(check_device(&gpu)).unwrap();
+    assert!(!shapes.passed && !gpu.gpu_tuned(), "GPU shapes stay off on a device that failed");
+    assert!(!sub.passed && gpu.subgroup_reduce().is_none(), "{sub:?}");
+    let mut rng = Rng(19);
+    let (m, n, k) = (1, 72, 512);
+    let (x, wv) = (rng.vec(m * k), rng.vec(n * k));
+    let blob = QuantBlob::quantize(Quant::Q4, n, k, &wv).unwrap();
+    let w = Weight::upload(&gpu, "w", &blob).unwrap();
+    let (xt, yt) = (Tensor::from_f32(&gpu, "x", &[m, k], &x), Tensor::zeros(&gpu, "y", &[m, n]));
+    let mut rec = Recorder::new(&gpu);
+    kernels::linear(&mut rec, &w, None, &xt.buf, 0, m, Out { buf: &yt.buf, off: 0, stride: n, add: false });
+    rec.finish();
+    assert_close(&read(&gpu, &yt), &cpu_linear(&x, &blob.dequantize(), m, n, k), 1e-5, "matvec after a failed device check");
+    gpu.pretend_subgroup_width(None);
+    gpu.set_trusted_shaders(true);
+}

@@ -284,7 +284,11 @@ class JanusFlowElement extends HTMLElement {
     } finally {
       this.loading = false;
     }
-    this.setStatus(`ready on ${this.engine.info.adapter.name || 'WebGPU'} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    const info = this.engine.info;
+    // Kernels that disagreed with their portable counterparts on this GPU are off (slower, still exact).
+    const failed = [info.subgroupCheck, info.shapeCheck].some((c) => c && !c.passed);
+    const portable = failed ? '; some of its fast kernels failed a self-check, so portable ones run' : '';
+    this.setStatus(`ready on ${info.adapter.name || 'WebGPU'} (${((performance.now() - t0) / 1000).toFixed(1)} s)${portable}`);
     // A crash or a lost GPU device: the engine reloads itself from storage; say what happens.
     this.engine.onprogress = (p) => this.setStatus(`reloading the engine: ${p.phase}${p.total ? ` ${((100 * p.loaded) / p.total).toFixed(0)} %` : ''}`);
     this.engine.addEventListener('restart', (ev) => this.setStatus(ev.detail.kind === KIND.deviceLost ? 'GPU device lost — reloading the engine from storage…' : 'the engine crashed — restarting it…'));

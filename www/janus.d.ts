@@ -120,6 +120,15 @@ export interface SubgroupCheck {
   passed: boolean;
 }
 
+/** What the kernel-shape self-check found (`EngineInfo.shapeCheck`). */
+export interface ShapeCheck {
+  /** The subgroup width the GPU-shape kernels used (null: the workgroup tree). */
+  width: number | null;
+  probes: { kernel: string; diff: number | null }[];
+  /** Every kernel agreed (within 1e-4); if not, the CPU kernel shapes are now used. */
+  passed: boolean;
+}
+
 /** Facts about a loaded engine (`engine.info`). */
 export interface EngineInfo {
   adapter: AdapterSummary;
@@ -139,6 +148,10 @@ export interface EngineInfo {
    * on small random inputs, against the portable workgroup-tree path on this GPU; where any
    * disagrees, subgroups are turned off (null: not run yet). */
   subgroupCheck: SubgroupCheck | null;
+  /** On GPU kernel shapes, the self-check of each GPU-shape product and attention kernel against
+   * its CPU-rasteriser counterpart on this GPU; where any disagrees, the CPU shapes are taken
+   * (null: not run yet, or CPU shapes from the start). */
+  shapeCheck: ShapeCheck | null;
   /** Bytes of weights on the GPU. */
   bytes: number;
   loadSeconds: number;

@@ -291,6 +291,11 @@ class Engine extends EventTarget {
     return this.#post(URGENT.debugSubgroupReductions, { on });
   }
 
+  /** Test hook: the loaded engine's facts as they are now (`info` is a snapshot taken at load). */
+  debugInfo() {
+    return this.#post(URGENT.debugInfo);
+  }
+
   /**
    * Test hook: the loaded engine's kernels assume subgroups `width` lanes wide (null: the device's
    * own width), as a driver that misreports it would, and its subgroup self-check runs again;

@@ -25,6 +25,7 @@ export const URGENT = Object.freeze({
   debugPanic: 'debugPanic',
   debugSubgroupReductions: 'debugSubgroupReductions',
   debugSubgroupCheck: 'debugSubgroupCheck',
+  debugInfo: 'debugInfo',
   debugKernelShapes: 'debugKernelShapes',
 });
 

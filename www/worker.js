@@ -333,8 +333,9 @@ async function upload(id, key, text, quant, bad) {
     engineKey = key;
     canceller = e.cancelHandle();
     engineInfo = { ...e.info(), bytes: total, loadSeconds: (performance.now() - t0) / 1000, pipelines, compileSeconds };
-    const check = engineInfo.subgroupCheck;
-    if (check && !check.passed) console.warn('JanusFlow: subgroup kernels disagree with the portable path on this GPU, so they are off', check);
+    for (const check of [engineInfo.subgroupCheck, engineInfo.shapeCheck]) {
+      if (check && !check.passed) console.warn('JanusFlow: kernels disagree with their portable counterparts on this GPU, so those run instead', check);
+    }
     return engineInfo;
   } catch (err) {
     if (engine !== e) {
@@ -492,6 +493,11 @@ const urgent = {
     if (!engine) throw kindError('no engine is loaded', KIND.config);
     engine.setSubgroupReductions(!!on);
     return engine.info().subgroupReductions ?? null;
+  },
+  /** Test hook: the loaded engine's facts now (`info` is a snapshot taken at load). */
+  [URGENT.debugInfo]() {
+    if (!engine) throw kindError('no engine is loaded', KIND.config);
+    return engine.info();
   },
   /**
    * Test hook: {width}: the kernels assume subgroups that wide (null: the device's own width) and

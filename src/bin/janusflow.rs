@@ -249,9 +249,12 @@ fn load(m: &ModelArgs) -> Result<Engine> {
     pb.finish_and_clear();
     // Subgroup kernels are checked against the workgroup tree before first use (see
     // gpu::selfcheck); where they disagree they are turned off, and the user is told.
-    let check = pollster::block_on(janusflow::gpu::selfcheck::check_subgroups(&engine.gpu))?;
-    if !check.passed {
-        eprintln!("warning: {}", check.describe());
+    let (sub, shapes) = pollster::block_on(janusflow::gpu::selfcheck::check_device(&engine.gpu))?;
+    if !shapes.passed {
+        eprintln!("warning: {}", shapes.describe());
+    }
+    if !sub.passed {
+        eprintln!("warning: {}", sub.describe());
     }
     Ok(engine)
 }
@@ -693,14 +696,15 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     gpu.set_matvec_loads(matvec_loads);
     // As the engine does before first use: subgroup kernels that disagree with the tree are off.
     let t0 = Instant::now();
-    let check = pollster::block_on(janusflow::gpu::selfcheck::check_subgroups(&gpu))?;
+    let (check, shape_check) = pollster::block_on(janusflow::gpu::selfcheck::check_device(&gpu))?;
     let check_ms = t0.elapsed().as_secs_f64() * 1e3;
     gpu.take_profile();
-    println!("subgroup self-check ({check_ms:.0} ms with its pipelines): {}", check.describe());
+    println!("device self-check ({check_ms:.0} ms with its pipelines): {}; {}", check.describe(), shape_check.describe());
     fig.insert(
         "subgroup_check".into(),
         json!({"ms": check_ms, "width": check.width, "gpu_shapes": check.gpu_shapes, "probes": check.probes, "passed": check.passed}),
     );
+    fig.insert("shape_check".into(), json!(shape_check));
     let shapes = if gpu.gpu_tuned() {
         "gpu"
     } else if gpu.sg8() {

@@ -147,7 +147,7 @@ impl Engine {
         mut on_step: impl FnMut(StepInfo) -> bool,
     ) -> Result<Option<Vec<f32>>> {
         self.gpu.check_alive()?;
-        crate::gpu::selfcheck::check_subgroups(&self.gpu).await?;
+        crate::gpu::selfcheck::check_device(&self.gpu).await?;
         let gpu = &self.gpu;
         let g = &self.cfg.gen;
         let (h, cz, s) = (self.cfg.llm.hidden, g.in_channels, g.latent_size());

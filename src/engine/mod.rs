@@ -316,11 +316,11 @@ impl Engine {
     /// submitting anything (pipelines are created while recording), then waits for the device
     /// (browsers compile in another process; a 4-byte readback waits for it). Generation and VAE
     /// kernels compile on their first step. Returns the number of pipelines now compiled.
-    /// First, the subgroup kernels of this device are checked against the workgroup tree
-    /// ([`crate::gpu::selfcheck`]); where they disagree, subgroups are turned off and the tree
-    /// pipelines are the ones compiled.
+    /// First, the device's subgroup kernels are checked against the workgroup tree and its
+    /// GPU-shape kernels against the CPU-shape ones ([`crate::gpu::selfcheck`]); where they
+    /// disagree, subgroups are turned off or the CPU shapes taken, and those pipelines compiled.
     pub async fn compile_kernels(&self) -> Result<usize> {
-        crate::gpu::selfcheck::check_subgroups(&self.gpu).await?;
+        crate::gpu::selfcheck::check_device(&self.gpu).await?;
         let chunk = self.opts.prefill_chunk.min(self.opts.context - 1).max(2);
         let cache = self.llm.new_cache(&self.gpu, chunk + 1)?;
         let mut rec = Recorder::new(&self.gpu);
@@ -645,7 +645,7 @@ impl Engine {
     /// stop), and appends the reply to the conversation. K/V of the shared prefix are reused.
     pub async fn chat(&mut self, conv: &mut Conversation, params: &SamplingParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
         self.gpu.check_alive()?;
-        crate::gpu::selfcheck::check_subgroups(&self.gpu).await?;
+        crate::gpu::selfcheck::check_device(&self.gpu).await?;
         params.validate()?;
         let prompt = self.prompt(conv.system.as_deref(), &conv.messages).kind(Kind::BadInput)?;
         self.check_fits(prompt.ids.len())?;

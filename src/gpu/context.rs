@@ -66,6 +66,8 @@ pub struct Gpu {
     pretend_width: std::sync::atomic::AtomicU32,
     /// What the last subgroup self-check on this device found (see `selfcheck::check_subgroups`).
     pub(crate) subgroup_check: Mutex<Option<super::selfcheck::SubgroupCheck>>,
+    /// What the last kernel-shape self-check on this device found (see `selfcheck::check_shapes`).
+    pub(crate) shape_check: Mutex<Option<super::selfcheck::ShapeCheck>>,
     /// Shader modules are created without wgpu's runtime checks and pipelines without
     /// zero-initialised workgroup memory (native only; see [`Gpu::trusted_shaders`]).
     trusted_shaders: std::sync::atomic::AtomicBool,
@@ -226,6 +228,7 @@ impl Gpu {
             subgroup_reduce_allowed: true.into(),
             pretend_width: 0.into(),
             subgroup_check: Mutex::new(None),
+            shape_check: Mutex::new(None),
             trusted_shaders: true.into(),
             f16_math: false.into(),
             tile128: false.into(),
@@ -304,16 +307,23 @@ impl Gpu {
 
     /// Makes the kernels assume subgroups of `width` lanes (`None`: the adapter's width), as a
     /// driver that misreports its width would; tests show that the subgroup self-check catches it.
-    /// Forgets the last check's verdict, which was about another width.
+    /// Forgets the last checks' verdicts, which were about another width.
     pub fn pretend_subgroup_width(&self, width: Option<u32>) {
         self.pretend_width.store(width.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         *self.subgroup_check.lock().unwrap() = None;
+        *self.shape_check.lock().unwrap() = None;
     }
 
     /// What the last subgroup self-check on this device found, if one has run (see
     /// `selfcheck::check_subgroups`).
     pub fn subgroup_check(&self) -> Option<super::selfcheck::SubgroupCheck> {
         self.subgroup_check.lock().unwrap().clone()
+    }
+
+    /// What the last kernel-shape self-check on this device found, if one has run (see
+    /// `selfcheck::check_shapes`).
+    pub fn shape_check(&self) -> Option<super::selfcheck::ShapeCheck> {
+        self.shape_check.lock().unwrap().clone()
     }
 
     /// Whether shaders run without wgpu's runtime checks (buffer index clamping, loop bounding,

@@ -10,6 +10,14 @@
 //! are turned off for this device (every kernel then takes the tree path) and the verdict says
 //! which kernel differed and by how much.
 //!
+//! The same way, where kernels are shaped for a GPU (many small workgroups, tiles shared through
+//! workgroup memory, partial sums combined across workgroups), each GPU-shape product, decode
+//! product and attention kernel is compared with its CPU-rasteriser counterpart, whose lanes each
+//! compute whole outputs alone with no barrier between them. The GPU shapes have run on real GPUs
+//! far less than on our CPU test adapters, where lanes run in order and a missing barrier or a
+//! race between workgroups would not show. Where they disagree, the device takes the CPU shapes
+//! (slower, still exact) and the verdict says which kernel differed.
+//!
 //! The probes run as the engine's kernels do (natively without wgpu's runtime checks, see
 //! `Gpu::trusted_shaders`; browsers always check), since that is what must be right. This
 //! matters on lavapipe with 16-lane subgroups: there, checked shaders, and even an extra `min` on
@@ -47,6 +55,9 @@ pub struct SubgroupCheck {
     pub probes: Vec<Probe>,
     /// Every probe agreed. If not, subgroup operations are now off on this device.
     pub passed: bool,
+    /// The kernel variants it checked ([`variants`]): it runs again when they change.
+    #[serde(skip)]
+    variants: String,
 }
 
 impl SubgroupCheck {
@@ -74,6 +85,97 @@ impl SubgroupCheck {
     }
 }
 
+/// What the kernel-shape self-check found: GPU-shape kernels against the CPU-shape ones.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ShapeCheck {
+    /// The subgroup width the GPU-shape kernels used (None: the workgroup tree).
+    pub width: Option<u32>,
+    pub probes: Vec<Probe>,
+    /// Every probe agreed. If not, the device now takes the CPU kernel shapes.
+    pub passed: bool,
+    /// The kernel variants it checked ([`variants`]): it runs again when they change.
+    #[serde(skip)]
+    variants: String,
+}
+
+impl ShapeCheck {
+    /// One line for logs and benchmarks.
+    pub fn describe(&self) -> String {
+        let worst = self.probes.iter().max_by(|a, b| a.diff.total_cmp(&b.diff));
+        match (self.passed, worst) {
+            (_, None) => "CPU kernel shapes: nothing to compare".into(),
+            (true, Some(w)) => {
+                format!("{} GPU-shape kernels agree with the CPU-shape ones (largest difference {:.1e}, {})", self.probes.len(), w.diff, w.kernel)
+            }
+            (false, Some(w)) => format!(
+                "{} of {} GPU-shape kernels disagree with the CPU-shape ones (worst: {}, off by {:.1e}); this device now takes the CPU kernel shapes",
+                self.probes.iter().filter(|p| !(p.diff <= TOLERANCE)).count(),
+                self.probes.len(),
+                w.kernel,
+                w.diff
+            ),
+        }
+    }
+}
+
+/// Both checks, as the engine runs them before first use: subgroups against the tree, then (on
+/// GPU shapes) GPU shapes against CPU shapes, then subgroups again if the shapes changed.
+/// Returns the verdicts that now hold.
+pub async fn check_device(gpu: &Gpu) -> Result<(SubgroupCheck, ShapeCheck)> {
+    let sub = check_subgroups(gpu).await?;
+    let shapes = check_shapes(gpu).await?;
+    if !shapes.passed {
+        return Ok((check_subgroups(gpu).await?, shapes));
+    }
+    Ok((sub, shapes))
+}
+
+/// Compares the GPU-shape kernels with the CPU-shape ones where kernels are shaped for a GPU, and
+/// keeps the verdict on the device ([`Gpu::shape_check`]); runs again only when the subgroup width
+/// changed. Where they disagree the device takes the CPU shapes from now on.
+pub async fn check_shapes(gpu: &Gpu) -> Result<ShapeCheck> {
+    let width = gpu.subgroup_reduce();
+    if let Some(done) = gpu.shape_check() {
+        if !done.passed {
+            gpu.set_gpu_tuned(false);
+            return Ok(done);
+        }
+        if done.variants == variants(gpu) || !gpu.gpu_tuned() {
+            return Ok(done);
+        }
+    }
+    if !gpu.gpu_tuned() {
+        return Ok(ShapeCheck { width, probes: Vec::new(), passed: true, variants: variants(gpu) });
+    }
+    let list = [
+        Kernel::Matvec,
+        Kernel::MatvecResidual,
+        Kernel::FusedQkv,
+        Kernel::FusedGateUp,
+        Kernel::FusedPlain,
+        Kernel::PromptQ4,
+        Kernel::PromptF16,
+        Kernel::PromptSwiGlu,
+        Kernel::AttentionDecode,
+        Kernel::AttentionPrompt,
+        Kernel::Convolution,
+    ];
+    // Exact f32 arithmetic on both sides (the fast setting's f16 tile would differ by its rounding).
+    let f16 = gpu.f16_math();
+    gpu.set_f16_math(false);
+    let probes = compare(gpu, &list, |on| gpu.set_gpu_tuned(on)).await;
+    gpu.set_gpu_tuned(true);
+    gpu.set_f16_math(f16);
+    let probes = probes?;
+    let passed = probes.iter().all(|p| p.diff <= TOLERANCE);
+    if !passed {
+        gpu.set_gpu_tuned(false);
+    }
+    let check = ShapeCheck { width, probes, passed, variants: variants(gpu) };
+    *gpu.shape_check.lock().unwrap() = Some(check.clone());
+    Ok(check)
+}
+
 /// Runs the check for the current kernel shapes and subgroup settings and keeps the verdict on
 /// the device ([`Gpu::subgroup_check`]). The engine calls it before every chat turn and picture:
 /// it only runs again when the shapes or the width changed; nothing to do where no subgroup
@@ -87,7 +189,7 @@ pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
             gpu.set_sg8_allowed(false);
             return Ok(done);
         }
-        if done.width == width && done.gpu_shapes == tuned {
+        if done.variants == variants(gpu) {
             return Ok(done);
         }
     }
@@ -101,9 +203,15 @@ pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
         gpu.set_subgroup_reduce_allowed(false);
         gpu.set_sg8_allowed(false);
     }
-    let check = SubgroupCheck { width, gpu_shapes: tuned, probes, passed };
+    let check = SubgroupCheck { width, gpu_shapes: tuned, probes, passed, variants: variants(gpu) };
     *gpu.subgroup_check.lock().unwrap() = Some(check.clone());
     Ok(check)
+}
+
+/// What selects the kernels the checks run: the shapes, the subgroup width and the opt-in
+/// GPU-shape variants (staged activations, batched loads, the 128 tile).
+fn variants(gpu: &Gpu) -> String {
+    format!("{:?} {} {} {} {} {}", gpu.subgroup_reduce(), gpu.sg8(), gpu.gpu_tuned(), gpu.stage_x(), gpu.matvec_loads(), gpu.tile128())
 }
 
 /// A small deterministic generator of inputs in [-1, 1).
@@ -135,6 +243,12 @@ enum Kernel {
     FusedGateUp,
     FusedPlain,
     Sg8Matmul,
+    PromptQ4,
+    PromptF16,
+    PromptSwiGlu,
+    AttentionDecode,
+    AttentionPrompt,
+    Convolution,
 }
 
 impl Kernel {
@@ -152,6 +266,12 @@ impl Kernel {
             Kernel::FusedGateUp => "fused norm · gate|up + SwiGLU",
             Kernel::FusedPlain => "fused norm · matvec",
             Kernel::Sg8Matmul => "matmul (8-lane tile)",
+            Kernel::PromptQ4 => "prompt product q4",
+            Kernel::PromptF16 => "prompt product f16",
+            Kernel::PromptSwiGlu => "prompt product + SwiGLU",
+            Kernel::AttentionDecode => "decode attention",
+            Kernel::AttentionPrompt => "prompt attention",
+            Kernel::Convolution => "3×3 convolution",
         }
     }
 }
@@ -175,15 +295,23 @@ async fn run_probes(gpu: &Gpu, reduce: bool, sg8: bool) -> Result<Vec<Probe>> {
     if sg8 {
         list.push(Kernel::Sg8Matmul);
     }
+    compare(gpu, &list, |on| {
+        gpu.set_subgroup_reduce_allowed(on && reduce);
+        gpu.set_sg8_allowed(on && sg8);
+    })
+    .await
+}
+
+/// Runs each kernel with `mode(true)` (the path under test) and with `mode(false)` (the path it
+/// must agree with) and measures how far apart they are.
+async fn compare(gpu: &Gpu, list: &[Kernel], mode: impl Fn(bool)) -> Result<Vec<Probe>> {
     let mut probes = Vec::with_capacity(list.len());
-    for kernel in list {
-        gpu.set_subgroup_reduce_allowed(reduce);
-        gpu.set_sg8_allowed(sg8);
+    for &kernel in list {
+        mode(true);
         let with = run(gpu, kernel).await?;
-        gpu.set_subgroup_reduce_allowed(false);
-        gpu.set_sg8_allowed(false);
-        let tree = run(gpu, kernel).await?;
-        probes.push(Probe { kernel: kernel.name(), diff: difference(&with, &tree) });
+        mode(false);
+        let other = run(gpu, kernel).await?;
+        probes.push(Probe { kernel: kernel.name(), diff: difference(&with, &other) });
     }
     Ok(probes)
 }
@@ -281,6 +409,40 @@ async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
                 kernels::norm_matvec(&mut rec, &w, norm, f);
                 outs.push(y);
             }
+        }
+        Kernel::PromptQ4 | Kernel::PromptF16 | Kernel::PromptSwiGlu => {
+            // Past one 64-row tile and one 64-column tile, neither a multiple of them.
+            let (m, n, k) = (70, 136, 512);
+            let quant = if matches!(kernel, Kernel::PromptF16) { Quant::F16 } else { Quant::Q4 };
+            let w = weight(&mut rng, quant, n, k)?;
+            let (x, y) = (input(&mut rng, "x", m * k), input(&mut rng, "y", m * n));
+            match kernel {
+                Kernel::PromptSwiGlu => {
+                    let gu = Tensor::zeros(gpu, "gu", &[m * n]);
+                    kernels::linear_swiglu(&mut rec, &w, &x.buf, 0, m, &gu.buf, &y.buf);
+                }
+                _ => kernels::linear(&mut rec, &w, None, &x.buf, 0, m, Out { buf: &y.buf, off: 0, stride: n, add: true }),
+            }
+            outs.push(y);
+        }
+        Kernel::AttentionDecode | Kernel::AttentionPrompt => {
+            // Decoding over a long cache (split keys on GPUs), and a 40-row prompt after 30 cached
+            // rows (query tiles on CPU rasterisers).
+            let (t, heads, pos0) = if matches!(kernel, Kernel::AttentionDecode) { (1, HEADS, KEYS - 1) } else { (40, 4, 30) };
+            let (w, keys) = (heads * HEAD_DIM, pos0 + t);
+            let (q, k, v, o) = (input(&mut rng, "q", t * w), input(&mut rng, "k", keys * w), input(&mut rng, "v", keys * w), Tensor::zeros(gpu, "o", &[t * w]));
+            let s =
+                AttnShape { t, heads, head_dim: HEAD_DIM, causal_pos0: Some(pos0), n_keys: keys, q_stride: w, kv_stride: w, o_stride: w, kv: KvFormat::F32 };
+            kernels::attention(&mut rec, s, View::at(&q.buf, 0), View::at(&k.buf, 0), View::at(&v.buf, 0), View::at(&o.buf, 0));
+            outs.push(o);
+        }
+        Kernel::Convolution => {
+            let (side, cin, cout) = (12, 32, 24);
+            let w = weight(&mut rng, Quant::F16, cout, 9 * cin)?;
+            let (x, bias, y) = (input(&mut rng, "x", side * side * cin), input(&mut rng, "bias", cout), input(&mut rng, "y", side * side * cout));
+            let (xm, ym) = (Map { buf: &x.buf, h: side, w: side, c: cin }, Map { buf: &y.buf, h: side, w: side, c: cout });
+            kernels::conv2d(&mut rec, &w, 3, &bias.buf, xm, false, ym, true);
+            outs.push(y);
         }
         Kernel::Sg8Matmul => {
             let (m, n, k) = (kernels::SMALL_TILE_MAX_ROWS + 8, 64, 256);

@@ -227,6 +227,7 @@ impl WebEngine {
             "gpuTuning": self.engine.gpu.gpu_tuned(),
             "subgroupReductions": self.engine.gpu.subgroup_reduce(),
             "subgroupCheck": self.engine.gpu.subgroup_check(),
+            "shapeCheck": self.engine.gpu.shape_check(),
         });
         to_js(&info)
     }

@@ -344,11 +344,15 @@ await test('GPU kernel shapes (never chosen on SwiftShader) compile in the brows
     try {
       r.on = await E.debugKernelShapes({ gpu: true });
       r.gpu = await ask();
+      // The engine compared its GPU-shape kernels with the CPU ones before the first turn; had
+      // they disagreed it would have taken the CPU shapes, and these replies would prove nothing.
+      r.infoGpu = await E.debugInfo();
       r.gpuLong = await long();
       await E.reset();
       r.worst = await worstDiff(await E.generate(arg.gen.prompt, { steps: arg.gen.steps, cfg: arg.gen.cfg, noise: await noise() }));
       await E.debugKernelShapes({ gpu: true, stageX: true, loads: 4 });
       r.staged = await ask();
+      r.infoStaged = await E.debugInfo();
     } finally {
       await E.debugKernelShapes({ gpu: false });
     }
@@ -357,6 +361,10 @@ await test('GPU kernel shapes (never chosen on SwiftShader) compile in the brows
     return r;
   `, { chat: expected.chat.prompt, image: expected.image.prompt, gen: expected.generate });
   assert.equal(r.on, true);
+  for (const info of [r.infoGpu, r.infoStaged]) {
+    assert.ok(info.gpuTuning && info.shapeCheck.passed && info.shapeCheck.probes.length === 11, JSON.stringify(info.shapeCheck));
+    assert.ok(info.subgroupCheck.passed && info.subgroupCheck.gpu_shapes, JSON.stringify(info.subgroupCheck));
+  }
   assert.deepEqual(r.gpu, { chat: expected.chat.reply, image: expected.image.reply });
   assert.ok(r.gpuLong.promptTokens > 64, `a ${r.gpuLong.promptTokens}-token prompt`);
   assert.deepEqual(r.gpuLong, r.cpuLong);
