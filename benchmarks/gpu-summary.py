@@ -63,6 +63,11 @@ def main(path):
             worst = max(c["probes"], key=lambda p: float("inf") if p["diff"] is None else p["diff"])
             verdict = "passed" if c["passed"] else "FAILED, subgroups off"
             parts.append(f"subgroup self-check at {c['width']} lanes {verdict} ({len(c['probes'])} kernels, worst {worst['kernel']} {worst['diff']})")
+        if b.get("shape_check", {}).get("probes"):
+            c = b["shape_check"]
+            worst = max(c["probes"], key=lambda p: float("inf") if p["diff"] is None else p["diff"])
+            verdict = "passed" if c["passed"] else "FAILED, CPU shapes taken"
+            parts.append(f"GPU-shape self-check {verdict} ({len(c['probes'])} kernels, worst {worst['kernel']} {worst['diff']})")
         if "matmul_f32_512x2048x2048_ms" in b:
             parts.append(f"matmul f32 512x2048x2048 {b['matmul_f32_512x2048x2048_ms']:.2f} ms")
         if "matvec" in b:
