@@ -68,6 +68,7 @@ fn flow_matches_reference_in_f32() {
         }))
         .unwrap()
         .unwrap();
+        assert_kernels_kept(&e.gpu, gpu_tuned);
         assert_eq!(seen, c.steps);
         if !step0_checked && c.prompt == "a red fox in snow" {
             check("t_emb step 0", &trace.t_emb, &reference("t_emb_tau0.npy"));
@@ -109,6 +110,7 @@ fn cancel_stops_between_steps_and_bad_requests_fail_clearly() {
             s.step < 2
         }))
         .unwrap();
+        assert_kernels_kept(&e.gpu, gpu_tuned);
         assert!(out.is_none());
         assert_eq!(steps, 2, "gpu-tuned {gpu_tuned}");
     }

@@ -82,6 +82,7 @@ fn f32_logits_within_1e4_and_greedy_replies_identical() {
         conv.system = system(&c).map(String::from);
         conv.messages = messages(&c);
         let reply = pollster::block_on(e.chat(&mut conv, &SamplingParams::greedy(c.greedy_ids.len()), |_| true)).unwrap();
+        assert_kernels_kept(&e.gpu, gpu_tuned);
         let eos = e.tok.eos;
         let upto = c.greedy_ids.iter().position(|&t| t == eos).unwrap_or(c.greedy_ids.len());
         assert_eq!(reply.ids, c.greedy_ids[..upto], "case {} (gpu-tuned {gpu_tuned}): greedy reply", c.name);

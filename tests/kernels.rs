@@ -1189,8 +1189,10 @@ fn subgroup_self_check_passes_here_and_catches_a_misreported_width() {
         eprintln!("gpu shapes {tuned}: {}", c.describe());
         assert!(c.passed && c.width == Some(width) && c.gpu_shapes == tuned, "{c:?}");
         // Reductions (norms, attention, GroupNorm, GRN); on GPU shapes also split attention and
-        // the five matrix–vector kernels; on CPU shapes the 8-lane tile where there is one.
-        assert_eq!(c.probes.len(), if tuned { 11 } else { 5 + sg8 as usize }, "{c:?}");
+        // (up to 32 lanes) the five matrix–vector kernels; on CPU shapes the 8-lane product and
+        // convolution where there are those.
+        let probes = if tuned { 6 + 5 * (width <= 32) as usize } else { 5 + 2 * sg8 as usize };
+        assert_eq!(c.probes.len(), probes, "{c:?}");
         assert!(c.probes.iter().all(|p| p.diff <= 1e-5), "{c:?}");
         assert_eq!(gpu.subgroup_reduce(), Some(width));
     }
@@ -1200,6 +1202,10 @@ fn subgroup_self_check_passes_here_and_catches_a_misreported_width() {
     let (x, g) = (rng.vec(rows * d), rng.vec(d));
     let want: Vec<f32> = (0..rows).flat_map(|r| cpu_rmsnorm(&x[r * d..(r + 1) * d], &g, 1e-6)).collect();
     let (xt, gt) = (Tensor::from_f32(&gpu, "x", &[rows, d], &x), Tensor::from_f32(&gpu, "g", &[d], &g));
+    if 2 * width > 128 {
+        eprintln!("no wider subgroups to pretend than {width} lanes");
+        return;
+    }
     // A kernel that assumes twice its subgroups' width indexes its per-subgroup slots past their
     // end: checked shaders keep that in bounds (natively the engine's own are unchecked).
     gpu.set_trusted_shaders(false);
@@ -1209,7 +1215,7 @@ fn subgroup_self_check_passes_here_and_catches_a_misreported_width() {
         let c = pollster::block_on(check_subgroups(&gpu)).unwrap();
         eprintln!("gpu shapes {tuned}, pretending {} lanes: {}", 2 * width, c.describe());
         assert!(!c.passed, "a misreported width must be caught: {c:?}");
-        assert!(c.probes.iter().any(|p| p.kernel == "rmsnorm" && p.diff > 1e-2), "{c:?}");
+        assert!(c.probes.iter().any(|p| p.diff > 1e-2), "{c:?}");
         assert_eq!((gpu.subgroup_reduce(), gpu.sg8()), (None, false), "subgroups off after a failed check");
         let yt = Tensor::zeros(&gpu, "y", &[rows, d]);
         let mut rec = Recorder::new(&gpu);
@@ -1244,11 +1250,12 @@ fn shape_self_check_passes_here_and_falls_back_to_cpu_shapes() {
         let c = pollster::block_on(check_shapes(&gpu)).unwrap();
         eprintln!("subgroups {:?}: {}", gpu.subgroup_reduce(), c.describe());
         assert!(c.passed && c.probes.len() == 11 && c.probes.iter().all(|p| p.diff <= 1e-5), "{c:?}");
+        assert_eq!(c.width, gpu.subgroup_reduce(), "checked with the width in use");
         assert!(gpu.gpu_tuned());
     }
     gpu.set_subgroup_reduce_allowed(true);
-    let Some(width) = gpu.subgroup_reduce() else {
-        eprintln!("this adapter has no fixed-width subgroups: no wrong width to pretend");
+    let Some(width) = gpu.subgroup_reduce().filter(|&w| 2 * w <= 128) else {
+        eprintln!("this adapter has no fixed-width subgroups (or none narrower than 128 lanes): no wrong width to pretend");
         return;
     };
     // Checked shaders: a kernel that assumes wider subgroups indexes past its per-subgroup slots.
@@ -1256,7 +1263,7 @@ fn shape_self_check_passes_here_and_falls_back_to_cpu_shapes() {
     gpu.pretend_subgroup_width(Some(2 * width));
     let c = pollster::block_on(check_shapes(&gpu)).unwrap();
     eprintln!("pretending {} lanes: {}", 2 * width, c.describe());
-    assert!(!c.passed && c.probes.iter().any(|p| p.kernel == "matvec q4" && p.diff > 1e-2), "{c:?}");
+    assert!(!c.passed && c.probes.iter().any(|p| p.diff > 1e-2), "{c:?}");
     assert!(!gpu.gpu_tuned(), "CPU shapes after a failed shape check");
     gpu.set_gpu_tuned(true);
     let (sub, shapes) = pollster::block_on(check_device(&gpu)).unwrap();

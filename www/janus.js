@@ -300,10 +300,10 @@ class Engine extends EventTarget {
    * Test hook: the loaded engine's kernels assume subgroups `width` lanes wide (null: the device's
    * own width), as a driver that misreports it would, and its subgroup self-check runs again;
    * resolves to {check, reductions}: the verdict (as `info.subgroupCheck`) and the width the
-   * reductions now use, or null for the workgroup tree. Call while the engine is idle.
+   * reductions now use, or null for the workgroup tree. Queued after the engine's other work.
    */
   debugSubgroupCheck(width = null) {
-    return this.#post(URGENT.debugSubgroupCheck, { width });
+    return this.#post(OP.debugSubgroupCheck, { width });
   }
 
   /**

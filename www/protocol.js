@@ -13,6 +13,8 @@ export const OP = Object.freeze({
   delete: 'delete',
   describe: 'describe',
   storage: 'storage',
+  /** Test hook (queued like the work it checks): see janus.js debugSubgroupCheck. */
+  debugSubgroupCheck: 'debugSubgroupCheck',
 });
 
 /**
@@ -24,7 +26,6 @@ export const URGENT = Object.freeze({
   debugLoseDevice: 'debugLoseDevice',
   debugPanic: 'debugPanic',
   debugSubgroupReductions: 'debugSubgroupReductions',
-  debugSubgroupCheck: 'debugSubgroupCheck',
   debugInfo: 'debugInfo',
   debugKernelShapes: 'debugKernelShapes',
 });

@@ -458,6 +458,16 @@ const ops = {
     }, () => post(id, MSG.progress, { phase: 'waiting', detail: 'another tab is using the stored model' }));
     return true;
   },
+  /**
+   * Test hook: {width}: the kernels assume subgroups that wide (null: the device's own width) and
+   * the subgroup self-check runs again; resolves to {check, reductions} (its verdict, and the
+   * width the reductions now use or null for the tree). Queued, so it never runs beside a chat.
+   */
+  async [OP.debugSubgroupCheck](id, { width }) {
+    if (!engine) throw kindError('no engine is loaded', KIND.config);
+    const check = await engine.debugSubgroupCheck(width ?? undefined);
+    return { check, reductions: engine.info().subgroupReductions ?? null };
+  },
   /** Sizes before downloading: {download, store} bytes (the consent screen shows them). */
   async [OP.describe](id, { source, quant }) {
     if (source.pack) {
@@ -498,16 +508,6 @@ const urgent = {
   [URGENT.debugInfo]() {
     if (!engine) throw kindError('no engine is loaded', KIND.config);
     return engine.info();
-  },
-  /**
-   * Test hook: {width}: the kernels assume subgroups that wide (null: the device's own width) and
-   * the subgroup self-check runs again; resolves to {check, reductions} (its verdict, and the
-   * width the reductions now use or null for the tree). Call while the engine is idle.
-   */
-  async [URGENT.debugSubgroupCheck](id, { width }) {
-    if (!engine) throw kindError('no engine is loaded', KIND.config);
-    const check = await engine.debugSubgroupCheck(width ?? undefined);
-    return { check, reductions: engine.info().subgroupReductions ?? null };
   },
   /**
    * Test hook: {gpu, stageX, loads}: the GPU kernel shapes (which a CPU rasteriser never chooses

@@ -208,10 +208,11 @@ pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
     Ok(check)
 }
 
-/// What selects the kernels the checks run: the shapes, the subgroup width and the opt-in
-/// GPU-shape variants (staged activations, batched loads, the 128 tile).
+/// What selects the kernels the checks run: the shapes, the subgroup width, the shader mode and
+/// the opt-in GPU-shape variants (staged activations, batched loads, the 128 tile).
 fn variants(gpu: &Gpu) -> String {
-    format!("{:?} {} {} {} {} {}", gpu.subgroup_reduce(), gpu.sg8(), gpu.gpu_tuned(), gpu.stage_x(), gpu.matvec_loads(), gpu.tile128())
+    let (sub, sg8, tuned, trusted) = (gpu.subgroup_reduce(), gpu.sg8(), gpu.gpu_tuned(), gpu.trusted_shaders());
+    format!("{sub:?} {sg8} {tuned} {trusted} {} {} {}", gpu.stage_x(), gpu.matvec_loads(), gpu.tile128())
 }
 
 /// A small deterministic generator of inputs in [-1, 1).
@@ -289,11 +290,15 @@ async fn run_probes(gpu: &Gpu, reduce: bool, sg8: bool) -> Result<Vec<Probe>> {
     if reduce {
         list.extend([Kernel::RmsNorm, Kernel::LayerNorm, Kernel::AttentionRows, Kernel::GroupNorm, Kernel::Grn]);
         if gpu.gpu_tuned() {
-            list.extend([Kernel::AttentionSplit, Kernel::Matvec, Kernel::MatvecResidual, Kernel::FusedQkv, Kernel::FusedGateUp, Kernel::FusedPlain]);
+            list.push(Kernel::AttentionSplit);
+        }
+        // The GPU-shape matrix–vector rows take subgroups up to 32 lanes (row_walk).
+        if gpu.gpu_tuned() && gpu.subgroup_reduce().is_some_and(|w| w <= 32) {
+            list.extend([Kernel::Matvec, Kernel::MatvecResidual, Kernel::FusedQkv, Kernel::FusedGateUp, Kernel::FusedPlain]);
         }
     }
     if sg8 {
-        list.push(Kernel::Sg8Matmul);
+        list.extend([Kernel::Sg8Matmul, Kernel::Convolution]);
     }
     compare(gpu, &list, |on| {
         gpu.set_subgroup_reduce_allowed(on && reduce);
@@ -426,9 +431,10 @@ async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
             outs.push(y);
         }
         Kernel::AttentionDecode | Kernel::AttentionPrompt => {
-            // Decoding over a long cache (split keys on GPUs), and a 40-row prompt after 30 cached
-            // rows (query tiles on CPU rasterisers).
-            let (t, heads, pos0) = if matches!(kernel, Kernel::AttentionDecode) { (1, HEADS, KEYS - 1) } else { (40, 4, 30) };
+            // Decoding over a long cache (split keys on GPUs, rows on CPU rasterisers), and a
+            // 40-row prompt of 8 heads after 30 cached rows (rows on GPUs, query tiles on CPU
+            // rasterisers).
+            let (t, heads, pos0) = if matches!(kernel, Kernel::AttentionDecode) { (1, HEADS, KEYS - 1) } else { (40, 8, 30) };
             let (w, keys) = (heads * HEAD_DIM, pos0 + t);
             let (q, k, v, o) = (input(&mut rng, "q", t * w), input(&mut rng, "k", keys * w), input(&mut rng, "v", keys * w), Tensor::zeros(gpu, "o", &[t * w]));
             let s =

@@ -271,7 +271,8 @@ impl WebEngine {
         gpu.set_subgroup_reduce_allowed(true);
         gpu.set_sg8_allowed(true);
         let check = crate::gpu::selfcheck::check_subgroups(gpu).await.map_err(err)?;
-        to_js(&check)
+        // Through serde_json, as `info()`: a difference that is not finite becomes null.
+        to_js(&serde_json::to_value(&check).map_err(|e| js_error(&e.to_string(), Kind::Internal.as_str()))?)
     }
 
     /// Checks the device's subgroup kernels against the workgroup tree (see `info().subgroupCheck`),

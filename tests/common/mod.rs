@@ -18,6 +18,19 @@ pub fn engine_from(dir: &std::path::Path, preset: Quant, context: usize) -> Engi
     pollster::block_on(Engine::load(gpu, &src, EngineOptions { preset, context, prefill_chunk: 64, fast: false }, |_, _, _| {})).unwrap()
 }
 
+/// After a chat turn or a picture, which run the device self-check first: no check failed and
+/// the kernel shapes the test chose are still in use, so the test judged the kernels it meant to
+/// and not the fallbacks a failed check would have taken.
+pub fn assert_kernels_kept(gpu: &Gpu, gpu_tuned: bool) {
+    if let Some(c) = gpu.subgroup_check() {
+        assert!(c.passed, "{}", c.describe());
+    }
+    if let Some(c) = gpu.shape_check() {
+        assert!(c.passed, "{}", c.describe());
+    }
+    assert_eq!(gpu.gpu_tuned(), gpu_tuned, "the kernel shapes changed under the test");
+}
+
 pub fn engine(preset: Quant) -> Engine {
     engine_from(&fixture("tiny"), preset, 512)
 }
