@@ -22,6 +22,9 @@
 //! `Gpu::trusted_shaders`; browsers always check), since that is what must be right. This
 //! matters on lavapipe with 16-lane subgroups: there, checked shaders, and even an extra `min` on
 //! a subgroup index, give wrong subgroup sums where the unchecked kernels as written are right.
+//! The price, natively only: on a device that runs narrower subgroups than it reports, the
+//! unchecked probes index their per-subgroup slots past the end of workgroup memory once before
+//! the check turns subgroups off.
 
 use anyhow::Result;
 
