@@ -46,6 +46,24 @@ pub struct Probe {
     pub diff: f32,
 }
 
+impl Probe {
+    pub fn agrees(&self) -> bool {
+        self.diff <= TOLERANCE
+    }
+}
+
+/// One line on `probes`: how many of the `kernels` agree with `other`, and the largest
+/// difference; or which disagree, and what was done about it (`then`).
+fn verdict(probes: &[Probe], kernels: &str, other: &str, then: &str) -> Option<String> {
+    let worst = probes.iter().max_by(|a, b| a.diff.total_cmp(&b.diff))?;
+    let (n, bad) = (probes.len(), probes.iter().filter(|p| !p.agrees()).count());
+    Some(if bad == 0 {
+        format!("{n} {kernels} agree with {other} (largest difference {:.1e}, {})", worst.diff, worst.kernel)
+    } else {
+        format!("{bad} of {n} {kernels} disagree with {other} (worst: {}, off by {:.1e}); {then}", worst.kernel, worst.diff)
+    })
+}
+
 /// What a subgroup self-check found.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SubgroupCheck {
@@ -64,27 +82,11 @@ pub struct SubgroupCheck {
 }
 
 impl SubgroupCheck {
-    /// The probe that differed most.
-    pub fn worst(&self) -> Option<&Probe> {
-        self.probes.iter().max_by(|a, b| a.diff.total_cmp(&b.diff))
-    }
-
     /// One line for logs and benchmarks.
     pub fn describe(&self) -> String {
         let width = self.width.map_or("8-lane tile".to_string(), |w| format!("{w}-lane subgroups"));
-        match (self.passed, self.worst()) {
-            (_, None) => "no subgroup kernels to check".into(),
-            (true, Some(w)) => {
-                format!("{width}: {} kernels agree with the workgroup tree (largest difference {:.1e}, {})", self.probes.len(), w.diff, w.kernel)
-            }
-            (false, Some(w)) => format!(
-                "{width}: {} of {} kernels disagree with the workgroup tree (worst: {}, off by {:.1e}); subgroup operations are now off on this device",
-                self.probes.iter().filter(|p| !(p.diff <= TOLERANCE)).count(),
-                self.probes.len(),
-                w.kernel,
-                w.diff
-            ),
-        }
+        let line = verdict(&self.probes, "kernels", "the workgroup tree", "subgroup operations are now off on this device");
+        line.map_or("no subgroup kernels to check".into(), |l| format!("{width}: {l}"))
     }
 }
 
@@ -104,20 +106,8 @@ pub struct ShapeCheck {
 impl ShapeCheck {
     /// One line for logs and benchmarks.
     pub fn describe(&self) -> String {
-        let worst = self.probes.iter().max_by(|a, b| a.diff.total_cmp(&b.diff));
-        match (self.passed, worst) {
-            (_, None) => "CPU kernel shapes: nothing to compare".into(),
-            (true, Some(w)) => {
-                format!("{} GPU-shape kernels agree with the CPU-shape ones (largest difference {:.1e}, {})", self.probes.len(), w.diff, w.kernel)
-            }
-            (false, Some(w)) => format!(
-                "{} of {} GPU-shape kernels disagree with the CPU-shape ones (worst: {}, off by {:.1e}); this device now takes the CPU kernel shapes",
-                self.probes.iter().filter(|p| !(p.diff <= TOLERANCE)).count(),
-                self.probes.len(),
-                w.kernel,
-                w.diff
-            ),
-        }
+        let line = verdict(&self.probes, "GPU-shape kernels", "the CPU-shape ones", "this device now takes the CPU kernel shapes");
+        line.unwrap_or_else(|| "CPU kernel shapes: nothing to compare".into())
     }
 }
 
@@ -170,7 +160,7 @@ pub async fn check_shapes(gpu: &Gpu) -> Result<ShapeCheck> {
     gpu.set_gpu_tuned(true);
     gpu.set_f16_math(f16);
     let probes = probes?;
-    let passed = probes.iter().all(|p| p.diff <= TOLERANCE);
+    let passed = probes.iter().all(Probe::agrees);
     if !passed {
         gpu.set_gpu_tuned(false);
     }
@@ -201,7 +191,7 @@ pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
     gpu.set_subgroup_reduce_allowed(allowed.0);
     gpu.set_sg8_allowed(allowed.1);
     let probes = probes?;
-    let passed = probes.iter().all(|p| p.diff <= TOLERANCE);
+    let passed = probes.iter().all(Probe::agrees);
     if !passed {
         gpu.set_subgroup_reduce_allowed(false);
         gpu.set_sg8_allowed(false);
