@@ -124,8 +124,8 @@ pub async fn check_device(gpu: &Gpu) -> Result<(SubgroupCheck, ShapeCheck)> {
 }
 
 /// Compares the GPU-shape kernels with the CPU-shape ones where kernels are shaped for a GPU, and
-/// keeps the verdict on the device ([`Gpu::shape_check`]); runs again only when the subgroup width
-/// changed. Where they disagree the device takes the CPU shapes from now on.
+/// keeps the verdict on the device ([`Gpu::shape_check`]); runs again only when what selects its
+/// kernels changed ([`variants`]). Where they disagree the device takes the CPU shapes from now on.
 pub async fn check_shapes(gpu: &Gpu) -> Result<ShapeCheck> {
     let width = gpu.subgroup_reduce();
     if let Some(done) = gpu.shape_check() {
@@ -171,8 +171,8 @@ pub async fn check_shapes(gpu: &Gpu) -> Result<ShapeCheck> {
 
 /// Runs the check for the current kernel shapes and subgroup settings and keeps the verdict on
 /// the device ([`Gpu::subgroup_check`]). The engine calls it before every chat turn and picture:
-/// it only runs again when the shapes or the width changed; nothing to do where no subgroup
-/// kernel would run.
+/// it only runs again when what selects its kernels changed ([`variants`]); nothing to do where no
+/// subgroup kernel would run.
 pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
     let (width, sg8, tuned) = (gpu.subgroup_reduce(), gpu.sg8() && !gpu.gpu_tuned(), gpu.gpu_tuned());
     if let Some(done) = gpu.subgroup_check() {
