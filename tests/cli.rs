@@ -247,3 +247,15 @@ fn bench_times_every_part_of_a_small_model() {
     assert!(!g["vae_convs"].as_array().unwrap().is_empty(), "{fig}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `info` describes the adapter and what the device self-check finds on its own kernel shapes.
+#[test]
+fn info_reports_the_adapter_and_the_device_self_check() {
+    let out = succeeds(&["info"]);
+    let json_end = out.find("\n}").expect("the adapter as JSON first") + 2;
+    let adapter: serde_json::Value = serde_json::from_str(&out[..json_end]).unwrap();
+    let line = out.lines().find(|l| l.starts_with("device self-check")).unwrap_or_else(|| panic!("no self-check line in\n{out}"));
+    if adapter["features"]["subgroup_size"].is_u64() {
+        assert!(line.contains("agree with the workgroup tree") && !line.contains("disagree"), "{line}");
+    }
+}

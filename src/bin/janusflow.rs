@@ -406,6 +406,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Info { model } => {
             let gpu = gpu()?;
             println!("{}", serde_json::to_string_pretty(&gpu.summary)?);
+            // What the engine would find before first use on this adapter's own kernel shapes.
+            let (sub, shapes) = pollster::block_on(janusflow::gpu::selfcheck::check_device(&gpu))?;
+            let kind = if gpu.gpu_tuned() { "GPU" } else { "CPU-rasteriser" };
+            println!("device self-check ({kind} kernel shapes): {}; {}", sub.describe(), shapes.describe());
             if let Some(dir) = model {
                 let src = ModelSource::open(&dir)?;
                 let cfg = src.config()?;
