@@ -73,12 +73,14 @@ try {
           const many = await timed(tokens);
           const i = (await navigator.gpu.requestAdapter())?.info || {};
           const adapter = [i.vendor, i.architecture, i.description].filter(Boolean).join(' / ');
-          return { adapter, promptTokens: one.promptTokens, firstTokenMs: one.ms, decodeTokensPerS: (tokens - 1) / ((many.ms - one.ms) / 1000) };
+          const { loadSeconds, compileSeconds, pipelines } = engine.info;
+          return { adapter, promptTokens: one.promptTokens, firstTokenMs: one.ms, decodeTokensPerS: (tokens - 1) / ((many.ms - one.ms) / 1000), loadSeconds, compileSeconds, pipelines };
         },
         { pack: `${base}/pack/`, tokens, fast: fastOf[label], repeat },
       );
       (results[label] ||= []).push(r);
-      console.log(`${label} round ${round + 1}: prompt ${r.promptTokens} tokens, first token ${(r.firstTokenMs / 1000).toFixed(2)} s, decode ${r.decodeTokensPerS.toFixed(2)} tokens/s (${r.adapter || 'adapter not disclosed'})`);
+      const load = `load ${r.loadSeconds.toFixed(2)} s (compile phase ${r.compileSeconds.toFixed(2)} s, ${r.pipelines} pipelines)`;
+      console.log(`${label} round ${round + 1}: ${load}, prompt ${r.promptTokens} tokens, first token ${(r.firstTokenMs / 1000).toFixed(2)} s, decode ${r.decodeTokensPerS.toFixed(2)} tokens/s (${r.adapter || 'adapter not disclosed'})`);
       await page.context().close();
     }
   }
