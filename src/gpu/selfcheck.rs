@@ -27,6 +27,8 @@
 //! the check turns subgroups off.
 
 use anyhow::Result;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 
 use super::kernels::{self, AttnKernel, AttnShape, Fused, Kv, KvFormat, Map, NormCopy, NormIn, Out, View};
 use super::{Gpu, Recorder, Tensor, Weight};
@@ -41,8 +43,9 @@ const TOLERANCE: f32 = 1e-4;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Probe {
     pub kernel: &'static str,
-    /// Largest |subgroup − tree| relative to the tree result's largest magnitude (NaN and
-    /// infinities count as infinitely far).
+    /// Largest difference between the path under test (subgroups; GPU shapes) and the one it
+    /// must agree with (the tree; CPU shapes), relative to the latter's largest magnitude (NaN
+    /// and infinities count as infinitely far).
     pub diff: f32,
 }
 
@@ -208,18 +211,10 @@ fn variants(gpu: &Gpu) -> String {
     format!("{sub:?} {sg8} {tuned} {trusted} {} {} {}", gpu.stage_x(), gpu.matvec_loads(), gpu.tile128())
 }
 
-/// A small deterministic generator of inputs in [-1, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+/// `n` values uniform in [-1, 1), deterministic for a seeded `rng` (the inputs both paths of a
+/// probe see must be the same).
+fn uniform(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0).collect()
 }
 
 /// The kernels a probe can run, each on inputs shaped like the model's.
@@ -325,10 +320,10 @@ fn difference(a: &[f32], b: &[f32]) -> f32 {
 
 /// Runs `kernel` once on fixed inputs and reads back everything it writes.
 async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
-    let mut rng = Rng(0x5eed ^ kernel as u64);
-    let input = |rng: &mut Rng, label: &str, n: usize| Tensor::from_f32(gpu, label, &[n], &rng.vec(n));
-    let weight = |rng: &mut Rng, quant: Quant, n: usize, k: usize| -> Result<std::sync::Arc<Weight>> {
-        Weight::upload(gpu, "selfcheck", &QuantBlob::quantize(quant, n, k, &rng.vec(n * k))?)
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed ^ kernel as u64);
+    let input = |rng: &mut ChaCha8Rng, label: &str, n: usize| Tensor::from_f32(gpu, label, &[n], &uniform(rng, n));
+    let weight = |rng: &mut ChaCha8Rng, quant: Quant, n: usize, k: usize| -> Result<std::sync::Arc<Weight>> {
+        Weight::upload(gpu, "selfcheck", &QuantBlob::quantize(quant, n, k, &uniform(rng, n * k))?)
     };
     let mut outs: Vec<Tensor> = Vec::new();
     let mut rec = Recorder::new(gpu);
@@ -389,7 +384,7 @@ async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
         }
         Kernel::FusedQkv | Kernel::FusedGateUp | Kernel::FusedPlain => {
             let xg = input(&mut rng, "xg", HIDDEN);
-            let ssq = Tensor::from_f32(gpu, "ssq", &[HIDDEN / 4], &rng.vec(HIDDEN / 4).iter().map(|v| 1.0 + v.abs()).collect::<Vec<_>>());
+            let ssq = Tensor::from_f32(gpu, "ssq", &[HIDDEN / 4], &uniform(&mut rng, HIDDEN / 4).iter().map(|v| 1.0 + v.abs()).collect::<Vec<_>>());
             let norm = NormIn::Prescaled { xg: &xg.buf, ssq: &ssq.buf, off: 0, eps: 1e-6 };
             if matches!(kernel, Kernel::FusedQkv) {
                 let hd = HEADS * HEAD_DIM;
