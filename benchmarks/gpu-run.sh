@@ -91,9 +91,10 @@ if stage 60 "decode after 512 tokens: default, not pipelined, staged activations
   bench decode-stage-x 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --stage-x --json
   bench decode-loads-2 90 "$B" --model "$PACK" --quant q4 --no-matmul --prompt-tokens 512 --decode-tokens 128 --matvec-loads 2 --json
 fi
-if stage 60 "the 128×128 product tile against the 64×64 one: matmul, flow step (GEMM TFLOP/s per shape)"; then
+if stage 60 "the 128×128 product tile against the 64×64 one, and with the fast setting's f16 arithmetic: flow step (GEMM TFLOP/s per shape)"; then
   bench tile64 120 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 8 --generate --flow-steps 5 --json
   bench tile128 120 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 8 --generate --flow-steps 5 --tile128 --json
+  bench tile128-fast 120 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 8 --generate --flow-steps 5 --tile128 --fast --json
 fi
 if stage 60 "fast setting (f16 KV, f16 tile arithmetic with shader-f16; fidelity against f32)"; then
   bench fast 180 "$B" --model "$PACK" --quant q4 --prompt-tokens 512 --decode-tokens 128 --contexts 2048 --generate --flow-steps 30 --fast --json

@@ -10,7 +10,10 @@
 // for 64 multiply-adds. The slices go through two workgroup buffers: while one is multiplied the
 // next is fetched from memory into registers, then stored into the other, so a slice costs one
 // barrier (the buffer written was last read before the previous barrier). 16 KiB of workgroup
-// memory, WebGPU's default limit.
+// memory, WebGPU's default limit (8 KiB with F16_MATH).
+// F16_MATH (the opt-in `fast` setting, devices with shader-f16): as in gemm_tile64.wgsl, the
+// workgroup buffers hold f16 and each 8-deep slice is multiplied and summed in f16 before it joins
+// the f32 accumulator, so rounding stays bounded by one slice whatever K is.
 // The includer defines a cursor over x (`XCursor`, `x_start`, `x_advance`, `x_load`) and includes
 // quant.wgsl (`load_w4`) and linear_out.wgsl (`store_out`, `store_quad`) first.
 
@@ -18,8 +21,13 @@ const BK: u32 = 8u;      // K per slice
 const TILE: u32 = 128u;  // output rows and columns per workgroup
 const QUADS: u32 = 32u;  // row (column) quads of a slice row
 // As[(b·BK + k)·32 + q] = x[m0 + 4q .. 4q + 4, k0 + k] in buffer b; Bs likewise with W[n0 + 4q ..].
-var<workgroup> As: array<vec4<f32>, 512>;
-var<workgroup> Bs: array<vec4<f32>, 512>;
+#if F16_MATH
+alias Elem = f16;
+#else
+alias Elem = f32;
+#endif
+var<workgroup> As: array<vec4<Elem>, 512>;
+var<workgroup> Bs: array<vec4<Elem>, 512>;
 
 //#include tile_fetch.wgsl
 
@@ -27,8 +35,36 @@ var<workgroup> Bs: array<vec4<f32>, 512>;
 fn stage(buf: u32, lr: u32, kq: u32, q: Quads) {
     for (var j = 0u; j < 4u; j++) {
         let i = (buf * BK + kq + j) * QUADS + lr / 4u;
-        As[i][lr % 4u] = q.a[j];
-        Bs[i][lr % 4u] = q.b[j];
+        As[i][lr % 4u] = Elem(q.a[j]);
+        Bs[i][lr % 4u] = Elem(q.b[j]);
+    }
+}
+
+// sums[2i + h] += the products of slice buffer `buf` for the invocation's row i of 8 and column
+// half h (see above).
+fn multiply_slice(sums: ptr<function, array<vec4<Elem>, 16>>, buf: u32, tx: u32, ty: u32) {
+    for (var kk = 0u; kk < BK; kk++) {
+        let r = (buf * BK + kk) * QUADS;
+        let a0 = As[r + ty];
+        let a1 = As[r + 16u + ty];
+        let b0 = Bs[r + tx];
+        let b1 = Bs[r + 16u + tx];
+        (*sums)[0] += a0.x * b0;
+        (*sums)[1] += a0.x * b1;
+        (*sums)[2] += a0.y * b0;
+        (*sums)[3] += a0.y * b1;
+        (*sums)[4] += a0.z * b0;
+        (*sums)[5] += a0.z * b1;
+        (*sums)[6] += a0.w * b0;
+        (*sums)[7] += a0.w * b1;
+        (*sums)[8] += a1.x * b0;
+        (*sums)[9] += a1.x * b1;
+        (*sums)[10] += a1.y * b0;
+        (*sums)[11] += a1.y * b1;
+        (*sums)[12] += a1.z * b0;
+        (*sums)[13] += a1.z * b1;
+        (*sums)[14] += a1.w * b0;
+        (*sums)[15] += a1.w * b1;
     }
 }
 
@@ -59,29 +95,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         // Fetch the next slice while this one is multiplied.
         x_advance(&cur, BK);
         q = fetch_quads(cur, a_ok, b_row, k0 + BK + kq);
-        for (var kk = 0u; kk < BK; kk++) {
-            let r = (buf * BK + kk) * QUADS;
-            let a0 = As[r + ty];
-            let a1 = As[r + 16u + ty];
-            let b0 = Bs[r + tx];
-            let b1 = Bs[r + 16u + tx];
-            acc[0] += a0.x * b0;
-            acc[1] += a0.x * b1;
-            acc[2] += a0.y * b0;
-            acc[3] += a0.y * b1;
-            acc[4] += a0.z * b0;
-            acc[5] += a0.z * b1;
-            acc[6] += a0.w * b0;
-            acc[7] += a0.w * b1;
-            acc[8] += a1.x * b0;
-            acc[9] += a1.x * b1;
-            acc[10] += a1.y * b0;
-            acc[11] += a1.y * b1;
-            acc[12] += a1.z * b0;
-            acc[13] += a1.z * b1;
-            acc[14] += a1.w * b0;
-            acc[15] += a1.w * b1;
+#if F16_MATH
+        var part: array<vec4<f16>, 16>; // this slice's sums (zero-initialised)
+        multiply_slice(&part, buf, tx, ty);
+        for (var i = 0u; i < 16u; i++) {
+            acc[i] += vec4<f32>(part[i]);
         }
+#else
+        multiply_slice(&acc, buf, tx, ty);
+#endif
         buf = 1u - buf;
         if (k0 + BK < p.K) {
             stage(buf, lr, kq, q);

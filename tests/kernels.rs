@@ -163,8 +163,8 @@ fn linear_all_formats_and_shapes() {
 }
 
 /// The `fast` setting's f16 arithmetic in the GPU-shape matrix tile (devices with shader-f16):
-/// within f16 rounding of the exact product, on the small and the large tile and the epilogues
-/// that ride on it, and not the f32 kernel under another name.
+/// within f16 rounding of the exact product, on the small, the 64×64 and the 128×128 tile, and
+/// neither the f32 kernel nor (over 64 rows) the other tile's f16 kernel under another name.
 #[test]
 fn f16_math_products_stay_within_f16_rounding() {
     let gpu = gpu();
@@ -175,28 +175,38 @@ fn f16_math_products_stay_within_f16_rounding() {
     let mut rng = Rng(31);
     gpu.set_gpu_tuned(true);
     for quant in [Quant::F32, Quant::F16, Quant::Q4A] {
-        for &(m, n, k) in &[(6usize, 67usize, 96usize), (37, 131, 1056), (70, 68, 160)] {
+        for &(m, n, k) in &[(6usize, 67usize, 96usize), (37, 131, 1056), (70, 68, 160), (130, 131, 1056)] {
             let (x, wv) = (rng.vec(m * k), rng.vec(n * k));
             let blob = QuantBlob::quantize(quant, n, k, &wv).unwrap();
             let w = Weight::upload_with_budget(&gpu, "w", &blob, (blob.row_bytes() * 40) as u64).unwrap();
             let xt = Tensor::from_f32(&gpu, "x", &[m, k], &x);
             let want = cpu_linear(&x, &blob.dequantize(), m, n, k);
-            let mut got = Vec::new();
-            for f16 in [false, true] {
-                gpu.set_f16_math(f16);
-                let yt = Tensor::zeros(&gpu, "y", &[m, n]);
-                let mut rec = Recorder::new(&gpu);
-                kernels::linear(&mut rec, &w, None, &xt.buf, 0, m, Out { buf: &yt.buf, off: 0, stride: n, add: false });
-                rec.finish();
-                got.push(read(&gpu, &yt));
+            let mut f16_by_tile = Vec::new();
+            for tile128 in [false, true] {
+                gpu.set_tile128(tile128);
+                let mut got = Vec::new();
+                for f16 in [false, true] {
+                    gpu.set_f16_math(f16);
+                    let yt = Tensor::zeros(&gpu, "y", &[m, n]);
+                    let mut rec = Recorder::new(&gpu);
+                    kernels::linear(&mut rec, &w, None, &xt.buf, 0, m, Out { buf: &yt.buf, off: 0, stride: n, add: false });
+                    rec.finish();
+                    got.push(read(&gpu, &yt));
+                }
+                gpu.set_f16_math(false);
+                let what = format!("f16 math {quant} m{m} n{n} k{k}, 128 tile {tile128}");
+                assert_close(&got[0], &want, 1e-5, &format!("{what}: f32"));
+                assert_close(&got[1], &want, 4e-3, &what);
+                assert!(got[0] != got[1], "{what}: the f16 tile gave exactly the f32 result");
+                f16_by_tile.push(got.pop().unwrap());
             }
-            gpu.set_f16_math(false);
-            let what = format!("f16 math {quant} m{m} n{n} k{k}");
-            assert_close(&got[0], &want, 1e-5, &format!("{what}: f32"));
-            assert_close(&got[1], &want, 4e-3, &what);
-            assert!(got[0] != got[1], "{what}: the f16 tile gave exactly the f32 result");
+            // Over 64 rows the tiles differ (16- against 8-deep f16 slices), so the 128 tile ran.
+            if m > 64 {
+                assert!(f16_by_tile[0] != f16_by_tile[1], "f16 math {quant} m{m}: the 128 tile gave exactly the 64 tile's f16 result");
+            }
         }
     }
+    gpu.set_tile128(false);
     gpu.set_gpu_tuned(false);
 }
 

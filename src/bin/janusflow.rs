@@ -720,14 +720,9 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     let checks = if gpu.trusted_shaders() { "none (trusted)" } else { "wgpu's" };
     let matvec_x = if stage_x { "staged in workgroup memory" } else { "read by every row" };
     let loads = gpu.matvec_loads();
-    // The fast setting's f16 arithmetic (where the device has shader-f16) takes the 64×64 tile.
-    let tile = if fast && gpu.summary.features.shader_f16 && model.is_some() {
-        "64×64 with f16 arithmetic (fast)"
-    } else if tile128 {
-        "128×128 over 64 rows"
-    } else {
-        "64×64"
-    };
+    // The fast setting adds f16 arithmetic to either tile where the device has shader-f16.
+    let f16_tile = if fast && gpu.summary.features.shader_f16 && model.is_some() { " with f16 arithmetic (fast)" } else { "" };
+    let tile = format!("{}{f16_tile}", if tile128 { "128×128 over 64 rows" } else { "64×64" });
     println!(
         "device: {} ({}, {}), kernel shapes: {shapes}, reductions: {reductions}, shader runtime checks: {checks}, GPU product tile: {tile}, GPU matvec activations: {matvec_x}, GPU matvec load passes per batch: {loads}",
         gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
@@ -799,11 +794,12 @@ fn bench(model: Option<&Path>, o: &BenchOpts) -> Result<serde_json::Map<String, 
     // its own pass on CPU shapes), two top-k passes.
     let layers = engine.cfg.llm.layers as f64;
     let outside = if engine.gpu.gpu_tuned() { 4.0 } else { 5.0 };
+    // Bind groups are counted from the third token on (the first two create the cached ones).
+    let binds = if r.bind_groups_per_token.is_finite() { format!("{:.1}", r.bind_groups_per_token) } else { "not counted (under 3 tokens)".into() };
     println!(
-        "dispatches per decoded token: {:.0} ({:.1} per layer), bind groups created per token after the first: {:.1}",
+        "dispatches per decoded token: {:.0} ({:.1} per layer), bind groups created per token after the first: {binds}",
         r.dispatches_per_token,
         (r.dispatches_per_token - outside) / layers,
-        r.bind_groups_per_token
     );
     fig.insert(
         "chat".into(),

@@ -341,8 +341,8 @@ impl Gpu {
     }
 
     /// Whether the GPU-shape matrix tile multiplies in f16 (the opt-in `fast` setting, where the
-    /// device has `shader-f16`): its workgroup tiles hold f16, and each 16-deep slice is summed in
-    /// f16 before it joins the f32 accumulator.
+    /// device has `shader-f16`): its workgroup tiles hold f16, and each slice of K (16 deep in the
+    /// 64×64 tile, 8 in the 128×128 one) is summed in f16 before it joins the f32 accumulator.
     pub fn f16_math(&self) -> bool {
         self.summary.features.shader_f16 && self.f16_math.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -384,8 +384,8 @@ fn linear_impl(
     } else if small {
         defines.push("SMALL_M");
     }
-    // The 128×128 tile where chosen, for products of more than 64 rows (f32 arithmetic only).
-    let big = kind == Product::Tile && rows > 64 && rec.gpu.tile128() && !rec.gpu.f16_math();
+    // The 128×128 tile where chosen, for products of more than 64 rows.
+    let big = kind == Product::Tile && rows > 64 && rec.gpu.tile128();
     let (tile_m, tile_n) = if sg8 {
         SG8_TILE
     } else if big {
@@ -399,7 +399,8 @@ fn linear_impl(
         defines.push("GPU_TILE");
         if big {
             defines.push("TILE128");
-        } else if rec.gpu.f16_math() {
+        }
+        if rec.gpu.f16_math() {
             defines.push("F16_MATH");
         }
     }
