@@ -1199,9 +1199,10 @@ fn subgroup_self_check_passes_here_and_catches_a_misreported_width() {
         eprintln!("gpu shapes {tuned}: {}", c.describe());
         assert!(c.passed && c.width == Some(width) && c.gpu_shapes == tuned, "{c:?}");
         // Reductions (norms, attention, GroupNorm, GRN); on GPU shapes also split attention and
-        // (up to 32 lanes) the five matrix–vector kernels; on CPU shapes the 8-lane product and
-        // convolution where there are those.
-        let probes = if tuned { 6 + 5 * (width <= 32) as usize } else { 5 + 2 * sg8 as usize };
+        // (up to 32 lanes) the matrix–vector kernels: one-row products in the default preset's
+        // three formats (no weights are loaded here) and four fused ones; on CPU shapes the
+        // 8-lane product and convolution where there are those.
+        let probes = if tuned { 6 + 7 * (width <= 32) as usize } else { 5 + 2 * sg8 as usize };
         assert_eq!(c.probes.len(), probes, "{c:?}");
         assert!(c.probes.iter().all(|p| p.diff <= 1e-5), "{c:?}");
         assert_eq!(gpu.subgroup_reduce(), Some(width));
@@ -1245,9 +1246,10 @@ fn subgroup_self_check_passes_here_and_catches_a_misreported_width() {
 }
 
 /// The kernel-shape self-check (gpu::selfcheck): on GPU shapes every GPU-shape kernel agrees with
-/// its CPU-shape counterpart here, with subgroup rows and with the tree; where they disagree (the
-/// GPU-shape matvec rows told twice the subgroup width, before any subgroup check), the device
-/// takes the CPU shapes, and after the whole device check its products are right.
+/// its CPU-shape counterpart here, with subgroup rows and with the tree, in the default preset's
+/// formats and again in the format of a weight then loaded; where they disagree (the GPU-shape
+/// matvec rows told twice the subgroup width, before any subgroup check), the device takes the
+/// CPU shapes, and after the whole device check its products are right.
 #[test]
 fn shape_self_check_passes_here_and_falls_back_to_cpu_shapes() {
     use janusflow::gpu::selfcheck::{check_device, check_shapes};
@@ -1259,11 +1261,22 @@ fn shape_self_check_passes_here_and_falls_back_to_cpu_shapes() {
         gpu.set_subgroup_reduce_allowed(sub);
         let c = pollster::block_on(check_shapes(&gpu)).unwrap();
         eprintln!("subgroups {:?}: {}", gpu.subgroup_reduce(), c.describe());
-        assert!(c.passed && c.probes.len() == 11 && c.probes.iter().all(|p| p.diff <= 1e-5), "{c:?}");
+        // One-row and prompt products in f16, q8 and q4a (no weights loaded yet), the residual
+        // writer, three fused decode products, the SwiGLU prompt product, two attention kernels
+        // and a convolution.
+        assert!(c.passed && c.probes.len() == 14 && c.probes.iter().all(|p| p.diff <= 1e-5), "{c:?}");
         assert_eq!(c.width, gpu.subgroup_reduce(), "checked with the width in use");
         assert!(gpu.gpu_tuned());
     }
     gpu.set_subgroup_reduce_allowed(true);
+    // A model in f32 loaded: the check runs again, on f32 products (fused ones included).
+    let mut rng = Rng(23);
+    let f32w = Weight::upload(&gpu, "w", &QuantBlob::quantize(Quant::F32, 8, 64, &rng.vec(8 * 64)).unwrap()).unwrap();
+    assert_eq!(gpu.weight_formats(), vec![Quant::F32]);
+    let c = pollster::block_on(check_shapes(&gpu)).unwrap();
+    let names: Vec<&str> = c.probes.iter().map(|p| p.kernel.as_str()).collect();
+    assert!(c.passed && names.contains(&"matvec f32") && names.contains(&"prompt product f32") && c.probes.len() == 10, "{c:?}");
+    drop(f32w);
     let Some(width) = gpu.subgroup_reduce().filter(|&w| 2 * w <= 128) else {
         eprintln!("this adapter has no fixed-width subgroups (or none narrower than 128 lanes): no wrong width to pretend");
         return;

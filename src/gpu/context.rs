@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Result};
 
 use crate::error::{tagged, Kind};
+use crate::weights::quant::Quant;
 
 /// The portable per-binding budget: every storage binding the engine creates stays at or below
 /// this size, whatever the adapter allows, so the same weight layout works on every WebGPU device.
@@ -82,6 +83,9 @@ pub struct Gpu {
     /// Passes of weight loads a GPU-shape matrix–vector lane issues together (see
     /// [`Gpu::matvec_loads`]).
     matvec_loads: std::sync::atomic::AtomicU32,
+    /// The formats of the weights uploaded so far, one bit per [`Quant`] (see
+    /// [`Gpu::weight_formats`]).
+    weight_formats: std::sync::atomic::AtomicU32,
     /// Bind groups created so far (the recorder reuses them where it can; see `BindCache`).
     pub(crate) bind_groups: std::sync::atomic::AtomicU64,
     /// Kernel-private scratch buffers by name, grown on demand (see [`Gpu::scratch`]).
@@ -234,6 +238,7 @@ impl Gpu {
             tile128: false.into(),
             stage_x: false.into(),
             matvec_loads: 1.into(),
+            weight_formats: 0.into(),
             bind_groups: 0.into(),
             scratch: Mutex::new(HashMap::new()),
             profile: profile.then(Default::default),
@@ -362,6 +367,18 @@ impl Gpu {
     /// Chooses the 128×128 tile for large GPU-shape products (tests and benchmarks compare both).
     pub fn set_tile128(&self, on: bool) {
         self.tile128.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The formats of the weights on this device ([`Weight::upload`](super::Weight::upload) notes
+    /// each), in [`Quant::ALL`] order. Each format has its own weight walk in the products, so the
+    /// device self-check probes the products in every one of them.
+    pub fn weight_formats(&self) -> Vec<Quant> {
+        let mask = self.weight_formats.load(std::sync::atomic::Ordering::Relaxed);
+        Quant::ALL.into_iter().filter(|&q| mask & (1 << q as u32) != 0).collect()
+    }
+
+    pub(crate) fn note_weight_format(&self, q: Quant) {
+        self.weight_formats.fetch_or(1 << q as u32, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the GPU-shape matrix–vector kernels copy the activation row into workgroup memory a

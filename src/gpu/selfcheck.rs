@@ -18,6 +18,10 @@
 //! race between workgroups would not show. Where they disagree, the device takes the CPU shapes
 //! (slower, still exact) and the verdict says which kernel differed.
 //!
+//! Each weight format has its own weight walk in the products (4-bit groups, 8-bit runs, f16
+//! pairs), so the one-row and prompt products are probed in every format the device's weights
+//! take (`Gpu::weight_formats`), and the checks run again when a new one arrives.
+//!
 //! The probes run as the engine's kernels do (natively without wgpu's runtime checks, see
 //! `Gpu::trusted_shaders`; browsers always check), since that is what must be right. This
 //! matters on lavapipe with 16-lane subgroups: there, checked shaders, and even an extra `min` on
@@ -42,7 +46,7 @@ const TOLERANCE: f32 = 1e-4;
 /// One kernel compared.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Probe {
-    pub kernel: &'static str,
+    pub kernel: String,
     /// Largest difference between the path under test (subgroups; GPU shapes) and the one it
     /// must agree with (the tree; CPU shapes), relative to the latter's largest magnitude (NaN
     /// and infinities count as infinitely far).
@@ -143,19 +147,13 @@ pub async fn check_shapes(gpu: &Gpu) -> Result<ShapeCheck> {
     if !gpu.gpu_tuned() {
         return Ok(ShapeCheck { width, probes: Vec::new(), passed: true, variants: variants(gpu) });
     }
-    let list = [
-        Kernel::Matvec,
-        Kernel::MatvecResidual,
-        Kernel::FusedQkv,
-        Kernel::FusedGateUp,
-        Kernel::FusedPlain,
-        Kernel::PromptQ4,
-        Kernel::PromptF16,
-        Kernel::PromptSwiGlu,
-        Kernel::AttentionDecode,
-        Kernel::AttentionPrompt,
-        Kernel::Convolution,
-    ];
+    // The one-row and prompt products in each weight format (each reads its format its own way),
+    // their fused stages in the model's main format, attention, a convolution.
+    let formats = probe_formats(gpu);
+    let mut list: Vec<Kernel> = formats.iter().map(|&q| Kernel::Matvec(q)).collect();
+    list.extend([Kernel::MatvecResidual, Kernel::FusedQkv, Kernel::FusedGateUp, Kernel::FusedPlain]);
+    list.extend(formats.iter().map(|&q| Kernel::Prompt(q)));
+    list.extend([Kernel::PromptSwiGlu, Kernel::AttentionDecode, Kernel::AttentionPrompt, Kernel::Convolution]);
     // Exact f32 arithmetic on both sides (the fast setting's f16 tile would differ by its rounding).
     let f16 = gpu.f16_math();
     gpu.set_f16_math(false);
@@ -204,11 +202,31 @@ pub async fn check_subgroups(gpu: &Gpu) -> Result<SubgroupCheck> {
     Ok(check)
 }
 
-/// What selects the kernels the checks run: the shapes, the subgroup width, the shader mode and
-/// the opt-in GPU-shape variants (staged activations, batched loads, the 128 tile).
+/// What selects the kernels the checks run: the shapes, the subgroup width, the shader mode, the
+/// opt-in GPU-shape variants (staged activations, batched loads, the 128 tile) and the weight
+/// formats on the device.
 fn variants(gpu: &Gpu) -> String {
     let (sub, sg8, tuned, trusted) = (gpu.subgroup_reduce(), gpu.sg8(), gpu.gpu_tuned(), gpu.trusted_shaders());
-    format!("{sub:?} {sg8} {tuned} {trusted} {} {} {}", gpu.stage_x(), gpu.matvec_loads(), gpu.tile128())
+    format!("{sub:?} {sg8} {tuned} {trusted} {} {} {} {:?}", gpu.stage_x(), gpu.matvec_loads(), gpu.tile128(), probe_formats(gpu))
+}
+
+/// The weight formats whose products are probed: those of the weights on the device, or, before
+/// any are loaded, those of the app's default preset (q4a layers, a q8 `lm_head` and SigLIP, f16
+/// elsewhere).
+fn probe_formats(gpu: &Gpu) -> Vec<Quant> {
+    let on_device = gpu.weight_formats();
+    if on_device.is_empty() {
+        vec![Quant::F16, Quant::Q8, Quant::Q4A]
+    } else {
+        on_device
+    }
+}
+
+/// The format the fused decode products are probed in: the language model's own where its
+/// weights are loaded (a preset's format is the most compact one on the device).
+fn main_format(gpu: &Gpu) -> Quant {
+    let formats = probe_formats(gpu);
+    [Quant::Q4A, Quant::Q4, Quant::Q8, Quant::F16, Quant::F32].into_iter().find(|q| formats.contains(q)).unwrap_or(Quant::Q4A)
 }
 
 /// `n` values uniform in [-1, 1), deterministic for a seeded `rng` (the inputs both paths of a
@@ -217,7 +235,8 @@ fn uniform(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0).collect()
 }
 
-/// The kernels a probe can run, each on inputs shaped like the model's.
+/// The kernels a probe can run, each on inputs shaped like the model's. The fused decode products
+/// and the SwiGLU prompt product read weights in the model's main format ([`main_format`]).
 #[derive(Clone, Copy)]
 enum Kernel {
     RmsNorm,
@@ -226,14 +245,13 @@ enum Kernel {
     AttentionSplit,
     GroupNorm,
     Grn,
-    Matvec,
+    Matvec(Quant),
     MatvecResidual,
     FusedQkv,
     FusedGateUp,
     FusedPlain,
     Sg8Matmul,
-    PromptQ4,
-    PromptF16,
+    Prompt(Quant),
     PromptSwiGlu,
     AttentionDecode,
     AttentionPrompt,
@@ -241,26 +259,25 @@ enum Kernel {
 }
 
 impl Kernel {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Kernel::RmsNorm => "rmsnorm",
-            Kernel::LayerNorm => "layernorm",
-            Kernel::AttentionRows => "attention (rows)",
-            Kernel::AttentionSplit => "attention (split keys)",
-            Kernel::GroupNorm => "groupnorm statistics",
-            Kernel::Grn => "global response norm",
-            Kernel::Matvec => "matvec q4",
-            Kernel::MatvecResidual => "matvec q4 + residual",
-            Kernel::FusedQkv => "fused norm · QKV + RoPE",
-            Kernel::FusedGateUp => "fused norm · gate|up + SwiGLU",
-            Kernel::FusedPlain => "fused norm · matvec",
-            Kernel::Sg8Matmul => "matmul (8-lane tile)",
-            Kernel::PromptQ4 => "prompt product q4",
-            Kernel::PromptF16 => "prompt product f16",
-            Kernel::PromptSwiGlu => "prompt product + SwiGLU",
-            Kernel::AttentionDecode => "decode attention",
-            Kernel::AttentionPrompt => "prompt attention",
-            Kernel::Convolution => "3×3 convolution",
+            Kernel::RmsNorm => "rmsnorm".into(),
+            Kernel::LayerNorm => "layernorm".into(),
+            Kernel::AttentionRows => "attention (rows)".into(),
+            Kernel::AttentionSplit => "attention (split keys)".into(),
+            Kernel::GroupNorm => "groupnorm statistics".into(),
+            Kernel::Grn => "global response norm".into(),
+            Kernel::Matvec(q) => format!("matvec {q}"),
+            Kernel::MatvecResidual => "matvec + residual".into(),
+            Kernel::FusedQkv => "fused norm · QKV + RoPE".into(),
+            Kernel::FusedGateUp => "fused norm · gate|up + SwiGLU".into(),
+            Kernel::FusedPlain => "fused norm · matvec".into(),
+            Kernel::Sg8Matmul => "matmul (8-lane tile)".into(),
+            Kernel::Prompt(q) => format!("prompt product {q}"),
+            Kernel::PromptSwiGlu => "prompt product + SwiGLU".into(),
+            Kernel::AttentionDecode => "decode attention".into(),
+            Kernel::AttentionPrompt => "prompt attention".into(),
+            Kernel::Convolution => "3×3 convolution".into(),
         }
     }
 }
@@ -282,7 +299,8 @@ async fn run_probes(gpu: &Gpu, reduce: bool, sg8: bool) -> Result<Vec<Probe>> {
         }
         // The GPU-shape matrix–vector rows take subgroups up to 32 lanes (row_walk).
         if gpu.gpu_tuned() && gpu.subgroup_reduce().is_some_and(|w| w <= 32) {
-            list.extend([Kernel::Matvec, Kernel::MatvecResidual, Kernel::FusedQkv, Kernel::FusedGateUp, Kernel::FusedPlain]);
+            list.extend(probe_formats(gpu).into_iter().map(Kernel::Matvec));
+            list.extend([Kernel::MatvecResidual, Kernel::FusedQkv, Kernel::FusedGateUp, Kernel::FusedPlain]);
         }
     }
     if sg8 {
@@ -320,11 +338,15 @@ fn difference(a: &[f32], b: &[f32]) -> f32 {
 
 /// Runs `kernel` once on fixed inputs and reads back everything it writes.
 async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed ^ kernel as u64);
+    // Inputs seeded by the probe's name: the same on both paths, different between probes.
+    let seed = kernel.name().bytes().fold(0x5eedu64, |h, b| h.wrapping_mul(0x100000001b3) ^ b as u64);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let input = |rng: &mut ChaCha8Rng, label: &str, n: usize| Tensor::from_f32(gpu, label, &[n], &uniform(rng, n));
+    // Not counted among the device's weight formats (those decide which formats are probed).
     let weight = |rng: &mut ChaCha8Rng, quant: Quant, n: usize, k: usize| -> Result<std::sync::Arc<Weight>> {
-        Weight::upload(gpu, "selfcheck", &QuantBlob::quantize(quant, n, k, &uniform(rng, n * k))?)
+        Weight::upload_probe(gpu, &QuantBlob::quantize(quant, n, k, &uniform(rng, n * k))?)
     };
+    let main = main_format(gpu);
     let mut outs: Vec<Tensor> = Vec::new();
     let mut rec = Recorder::new(gpu);
     match kernel {
@@ -370,10 +392,11 @@ async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
             kernels::grn(&mut rec, &y.buf, 1, rows, c, &gamma.buf, &beta.buf, &stats);
             outs.push(y);
         }
-        Kernel::Matvec | Kernel::MatvecResidual => {
-            let w = weight(&mut rng, Quant::Q4, ROWS, HIDDEN)?;
+        Kernel::Matvec(_) | Kernel::MatvecResidual => {
+            let quant = if let Kernel::Matvec(q) = kernel { q } else { main };
+            let w = weight(&mut rng, quant, ROWS, HIDDEN)?;
             let (x, y) = (input(&mut rng, "x", HIDDEN), input(&mut rng, "y", ROWS));
-            if matches!(kernel, Kernel::Matvec) {
+            if matches!(kernel, Kernel::Matvec(_)) {
                 kernels::linear(&mut rec, &w, None, &x.buf, 0, 1, Out { buf: &y.buf, off: 0, stride: ROWS, add: false });
             } else {
                 let (g, yg, ssq) = (input(&mut rng, "g", ROWS), Tensor::zeros(gpu, "yg", &[ROWS]), Tensor::zeros(gpu, "ssq", &[ROWS / 4]));
@@ -388,7 +411,7 @@ async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
             let norm = NormIn::Prescaled { xg: &xg.buf, ssq: &ssq.buf, off: 0, eps: 1e-6 };
             if matches!(kernel, Kernel::FusedQkv) {
                 let hd = HEADS * HEAD_DIM;
-                let w = weight(&mut rng, Quant::Q4, 3 * hd, HIDDEN)?;
+                let w = weight(&mut rng, main, 3 * hd, HIDDEN)?;
                 let table = input(&mut rng, "rope", 4 * HEAD_DIM);
                 let (q, k, v) = (Tensor::zeros(gpu, "q", &[hd]), Tensor::zeros(gpu, "k", &[2 * hd]), Tensor::zeros(gpu, "v", &[2 * hd]));
                 let kv = Kv { k: &k.buf, v: &v.buf, format: KvFormat::F32 };
@@ -396,17 +419,17 @@ async fn run(gpu: &Gpu, kernel: Kernel) -> Result<Vec<f32>> {
                 kernels::norm_matvec(&mut rec, &w, norm, f);
                 outs.extend([q, k, v]);
             } else {
-                let w = weight(&mut rng, Quant::Q4, ROWS, HIDDEN)?;
+                let w = weight(&mut rng, main, ROWS, HIDDEN)?;
                 let y = Tensor::zeros(gpu, "y", &[ROWS]);
                 let f = if matches!(kernel, Kernel::FusedGateUp) { Fused::GateUp { y: &y.buf, y_off: 0 } } else { Fused::Plain { y: &y.buf, y_off: 0 } };
                 kernels::norm_matvec(&mut rec, &w, norm, f);
                 outs.push(y);
             }
         }
-        Kernel::PromptQ4 | Kernel::PromptF16 | Kernel::PromptSwiGlu => {
+        Kernel::Prompt(_) | Kernel::PromptSwiGlu => {
             // Past one 64-row tile and one 64-column tile, neither a multiple of them.
             let (m, n, k) = (70, 136, 512);
-            let quant = if matches!(kernel, Kernel::PromptF16) { Quant::F16 } else { Quant::Q4 };
+            let quant = if let Kernel::Prompt(q) = kernel { q } else { main };
             let w = weight(&mut rng, quant, n, k)?;
             let (x, y) = (input(&mut rng, "x", m * k), input(&mut rng, "y", m * n));
             match kernel {

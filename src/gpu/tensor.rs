@@ -58,6 +58,18 @@ impl Weight {
 
     /// As [`Weight::upload`] with an explicit per-chunk byte budget (tests exercise chunking with it).
     pub fn upload_with_budget(gpu: &Gpu, name: &str, blob: &QuantBlob, max: u64) -> Result<Arc<Self>> {
+        // The device self-check probes the products in every format its weights take.
+        gpu.note_weight_format(blob.quant);
+        Self::upload_chunks(gpu, name, blob, max)
+    }
+
+    /// As [`Weight::upload`], but not counted among the device's weight formats (the self-check's
+    /// own probe weights).
+    pub(crate) fn upload_probe(gpu: &Gpu, blob: &QuantBlob) -> Result<Arc<Self>> {
+        Self::upload_chunks(gpu, "selfcheck", blob, gpu.max_binding())
+    }
+
+    fn upload_chunks(gpu: &Gpu, name: &str, blob: &QuantBlob, max: u64) -> Result<Arc<Self>> {
         let (n, k) = (blob.rows, blob.cols);
         if k % 4 != 0 {
             bail!("tensor {name}: inner dimension {k} is not a multiple of 4");

@@ -26,6 +26,9 @@ pub enum Quant {
 }
 
 impl Quant {
+    /// Every format, in declaration order.
+    pub const ALL: [Quant; 5] = [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4A];
+
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "f32" => Quant::F32,

@@ -362,7 +362,11 @@ await test('GPU kernel shapes (never chosen on SwiftShader) compile in the brows
   `, { chat: expected.chat.prompt, image: expected.image.prompt, gen: expected.generate });
   assert.equal(r.on, true);
   for (const info of [r.infoGpu, r.infoStaged]) {
-    assert.ok(info.gpuTuning && info.shapeCheck.passed && info.shapeCheck.probes.length === 11, JSON.stringify(info.shapeCheck));
+    // One-row and prompt products in each of the pack's weight formats (q4a layers, a q8
+    // lm_head and SigLIP, f16 elsewhere), and 8 kernels more (fused, attention, convolution).
+    const formats = info.shapeCheck.probes.map((p) => p.kernel).filter((k) => /^matvec \w+$/.test(k));
+    assert.ok(formats.includes('matvec q4a') && formats.includes('matvec q8'), JSON.stringify(formats));
+    assert.ok(info.gpuTuning && info.shapeCheck.passed && info.shapeCheck.probes.length === 8 + 2 * formats.length, JSON.stringify(info.shapeCheck));
     assert.ok(info.subgroupCheck.passed && info.subgroupCheck.gpu_shapes, JSON.stringify(info.subgroupCheck));
   }
   assert.deepEqual(r.gpu, { chat: expected.chat.reply, image: expected.image.reply });
