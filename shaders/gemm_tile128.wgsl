@@ -31,12 +31,16 @@ var<workgroup> Bs: array<vec4<Elem>, 512>;
 
 //#include tile_fetch.wgsl
 
-// Stores a loader's quads (4 values of k for its row of x and of W) into buffer `buf`.
-fn stage(buf: u32, lr: u32, kq: u32, q: Quads) {
+// Stores a loader's block (tile_fetch.wgsl) into buffer `buf`: rows of x or of W, row quad rq,
+// four values of k from kq.
+fn stage(buf: u32, w_rows: bool, rq: u32, kq: u32, blk: Block) {
     for (var j = 0u; j < 4u; j++) {
-        let i = (buf * BK + kq + j) * QUADS + lr / 4u;
-        As[i][lr % 4u] = Elem(q.a[j]);
-        Bs[i][lr % 4u] = Elem(q.b[j]);
+        let i = (buf * BK + kq + j) * QUADS + rq;
+        if (w_rows) {
+            Bs[i] = vec4<Elem>(column(blk, j));
+        } else {
+            As[i] = vec4<Elem>(column(blk, j));
+        }
     }
 }
 
@@ -75,26 +79,41 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let tid = ty * 16u + tx;
     let m0 = wid.y * TILE;
     let n0 = wid.x * TILE;
-    // Loader coordinates: 128 rows × 2 quads of k per slice, for x and for W.
-    let lr = tid / 2u;
+    // Loaders (tile_fetch.wgsl): invocations 0..63 fetch W, 64..127 x; each a block of row quad
+    // rq × four values of k from kq.
+    let w_loader = tid < 64u;
+    let x_loader = tid >= 64u && tid < 128u;
+    let rq = (tid % 64u) / 2u;
     let kq = (tid % 2u) * 4u;
-    let a_row = m0 + lr;
-    let b_row = n0 + lr;
+    let x_row0 = m0 + 4u * rq;
+    var cur: array<XCursor, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        cur[i] = x_start(x_row0 + i, kq);
+    }
     // acc[2i + h]: output row i of the invocation's 8 (see above), column half h.
     var acc: array<vec4<f32>, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    let a_ok = a_row < p.M;
-    var cur = x_start(a_row, kq);
-    var q = fetch_quads(cur, a_ok, b_row, kq);
-    stage(0u, lr, kq, q);
+    var blk: Block;
+    if (w_loader) {
+        blk = fetch_w(n0 + 4u * rq, kq);
+    } else if (x_loader) {
+        blk = fetch_x(&cur, x_row0, 4u, kq);
+    }
+    if (tid < 128u) {
+        stage(0u, w_loader, rq, kq, blk);
+    }
     workgroupBarrier();
     var buf = 0u;
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         // Fetch the next slice while this one is multiplied.
-        x_advance(&cur, BK);
-        q = fetch_quads(cur, a_ok, b_row, k0 + BK + kq);
+        if (w_loader) {
+            blk = fetch_w(n0 + 4u * rq, k0 + BK + kq);
+        } else if (x_loader) {
+            advance_x(&cur, 4u, BK);
+            blk = fetch_x(&cur, x_row0, 4u, k0 + BK + kq);
+        }
 #if F16_MATH
         var part: array<vec4<f16>, 16>; // this slice's sums (zero-initialised)
         multiply_slice(&part, buf, tx, ty);
@@ -105,8 +124,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         multiply_slice(&acc, buf, tx, ty);
 #endif
         buf = 1u - buf;
-        if (k0 + BK < p.K) {
-            stage(buf, lr, kq, q);
+        if (k0 + BK < p.K && tid < 128u) {
+            stage(buf, w_loader, rq, kq, blk);
         }
         workgroupBarrier();
     }

@@ -61,35 +61,54 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let tid = ty * 16u + tx;
     let m0 = wid.y * TILE_M;
     let n0 = wid.x * TN;
-    // Loader coordinates: 64 rows × 4 quads of k per slice.
-    let lr = tid / 4u;
+    // Loaders (tile_fetch.wgsl): invocations 0..63 fetch W, 64..127 x; each a block of row quad
+    // rq (one row of x with SMALL_M, stored as scalars) × four values of k from kq.
+    let w_loader = tid < 64u;
+    let x_loader = tid >= 64u && tid < 128u;
+    let rq = (tid % 64u) / 4u;
     let kq = (tid % 4u) * 4u;
-    let a_row = m0 + lr;
-    let b_row = n0 + lr;
+#if SMALL_M
+    let x_rows = 1u;
+#else
+    let x_rows = 4u;
+#endif
+    let x_row0 = m0 + rq * x_rows;
+    var cur: array<XCursor, 4>;
+    for (var i = 0u; i < x_rows; i++) {
+        cur[i] = x_start(x_row0 + i, kq);
+    }
     var acc: array<vec4<f32>, TM>;
     for (var i = 0u; i < TM; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    let a_ok = lr < TILE_M && a_row < p.M;
-    var cur = x_start(a_row, kq);
-    var q = fetch_quads(cur, a_ok, b_row, kq);
+    var blk: Block;
+    if (w_loader) {
+        blk = fetch_w(n0 + 4u * rq, kq);
+    } else if (x_loader) {
+        blk = fetch_x(&cur, x_row0, x_rows, kq);
+    }
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
-        for (var j = 0u; j < 4u; j++) {
-            Bs[(kq + j) * 16u + lr / 4u][lr % 4u] = Elem(q.b[j]);
-        }
-        if (lr < TILE_M) {
+        if (w_loader) {
+            for (var j = 0u; j < 4u; j++) {
+                Bs[(kq + j) * 16u + rq] = vec4<Elem>(column(blk, j));
+            }
+        } else if (x_loader) {
             for (var j = 0u; j < 4u; j++) {
 #if SMALL_M
-                As[(kq + j) * 16u + lr] = Elem(q.a[j]);
+                As[(kq + j) * 16u + rq] = Elem(blk[0][j]);
 #else
-                As[(kq + j) * 16u + lr / 4u][lr % 4u] = Elem(q.a[j]);
+                As[(kq + j) * 16u + rq] = vec4<Elem>(column(blk, j));
 #endif
             }
         }
         workgroupBarrier();
         // Fetch the next slices while this one is multiplied.
-        x_advance(&cur, BK);
-        q = fetch_quads(cur, a_ok, b_row, k0 + BK + kq);
+        if (w_loader) {
+            blk = fetch_w(n0 + 4u * rq, k0 + BK + kq);
+        } else if (x_loader) {
+            advance_x(&cur, x_rows, BK);
+            blk = fetch_x(&cur, x_row0, x_rows, k0 + BK + kq);
+        }
 #if F16_MATH
         var part: array<vec4<f16>, TM>; // this slice's sums (zero-initialised)
         multiply_slice(&part, tx, ty);

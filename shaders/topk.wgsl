@@ -112,6 +112,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
                 cand[rs[0]] = vec2<u32>(0u, 0xffffffffu);
             }
         }
+        // The candidate just taken is struck out in storage memory, which another lane reads
+        // next round: workgroupBarrier alone orders only workgroup memory.
+        storageBarrier();
         workgroupBarrier();
     }
 #endif
