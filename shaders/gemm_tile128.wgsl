@@ -31,16 +31,20 @@ var<workgroup> Bs: array<vec4<Elem>, 512>;
 
 //#include tile_fetch.wgsl
 
-// Stores a loader's block (tile_fetch.wgsl) into buffer `buf`: rows of x or of W, row quad rq,
-// four values of k from kq.
+// Stores a loader's block (tile_fetch.wgsl) into buffer `buf`: rows of W (else of x), row quad
+// rq, four values of k from kq.
 fn stage(buf: u32, w_rows: bool, rq: u32, kq: u32, blk: Block) {
-    for (var j = 0u; j < 4u; j++) {
-        let i = (buf * BK + kq + j) * QUADS + rq;
-        if (w_rows) {
-            Bs[i] = vec4<Elem>(column(blk, j));
-        } else {
-            As[i] = vec4<Elem>(column(blk, j));
-        }
+    let i = (buf * BK + kq) * QUADS + rq; // the vec4 of the block's first k; the next k 32 on
+    if (w_rows) {
+        Bs[i] = vec4<Elem>(column(blk, 0u));
+        Bs[i + QUADS] = vec4<Elem>(column(blk, 1u));
+        Bs[i + 2u * QUADS] = vec4<Elem>(column(blk, 2u));
+        Bs[i + 3u * QUADS] = vec4<Elem>(column(blk, 3u));
+    } else {
+        As[i] = vec4<Elem>(column(blk, 0u));
+        As[i + QUADS] = vec4<Elem>(column(blk, 1u));
+        As[i + 2u * QUADS] = vec4<Elem>(column(blk, 2u));
+        As[i + 3u * QUADS] = vec4<Elem>(column(blk, 3u));
     }
 }
 
@@ -86,20 +90,18 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let rq = (tid % 64u) / 2u;
     let kq = (tid % 2u) * 4u;
     let x_row0 = m0 + 4u * rq;
-    var cur: array<XCursor, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        cur[i] = x_start(x_row0 + i, kq);
-    }
+    let w_row0 = n0 + 4u * rq;
+    var cur = start_x(x_row0, kq, false);
     // acc[2i + h]: output row i of the invocation's 8 (see above), column half h.
     var acc: array<vec4<f32>, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    var blk: Block;
+    var blk = Block(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (w_loader) {
-        blk = fetch_w(n0 + 4u * rq, kq);
+        blk = fetch_w(w_row0, kq);
     } else if (x_loader) {
-        blk = fetch_x(&cur, x_row0, 4u, kq);
+        blk = fetch_x(cur, x_row0, kq, false);
     }
     if (tid < 128u) {
         stage(0u, w_loader, rq, kq, blk);
@@ -109,10 +111,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         // Fetch the next slice while this one is multiplied.
         if (w_loader) {
-            blk = fetch_w(n0 + 4u * rq, k0 + BK + kq);
+            blk = fetch_w(w_row0, k0 + BK + kq);
         } else if (x_loader) {
-            advance_x(&cur, 4u, BK);
-            blk = fetch_x(&cur, x_row0, 4u, k0 + BK + kq);
+            cur = advance_x(cur, BK, false);
+            blk = fetch_x(cur, x_row0, k0 + BK + kq, false);
         }
 #if F16_MATH
         var part: array<vec4<f16>, 16>; // this slice's sums (zero-initialised)

@@ -68,46 +68,51 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let rq = (tid % 64u) / 4u;
     let kq = (tid % 4u) * 4u;
 #if SMALL_M
-    let x_rows = 1u;
+    let one = true;
+    let x_row0 = m0 + rq;
 #else
-    let x_rows = 4u;
+    let one = false;
+    let x_row0 = m0 + 4u * rq;
 #endif
-    let x_row0 = m0 + rq * x_rows;
-    var cur: array<XCursor, 4>;
-    for (var i = 0u; i < x_rows; i++) {
-        cur[i] = x_start(x_row0 + i, kq);
-    }
+    let w_row0 = n0 + 4u * rq;
+    var cur = start_x(x_row0, kq, one);
     var acc: array<vec4<f32>, TM>;
     for (var i = 0u; i < TM; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    var blk: Block;
+    var blk = Block(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (w_loader) {
-        blk = fetch_w(n0 + 4u * rq, kq);
+        blk = fetch_w(w_row0, kq);
     } else if (x_loader) {
-        blk = fetch_x(&cur, x_row0, x_rows, kq);
+        blk = fetch_x(cur, x_row0, kq, one);
     }
+    let at = kq * 16u + rq; // the block's vec4 (or value) for its first k; the next k 16 on
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         if (w_loader) {
-            for (var j = 0u; j < 4u; j++) {
-                Bs[(kq + j) * 16u + rq] = vec4<Elem>(column(blk, j));
-            }
+            Bs[at] = vec4<Elem>(column(blk, 0u));
+            Bs[at + 16u] = vec4<Elem>(column(blk, 1u));
+            Bs[at + 32u] = vec4<Elem>(column(blk, 2u));
+            Bs[at + 48u] = vec4<Elem>(column(blk, 3u));
         } else if (x_loader) {
-            for (var j = 0u; j < 4u; j++) {
 #if SMALL_M
-                As[(kq + j) * 16u + rq] = Elem(blk[0][j]);
+            As[at] = Elem(blk.r0.x);
+            As[at + 16u] = Elem(blk.r0.y);
+            As[at + 32u] = Elem(blk.r0.z);
+            As[at + 48u] = Elem(blk.r0.w);
 #else
-                As[(kq + j) * 16u + rq] = vec4<Elem>(column(blk, j));
+            As[at] = vec4<Elem>(column(blk, 0u));
+            As[at + 16u] = vec4<Elem>(column(blk, 1u));
+            As[at + 32u] = vec4<Elem>(column(blk, 2u));
+            As[at + 48u] = vec4<Elem>(column(blk, 3u));
 #endif
-            }
         }
         workgroupBarrier();
         // Fetch the next slices while this one is multiplied.
         if (w_loader) {
-            blk = fetch_w(n0 + 4u * rq, k0 + BK + kq);
+            blk = fetch_w(w_row0, k0 + BK + kq);
         } else if (x_loader) {
-            advance_x(&cur, x_rows, BK);
-            blk = fetch_x(&cur, x_row0, x_rows, k0 + BK + kq);
+            cur = advance_x(cur, BK, one);
+            blk = fetch_x(cur, x_row0, k0 + BK + kq, one);
         }
 #if F16_MATH
         var part: array<vec4<f16>, TM>; // this slice's sums (zero-initialised)

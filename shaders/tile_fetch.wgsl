@@ -5,45 +5,93 @@
 // Why blocks: a tile's vec4 holds four rows, and a write to one component of a vector may access
 // the whole vector (WGSL says so; D3D's and Metal's compilers do read, modify and write it back),
 // so four invocations each writing their row's component of one vec4 would race.
+// Rows and cursors are named fields, not arrays, so that no index is dynamic (a private array
+// indexed at run time can live in slow memory).
 
-alias Block = array<vec4<f32>, 4>; // [row of the block] = four values of k
+struct Block {
+    r0: vec4<f32>, // four values of k of the block's first row
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+}
+
+struct Cursors {
+    c0: XCursor, // the block's first row of x
+    c1: XCursor,
+    c2: XCursor,
+    c3: XCursor,
+}
 
 // Rows row0 .. row0 + 3 of W from column k.
 fn fetch_w(row0: u32, k: u32) -> Block {
-    var b: Block;
+    var b = Block(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (k < p.K) {
-        for (var i = 0u; i < 4u; i++) {
-            if (row0 + i < p.N) {
-                b[i] = load_w4(row0 + i, k, p.K, p.soff);
+        if (row0 < p.N) {
+            b.r0 = load_w4(row0, k, p.K, p.soff);
+        }
+        if (row0 + 1u < p.N) {
+            b.r1 = load_w4(row0 + 1u, k, p.K, p.soff);
+        }
+        if (row0 + 2u < p.N) {
+            b.r2 = load_w4(row0 + 2u, k, p.K, p.soff);
+        }
+        if (row0 + 3u < p.N) {
+            b.r3 = load_w4(row0 + 3u, k, p.K, p.soff);
+        }
+    }
+    return b;
+}
+
+// Cursors at column k of rows row0 .. row0 + 3 of x (only the first where `one`).
+fn start_x(row0: u32, k: u32, one: bool) -> Cursors {
+    var c: Cursors;
+    c.c0 = x_start(row0, k);
+    if (!one) {
+        c.c1 = x_start(row0 + 1u, k);
+        c.c2 = x_start(row0 + 2u, k);
+        c.c3 = x_start(row0 + 3u, k);
+    }
+    return c;
+}
+
+// The cursors moved on by dk columns.
+fn advance_x(c: Cursors, dk: u32, one: bool) -> Cursors {
+    var c0 = c.c0;
+    var c1 = c.c1;
+    var c2 = c.c2;
+    var c3 = c.c3;
+    x_advance(&c0, dk);
+    if (!one) {
+        x_advance(&c1, dk);
+        x_advance(&c2, dk);
+        x_advance(&c3, dk);
+    }
+    return Cursors(c0, c1, c2, c3);
+}
+
+// The cursors' rows of x (rows past M: zeros) from column k.
+fn fetch_x(c: Cursors, row0: u32, k: u32, one: bool) -> Block {
+    var b = Block(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if (k < p.K) {
+        if (row0 < p.M) {
+            b.r0 = x_load(c.c0);
+        }
+        if (!one) {
+            if (row0 + 1u < p.M) {
+                b.r1 = x_load(c.c1);
+            }
+            if (row0 + 2u < p.M) {
+                b.r2 = x_load(c.c2);
+            }
+            if (row0 + 3u < p.M) {
+                b.r3 = x_load(c.c3);
             }
         }
     }
     return b;
 }
 
-// `n` rows of x from row0 (1 or 4), through their cursors (at column k).
-fn fetch_x(cur: ptr<function, array<XCursor, 4>>, row0: u32, n: u32, k: u32) -> Block {
-    var a: Block;
-    if (k < p.K) {
-        for (var i = 0u; i < n; i++) {
-            if (row0 + i < p.M) {
-                a[i] = x_load((*cur)[i]);
-            }
-        }
-    }
-    return a;
-}
-
-// Moves the first `n` cursors on by dk columns.
-fn advance_x(cur: ptr<function, array<XCursor, 4>>, n: u32, dk: u32) {
-    for (var i = 0u; i < n; i++) {
-        var c = (*cur)[i];
-        x_advance(&c, dk);
-        (*cur)[i] = c;
-    }
-}
-
 // Value j of each of the block's four rows: what one vec4 of the tile holds.
 fn column(b: Block, j: u32) -> vec4<f32> {
-    return vec4<f32>(b[0][j], b[1][j], b[2][j], b[3][j]);
+    return vec4<f32>(b.r0[j], b.r1[j], b.r2[j], b.r3[j]);
 }

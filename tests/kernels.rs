@@ -1109,7 +1109,8 @@ fn groupnorm_silu_pass_matches_cpu() {
         (9, 11, 12, 3, false, false, true),
         (4, 4, 8, 8, false, true, false),
     ] {
-        gpu.set_binding_cap(if capped { 32 * 1024 } else { u64::MAX });
+        // 256 KiB: the statistics' windows are whole 1024-pixel chunks (of 64 channels here).
+        gpu.set_binding_cap(if capped { 256 * 1024 } else { u64::MAX });
         // The statistics' reductions (reduce.wgsl) with and without subgroup operations.
         gpu.set_subgroup_reduce_allowed(inplace);
         let x = rng.vec(h * w * c).iter().map(|v| v * 2.0 - 0.3).collect::<Vec<_>>();
@@ -1141,6 +1142,43 @@ fn groupnorm_silu_pass_matches_cpu() {
             assert!((got[2 * g] as f64 - m).abs() < 1e-5 && (got[2 * g + 1] as f64 - r).abs() < 1e-4 * r, "{what}: group {g}");
         }
     }
+    gpu.set_binding_cap(u64::MAX);
+}
+
+/// Products whose activation buffers are over the binding limit (the VAE's maps, where the
+/// mid-block's attention reads and adds into a few MiB of them) bind windows around what they
+/// use: right results at unaligned offsets, and no binding over the limit (under a cap, one is an
+/// error), on both kernel shapes, for one row, a small tile and a full one.
+#[test]
+fn products_bind_windows_of_buffers_over_the_binding_limit() {
+    let gpu = gpu();
+    let mut rng = Rng(29);
+    let (n, k, len) = (40usize, 256usize, 40_000usize);
+    let blob = QuantBlob::quantize(Quant::F16, n, k, &rng.vec(n * k)).unwrap();
+    let w = Weight::upload(&gpu, "w", &blob).unwrap();
+    let (x, y0, bias) = (rng.vec(len), rng.vec(len), rng.vec(n));
+    let bt = Tensor::from_f32(&gpu, "b", &[n], &bias);
+    // The 160 KB buffers over it, the windows (at most 72 KB) within it.
+    gpu.set_binding_cap(128 * 1024);
+    for tuned in [false, true] {
+        gpu.set_gpu_tuned(tuned);
+        for &rows in &[1usize, 5, 70] {
+            let (x_off, y_off, stride) = (20_004, 30_008, 48);
+            let (xt, yt) = (Tensor::from_f32(&gpu, "x", &[len], &x), Tensor::from_f32(&gpu, "y", &[len], &y0));
+            let mut rec = Recorder::new(&gpu);
+            kernels::linear(&mut rec, &w, Some(&bt.buf), &xt.buf, x_off, rows, Out { buf: &yt.buf, off: y_off, stride, add: true });
+            rec.finish();
+            let mut want = y0.clone();
+            let p = cpu_linear(&x[x_off..x_off + rows * k], &blob.dequantize(), rows, n, k);
+            for r in 0..rows {
+                for j in 0..n {
+                    want[y_off + r * stride + j] += p[r * n + j] + bias[j];
+                }
+            }
+            assert_close(&read(&gpu, &yt), &want, 1e-5, &format!("windowed product, gpu shapes {tuned}, {rows} rows"));
+        }
+    }
+    gpu.set_gpu_tuned(false);
     gpu.set_binding_cap(u64::MAX);
 }
 

@@ -710,7 +710,9 @@ impl Engine {
         }
         self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(ids));
         let cache = self.llm.new_cache(&self.gpu, ids.len())?;
-        let chunk = self.opts.prefill_chunk.min(ids.len().max(1));
+        // Rows of logits per chunk: one binding of them stays within the binding limit.
+        let fit = (self.gpu.max_binding() / (vocab as u64 * 4)).max(1) as usize;
+        let chunk = self.opts.prefill_chunk.min(fit).min(ids.len().max(1));
         let logits = self.gpu.storage_buffer("logits-all", (chunk * vocab * 4) as u64);
         let mut out = Vec::with_capacity(ids.len() * vocab);
         let mut pos = 0;

@@ -250,9 +250,20 @@ impl Gpu {
         PORTABLE_MAX_BINDING.min(self.summary.max_storage_buffer_binding_size).min(self.binding_cap.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Lowers the binding size the engine uses (for tests of the splitting paths).
+    /// Lowers the binding size the engine uses (for tests of the splitting paths). Under a cap a
+    /// storage binding over it is an error, as on a device whose limit is that small: the
+    /// kernels' row chunks, bands and windows must keep every binding within it.
     pub fn set_binding_cap(&self, bytes: u64) {
         self.binding_cap.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fails the device (see [`Gpu::check_alive`]) when a storage binding of `bytes` exceeds the
+    /// cap set by [`Gpu::set_binding_cap`].
+    pub(crate) fn check_binding(&self, binding: usize, bytes: u64) {
+        let cap = self.binding_cap.load(std::sync::atomic::Ordering::Relaxed);
+        if bytes > cap {
+            self.fail(Kind::Limits, format!("a kernel's storage binding {binding} holds {bytes} bytes, over the {cap}-byte binding limit"));
+        }
     }
 
     /// Whether kernels are shaped for a real GPU (see the field) rather than a CPU rasteriser.

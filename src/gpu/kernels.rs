@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::recorder::{grid, Recorder};
+use super::recorder::{grid, Range, Recorder};
 use super::shader;
 use super::{Gpu, Weight};
 use crate::weights::quant::Quant;
@@ -430,20 +430,26 @@ fn linear_impl(
         defines.extend(r.seqs[0].kv.format.define());
     }
     let p = pipeline(rec.gpu, if vec || lanes { "matvec.wgsl" } else { "matmul.wgsl" }, &defines);
+    // Activation buffers over the binding limit (the VAE's maps, of which the mid-block's
+    // attention uses a few MiB) are bound as windows around what the product reads and writes.
+    let (xr, x_off) = window(rec.gpu, x, x_off, x_off + rows * w.k);
+    let plain = !act.pairs() && copy.is_none();
+    let (yr, y_off) = if plain { window(rec.gpu, out.buf, out.off, out.off + (rows - 1) * out.stride + w.n) } else { ((out.buf, 0, None), out.off) };
     for c in &w.chunks {
         let mut params = LinearParams {
             m: rows as u32,
             n: c.rows as u32,
             k: w.k as u32,
             x_off: x_off as u32,
-            y_off: out.off as u32,
+            y_off: y_off as u32,
             y_stride: out.stride as u32,
             row0: c.row0 as u32,
             soff: c.soff,
             ..Default::default()
         };
-        let mut bufs: Vec<&wgpu::Buffer> = vec![&c.buf, x, out.buf];
-        bufs.extend(bias);
+        let mut bufs: Vec<Range> = vec![(&c.buf, 0, None), xr, yr];
+        let whole = |b| (b, 0, None);
+        bufs.extend(bias.map(whole));
         if let Some(r) = &rope {
             let s0 = r.seqs[0];
             let s1 = r.seqs.get(1).copied().unwrap_or(s0);
@@ -457,13 +463,13 @@ fn linear_impl(
                 slot1: s1.slot0 as u32,
                 ..params
             };
-            bufs.extend([r.table, s0.kv.k, s0.kv.v]);
+            bufs.extend([r.table, s0.kv.k, s0.kv.v].map(whole));
             if r.seqs.len() == 2 {
-                bufs.extend([s1.kv.k, s1.kv.v]);
+                bufs.extend([s1.kv.k, s1.kv.v].map(whole));
             }
         }
         if let Some(NormCopy { g, yg, ssq }) = copy {
-            bufs.extend([g, yg, ssq]);
+            bufs.extend([g, yg, ssq].map(whole));
         }
         let wg = if lanes {
             [lane_groups(c.rows), if lane_m { (rows as u32).div_ceil(LANE_M) } else { rows as u32 }, 1]
@@ -472,8 +478,20 @@ fn linear_impl(
         } else {
             [(c.rows as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), 1]
         };
-        rec.dispatch(p.clone(), words(&params), &bufs, wg);
+        rec.dispatch_ranges(p.clone(), words(&params), &bufs, wg);
     }
+}
+
+/// The binding of f32 elements [first, end) of `buf`, and the first one's index within it: the
+/// whole buffer where it is within the binding limit, else a window starting at a 256-byte
+/// boundary (the storage offset alignment), whole vec4s long.
+fn window<'b>(gpu: &Gpu, buf: &'b wgpu::Buffer, first: usize, end: usize) -> (Range<'b>, usize) {
+    if buf.size() <= gpu.max_binding() {
+        return ((buf, 0, None), first);
+    }
+    let start = (first as u64 * 4) & !255;
+    let size = (end as u64 * 4 - start).next_multiple_of(16).min(buf.size() - start);
+    ((buf, start, Some(size)), first - start as usize / 4)
 }
 
 /// RMSNorm of `rows` rows of length `d`.

@@ -152,6 +152,7 @@ impl<'a> Recorder<'a> {
         }];
         for (i, &(b, offset, size)) in buffers.iter().enumerate() {
             debug_assert!(offset % 256 == 0, "unaligned binding offset {offset}");
+            self.gpu.check_binding(i + 1, size.unwrap_or(b.size().saturating_sub(offset)));
             let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size: size.and_then(wgpu::BufferSize::new) });
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
