@@ -7,13 +7,14 @@
 //   KV_F16 (the opt-in `fast` setting): both halves of a pair as f16 in one u32 (low half first,
 //   pack2x16float / unpack2x16float: core WGSL, no shader-f16 needed), a quad as vec2<u32>.
 // f16 halves the cache's memory and the bytes attention reads per key; values and keys are
-// rounded to f16 once, when written; all arithmetic stays f32.
+// rounded to f16 once, when written (saturating at ±65504); all arithmetic stays f32.
 
 #if KV_F16
 alias KvPair = u32;
 alias KvQuad = vec2<u32>;
 fn kv_pair(v: vec2<f32>) -> KvPair {
-    return pack2x16float(v);
+    // pack2x16float is indeterminate outside f16's finite range: saturate to it.
+    return pack2x16float(clamp(v, vec2<f32>(-65504.0), vec2<f32>(65504.0)));
 }
 fn kv_unpair(w: KvPair) -> vec2<f32> {
     return unpack2x16float(w);

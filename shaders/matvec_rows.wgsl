@@ -26,7 +26,8 @@ fn row_lane(inv: Lane) -> RowLane {
 }
 
 // The sum of `v` over the 32 lanes of this lane's row, for every lane of the row. Every lane of
-// the workgroup calls it, in uniform control flow.
+// the workgroup calls it, in uniform control flow, once per kernel: it ends without a barrier
+// after reading `row_shares`, so a second call would race with those reads (as in the tree below).
 fn row_sum(rl: RowLane, v: f32) -> f32 {
     let s = subgroupAdd(v);
     if (SG_PER_ROW == 1u) {

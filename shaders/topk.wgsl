@@ -46,7 +46,8 @@ fn reduce_best(li: u32) {
 }
 
 fn clean(v: f32) -> f32 {
-    if (v != v) {
+    // NaN by its bits: `v != v` may be folded away by compilers that assume no NaNs.
+    if ((bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u) {
         return NEG;
     }
     return max(v, NEG);

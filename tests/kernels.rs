@@ -409,6 +409,37 @@ fn rope_rotate_half() {
     }
 }
 
+/// f16 caches (the fast setting) saturate keys and values beyond f16's range at ±65504, as
+/// `kv_f16_words` does, instead of packing them into an indeterminate word.
+#[test]
+fn f16_caches_saturate_instead_of_overflowing() {
+    let gpu = gpu();
+    let mut rng = Rng(41);
+    let (t, h, d) = (2, 2, 8);
+    let hd = h * d;
+    let nat: Vec<f32> = rng.vec(t * 3 * hd).iter().map(|v| v * 2.0e5).collect();
+    let order: Vec<(usize, usize)> = kernels::qkv_row_order(hd, d).collect();
+    let stored: Vec<f32> = (0..t).flat_map(|ti| order.iter().map(|&(m, r)| nat[ti * 3 * hd + m * hd + r]).collect::<Vec<_>>()).collect();
+    let table = rope_table(8, d, 10000.0);
+    let (xt, tt) = (Tensor::from_f32(&gpu, "qkv", &[t, 3 * hd], &stored), Tensor::from_f32(&gpu, "table", &[table.len()], &table));
+    let (qt, kt, vt) = (Tensor::zeros(&gpu, "q", &[t, hd]), cache(&gpu, "k", t, hd, KvFormat::F16), cache(&gpu, "v", t, hd, KvFormat::F16));
+    let mut rec = Recorder::new(&gpu);
+    kernels::rope_scatter(&mut rec, &xt.buf, 0, t, h, d, 0, &tt.buf, &qt.buf, 0, Kv { k: &kt.buf, v: &vt.buf, format: KvFormat::F16 }, 0);
+    rec.finish();
+    let v = read_cache(&gpu, &vt, KvFormat::F16);
+    let k = read_cache(&gpu, &kt, KvFormat::F16);
+    assert!(k.iter().chain(&v).all(|e| e.is_finite() && e.abs() <= 65504.0), "{k:?} {v:?}");
+    // Values are stored as they came (V is not rotated): beyond the range, exactly ±65504.
+    for ti in 0..t {
+        let want = &nat[ti * 3 * hd + 2 * hd..(ti + 1) * 3 * hd];
+        let got = &v[ti * hd..(ti + 1) * hd];
+        assert!(want.iter().any(|x| x.abs() > 65504.0));
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(*g, half::f16::from_f32(w.clamp(-65504.0, 65504.0)).to_f32(), "v {w}");
+        }
+    }
+}
+
 fn cpu_attention(q: &[f32], k: &[f32], v: &[f32], t: usize, h: usize, d: usize, keys_for: impl Fn(usize) -> usize) -> Vec<f32> {
     let mut o = vec![0f32; t * h * d];
     for ti in 0..t {

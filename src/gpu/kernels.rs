@@ -317,9 +317,11 @@ impl KvFormat {
 }
 
 /// `v` as an f16 cache stores it: neighbouring elements (2j, 2j + 1) rounded to f16 and packed in
-/// word j, low half first (kv_cache.wgsl's `kv_pair`; benchmarks and tests fill caches with it).
+/// word j, low half first, saturating at ±65504 (kv_cache.wgsl's `kv_pair`; benchmarks and tests
+/// fill caches with it).
 pub fn kv_f16_words(v: &[f32]) -> Vec<u32> {
-    v.chunks(2).map(|p| half::f16::from_f32(p[0]).to_bits() as u32 | (half::f16::from_f32(p.get(1).copied().unwrap_or(0.0)).to_bits() as u32) << 16).collect()
+    let h = |x: f32| half::f16::from_f32(x.clamp(-65504.0, 65504.0)).to_bits() as u32;
+    v.chunks(2).map(|p| h(p[0]) | h(p.get(1).copied().unwrap_or(0.0)) << 16).collect()
 }
 
 /// One layer's key and value caches ([slots, heads·head_dim] each) and how they store elements.

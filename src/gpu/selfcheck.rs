@@ -22,13 +22,13 @@
 //! pairs), so the one-row and prompt products are probed in every format the device's weights
 //! take (`Gpu::weight_formats`), and the checks run again when a new one arrives.
 //!
-//! The probes run as the engine's kernels do (natively without wgpu's runtime checks, see
-//! `Gpu::trusted_shaders`; browsers always check), since that is what must be right. This
-//! matters on lavapipe with 16-lane subgroups: there, checked shaders, and even an extra `min` on
-//! a subgroup index, give wrong subgroup sums where the unchecked kernels as written are right.
-//! The price, natively only: on a device that runs narrower subgroups than it reports, the
-//! unchecked probes index their per-subgroup slots past the end of workgroup memory once before
-//! the check turns subgroups off.
+//! On CPU adapters the probes run as the engine's kernels do (natively without wgpu's runtime
+//! checks, see `Gpu::trusted_shaders`; browsers always check), since that is what must be right.
+//! This matters on lavapipe with 16-lane subgroups: there, checked shaders, and even an extra
+//! `min` on a subgroup index, give wrong subgroup sums where the unchecked kernels as written are
+//! right. On real GPUs the probes keep the checks: a kernel told a wider subgroup than the device
+//! runs indexes its per-subgroup slots past the end of workgroup memory, which a GPU may fault on
+//! and lose the device, where the checked probe only gives a wrong sum that the check catches.
 
 use anyhow::Result;
 use rand_chacha::ChaCha8Rng;
@@ -316,15 +316,30 @@ async fn run_probes(gpu: &Gpu, reduce: bool, sg8: bool) -> Result<Vec<Probe>> {
 /// Runs each kernel with `mode(true)` (the path under test) and with `mode(false)` (the path it
 /// must agree with) and measures how far apart they are.
 async fn compare(gpu: &Gpu, list: &[Kernel], mode: impl Fn(bool)) -> Result<Vec<Probe>> {
+    // On real GPUs the probes keep wgpu's runtime checks: a kernel told a wider subgroup than it
+    // runs indexes its per-subgroup slots past their end, which a GPU may fault on (losing the
+    // device) where a CPU adapter reads on.
+    let trusted = gpu.trusted_shaders();
+    if gpu.summary.device_type != "Cpu" {
+        gpu.set_trusted_shaders(false);
+    }
     let mut probes = Vec::with_capacity(list.len());
+    let mut result = Ok(());
     for &kernel in list {
         mode(true);
-        let with = run(gpu, kernel).await?;
+        let with = run(gpu, kernel).await;
         mode(false);
-        let other = run(gpu, kernel).await?;
-        probes.push(Probe { kernel: kernel.name(), diff: difference(&with, &other) });
+        let other = run(gpu, kernel).await;
+        match (with, other) {
+            (Ok(a), Ok(b)) => probes.push(Probe { kernel: kernel.name(), diff: difference(&a, &b) }),
+            (Err(e), _) | (_, Err(e)) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(probes)
+    gpu.set_trusted_shaders(trusted);
+    result.map(|()| probes)
 }
 
 /// max |a − b| / max |b|; infinite where either holds a NaN or an infinity or the lengths differ.
