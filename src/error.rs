@@ -67,6 +67,29 @@ impl fmt::Display for Tagged {
 
 impl std::error::Error for Tagged {}
 
+/// An error whose kind was named outside Rust (a JS callback's rejection: a stored shard found
+/// `corrupt`, an IndexedDB read failing with `storage`): passed to JavaScript with that kind
+/// unchanged, and never re-tagged by [`WithKind::kind`], so the front end can act on it (remove
+/// the corrupt shard and fetch it again).
+#[derive(Debug)]
+pub struct Foreign {
+    pub kind: String,
+    pub message: String,
+}
+
+impl fmt::Display for Foreign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Foreign {}
+
+/// The kind a [`Foreign`] error in `e`'s chain carries, if any.
+pub fn foreign_kind(e: &anyhow::Error) -> Option<&str> {
+    e.chain().find_map(|c| c.downcast_ref::<Foreign>().map(|f| f.kind.as_str()))
+}
+
 /// A new error of `kind`.
 pub fn tagged(kind: Kind, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Tagged { kind, message: message.into() })
@@ -86,7 +109,8 @@ pub fn kind_of(e: &anyhow::Error) -> Kind {
     e.chain().find_map(|c| c.downcast_ref::<Tagged>().map(|t| t.kind)).unwrap_or(Kind::Internal)
 }
 
-/// Tags the errors of a fallible step that are not tagged yet (an inner, more precise tag wins).
+/// Tags the errors of a fallible step that are not tagged yet (an inner, more precise tag wins,
+/// and so does a [`Foreign`] kind).
 pub trait WithKind<T> {
     fn kind(self, kind: Kind) -> anyhow::Result<T>;
 }
@@ -94,7 +118,7 @@ pub trait WithKind<T> {
 impl<T> WithKind<T> for anyhow::Result<T> {
     fn kind(self, kind: Kind) -> anyhow::Result<T> {
         self.map_err(|e| {
-            if e.chain().any(|c| c.downcast_ref::<Tagged>().is_some()) {
+            if e.chain().any(|c| c.downcast_ref::<Tagged>().is_some()) || foreign_kind(&e).is_some() {
                 e
             } else {
                 // The whole chain's text in one tagged error, so it still prints once with `{:#}`.
@@ -124,6 +148,12 @@ mod tests {
         let pre: anyhow::Result<()> = Err(tagged(Kind::OutOfMemory, "no memory"));
         assert_eq!(kind_of(&pre.kind(Kind::BadInput).unwrap_err()), Kind::OutOfMemory);
         assert_eq!(kind_of(&anyhow::anyhow!("x")), Kind::Internal);
+
+        // A kind named in JavaScript survives a step's tag, and its message prints once.
+        let js: anyhow::Result<()> = Err(anyhow::Error::new(Foreign { kind: "corrupt".into(), message: "stored shard a.bin is corrupt".into() }));
+        let e = js.context("reading shard a.bin").kind(Kind::BadWeights).unwrap_err();
+        assert_eq!(foreign_kind(&e), Some("corrupt"));
+        assert_eq!(format!("{e:#}"), "reading shard a.bin: stored shard a.bin is corrupt");
         assert_eq!(Kind::parse("device-lost"), Some(Kind::DeviceLost));
     }
 }

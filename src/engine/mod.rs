@@ -652,10 +652,14 @@ impl Engine {
         // A cache kept from an earlier turn is reused unless the `fast` setting changed since.
         let mut cache = match conv.cache.take() {
             Some(c) if c.format == self.llm.kv_format => c,
-            _ => self.llm.new_cache(&self.gpu, self.opts.context)?,
+            _ => {
+                let what = format!("the attention cache of a {}-token context (try the fast setting, which halves it)", self.opts.context);
+                self.gpu.allocating(&what, || self.llm.new_cache(&self.gpu, self.opts.context)).await?
+            }
         };
         let result = self.generate(&mut cache, &prompt, params, &mut on_text).await;
-        conv.cache = Some(cache);
+        // A turn that failed may have left the cache half-written: the next one starts afresh.
+        conv.cache = result.is_ok().then_some(cache);
         let reply = result?;
         conv.messages.push(Message::assistant(reply.text.clone()));
         Ok(reply)

@@ -518,6 +518,20 @@ impl Gpu {
         self.pipelines.lock().unwrap().len()
     }
 
+    /// Runs `alloc` (a request's buffers: a chat's KV cache, a picture's work buffers) in an
+    /// out-of-memory error scope. An allocation the GPU cannot make then fails this request with
+    /// [`Kind::OutOfMemory`], saying what did not fit, instead of being an uncaught error that
+    /// fails every later request too (see `failed`), so a smaller request (the fast setting's f16
+    /// cache, say) can still run.
+    pub async fn allocating<T>(&self, what: &str, alloc: impl FnOnce() -> Result<T>) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let out = alloc();
+        if let Some(e) = scope.pop().await {
+            return Err(tagged(Kind::OutOfMemory, format!("the GPU has no room for {what} ({e})")));
+        }
+        out
+    }
+
     /// A storage buffer. One larger than the adapter allows is not created (wgpu would report a
     /// validation error for it and every use): the failure is recorded for `check_alive` and a
     /// placeholder is returned, so the caller's next check fails with a clear message.

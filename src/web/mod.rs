@@ -11,7 +11,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
 use crate::engine::{Conversation, Engine, EngineOptions, GenerateParams};
-use crate::error::{kind_of, Kind, WithKind as _};
+use crate::error::{foreign_kind, kind_of, Foreign, Kind, WithKind as _};
 use crate::gpu::Gpu;
 use crate::image_io::Picture;
 use crate::text::sampling::SamplingParams;
@@ -46,7 +46,7 @@ pub fn debug_panic() {
 /// An error for JavaScript: an `Error` whose `kind` says what failed (see [`Kind`]); a kind that
 /// came from a JS callback (a failed shard read, say) is passed through unchanged.
 fn err(e: anyhow::Error) -> JsValue {
-    let kind = e.chain().find_map(|c| c.downcast_ref::<JsFailure>().map(|f| f.kind.clone())).unwrap_or_else(|| kind_of(&e).as_str().to_string());
+    let kind = foreign_kind(&e).map(str::to_string).unwrap_or_else(|| kind_of(&e).as_str().to_string());
     js_error(&format!("{e:#}"), &kind)
 }
 
@@ -62,23 +62,9 @@ fn bad_input(message: &str) -> JsValue {
 }
 
 /// A JS callback's rejection, keeping the `kind` it carried.
-#[derive(Debug)]
-struct JsFailure {
-    kind: String,
-    message: String,
-}
-
-impl std::fmt::Display for JsFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for JsFailure {}
-
 fn js_failure(context: &str, v: &JsValue) -> anyhow::Error {
     let kind = js_sys::Reflect::get(v, &JsValue::from_str("kind")).ok().and_then(|k| k.as_string()).unwrap_or_else(|| Kind::Internal.as_str().into());
-    anyhow::Error::new(JsFailure { kind, message: format!("{context}: {}", js_message(v)) })
+    anyhow::Error::new(Foreign { kind, message: format!("{context}: {}", js_message(v)) })
 }
 
 fn to_js<T: serde::Serialize + ?Sized>(v: &T) -> Result<JsValue, JsValue> {
