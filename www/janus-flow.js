@@ -183,6 +183,7 @@ class JanusFlowElement extends HTMLElement {
     if (this.unwatch) this.unwatch();
     this.unwatch = null;
     this.started = false;
+    this.loads = (this.loads || 0) + 1; // an engine still loading is terminated when it arrives
     if (this.engine) this.engine.terminate();
     this.engine = null;
   }
@@ -260,8 +261,10 @@ class JanusFlowElement extends HTMLElement {
     this.screen(el('h3', {}, 'Loading JanusFlow'), bar, line);
     const t0 = performance.now();
     this.loading = true;
+    const mine = (this.loads = (this.loads || 0) + 1);
+    let engine;
     try {
-      this.engine = await create({
+      engine = await create({
         source: this.source,
         quant: this.quant,
         onprogress: (p) => {
@@ -279,11 +282,17 @@ class JanusFlowElement extends HTMLElement {
         },
       });
     } catch (e) {
-      this.failure(`Could not start: ${e.message}`, () => this.load());
+      if (mine === this.loads) this.failure(`Could not start: ${e.message}`, () => this.load());
       return;
     } finally {
-      this.loading = false;
+      if (mine === this.loads) this.loading = false;
     }
+    if (mine !== this.loads) {
+      // Removed from the page (or loading again) meanwhile: this engine has no element to serve.
+      engine.terminate();
+      return;
+    }
+    this.engine = engine;
     const info = this.engine.info;
     // Kernels that disagreed with their portable counterparts on this GPU are off (slower, still exact).
     const failed = [info.subgroupCheck, info.shapeCheck].some((c) => c && !c.passed);
@@ -449,7 +458,7 @@ class JanusFlowElement extends HTMLElement {
   attach(files) {
     for (const f of files) {
       this.pending.push(f);
-      const url = URL.createObjectURL(f);
+      const url = this.url(f); // revoked with the others when the conversation is cleared
       const fig = el('figure', {}, el('img', { src: url, alt: `attached image ${f.name || ''}` }));
       fig.append(
         el('button', {
@@ -540,8 +549,10 @@ class JanusFlowElement extends HTMLElement {
   }
 
   num(name) {
-    const v = Number(this.settings[name].value);
-    return Number.isFinite(v) ? v : defaults[name];
+    // An emptied field means the default (Number('') would be 0: greedy, or a refused request).
+    const raw = this.settings[name].value.trim();
+    const v = Number(raw);
+    return raw !== '' && Number.isFinite(v) ? v : defaults[name];
   }
 
   async send() {
@@ -597,7 +608,7 @@ class JanusFlowElement extends HTMLElement {
             if (!frame) frame = requestAnimationFrame(paint);
           },
         });
-      });
+      }, '');
       cancelAnimationFrame(frame);
       if (conv !== this.messages) return; // "New conversation" while it ran
       m.content = reply;
@@ -784,15 +795,18 @@ class JanusFlowElement extends HTMLElement {
   /**
    * Runs `fn`; if the GPU device was lost or the engine crashed (every loss, whenever it
    * happens), waits for the engine to reload itself from IndexedDB and runs `fn` once more. The
-   * conversation lives here, in `this.messages`, so nothing of it is lost.
+   * conversation lives here, in `this.messages`, so nothing of it is lost. `stopped` is the
+   * result when Stop is pressed while the engine reloads.
    */
-  async withRecovery(fn) {
+  async withRecovery(fn, stopped) {
     try {
       return await fn();
     } catch (e) {
       if (e.kind !== KIND.deviceLost && e.kind !== KIND.crashed) throw e;
       if (this.busy && this.busy.signal.aborted) throw e;
       await this.engine.whenReady();
+      // Stop pressed while the engine reloaded: a stop before the first token, not an error.
+      if (this.busy && this.busy.signal.aborted) return stopped;
       return fn();
     }
   }

@@ -159,7 +159,8 @@ export interface EngineInfo {
   compileSeconds: number;
   /** Bytes downloaded by this load (0 when everything came from IndexedDB). */
   downloaded: number;
-  /** Whether the manifest came from storage because the network failed. */
+  /** Whether the stored copy was used because the network failed (the manifest could not be
+   * fetched, or an update could not be downloaded; it resumes on a later load). */
   offline: boolean;
   wasmHeapBytes: number;
 }

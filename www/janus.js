@@ -172,7 +172,13 @@ class Engine extends EventTarget {
         reject: (e) => (cleanup(), reject(e)),
         on,
       });
-      w.postMessage({ id, op, ...args });
+      try {
+        w.postMessage({ id, op, ...args });
+      } catch (e) {
+        // Arguments that cannot be cloned (a function in the options, say): nothing was sent.
+        this.pending.get(id).reject(e);
+        this.pending.delete(id);
+      }
     });
   }
 

@@ -227,10 +227,30 @@ async function ensurePack(id, source) {
   // Each shard is committed with a record that lists it: the complete copy in charge (plus the
   // update's shards as `pending`), or the partial download so far (resumed after a reload).
   const partial = (stored && !stored.complete && stored.shards) || [];
-  const recordFor = (committed) => (same ? stored : update ? { ...stored, pending: committed } : { kind: 'pack', complete: false, shards: [...partial, ...committed], bytes: total });
-  const downloaded = await download(id, base, base, manifest, retries, recordFor);
+  // An update's shards from an interrupted earlier attempt stay listed (so no clean-up deletes them).
+  const pendingBefore = (update && stored.pending) || [];
+  const recordFor = (committed) =>
+    same ? stored : update ? { ...stored, pending: [...new Set([...pendingBefore, ...committed])] } : { kind: 'pack', complete: false, shards: [...partial, ...committed], bytes: total };
+  let downloaded;
+  try {
+    downloaded = await download(id, base, base, manifest, retries, recordFor);
+  } catch (e) {
+    // An update that cannot be fetched now (the network drops mid-way, no room for both copies,
+    // a bad shard on the server) must not keep the stored copy from starting: start from it, and
+    // the update resumes on a later load from the shards it committed.
+    const have = await store.shardNames();
+    const old = update ? parseManifest(stored.manifestText) : null;
+    if (!old || ![KIND.network, KIND.quota, KIND.corrupt].includes(e.kind) || !old.shards.every((sh) => have.has(sh.file))) throw e;
+    console.warn(`janusflow: the update of ${base} could not be downloaded (${e.message}); using the stored copy`);
+    return { key: base, text: stored.manifestText, total: old.shards.reduce((a, sh) => a + sh.size, 0), downloaded: 0, offline: true, fallback: null };
+  }
   if (!update && !same) {
     await store.putPack(base, { kind: 'pack', manifestText: text, complete: true, bytes: total, storedAt: Date.now() });
+    await store.collectGarbage();
+  } else if (same && stored.pending) {
+    // An update abandoned on the server (the manifest went back): its partial shards go.
+    const { pending, ...rest } = stored;
+    await store.putPack(base, rest);
     await store.collectGarbage();
   }
   return { key: base, text, total, downloaded, offline: false, fallback: update ? stored.manifestText : null };
@@ -301,6 +321,9 @@ function sourceKey(source, quant) {
 /** Frees the engine; its device's loss that follows is not reported. */
 function dropEngine() {
   gpu.report = false;
+  // wgpu's WebGPU backend frees nothing when its objects drop (the garbage collector would, some
+  // time later): destroying the device frees the engine's GPU memory now, before another loads.
+  if (gpu.device) gpu.device.destroy();
   gpu = { device: null, lost: null, report: false };
   if (engine) engine.free();
   engine = null;
@@ -321,7 +344,15 @@ async function upload(id, key, text, quant, bad) {
   const total = manifest.shards.reduce((a, s) => a + s.size, 0);
   const t0 = performance.now();
   lastDevice = null;
-  const e = await wasm.loadEngine(text, shardReader(id, total, bad), quant || '', (done, all, what) => post(id, MSG.progress, { phase: 'upload', detail: what, step: done, steps: all }));
+  let e;
+  try {
+    e = await wasm.loadEngine(text, shardReader(id, total, bad), quant || '', (done, all, what) => post(id, MSG.progress, { phase: 'upload', detail: what, step: done, steps: all }));
+  } catch (err) {
+    // The half-loaded weights' GPU memory goes with their device.
+    if (lastDevice) lastDevice.destroy();
+    lastDevice = null;
+    throw err;
+  }
   try {
     watchDevice(lastDevice);
     if (await isCpuAdapter()) e.setGpuTuning(false);
@@ -340,7 +371,7 @@ async function upload(id, key, text, quant, bad) {
   } catch (err) {
     if (engine !== e) {
       gpu.report = false; // explain() still sees the device; the page hears of it through this error
-      e.free();
+      e.free(); // its device goes at the next load's dropEngine, after explain() has looked at it
     }
     throw err;
   }

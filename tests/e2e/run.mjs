@@ -586,6 +586,31 @@ await test('a corrupted shard is rejected and fetched again', async () => {
   assert.equal((state.counts.get(`/pack/${victim}`) || 0) - n0, 2, 'fetched twice');
 });
 
+await test('a stored shard that went bad is found at load, removed and fetched again', async () => {
+  await page.reload();
+  await clearStore();
+  await inPage(`(await J.create({ source: { pack: '/pack/' } })).terminate();`);
+  const victim = shardFiles[1];
+  const n0 = state.counts.get(`/pack/${victim}`) || 0;
+  // One byte of the stored copy flipped, as a failing disk or a damaged profile would.
+  await page.evaluate(async (name) => {
+    const db = await new Promise((res, rej) => { const q = indexedDB.open('janusflow'); q.onsuccess = () => res(q.result); q.onerror = () => rej(q.error); });
+    const buf = await new Promise((res) => { const q = db.transaction('shards').objectStore('shards').get(name); q.onsuccess = () => res(q.result); });
+    const bytes = new Uint8Array(buf.slice(0));
+    bytes[100] ^= 0xff;
+    await new Promise((res, rej) => { const tx = db.transaction('shards', 'readwrite'); tx.objectStore('shards').put(bytes.buffer, name); tx.oncomplete = res; tx.onerror = () => rej(tx.error); });
+    db.close();
+  }, victim);
+  const text = await inPage(`
+    const e = await J.create({ source: { pack: '/pack/' } });
+    const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+    e.terminate();
+    return t;
+  `, expected.chat.prompt);
+  assert.equal(text, expected.chat.reply);
+  assert.equal((state.counts.get(`/pack/${victim}`) || 0) - n0, 1, 'the bad shard was fetched again, once');
+});
+
 await test('a manifest naming shards outside the pack is refused before anything else is fetched', async () => {
   await page.goto(`${url}/e2e/test.html`);
   await clearStore();
@@ -686,6 +711,45 @@ await test('an updated pack replaces the stored copy and its superseded shards a
     assert.deepEqual(new Set(records[0].shards), new Set(want));
     assert.deepEqual(new Set(shards), new Set(want), 'exactly the current shards are stored');
   }
+});
+
+await test('an update that cannot be downloaded does not keep the stored copy from starting, and resumes later', async () => {
+  const pack2 = JSON.parse(fs.readFileSync(path.join(e2e, 'pack2/manifest.json'), 'utf8')).shards.map((s) => s.file);
+  await page.goto(`${url}/e2e/test.html`);
+  await clearStore();
+  await inPage(`(await J.create({ source: { pack: '/pack/' } })).terminate();`);
+  const load = () => inPage(`
+    const e = await J.create({ source: { pack: '/pack/', retries: 1 } });
+    const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+    e.terminate();
+    return { t, offline: e.info.offline, downloaded: e.info.downloaded };
+  `, expected.chat.prompt);
+  state.remap = { '/pack/': path.join(e2e, 'pack2') };
+  try {
+    // The connection drops after one shard of the update: the stored copy starts, and keeps the
+    // shard that came as the update's.
+    state.shardBudget = 1;
+    const r = await load();
+    assert.deepEqual(r, { t: expected.chat.reply, offline: true, downloaded: 0 });
+    const mid = await storeContents();
+    assert.equal(mid.records.length, 1);
+    assert.ok(mid.records[0].complete && mid.records[0].pending.length === 1, JSON.stringify(mid.records[0]));
+    assert.deepEqual(new Set(mid.records[0].shards), new Set(shardFiles), 'the stored copy is still in charge');
+    const counts = new Map(pack2.map((f) => [f, state.counts.get(`/pack/${f}`) || 0]));
+    // Back online: the update completes without fetching that shard again, and takes over.
+    state.shardBudget = Infinity;
+    const again = await load();
+    assert.equal(again.t, expected.chat.reply);
+    assert.ok(!again.offline && again.downloaded > 0);
+    const refetched = pack2.filter((f) => f === mid.records[0].pending[0] && (state.counts.get(`/pack/${f}`) || 0) > counts.get(f));
+    assert.deepEqual(refetched, [], 'the committed update shard was not fetched again');
+  } finally {
+    state.remap = {};
+    state.shardBudget = Infinity;
+  }
+  const { records, shards } = await storeContents();
+  assert.ok(records[0].complete && !records[0].pending, JSON.stringify(records[0]));
+  assert.deepEqual(new Set(shards), new Set(pack2), 'exactly the update\'s shards are stored');
 });
 
 await test('the app page: chat and drawing a batch as a grid (step counters with time left) through the interface (screenshots in artifacts/)', async () => {
