@@ -7,7 +7,7 @@
 
 import { HfConverter, sideFiles, safetensorsHeaderLength } from './pkg/janusflow.js';
 import * as store from './store.js';
-import { fetchRetry, readBody, withRetry, RETRIES } from './net.js';
+import { fetchRetry, readBody, readChunk, withRetry, RETRIES } from './net.js';
 import { KIND, kindError } from './protocol.js';
 
 /** The largest side file (config, tokenizer, index) read whole: the real tokenizer.json is ≈ 5 MB. */
@@ -100,12 +100,7 @@ async function eachChunk(r, url, at, end, fn) {
   const reader = r.body.getReader();
   try {
     while (at < end) {
-      let step;
-      try {
-        step = await reader.read();
-      } catch (e) {
-        throw kindError(`${url}: the connection failed at byte ${at} (${e.message})`, KIND.network, { retry: true });
-      }
+      const step = await readChunk(reader, `${url}: the connection failed at byte ${at}`);
       if (step.done) break;
       await fn(at, step.value);
       at += step.value.byteLength;

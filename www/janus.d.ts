@@ -48,6 +48,9 @@ export interface PackSource {
   pack: string;
   /** Attempts per download before giving up (default 5). */
   retries?: number;
+  /** Seconds without an answer or a byte before a download counts as stalled and is tried again
+   * (default 30; the Hugging Face conversion's own downloads always use the default). */
+  stallSeconds?: number;
 }
 
 /** Checkpoints in the Hugging Face layout, converted in the browser while they download. */

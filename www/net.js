@@ -14,6 +14,37 @@ export function backoff(n) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Time without an answer or a byte before a download counts as stalled (retried as a dropped
+ * connection): a connection that hangs must not hang the load, nor the lock it holds. */
+let stallMs = 30000;
+
+/** Sets the stall time (seconds; the default, 30, for anything else). */
+export function setStallSeconds(s) {
+  stallMs = Number.isFinite(s) && s > 0 ? s * 1000 : 30000;
+}
+
+/**
+ * The next chunk of `reader`. A read that fails, or brings nothing for the stall time, rejects
+ * as a retryable network error `${what} (why)`, and the reader is cancelled.
+ */
+export async function readChunk(reader, what) {
+  let timer;
+  const stalled = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(kindError(`${what} (no data for ${stallMs / 1000} s)`, KIND.network, { retry: true })), stallMs);
+  });
+  const read = reader.read().catch((e) => {
+    throw kindError(`${what} (${e.message})`, KIND.network, { retry: true });
+  });
+  try {
+    return await Promise.race([read, stalled]);
+  } catch (e) {
+    reader.cancel().catch(() => {});
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * Runs `attempt()` until it succeeds. Only errors marked `retry: true` (network failures, 5xx,
  * a connection closed early, a body that failed its hash) are tried again; everything else is
@@ -44,10 +75,16 @@ export function fetchRetry(url, init = {}, { retries, onRetry, accept = (s) => s
   return withRetry(
     async () => {
       let r;
+      // A server that never answers is a stall too (the body's reads have their own watch).
+      const ctl = new AbortController();
+      const timer = setTimeout(() => ctl.abort(), stallMs);
       try {
-        r = await fetch(url, { cache: 'no-store', ...init });
+        r = await fetch(url, { cache: 'no-store', ...init, signal: ctl.signal });
       } catch (e) {
-        throw kindError(`cannot reach ${url}: ${e.message}`, KIND.network, { retry: true });
+        const why = ctl.signal.aborted ? `no answer for ${stallMs / 1000} s` : e.message;
+        throw kindError(`cannot reach ${url}: ${why}`, KIND.network, { retry: true });
+      } finally {
+        clearTimeout(timer);
       }
       if (accept(r.status)) return r;
       if (r.body) r.body.cancel().catch(() => {});
@@ -85,12 +122,7 @@ export async function readBody(response, { cap, expected, onBytes, label = respo
   const chunks = [];
   try {
     for (;;) {
-      let step;
-      try {
-        step = await reader.read();
-      } catch (e) {
-        throw kindError(`${label}: the connection failed after ${n} bytes (${e.message})`, KIND.network, { retry: true });
-      }
+      const step = await readChunk(reader, `${label}: the connection failed after ${n} bytes`);
       if (step.done) break;
       const v = step.value;
       if (n + v.byteLength > limit) throw over();

@@ -11,7 +11,7 @@ import init, * as wasm from './pkg/janusflow.js';
 import * as store from './store.js';
 import { importHf, hfKey, migrateKey, baseUrl, describe as describeHf, DEFAULT_QUANT } from './hf.js';
 import { OP, URGENT, MSG, KIND, kindError } from './protocol.js';
-import { fetchRetry, readBody, readText, withRetry, sleep, RETRIES } from './net.js';
+import { fetchRetry, readBody, readText, setStallSeconds, withRetry, sleep, RETRIES } from './net.js';
 
 /** A manifest lists a few hundred tensors (≈ 100 KB for the real model): 8 MiB is plenty. */
 const MANIFEST_CAP = 8 << 20;
@@ -378,6 +378,7 @@ async function upload(id, key, text, quant, bad) {
 }
 
 async function load(id, { source, quant }) {
+  setStallSeconds(source && source.stallSeconds);
   const exports = await ensureWasm();
   const key = sourceKey(source, quant);
   if (engine && engineKey === key && !gpu.lost) return { ...engineInfo, downloaded: 0, offline: false, wasmHeapBytes: exports.memory.buffer.byteLength };

@@ -70,6 +70,7 @@ async function test(name, fn, { timeout = 240000 } = {}) {
     Object.assign(state, { offline: false, packOffline: false, shardBudget: Infinity, budget: Infinity, cutOnce: 0, garbageManifest: null, remap: {}, shardDelay: 0, override: {} });
     state.padOnce.clear();
     state.corruptOnce.clear();
+    state.stallOnce.clear();
     await context.setOffline(false).catch(() => {});
     await page.goto(`${url}/e2e/test.html`).catch(() => {});
   } finally {
@@ -584,6 +585,24 @@ await test('a corrupted shard is rejected and fetched again', async () => {
   `, expected.chat.prompt);
   assert.equal(text, expected.chat.reply);
   assert.equal((state.counts.get(`/pack/${victim}`) || 0) - n0, 2, 'fetched twice');
+});
+
+await test('a download that stalls mid-shard is given up after the stall time and fetched again', async () => {
+  await page.reload();
+  await clearStore();
+  const victim = shardFiles[1];
+  const n0 = state.counts.get(`/pack/${victim}`) || 0;
+  state.stallOnce.add(victim);
+  const t0 = Date.now();
+  const text = await inPage(`
+    const e = await J.create({ source: { pack: '/pack/', stallSeconds: 1 } });
+    const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+    e.terminate();
+    return t;
+  `, expected.chat.prompt);
+  assert.equal(text, expected.chat.reply);
+  assert.equal((state.counts.get(`/pack/${victim}`) || 0) - n0, 2, 'the stalled shard was requested again');
+  assert.ok(Date.now() - t0 < 20000, 'given up after about a second (the default is 30 s), not hung');
 });
 
 await test('a stored shard that went bad is found at load, removed and fetched again', async () => {

@@ -31,7 +31,7 @@ const MIME = {
 export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; img-src 'self' blob: data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; report-uri /__csp-report";
 
 export function startServer(mounts) {
-  const state = { offline: false, packOffline: false, shardBudget: Infinity, corruptOnce: new Set(), padOnce: new Set(), counts: new Map(), budget: Infinity, cutOnce: 0, ranges: [], served: 0, garbageManifest: null, remap: {}, cspReports: [], shardDelay: 0, override: {} };
+  const state = { offline: false, packOffline: false, shardBudget: Infinity, corruptOnce: new Set(), padOnce: new Set(), stallOnce: new Set(), counts: new Map(), budget: Infinity, cutOnce: 0, ranges: [], served: 0, garbageManifest: null, remap: {}, cspReports: [], shardDelay: 0, override: {} };
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     const p = decodeURIComponent(url.pathname);
@@ -85,6 +85,12 @@ export function startServer(mounts) {
         state.corruptOnce.delete(name);
         body = Buffer.from(body);
         body[body.length >> 1] ^= 0xff;
+      }
+      if (state.stallOnce.has(name)) {
+        // Half the body, then nothing more: a connection that hangs without closing.
+        state.stallOnce.delete(name);
+        res.writeHead(200, { ...headers, 'content-length': body.length });
+        return res.write(body.subarray(0, body.length >> 1));
       }
       if (state.padOnce.has(name)) {
         // More bytes than the manifest declares, chunked (no Content-Length to refuse it early).
