@@ -188,7 +188,8 @@ export interface ChatOptions {
   fast?: boolean;
   /** Called with each piece of text as it is produced. */
   ontoken?: (text: string) => void;
-  /** Aborting it stops the reply; the text so far is the result. */
+  /** Aborting it stops this reply (the text so far is the result); a reply still waiting behind
+   * another request is dropped (rejects with kind 'cancelled'), the other goes on. */
   signal?: AbortSignal;
 }
 
@@ -220,6 +221,8 @@ export interface GenerateOptions {
   /** The opt-in fast setting (f16 KV caches), as for `chat`. */
   fast?: boolean;
   onstep?: (s: GenerateStep) => void;
+  /** Aborting it stops this picture (the result is null); one still waiting behind another
+   * request is dropped (rejects with kind 'cancelled'), the other goes on. */
   signal?: AbortSignal;
 }
 

@@ -164,7 +164,8 @@ class Engine extends EventTarget {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       if (signal && signal.aborted) return reject(new DOMException('Aborted', 'AbortError'));
-      const onAbort = () => this.#worker && this.#worker.postMessage({ op: URGENT.cancel });
+      // The cancel names this request: a queued one is dropped, a running one stopped, others go on.
+      const onAbort = () => this.#worker && this.#worker.postMessage({ op: URGENT.cancel, target: id });
       if (signal) signal.addEventListener('abort', onAbort, { once: true });
       const cleanup = () => signal && signal.removeEventListener('abort', onAbort);
       this.pending.set(id, {

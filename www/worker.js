@@ -24,6 +24,10 @@ let canceller = null;
 let engineKey = null;
 let engineInfo = null;
 let queue = Promise.resolve();
+/** The request running now, those waiting behind it, and those cancelled while they waited. */
+let running = null;
+const queued = new Set();
+const cancelledQueued = new Set();
 let wasmReady = null;
 let crashed = false;
 
@@ -521,8 +525,13 @@ const ops = {
 
 /** Handled as soon as they arrive, even while an operation runs. */
 const urgent = {
-  [URGENT.cancel]() {
-    if (canceller) canceller.cancel();
+  /** {target}: the request whose signal was aborted (without one: whatever runs). */
+  [URGENT.cancel](id, { target } = {}) {
+    if (target == null || target === running) {
+      if (canceller) canceller.cancel();
+    } else if (queued.has(target)) {
+      cancelledQueued.add(target);
+    }
   },
   /** Test hook: {when: 'now' | 'token' | 'step'}; resolves to whether an engine device exists. */
   [URGENT.debugLoseDevice](id, { when = 'now' }) {
@@ -575,13 +584,19 @@ self.onmessage = (ev) => {
   const fn = ops[op];
   if (!fn) return post(id, MSG.error, { message: `unknown operation ${op}`, kind: KIND.internal });
   // One operation at a time: the engine is busy until the previous one finishes.
+  queued.add(id);
   queue = queue.then(async () => {
+    queued.delete(id);
     if (crashed) return post(id, MSG.error, { message: 'the engine crashed; it is being restarted', kind: KIND.crashed });
+    if (cancelledQueued.delete(id)) return post(id, MSG.error, { message: 'cancelled before it started', kind: KIND.cancelled });
+    running = id;
     try {
       const value = await fn(id, args);
       post(id, MSG.result, { value });
     } catch (e) {
       post(id, MSG.error, await explain(e));
+    } finally {
+      running = null;
     }
   });
 };

@@ -455,6 +455,21 @@ await test('Stop ends generation promptly', async () => {
   assert.ok(r.n <= 4, `ran ${r.n} steps after Stop`);
 });
 
+await test('aborting a queued request drops that one only: the running one goes on to its end', async () => {
+  const r = await inPage(`
+    ${ENGINE}
+    let steps = 0;
+    const a = E.generate('a slow picture', { steps: 6, onstep: () => steps++ });
+    const ctl = new AbortController();
+    const b = E.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 8, signal: ctl.signal });
+    await new Promise((res) => setTimeout(res, 100)); // the chat is queued behind the picture
+    ctl.abort();
+    const [ra, rb] = await Promise.allSettled([a, b]);
+    return { drawn: ra.status === 'fulfilled' && ra.value !== null, steps, b: rb.status, kind: rb.reason && rb.reason.kind };
+  `, expected.chat.prompt);
+  assert.deepEqual(r, { drawn: true, steps: 6, b: 'rejected', kind: 'cancelled' });
+});
+
 await test('a GPU device lost mid-chat: the call rejects as device-lost, the engine reloads, the same messages give the native reply', async () => {
   const r = await inPage(`
     ${ENGINE}
