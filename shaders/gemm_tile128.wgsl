@@ -97,12 +97,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    var blk = Block(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    if (w_loader) {
-        blk = fetch_w(w_row0, kq);
-    } else if (x_loader) {
-        blk = fetch_x(cur, x_row0, kq, false);
-    }
+    var blk = fetch_block(w_loader, x_loader, w_row0, &cur, x_row0, kq, 0u, false);
     if (tid < 128u) {
         stage(0u, w_loader, rq, kq, blk);
     }
@@ -110,12 +105,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     var buf = 0u;
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         // Fetch the next slice while this one is multiplied.
-        if (w_loader) {
-            blk = fetch_w(w_row0, k0 + BK + kq);
-        } else if (x_loader) {
-            cur = advance_x(cur, BK, false);
-            blk = fetch_x(cur, x_row0, k0 + BK + kq, false);
-        }
+        blk = fetch_block(w_loader, x_loader, w_row0, &cur, x_row0, k0 + BK + kq, BK, false);
 #if F16_MATH
         var part: array<vec4<f16>, 16>; // this slice's sums (zero-initialised)
         multiply_slice(&part, buf, tx, ty);

@@ -80,12 +80,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     for (var i = 0u; i < TM; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    var blk = Block(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    if (w_loader) {
-        blk = fetch_w(w_row0, kq);
-    } else if (x_loader) {
-        blk = fetch_x(cur, x_row0, kq, one);
-    }
+    var blk = fetch_block(w_loader, x_loader, w_row0, &cur, x_row0, kq, 0u, one);
     let at = kq * 16u + rq; // the block's vec4 (or value) for its first k; the next k 16 on
     for (var k0 = 0u; k0 < p.K; k0 += BK) {
         if (w_loader) {
@@ -108,12 +103,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         workgroupBarrier();
         // Fetch the next slices while this one is multiplied.
-        if (w_loader) {
-            blk = fetch_w(w_row0, k0 + BK + kq);
-        } else if (x_loader) {
-            cur = advance_x(cur, BK, one);
-            blk = fetch_x(cur, x_row0, k0 + BK + kq, one);
-        }
+        blk = fetch_block(w_loader, x_loader, w_row0, &cur, x_row0, k0 + BK + kq, BK, one);
 #if F16_MATH
         var part: array<vec4<f16>, TM>; // this slice's sums (zero-initialised)
         multiply_slice(&part, tx, ty);

@@ -91,6 +91,19 @@ fn fetch_x(c: Cursors, row0: u32, k: u32, one: bool) -> Block {
     return b;
 }
 
+// A loader's next block from column k, its cursors first moved on by dk: rows of W from w_row0,
+// or of x from x_row0 (one row where `one`); zeros for an invocation that loads nothing.
+fn fetch_block(w_loader: bool, x_loader: bool, w_row0: u32, cur: ptr<function, Cursors>, x_row0: u32, k: u32, dk: u32, one: bool) -> Block {
+    if (w_loader) {
+        return fetch_w(w_row0, k);
+    }
+    if (x_loader) {
+        *cur = advance_x(*cur, dk, one);
+        return fetch_x(*cur, x_row0, k, one);
+    }
+    return Block(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
 // Value j of each of the block's four rows: what one vec4 of the tile holds.
 fn column(b: Block, j: u32) -> vec4<f32> {
     return vec4<f32>(b.r0[j], b.r1[j], b.r2[j], b.r3[j]);
