@@ -228,6 +228,12 @@ async function ensurePack(id, source) {
   }
   const same = !!(stored && stored.complete && stored.manifestText === text);
   const update = !!(stored && stored.complete && stored.manifestText && !same);
+  if (update && stored.rejectedManifest === text) {
+    // This update was downloaded before and did not load: not again until the server changes it.
+    console.warn(`janusflow: the update of ${base} did not load before; using the stored copy`);
+    const old = parseManifest(stored.manifestText);
+    return { key: base, text: stored.manifestText, total: old.shards.reduce((a, sh) => a + sh.size, 0), downloaded: 0, offline: false, fallback: null };
+  }
   // Each shard is committed with a record that lists it: the complete copy in charge (plus the
   // update's shards as `pending`), or the partial download so far (resumed after a reload).
   const partial = (stored && !stored.complete && stored.shards) || [];
@@ -260,14 +266,18 @@ async function ensurePack(id, source) {
   return { key: base, text, total, downloaded, offline: false, fallback: update ? stored.manifestText : null };
 }
 
-/** An update that loaded becomes the stored copy; the shards only the old one used are deleted. */
+/**
+ * An update that loaded becomes the stored copy; the shards only the old one used are deleted.
+ * One that did not load (`keep` 'old') is remembered, so it is not downloaded again at every
+ * start while the server offers it; its shards are deleted.
+ */
 async function settleUpdate(key, text, total, keep) {
   await store.withLock('exclusive', async () => {
     const rec = await store.getPack(key);
     if (!rec) return; // deleted meanwhile (by another tab): nothing to settle
-    const { pending, ...rest } = rec;
+    const { pending, rejectedManifest, ...rest } = rec;
     if (keep === 'new') await store.putPack(key, { ...rest, manifestText: text, complete: true, bytes: total, storedAt: Date.now() });
-    else await store.putPack(key, rest);
+    else await store.putPack(key, { ...rest, rejectedManifest: text });
     await store.collectGarbage();
   });
 }

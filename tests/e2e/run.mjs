@@ -786,6 +786,43 @@ await test('an update that cannot be downloaded does not keep the stored copy fr
   assert.deepEqual(new Set(shards), new Set(pack2), 'exactly the update\'s shards are stored');
 });
 
+await test('an update that does not load: the stored copy starts, and the update is not downloaded again until it changes', async () => {
+  // pack3: pack2's shards (hash-valid) under a manifest whose config names a layer that is not there.
+  const dir3 = path.join(e2e, 'pack3');
+  fs.rmSync(dir3, { recursive: true, force: true });
+  fs.cpSync(path.join(e2e, 'pack2'), dir3, { recursive: true });
+  const m3 = JSON.parse(fs.readFileSync(path.join(dir3, 'manifest.json'), 'utf8'));
+  m3.config.language_config.num_hidden_layers += 1;
+  fs.writeFileSync(path.join(dir3, 'manifest.json'), JSON.stringify(m3));
+  const shards3 = m3.shards.map((s) => s.file);
+  await page.goto(`${url}/e2e/test.html`);
+  await clearStore();
+  await inPage(`(await J.create({ source: { pack: '/pack/' } })).terminate();`);
+  const fetched = () => shards3.reduce((a, f) => a + (state.counts.get(`/pack/${f}`) || 0), 0);
+  const load = () => inPage(`
+    const e = await J.create({ source: { pack: '/pack/' } });
+    const t = await e.chat([{ role: 'user', content: arg }], { temperature: 0, maxTokens: 24 });
+    e.terminate();
+    return { t, downloaded: e.info.downloaded };
+  `, expected.chat.prompt);
+  state.remap = { '/pack/': dir3 };
+  try {
+    const n0 = fetched();
+    const first = await load();
+    assert.equal(first.t, expected.chat.reply, 'the stored copy answers');
+    assert.equal(fetched() - n0, shards3.length, 'the update was downloaded once');
+    const second = await load();
+    assert.deepEqual(second, { t: expected.chat.reply, downloaded: 0 });
+    assert.equal(fetched() - n0, shards3.length, 'and not again');
+  } finally {
+    state.remap = {};
+    fs.rmSync(dir3, { recursive: true, force: true });
+  }
+  const { records, shards } = await storeContents();
+  assert.ok(records[0].complete && !records[0].pending, JSON.stringify(records[0]));
+  assert.deepEqual(new Set(shards), new Set(shardFiles), 'only the stored copy is kept');
+});
+
 await test('the app page: chat and drawing a batch as a grid (step counters with time left) through the interface (screenshots in artifacts/)', async () => {
   await page.goto(`${url}/index.html?pack=/pack/`);
   const app = page.locator('janus-flow');
