@@ -184,6 +184,7 @@ class JanusFlowElement extends HTMLElement {
     this.unwatch = null;
     this.started = false;
     this.loads = (this.loads || 0) + 1; // an engine still loading is terminated when it arrives
+    this.loading = false;
     if (this.engine) this.engine.terminate();
     this.engine = null;
   }
