@@ -21,11 +21,6 @@ const BK: u32 = 8u;      // K per slice
 const TILE: u32 = 128u;  // output rows and columns per workgroup
 const QUADS: u32 = 32u;  // row (column) quads of a slice row
 // As[(b·BK + k)·32 + q] = x[m0 + 4q .. 4q + 4, k0 + k] in buffer b; Bs likewise with W[n0 + 4q ..].
-#if F16_MATH
-alias Elem = f16;
-#else
-alias Elem = f32;
-#endif
 var<workgroup> As: array<vec4<Elem>, 512>;
 var<workgroup> Bs: array<vec4<Elem>, 512>;
 

@@ -23,11 +23,6 @@ const TM: u32 = 1u; // output rows per invocation
 const TM: u32 = 4u;
 #endif
 const TILE_M: u32 = 16u * TM;
-#if F16_MATH
-alias Elem = f16;
-#else
-alias Elem = f32;
-#endif
 // Bs[k][c] = W[n0 + 4c .. n0 + 4c + 4, k0 + k] (16 column quads per k).
 var<workgroup> Bs: array<vec4<Elem>, 256>;
 #if SMALL_M

@@ -8,6 +8,15 @@
 // Rows and cursors are named fields, not arrays, so that no index is dynamic (a private array
 // indexed at run time can live in slow memory).
 
+// What the tiles' workgroup buffers hold (WGSL declarations may come in any order, so the
+// includers' buffers use it above the include): f16 with F16_MATH (the opt-in `fast` setting,
+// devices with shader-f16), else f32.
+#if F16_MATH
+alias Elem = f16;
+#else
+alias Elem = f32;
+#endif
+
 struct Block {
     r0: vec4<f32>, // four values of k of the block's first row
     r1: vec4<f32>,

@@ -228,11 +228,12 @@ async function ensurePack(id, source) {
   }
   const same = !!(stored && stored.complete && stored.manifestText === text);
   const update = !!(stored && stored.complete && stored.manifestText && !same);
+  // The stored complete copy, started instead of an update.
+  const storedCopy = (offline) => ({ key: base, text: stored.manifestText, total: parseManifest(stored.manifestText).total_bytes, downloaded: 0, offline, fallback: null });
   if (update && stored.rejectedManifest === text) {
     // This update was downloaded before and did not load: not again until the server changes it.
     console.warn(`janusflow: the update of ${base} did not load before; using the stored copy`);
-    const old = parseManifest(stored.manifestText);
-    return { key: base, text: stored.manifestText, total: old.shards.reduce((a, sh) => a + sh.size, 0), downloaded: 0, offline: false, fallback: null };
+    return storedCopy(false);
   }
   // Each shard is committed with a record that lists it: the complete copy in charge (plus the
   // update's shards as `pending`), or the partial download so far (resumed after a reload).
@@ -248,11 +249,11 @@ async function ensurePack(id, source) {
     // An update that cannot be fetched now (the network drops mid-way, no room for both copies,
     // a bad shard on the server) must not keep the stored copy from starting: start from it, and
     // the update resumes on a later load from the shards it committed.
+    if (!update || ![KIND.network, KIND.quota, KIND.corrupt].includes(e.kind)) throw e;
     const have = await store.shardNames();
-    const old = update ? parseManifest(stored.manifestText) : null;
-    if (!old || ![KIND.network, KIND.quota, KIND.corrupt].includes(e.kind) || !old.shards.every((sh) => have.has(sh.file))) throw e;
+    if (!parseManifest(stored.manifestText).shards.every((sh) => have.has(sh.file))) throw e;
     console.warn(`janusflow: the update of ${base} could not be downloaded (${e.message}); using the stored copy`);
-    return { key: base, text: stored.manifestText, total: old.shards.reduce((a, sh) => a + sh.size, 0), downloaded: 0, offline: true, fallback: null };
+    return storedCopy(true);
   }
   if (!update && !same) {
     await store.putPack(base, { kind: 'pack', manifestText: text, complete: true, bytes: total, storedAt: Date.now() });

@@ -175,27 +175,20 @@ impl Engine {
 
         // Buffers for this request.
         let buf = |label: &str, floats: usize| gpu.storage_buffer(label, floats as u64 * 4);
+        let oom = gpu.oom_scope();
+        let z = gpu.storage_buffer_init("z", bytemuck::cast_slice(&z0));
+        let (proj, mid, temb, silu_t) = (buf("t-proj", c_enc), buf("t-mid", h), buf("t-emb", h), buf("t-silu", h));
+        let patches = buf("patches", n * cz * 4);
+        let x_emb = buf("x-emb", n * c_enc);
         let rows = 2 * (n + 1);
-        let (z, proj, mid, temb, silu_t, patches, x_emb, embeds, dec_x, v, preview, scratch, cond, uncond) = gpu
-            .allocating("a picture's work buffers", || {
-                Ok((
-                    gpu.storage_buffer_init("z", bytemuck::cast_slice(&z0)),
-                    buf("t-proj", c_enc),
-                    buf("t-mid", h),
-                    buf("t-emb", h),
-                    buf("t-silu", h),
-                    buf("patches", n * cz * 4),
-                    buf("x-emb", n * c_enc),
-                    buf("gen-embeds", rows * h),
-                    buf("dec-x", 2 * n * d),
-                    buf("velocity", 2 * n * cz * 4),
-                    params.preview.then(|| gpu.storage_buffer("preview", (s * s * 4) as u64)),
-                    self.llm.new_scratch(gpu, rows.max(l.min(self.opts.prefill_chunk))),
-                    self.llm.new_cache(gpu, l + 1 + n)?,
-                    self.llm.new_cache(gpu, 2 + n)?,
-                ))
-            })
-            .await?;
+        let embeds = buf("gen-embeds", rows * h);
+        let dec_x = buf("dec-x", 2 * n * d);
+        let v = buf("velocity", 2 * n * cz * 4);
+        let preview = params.preview.then(|| gpu.storage_buffer("preview", (s * s * 4) as u64));
+        let scratch = self.llm.new_scratch(gpu, rows.max(l.min(self.opts.prefill_chunk)));
+        let cond = self.llm.new_cache(gpu, l + 1 + n)?;
+        let uncond = self.llm.new_cache(gpu, 2 + n)?;
+        oom.check("a picture's work buffers").await?;
 
         // The prompt's K/V once, for every step; the unconditional row's BOS.
         gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(&ids));

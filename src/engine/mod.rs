@@ -653,8 +653,11 @@ impl Engine {
         let mut cache = match conv.cache.take() {
             Some(c) if c.format == self.llm.kv_format => c,
             _ => {
-                let what = format!("the attention cache of a {}-token context (try the fast setting, which halves it)", self.opts.context);
-                self.gpu.allocating(&what, || self.llm.new_cache(&self.gpu, self.opts.context)).await?
+                let oom = self.gpu.oom_scope();
+                let cache = self.llm.new_cache(&self.gpu, self.opts.context)?;
+                let n = self.opts.context;
+                oom.check(&format!("the attention cache of a {n}-token context (try the fast setting, which halves it)")).await?;
+                cache
             }
         };
         let result = self.generate(&mut cache, &prompt, params, &mut on_text).await;

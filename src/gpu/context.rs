@@ -39,6 +39,19 @@ pub struct AdapterSummary {
     pub max_storage_buffers_per_shader_stage: u32,
 }
 
+/// See [`Gpu::oom_scope`]; dropped unchecked (a failed request), it is popped unread.
+pub struct OomScope(wgpu::ErrorScopeGuard);
+
+impl OomScope {
+    /// Fails with [`Kind::OutOfMemory`] when an allocation since [`Gpu::oom_scope`] did not fit.
+    pub async fn check(self, what: &str) -> Result<()> {
+        match self.0.pop().await {
+            Some(e) => Err(tagged(Kind::OutOfMemory, format!("the GPU has no room for {what} ({e})"))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One WebGPU device with its queue and a cache of compiled compute pipelines.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -518,18 +531,13 @@ impl Gpu {
         self.pipelines.lock().unwrap().len()
     }
 
-    /// Runs `alloc` (a request's buffers: a chat's KV cache, a picture's work buffers) in an
-    /// out-of-memory error scope. An allocation the GPU cannot make then fails this request with
-    /// [`Kind::OutOfMemory`], saying what did not fit, instead of being an uncaught error that
-    /// fails every later request too (see `failed`), so a smaller request (the fast setting's f16
-    /// cache, say) can still run.
-    pub async fn allocating<T>(&self, what: &str, alloc: impl FnOnce() -> Result<T>) -> Result<T> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let out = alloc();
-        if let Some(e) = scope.pop().await {
-            return Err(tagged(Kind::OutOfMemory, format!("the GPU has no room for {what} ({e})")));
-        }
-        out
+    /// An out-of-memory error scope around a request's allocations (a chat's KV cache, a
+    /// picture's work buffers), checked with [`OomScope::check`]: an allocation the GPU cannot
+    /// make then fails this request with [`Kind::OutOfMemory`], saying what did not fit, instead
+    /// of being an uncaught error that fails every later request too (see `failed`), so a smaller
+    /// request (the fast setting's f16 cache, say) can still run.
+    pub fn oom_scope(&self) -> OomScope {
+        OomScope(self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory))
     }
 
     /// A storage buffer. One larger than the adapter allows is not created (wgpu would report a

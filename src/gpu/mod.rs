@@ -8,6 +8,6 @@ pub mod selfcheck;
 pub mod shader;
 pub mod tensor;
 
-pub use context::{Gpu, GpuFeatures};
+pub use context::{Gpu, GpuFeatures, OomScope};
 pub use recorder::{BindCache, Recorder};
 pub use tensor::{Tensor, Weight};

@@ -223,10 +223,10 @@ fn probe_formats(gpu: &Gpu) -> Vec<Quant> {
 }
 
 /// The format the fused decode products are probed in: the language model's own where its
-/// weights are loaded (a preset's format is the most compact one on the device).
+/// weights are loaded (a preset's format is the most compact one on the device, and the formats
+/// come in [`Quant::ALL`] order, most compact last).
 fn main_format(gpu: &Gpu) -> Quant {
-    let formats = probe_formats(gpu);
-    [Quant::Q4A, Quant::Q4, Quant::Q8, Quant::F16, Quant::F32].into_iter().find(|q| formats.contains(q)).unwrap_or(Quant::Q4A)
+    *probe_formats(gpu).last().expect("probe_formats is never empty")
 }
 
 /// `n` values uniform in [-1, 1), deterministic for a seeded `rng` (the inputs both paths of a
@@ -323,23 +323,20 @@ async fn compare(gpu: &Gpu, list: &[Kernel], mode: impl Fn(bool)) -> Result<Vec<
     if gpu.summary.device_type != "Cpu" {
         gpu.set_trusted_shaders(false);
     }
-    let mut probes = Vec::with_capacity(list.len());
-    let mut result = Ok(());
-    for &kernel in list {
-        mode(true);
-        let with = run(gpu, kernel).await;
-        mode(false);
-        let other = run(gpu, kernel).await;
-        match (with, other) {
-            (Ok(a), Ok(b)) => probes.push(Probe { kernel: kernel.name(), diff: difference(&a, &b) }),
-            (Err(e), _) | (_, Err(e)) => {
-                result = Err(e);
-                break;
-            }
+    let probes = async {
+        let mut probes = Vec::with_capacity(list.len());
+        for &kernel in list {
+            mode(true);
+            let with = run(gpu, kernel).await?;
+            mode(false);
+            let other = run(gpu, kernel).await?;
+            probes.push(Probe { kernel: kernel.name(), diff: difference(&with, &other) });
         }
+        Ok(probes)
     }
+    .await;
     gpu.set_trusted_shaders(trusted);
-    result.map(|()| probes)
+    probes
 }
 
 /// max |a − b| / max |b|; infinite where either holds a NaN or an infinity or the lengths differ.

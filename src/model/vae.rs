@@ -342,15 +342,13 @@ impl VaeDecoder {
         let out_side = side * self.cfg.factor();
         let max_pixels = out_side * out_side;
         let groups = self.cfg.norm_groups;
-        let b = gpu
-            .allocating("the image decoder's work buffers", || {
-                Ok(Bufs {
-                    maps: [gpu.storage_buffer("vae-a", work), gpu.storage_buffer("vae-b", work), gpu.storage_buffer("vae-c", work)],
-                    partials: gpu.storage_buffer("vae-gn-partials", kernels::groupnorm_partials_bytes(max_pixels, groups)),
-                    stats: gpu.storage_buffer("vae-gn", groups as u64 * 8),
-                })
-            })
-            .await?;
+        let oom = gpu.oom_scope();
+        let b = Bufs {
+            maps: [gpu.storage_buffer("vae-a", work), gpu.storage_buffer("vae-b", work), gpu.storage_buffer("vae-c", work)],
+            partials: gpu.storage_buffer("vae-gn-partials", kernels::groupnorm_partials_bytes(max_pixels, groups)),
+            stats: gpu.storage_buffer("vae-gn", groups as u64 * 8),
+        };
+        oom.check("the image decoder's work buffers").await?;
         let zb = gpu.storage_buffer_init("vae-z", bytemuck::cast_slice(&hwc));
         let mut rec = Recorder::new(gpu);
         let (mut h, mut w) = (side, side);
